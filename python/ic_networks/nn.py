@@ -1,0 +1,183 @@
+"""Modules: ``IcConv2d`` (a drop-in for ``nn.Conv2d``) and ``WLDLoss``."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as icf
+from ._utils import IntPair, resolve_padding
+from .reference import ic_conv2d_reference
+
+__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES"]
+
+ALPHA_MODES = ("fixed", "learnable")
+
+
+def _exporting() -> bool:
+    """True while torch.onnx / torch.jit tracing runs: formats that cannot hold the custom op."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and onnx.is_in_onnx_export())
+
+
+class IcConv2d(nn.Conv2d):
+    r"""IC convolution layer, a drop-in replacement for :class:`torch.nn.Conv2d`.
+
+    .. math::
+        u = \mathrm{conv}(X, W) + \alpha\,\mathrm{relu}(\mathrm{conv}(X, W)
+            - \mathrm{conv}_{1\times1}(\mathrm{boxsum}_k(X), W') + b_1) + b_2
+
+    Same constructor as ``nn.Conv2d`` (tuple arguments, ``padding='same'|'valid'``, every
+    ``padding_mode``, ``device=``/``dtype=``) plus ``alpha`` and ``alpha_mode``:
+
+    * ``alpha_mode='fixed'``: ``alpha`` is a buffer (set it by hand or with a schedule);
+    * ``alpha_mode='learnable'``: ``alpha`` is a parameter.
+
+    Parameters: ``weight`` (W, the name kept from ``nn.Conv2d`` so plain checkpoints load),
+    ``bias`` (b2), ``adjust_weight`` (W', shape ``(out, in/groups, 1, 1)``), ``adjust_bias`` (b1),
+    ``alpha``. W' is initialised like W (same kaiming-uniform bound, fan-in of the full kernel) and
+    b1 with zeros. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
+    IC keys as missing.
+
+    The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``). Only while an
+    ONNX export or ``torch.jit.trace`` is running does it use the plain-PyTorch formula
+    (``ic_networks.reference``), which those formats can hold.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: Union[str, IntPair] = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        alpha: float = 1.0,
+        alpha_mode: str = "fixed",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device=device, dtype=dtype,
+        )
+        factory = {"device": device, "dtype": dtype}
+        self.alpha_mode = alpha_mode
+        self.adjust_weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
+        self.adjust_bias = nn.Parameter(torch.empty(out_channels, **factory))
+        a = torch.tensor(float(alpha), **factory)
+        if alpha_mode == "learnable":
+            self.alpha = nn.Parameter(a)
+        else:
+            self.register_buffer("alpha", a)
+        self.reset_adjust_parameters()
+
+    def reset_adjust_parameters(self) -> None:
+        """Random W' with W's distribution (kaiming uniform, a=sqrt(5), fan-in of W), b1 = 0."""
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        with torch.no_grad():
+            self.adjust_weight.uniform_(-bound, bound)
+            self.adjust_bias.zero_()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "adjust_weight"):
+            self.reset_adjust_parameters()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, alpha: float = 0.0, alpha_mode: str = "learnable") -> "IcConv2d":
+        """An ``IcConv2d`` with ``conv``'s configuration and a copy of its weights.
+
+        With ``alpha == 0`` its output is bit-identical to ``conv``'s (eq. 7 of the paper).
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        w = conv.weight
+        ic = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, conv.bias is not None, conv.padding_mode, alpha=alpha, alpha_mode=alpha_mode,
+            device=w.device, dtype=w.dtype,
+        )
+        with torch.no_grad():
+            ic.weight.copy_(w)
+            ic.weight.requires_grad_(w.requires_grad)
+            if conv.bias is not None:
+                ic.bias.copy_(conv.bias)
+                ic.bias.requires_grad_(conv.bias.requires_grad)
+        ic.train(conv.training)
+        return ic
+
+    def set_alpha(self, value: float) -> None:
+        """Sets alpha in place (keeps it a parameter or a buffer)."""
+        with torch.no_grad():
+            self.alpha.fill_(float(value))
+
+    def _explicit_padding(self, x: Tensor):
+        """Returns (input, symmetric padding) with non-zero padding modes and uneven 'same' padding
+        applied to the input, as nn.Conv2d does."""
+        if self.padding_mode != "zeros":
+            return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), [0, 0]
+        sym, extra = resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride)
+        if any(extra):
+            x = F.pad(x, extra)
+        return x, sym
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"x: expected a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        x, padding = self._explicit_padding(x)
+        if _exporting():
+            out = ic_conv2d_reference(
+                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+                self.stride, padding, self.dilation, self.groups,
+            )
+        else:
+            out = torch.ops.ic_networks.ic_conv2d(
+                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+                list(self.stride), padding, list(self.dilation), self.groups,
+            )
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={float(self.alpha):g}, alpha_mode={self.alpha_mode}"
+
+
+class WLDLoss(nn.Module):
+    """Weak logit distillation loss as a module: ``forward(student_logits, teacher_logits, target, lam)``.
+
+    See :func:`ic_networks.functional.wld_loss` for the formula. ``e`` is the hinge tolerance and
+    ``tau`` the temperature (default 4.0).
+    """
+
+    def __init__(self, e: float = 0.005, tau: float = 4.0) -> None:
+        super().__init__()
+        if not (isinstance(e, (int, float)) and e >= 0):
+            raise ValueError(f"e: expected a float >= 0, got {e!r}")
+        if not (isinstance(tau, (int, float)) and tau > 0):
+            raise ValueError(f"tau: expected a float > 0, got {tau!r}")
+        self.e = float(e)
+        self.tau = float(tau)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, lam: float) -> Tensor:
+        return icf.wld_loss(student_logits, teacher_logits, target, lam, self.e, self.tau)
+
+    def extra_repr(self) -> str:
+        return f"e={self.e:g}, tau={self.tau:g}"

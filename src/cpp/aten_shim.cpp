@@ -1,0 +1,40 @@
+// The single ATen call that tch 0.26 does not expose: at::convolution_backward.
+// It selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on CUDA),
+// which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
+// only forwards arguments and turns C++ exceptions into an error string.
+#include <ATen/ATen.h>
+#include <ATen/Functions.h>
+#include <array>
+#include <cstring>
+#include <exception>
+
+extern "C" {
+
+// Tensors are tch's `C_tensor`, i.e. `at::Tensor*`. Outputs are heap-allocated `at::Tensor`s that
+// the Rust side owns (tch frees them with `delete`). Returns 0 on success; otherwise 1 and a
+// NUL-terminated message in `err`.
+int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input, const at::Tensor* weight,
+                             const int64_t* stride, const int64_t* padding, const int64_t* dilation,
+                             int64_t groups, int need_input, int need_weight, at::Tensor** grad_input,
+                             at::Tensor** grad_weight, char* err, size_t err_len) {
+  *grad_input = nullptr;
+  *grad_weight = nullptr;
+  try {
+    std::array<bool, 3> mask{need_input != 0, need_weight != 0, false};
+    std::vector<int64_t> output_padding{0, 0};
+    auto res = at::convolution_backward(*grad_out, *input, *weight, c10::nullopt, at::IntArrayRef(stride, 2),
+                                        at::IntArrayRef(padding, 2), at::IntArrayRef(dilation, 2), false,
+                                        output_padding, groups, mask);
+    if (need_input) *grad_input = new at::Tensor(std::get<0>(res));
+    if (need_weight) *grad_weight = new at::Tensor(std::get<1>(res));
+    return 0;
+  } catch (const std::exception& e) {
+    if (err_len > 0) {
+      std::strncpy(err, e.what(), err_len - 1);
+      err[err_len - 1] = '\0';
+    }
+    return 1;
+  }
+}
+
+}  // extern "C"

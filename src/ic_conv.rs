@@ -1,0 +1,425 @@
+//! The IC convolution (paper eq. 6/7), forward and backward on `tch::Tensor`s.
+//!
+//! For `x` (N, Cin, H, W), `weight` W (Cout, Cin/g, kh, kw), `adjust_weight` W' (Cout, Cin/g, 1, 1),
+//! `adjust_bias` b1 (Cout), optional `bias` b2 (Cout) and a scalar `alpha`:
+//!
+//! ```text
+//! Yb  = conv2d(x, W, b2; s, p, d, g)          (b2 inside the conv call, as nn.Conv2d does)
+//! S   = boxsum_{kh x kw}(x; s, p, d)          (N, Cin, Ho, Wo), recomputed in the backward
+//! P   = conv2d(S, W'; 1x1, groups g)          (N, Cout, Ho, Wo)
+//! Z   = Yb - P + (b1 - b2)                    (= conv(x, W) - P + b1)
+//! out = Yb + alpha * relu(Z)
+//! ```
+//!
+//! With `alpha == 0` the output is bit-identical to `conv2d(x, W, b2)`. The forward keeps only `x`
+//! and `relu(Z)` for the backward (mask and d alpha both come from it).
+//!
+//! The ops are libtorch calls, so the same code runs on CPU and CUDA; on contiguous CPU float
+//! tensors the elementwise collision work runs in the fused single-pass kernels of `fused.rs`.
+use crate::aten::convolution_backward;
+use crate::error::{Error, Result};
+use crate::fused;
+use crate::{type_err, value_err};
+use tch::{Device, Kind, Tensor};
+
+/// Geometry of the main convolution; the box sum shares stride, padding and dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub stride: [i64; 2],
+    pub padding: [i64; 2],
+    pub dilation: [i64; 2],
+    pub groups: i64,
+}
+
+impl Default for ConvGeometry {
+    fn default() -> Self {
+        Self { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+    }
+}
+
+fn pair(name: &str, v: &[i64]) -> Result<[i64; 2]> {
+    match v {
+        [a] => Ok([*a, *a]),
+        [a, b] => Ok([*a, *b]),
+        _ => Err(value_err!("{name}: expected 1 or 2 integers, got {}", v.len())),
+    }
+}
+
+impl ConvGeometry {
+    /// Builds and validates a geometry from Python-style lists (one value is used for both dims).
+    pub fn from_lists(stride: &[i64], padding: &[i64], dilation: &[i64], groups: i64) -> Result<Self> {
+        let g = Self {
+            stride: pair("stride", stride)?,
+            padding: pair("padding", padding)?,
+            dilation: pair("dilation", dilation)?,
+            groups,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.stride.iter().any(|&s| s <= 0) {
+            return Err(value_err!("stride: expected positive integers, got {:?}", self.stride));
+        }
+        if self.padding.iter().any(|&p| p < 0) {
+            return Err(value_err!("padding: expected non-negative integers, got {:?}", self.padding));
+        }
+        if self.dilation.iter().any(|&d| d <= 0) {
+            return Err(value_err!("dilation: expected positive integers, got {:?}", self.dilation));
+        }
+        if self.groups <= 0 {
+            return Err(value_err!("groups: expected a positive integer, got {}", self.groups));
+        }
+        Ok(())
+    }
+
+    /// Output size of one spatial dim for input size `n` and kernel size `k`.
+    pub fn out_size(&self, dim: usize, n: i64, k: i64) -> i64 {
+        (n + 2 * self.padding[dim] - self.dilation[dim] * (k - 1) - 1).div_euclid(self.stride[dim]) + 1
+    }
+}
+
+/// Sizes checked by [`check_inputs`].
+#[derive(Debug, Clone, Copy)]
+pub struct IcDims {
+    pub n: i64,
+    pub cin: i64,
+    pub cout: i64,
+    pub kh: i64,
+    pub kw: i64,
+    pub ho: i64,
+    pub wo: i64,
+}
+
+fn is_float(k: Kind) -> bool {
+    matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
+fn dev_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn check_same(name: &str, t: &Tensor, x: &Tensor) -> Result<()> {
+    if t.kind() != x.kind() {
+        return Err(type_err!("{name}: dtype {:?} does not match x's dtype {:?}", t.kind(), x.kind()));
+    }
+    if t.device() != x.device() {
+        return Err(Error::Runtime(format!(
+            "{name}: is on device {} but x is on {}",
+            dev_name(t.device()),
+            dev_name(x.device())
+        )));
+    }
+    Ok(())
+}
+
+fn check_shape(name: &str, t: &Tensor, want: &[i64]) -> Result<()> {
+    if t.size() != want {
+        return Err(value_err!("{name}: expected shape {want:?}, got {:?}", t.size()));
+    }
+    Ok(())
+}
+
+/// Validates every argument of the IC convolution before libtorch sees it.
+pub fn check_inputs(
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    bias: Option<&Tensor>,
+    g: &ConvGeometry,
+) -> Result<IcDims> {
+    g.validate()?;
+    if x.dim() != 4 {
+        return Err(value_err!("x: expected a 4-D (N, C, H, W) tensor, got shape {:?}", x.size()));
+    }
+    if !is_float(x.kind()) {
+        return Err(type_err!("x: expected a floating-point tensor, got dtype {:?}", x.kind()));
+    }
+    if weight.dim() != 4 {
+        return Err(value_err!("weight: expected a 4-D (Cout, Cin/groups, kh, kw) tensor, got shape {:?}", weight.size()));
+    }
+    check_same("weight", weight, x)?;
+    check_same("adjust_weight", adjust_weight, x)?;
+    check_same("adjust_bias", adjust_bias, x)?;
+    if let Some(b) = bias {
+        check_same("bias", b, x)?;
+    }
+    if !is_float(alpha.kind()) {
+        return Err(type_err!("alpha: expected a floating-point tensor, got dtype {:?}", alpha.kind()));
+    }
+    if alpha.numel() != 1 {
+        return Err(value_err!("alpha: expected a scalar (one element), got shape {:?}", alpha.size()));
+    }
+    if alpha.device() != x.device() && !(alpha.device() == Device::Cpu && alpha.dim() == 0) {
+        return Err(Error::Runtime(format!(
+            "alpha: is on device {} but x is on {}",
+            dev_name(alpha.device()),
+            dev_name(x.device())
+        )));
+    }
+    let (xs, ws) = (x.size(), weight.size());
+    let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    if kh <= 0 || kw <= 0 || cout <= 0 || cin_g <= 0 {
+        return Err(value_err!("weight: every dimension must be positive, got shape {ws:?}"));
+    }
+    if cin != cin_g * g.groups {
+        return Err(value_err!(
+            "x: has {cin} channels but weight {ws:?} with groups={} expects {}",
+            g.groups,
+            cin_g * g.groups
+        ));
+    }
+    if cout % g.groups != 0 {
+        return Err(value_err!("groups: out_channels {cout} is not divisible by groups={}", g.groups));
+    }
+    check_shape("adjust_weight", adjust_weight, &[cout, cin_g, 1, 1])?;
+    check_shape("adjust_bias", adjust_bias, &[cout])?;
+    if let Some(b) = bias {
+        check_shape("bias", b, &[cout])?;
+    }
+    let (ho, wo) = (g.out_size(0, h, kh), g.out_size(1, w, kw));
+    if ho < 1 || wo < 1 {
+        return Err(value_err!(
+            "x: spatial size ({h}, {w}) with padding {:?} is smaller than the dilated kernel ({}, {})",
+            g.padding,
+            g.dilation[0] * (kh - 1) + 1,
+            g.dilation[1] * (kw - 1) + 1
+        ));
+    }
+    Ok(IcDims { n, cin, cout, kh, kw, ho, wo })
+}
+
+/// Whether the box sum can run as an average pool (dilation 1 and padding at most half the kernel,
+/// which is what `avg_pool2d` accepts).
+fn boxsum_is_pool(kh: i64, kw: i64, g: &ConvGeometry) -> bool {
+    g.dilation == [1, 1] && g.padding[0] <= kh / 2 && g.padding[1] <= kw / 2
+}
+
+fn ones_kernel(x: &Tensor, kh: i64, kw: i64) -> Result<Tensor> {
+    Ok(Tensor::f_ones([x.size()[1], 1, kh, kw], (x.kind(), x.device()))?)
+}
+
+/// Per-channel sum of every kh x kw window of `x` (zero padding), on the conv's output grid.
+///
+/// `x` (N, Cin, H, W) -> (N, Cin, Ho, Wo).
+pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
+    if boxsum_is_pool(kh, kw, g) {
+        Ok(x.f_avg_pool2d([kh, kw], g.stride, g.padding, false, true, Some(1))?)
+    } else {
+        let ones = ones_kernel(x, kh, kw)?;
+        Ok(x.f_conv2d(&ones, None::<Tensor>, g.stride, g.padding, g.dilation, x.size()[1])?)
+    }
+}
+
+/// Adjoint of [`boxsum`]: the transposed box sum of `grad` (N, Cin, Ho, Wo) back onto `x`'s grid.
+pub fn boxsum_backward(grad: &Tensor, x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
+    if boxsum_is_pool(kh, kw, g) {
+        Ok(x.f_avg_pool2d_backward(grad, [kh, kw], g.stride, g.padding, false, true, Some(1))?)
+    } else {
+        let ones = ones_kernel(x, kh, kw)?;
+        let cin = x.size()[1];
+        let (gi, _) = convolution_backward(grad, x, &ones, g.stride, g.padding, g.dilation, cin, true, false)?;
+        gi.ok_or_else(|| Error::Runtime("convolution_backward returned no input gradient".into()))
+    }
+}
+
+/// What the forward returns: the layer output and `relu(Z)`, the one output-sized tensor the
+/// backward needs (with `x`).
+pub struct IcForward {
+    pub out: Tensor,
+    pub relu_z: Tensor,
+}
+
+/// The IC convolution forward pass. See the module docs for the formula and shapes.
+pub fn forward(
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    bias: Option<&Tensor>,
+    g: &ConvGeometry,
+) -> Result<IcForward> {
+    let d = check_inputs(x, weight, adjust_weight, adjust_bias, alpha, bias, g)?;
+    tch::no_grad(|| {
+        let y = x.f_conv2d(weight, bias, g.stride, g.padding, g.dilation, g.groups)?;
+        if d.n == 0 {
+            let relu_z = y.f_zeros_like()?;
+            return Ok(IcForward { out: y, relu_z });
+        }
+        let s = boxsum(x, d.kh, d.kw, g)?;
+        let p = s.f_conv2d(adjust_weight, None::<Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
+        drop(s);
+        let shift = match bias {
+            Some(b) => adjust_bias.f_sub(b)?,
+            None => adjust_bias.shallow_clone(),
+        };
+        let (out, relu_z) = collision_forward(y, p, &shift, alpha)?;
+        Ok(IcForward { out, relu_z })
+    })
+}
+
+/// `relu_z = relu(y - p + shift)`, `out = y + alpha * relu_z`. `y`, `p`: (N, C, Ho, Wo); `shift`: (C).
+/// Consumes `p` (reused as the buffer of `relu_z` on the generic path).
+pub fn collision_forward(y: Tensor, p: Tensor, shift: &Tensor, alpha: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(r) = fused::collision_forward(&y, &p, shift, alpha)? {
+        return Ok(r);
+    }
+    let mut z = p;
+    let c = shift.size()[0];
+    let _ = z.f_neg_()?;
+    let _ = z.f_add_(&y)?;
+    let _ = z.f_add_(&shift.f_view([1, c, 1, 1])?)?;
+    let _ = z.f_relu_()?;
+    let alpha = alpha.f_to_kind(y.kind())?.f_reshape([] as [i64; 0])?;
+    let out = y.f_addcmul(&z, &alpha)?;
+    Ok((out, z))
+}
+
+/// Which gradients the caller wants (autograd's `needs_input_grad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsGrad {
+    pub x: bool,
+    pub weight: bool,
+    pub adjust_weight: bool,
+    pub adjust_bias: bool,
+    pub alpha: bool,
+    pub bias: bool,
+}
+
+impl NeedsGrad {
+    pub fn all() -> Self {
+        Self { x: true, weight: true, adjust_weight: true, adjust_bias: true, alpha: true, bias: true }
+    }
+}
+
+/// Gradients of the IC convolution; `None` where not requested.
+#[derive(Default)]
+pub struct IcGrads {
+    pub x: Option<Tensor>,
+    pub weight: Option<Tensor>,
+    pub adjust_weight: Option<Tensor>,
+    pub adjust_bias: Option<Tensor>,
+    pub alpha: Option<Tensor>,
+    pub bias: Option<Tensor>,
+}
+
+/// Elementwise part of the backward: `gz = alpha * grad * [relu_z > 0]`, `gy = grad + gz`, and the
+/// reductions d alpha = sum(grad * relu_z), db1 = sum_{n,h,w} gz, db2 = sum_{n,h,w} grad.
+pub struct CollisionGrads {
+    pub gy: Option<Tensor>,
+    pub gz: Tensor,
+    pub dalpha: Option<Tensor>,
+    pub db1: Option<Tensor>,
+    pub db2: Option<Tensor>,
+}
+
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
+    let need_gy = needs.x || needs.weight;
+    if let Some(r) = fused::collision_backward(grad, relu_z, alpha, need_gy, needs)? {
+        return Ok(r);
+    }
+    let alpha_k = alpha.f_to_kind(grad.kind())?.f_reshape([] as [i64; 0])?;
+    let ga = grad.f_mul(&alpha_k)?;
+    let gz = relu_z.f_threshold_backward(&ga, 0.0)?;
+    drop(ga);
+    let dalpha = if needs.alpha { Some(grad.f_mul(relu_z)?.f_sum(acc_kind(grad.kind()))?) } else { None };
+    let db1 = if needs.adjust_bias { Some(gz.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>)?) } else { None };
+    let db2 = if needs.bias { Some(grad.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>)?) } else { None };
+    let gy = if need_gy { Some(grad.f_add(&gz)?) } else { None };
+    Ok(CollisionGrads { gy, gz, dalpha, db1, db2 })
+}
+
+/// Accumulation dtype of d alpha: float32 for half types, else the input's own.
+fn acc_kind(k: Kind) -> Kind {
+    match k {
+        Kind::Half | Kind::BFloat16 => Kind::Float,
+        other => other,
+    }
+}
+
+/// The IC convolution backward pass.
+///
+/// `grad` and `relu_z`: (N, Cout, Ho, Wo); the rest as in [`forward`]. Returns the gradients that
+/// `needs` asks for, each with its argument's shape and dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    grad: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    relu_z: &Tensor,
+    has_bias: bool,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<IcGrads> {
+    let d = check_inputs(x, weight, adjust_weight, adjust_bias, alpha, None, g)?;
+    let want = [d.n, d.cout, d.ho, d.wo];
+    check_shape("grad", grad, &want)?;
+    check_shape("relu_z", relu_z, &want)?;
+    check_same("grad", grad, x)?;
+    check_same("relu_z", relu_z, x)?;
+    let needs = NeedsGrad { bias: needs.bias && has_bias, ..*needs };
+    tch::no_grad(|| {
+        if d.n == 0 {
+            return zero_grads(x, weight, adjust_weight, adjust_bias, alpha, &needs, d.cout);
+        }
+        let cg = collision_backward(grad, relu_z, alpha, &needs)?;
+        let mut out = IcGrads {
+            alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
+            adjust_bias: cg.db1,
+            bias: cg.db2,
+            ..Default::default()
+        };
+        let (dx_main, dw) = match &cg.gy {
+            Some(gy) => convolution_backward(gy, x, weight, g.stride, g.padding, g.dilation, g.groups, needs.x, needs.weight)?,
+            None => (None, None),
+        };
+        drop(cg.gy);
+        out.weight = dw;
+        if needs.x || needs.adjust_weight {
+            // P = conv1x1(S, W') enters Z with a minus sign: d(P-path) = -(gradients w.r.t. gz).
+            let s = boxsum(x, d.kh, d.kw, g)?;
+            let (ds, dwa) =
+                convolution_backward(&cg.gz, &s, adjust_weight, [1, 1], [0, 0], [1, 1], g.groups, needs.x, needs.adjust_weight)?;
+            drop(s);
+            out.adjust_weight = dwa.map(|t| t.f_neg()).transpose()?;
+            if let (Some(mut dx), Some(ds)) = (dx_main, ds) {
+                let dxb = boxsum_backward(&ds, x, d.kh, d.kw, g)?;
+                let _ = dx.f_sub_(&dxb)?;
+                out.x = Some(dx);
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn zero_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    needs: &NeedsGrad,
+    cout: i64,
+) -> Result<IcGrads> {
+    let z = |on: bool, t: &Tensor| -> Result<Option<Tensor>> { if on { Ok(Some(t.f_zeros_like()?)) } else { Ok(None) } };
+    Ok(IcGrads {
+        x: z(needs.x, x)?,
+        weight: z(needs.weight, weight)?,
+        adjust_weight: z(needs.adjust_weight, adjust_weight)?,
+        adjust_bias: z(needs.adjust_bias, adjust_bias)?,
+        alpha: z(needs.alpha, alpha)?,
+        bias: if needs.bias { Some(Tensor::f_zeros([cout], (x.kind(), x.device()))?) } else { None },
+    })
+}

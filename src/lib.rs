@@ -1,0 +1,247 @@
+//! Python bindings of the ic_networks core (`ic_networks._core`). Thin by design: argument
+//! conversion, GIL release, and mapping `error::Error` to Python exceptions. The math lives in
+//! `ic_conv.rs`, `fused.rs`, `wld.rs` and `neuron.rs`.
+pub mod aten;
+pub mod error;
+pub mod fused;
+pub mod ic_conv;
+pub mod neuron;
+pub mod wld;
+
+use error::Error;
+use ndarray::{Array1, Ix1, Ix2};
+use numpy::{IntoPyArray, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Value(m) => PyValueError::new_err(m),
+        Error::Type(m) => PyTypeError::new_err(m),
+        Error::Runtime(m) => PyRuntimeError::new_err(m),
+    }
+}
+
+fn opt(t: Option<tch::Tensor>) -> Option<PyTensor> {
+    t.map(PyTensor)
+}
+
+/// IC convolution forward. Returns `(out, relu_z)`; see `ic_conv.rs`.
+#[pyfunction]
+#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups))]
+#[allow(clippy::too_many_arguments)]
+fn ic_conv2d_forward(
+    py: Python<'_>,
+    x: PyTensor,
+    weight: PyTensor,
+    adjust_weight: PyTensor,
+    adjust_bias: PyTensor,
+    alpha: PyTensor,
+    bias: Option<PyTensor>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    groups: i64,
+) -> PyResult<(PyTensor, PyTensor)> {
+    let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
+    let r = py.allow_threads(move || {
+        ic_conv::forward(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g)
+    });
+    let r = r.map_err(to_py)?;
+    Ok((PyTensor(r.out), PyTensor(r.relu_z)))
+}
+
+type Grads6 = (Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>);
+
+/// IC convolution backward. `needs` = which of (x, weight, adjust_weight, adjust_bias, alpha, bias)
+/// need a gradient. Returns the six gradients in that order (`None` where not needed).
+#[pyfunction]
+#[pyo3(signature = (grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation, groups, needs))]
+#[allow(clippy::too_many_arguments)]
+fn ic_conv2d_backward(
+    py: Python<'_>,
+    grad: PyTensor,
+    x: PyTensor,
+    weight: PyTensor,
+    adjust_weight: PyTensor,
+    adjust_bias: PyTensor,
+    alpha: PyTensor,
+    relu_z: PyTensor,
+    has_bias: bool,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    groups: i64,
+    needs: Vec<bool>,
+) -> PyResult<Grads6> {
+    let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
+    let [nx, nw, nwa, nb1, na, nb2] = needs[..] else {
+        return Err(PyValueError::new_err(format!("needs: expected 6 booleans, got {}", needs.len())));
+    };
+    let needs = ic_conv::NeedsGrad { x: nx, weight: nw, adjust_weight: nwa, adjust_bias: nb1, alpha: na, bias: nb2 };
+    let r = py.allow_threads(move || {
+        ic_conv::backward(&grad.0, &x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, &relu_z.0, has_bias, &g, &needs)
+    });
+    let r = r.map_err(to_py)?;
+    Ok((opt(r.x), opt(r.weight), opt(r.adjust_weight), opt(r.adjust_bias), opt(r.alpha), opt(r.bias)))
+}
+
+/// Box sum of `x` over kh x kw windows on the conv's output grid (used by tests and profiling).
+#[pyfunction]
+#[pyo3(signature = (x, kernel_size, stride, padding, dilation))]
+fn boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<PyTensor> {
+    let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, 1).map_err(to_py)?;
+    let [kh, kw] = match kernel_size[..] {
+        [k] => [k, k],
+        [a, b] => [a, b],
+        _ => return Err(PyValueError::new_err("kernel_size: expected 1 or 2 integers")),
+    };
+    if x.dim() != 4 {
+        return Err(PyValueError::new_err(format!("x: expected a 4-D tensor, got shape {:?}", x.size())));
+    }
+    if kh <= 0 || kw <= 0 {
+        return Err(PyValueError::new_err("kernel_size: expected positive integers"));
+    }
+    let r = py.allow_threads(move || ic_conv::boxsum(&x.0, kh, kw, &g));
+    Ok(PyTensor(r.map_err(to_py)?))
+}
+
+/// WLD loss forward: returns `(loss, ce, kd)`.
+#[pyfunction]
+#[pyo3(signature = (student, teacher, target, lam, e, tau))]
+fn wld_forward(py: Python<'_>, student: PyTensor, teacher: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<(PyTensor, PyTensor, PyTensor)> {
+    let cfg = wld::WldConfig { lam, e, tau };
+    let r = py.allow_threads(move || wld::forward(&student.0, &teacher.0, &target.0, &cfg)).map_err(to_py)?;
+    Ok((PyTensor(r.loss), PyTensor(r.ce), PyTensor(r.kd)))
+}
+
+/// WLD loss backward w.r.t. the student logits.
+#[pyfunction]
+#[pyo3(signature = (grad, student, teacher, target, lam, e, tau))]
+#[allow(clippy::too_many_arguments)]
+fn wld_backward(py: Python<'_>, grad: PyTensor, student: PyTensor, teacher: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<PyTensor> {
+    let cfg = wld::WldConfig { lam, e, tau };
+    let r = py.allow_threads(move || wld::backward(&grad.0, &student.0, &teacher.0, &target.0, &cfg)).map_err(to_py)?;
+    Ok(PyTensor(r))
+}
+
+/// A float32 or float64 numpy array (ints and others are rejected by the Python wrapper).
+#[derive(FromPyObject)]
+enum FloatArray<'py> {
+    F64(PyReadonlyArrayDyn<'py, f64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+}
+
+impl FloatArray<'_> {
+    fn is_f32(&self) -> bool {
+        matches!(self, FloatArray::F32(_))
+    }
+    /// The data as f64: a view for float64 input (zero copy), a converted copy for float32.
+    fn with_f64<R>(&self, name: &str, f: impl FnOnce(ndarray::ArrayViewD<'_, f64>) -> PyResult<R>) -> PyResult<R> {
+        let _ = name;
+        match self {
+            FloatArray::F64(a) => f(a.as_array()),
+            FloatArray::F32(a) => {
+                let owned = a.as_array().mapv(|v| v as f64);
+                f(owned.view())
+            }
+        }
+    }
+    fn ndim(&self) -> usize {
+        match self {
+            FloatArray::F64(a) => a.ndim(),
+            FloatArray::F32(a) => a.ndim(),
+        }
+    }
+}
+
+fn neuron_params(w_prime: Option<f64>, b1: Option<f64>, b2: f64, activation: &str) -> PyResult<neuron::Params> {
+    let act = neuron::Activation::parse(activation).map_err(to_py)?;
+    Ok(match (w_prime, b1) {
+        (Some(wp), Some(b1)) => neuron::Params::ic(wp, b1, b2, act),
+        (None, None) => neuron::Params::plain(b2, act),
+        _ => return Err(PyValueError::new_err("w_prime and b1: give both (IC neuron) or neither (plain neuron)")),
+    })
+}
+
+fn as2<'a>(a: ndarray::ArrayViewD<'a, f64>, name: &str) -> PyResult<ndarray::ArrayView2<'a, f64>> {
+    a.into_dimensionality::<Ix2>().map_err(|_| PyValueError::new_err(format!("{name}: expected a 2-D array")))
+}
+
+fn as1<'a>(a: ndarray::ArrayViewD<'a, f64>, name: &str) -> PyResult<ndarray::ArrayView1<'a, f64>> {
+    a.into_dimensionality::<Ix1>().map_err(|_| PyValueError::new_err(format!("{name}: expected a 1-D array")))
+}
+
+/// IC neuron forward on x (n, d) -> y (n), in x's dtype.
+#[pyfunction]
+#[pyo3(signature = (x, w, w_prime, b1, b2, activation))]
+fn neuron_forward(py: Python<'_>, x: FloatArray<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: Option<f64>, b2: f64, activation: &str) -> PyResult<PyObject> {
+    let p = neuron_params(w_prime, b1, b2, activation)?;
+    let f32_out = x.is_f32();
+    if x.ndim() != 2 || w.ndim() != 1 {
+        return Err(PyValueError::new_err("x: expected (n, d) and w: expected (d,)"));
+    }
+    let y: Array1<f64> = x.with_f64("x", |xv| w.with_f64("w", |wv| neuron::forward(as2(xv.view(), "x")?, as1(wv, "w")?, &p).map_err(to_py)))?;
+    Ok(if f32_out { y.mapv(|v| v as f32).into_pyarray(py).into_any().unbind() } else { y.into_pyarray(py).into_any().unbind() })
+}
+
+/// Gradients of sum_i grad_output_i * y_i: a dict with x, w, w_prime, b1, b2.
+#[pyfunction]
+#[pyo3(signature = (x, w, w_prime, b1, b2, activation, grad_output))]
+#[allow(clippy::too_many_arguments)]
+fn neuron_grad<'py>(
+    py: Python<'py>,
+    x: FloatArray<'py>,
+    w: FloatArray<'py>,
+    w_prime: Option<f64>,
+    b1: Option<f64>,
+    b2: f64,
+    activation: &str,
+    grad_output: FloatArray<'py>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let p = neuron_params(w_prime, b1, b2, activation)?;
+    let f32_out = x.is_f32();
+    let g = x.with_f64("x", |xv| {
+        w.with_f64("w", |wv| {
+            grad_output.with_f64("grad_output", |gv| neuron::grad(as2(xv.view(), "x")?, as1(wv, "w")?, &p, as1(gv, "grad_output")?).map_err(to_py))
+        })
+    })?;
+    let d = PyDict::new(py);
+    if f32_out {
+        d.set_item("x", g.x.mapv(|v| v as f32).into_pyarray(py))?;
+        d.set_item("w", g.w.mapv(|v| v as f32).into_pyarray(py))?;
+    } else {
+        d.set_item("x", g.x.into_pyarray(py))?;
+        d.set_item("w", g.w.into_pyarray(py))?;
+    }
+    d.set_item("w_prime", g.w_prime)?;
+    d.set_item("b1", g.b1)?;
+    d.set_item("b2", g.b2)?;
+    Ok(d)
+}
+
+/// Linear pieces of a 2-D neuron on a grid: `(count, labels)`.
+#[pyfunction]
+#[pyo3(signature = (w, w_prime, b1, b2, activation, bounds, resolution))]
+#[allow(clippy::too_many_arguments)]
+fn neuron_regions(py: Python<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: Option<f64>, b2: f64, activation: &str, bounds: [f64; 4], resolution: usize) -> PyResult<(usize, PyObject)> {
+    let p = neuron_params(w_prime, b1, b2, activation)?;
+    let (n, labels) = w.with_f64("w", |wv| neuron::regions(as1(wv, "w")?, &p, bounds, resolution).map_err(to_py))?;
+    Ok((n, labels.into_pyarray(py).into_any().unbind()))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(ic_conv2d_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(ic_conv2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(boxsum, m)?)?;
+    m.add_function(wrap_pyfunction!(wld_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(wld_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(neuron_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(neuron_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+"""The IC convolution op (Rust) against the plain-PyTorch oracle: forward, backward, gradcheck."""
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ic_networks as icn
+from ic_networks.functional import ic_conv2d
+from ic_networks.reference import boxsum_reference, ic_conv2d_reference
+
+from conftest import DEVICES
+
+KERNELS = [(1, 1), (3, 3), (5, 5), (3, 1)]
+STRIDES = [1, 2]
+PADDINGS = [0, 1, "same"]
+DILATIONS = [1, 2]
+GROUPS = ["1", "2", "dw"]
+BIASES = [True, False]
+ALPHAS = [0.0, 0.03, 1.0, "learnable"]
+
+
+def _make(k, groups, bias, alpha, dtype=torch.float64, device="cpu", n=2, cin=4, cout=4, hw=(11, 10), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    groups = {"1": 1, "2": 2, "dw": cin}[groups]
+    if groups == cin:
+        cout = cin
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device)
+    x = r(n, cin, *hw)
+    w = r(cout, cin // groups, *k) * 0.5
+    wa = r(cout, cin // groups, 1, 1) * 0.2
+    b1 = r(cout) * 0.5
+    b2 = r(cout) if bias else None
+    a = torch.tensor(0.7 if alpha == "learnable" else alpha, dtype=dtype, device=device)
+    return x, w, wa, b1, a, b2, groups
+
+
+def _geometry_cases():
+    for k, s, p, d in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS):
+        if p == "same" and s != 1:
+            continue
+        yield k, s, p, d
+
+
+GEOMS = list(_geometry_cases())
+
+
+def _ref_padding(p, k, d):
+    # explicit symmetric padding only (the oracle takes what F.conv2d takes)
+    return p
+
+
+@pytest.mark.parametrize("k,s,p,d", GEOMS, ids=[f"k{k[0]}x{k[1]}-s{s}-p{p}-d{d}" for k, s, p, d in GEOMS])
+@pytest.mark.parametrize("groups", GROUPS)
+@pytest.mark.parametrize("bias", BIASES)
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_forward_backward_match_oracle(k, s, p, d, groups, bias, alpha):
+    x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
+    if p == "same":
+        # F.conv2d handles 'same' (asymmetric for even dilated kernels); so does ic_conv2d
+        pass
+    leaves = [t for t in (x, w, wa, b1, a, b2) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
+    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    go = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, go)
+    want = torch.autograd.grad(ref, leaves, go)
+    for gg, ww in zip(got, want):
+        torch.testing.assert_close(gg, ww, rtol=1e-9, atol=1e-9)
+
+
+GRADCHECK_CASES = [
+    (k, s, p, d, grp, bias, alpha)
+    for i, (k, s, p, d) in enumerate(GEOMS)
+    for grp, bias, alpha in [(GROUPS[i % 3], BIASES[i % 2], ALPHAS[i % 4])]
+]
+
+
+@pytest.mark.parametrize("k,s,p,d,groups,bias,alpha", GRADCHECK_CASES)
+def test_gradcheck_float64(k, s, p, d, groups, bias, alpha):
+    x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha, n=2, cin=4, cout=4, hw=(10, 9))
+    # keep Z away from 0 so finite differences do not straddle the relu's kink
+    inputs = [x, w, wa, b1, a] + ([b2] if b2 is not None else [])
+    for t in inputs:
+        t.requires_grad_(True)
+
+    def f(x, w, wa, b1, a, *rest):
+        return ic_conv2d(x, w, wa, b1, a, rest[0] if rest else None, s, p, d, g)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, nondet_tol=0.0)
+
+
+def test_boxsum_matches_reference_and_identity():
+    x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
+    for k, s, p, d in [((3, 3), 1, 1, 1), ((3, 3), 2, 0, 1), ((5, 3), 1, 2, 1), ((3, 3), 1, 2, 2), ((1, 1), 1, 1, 1)]:
+        torch.testing.assert_close(icn.functional.boxsum(x, k, s, p, d), boxsum_reference(x, k, s, p, d))
+    # conv1x1(boxsum(X), W') == conv(X, W' broadcast to kh x kw)
+    wa = torch.randn(5, 3, 1, 1, dtype=torch.float64)
+    lhs = F.conv2d(icn.functional.boxsum(x, (3, 3), 1, 1, 1), wa)
+    rhs = F.conv2d(x, wa.expand(5, 3, 3, 3), None, 1, 1)
+    torch.testing.assert_close(lhs, rhs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["noncontig", "channels_last"])
+def test_layouts_match_contiguous(device, layout):
+    x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.5, dtype=torch.float64, device=device, hw=(10, 10))
+    if layout == "noncontig":
+        xx = torch.randn(2, 4, 10, 20, dtype=torch.float64, device=device)[..., ::2]
+        xx.copy_(x)
+        assert not xx.is_contiguous()
+    else:
+        xx = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_(), xx.detach().clone().requires_grad_() if layout == "channels_last" else xx.requires_grad_()]
+    outs = []
+    for xi in xs:
+        params = [t.clone().requires_grad_() for t in (w, wa, b1, a, b2)]
+        out = ic_conv2d(xi, *params[:4], params[4], 1, 1, 1, g)
+        out.backward(torch.ones_like(out))
+        outs.append((out.detach(), xi.grad, [p.grad for p in params]))
+    (o1, gx1, gp1), (o2, gx2, gp2) = outs
+    torch.testing.assert_close(o1, o2)
+    torch.testing.assert_close(gx1, gx2)
+    for p1, p2 in zip(gp1, gp2):
+        torch.testing.assert_close(p1, p2)
+    if layout == "channels_last":
+        assert o2.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_weights_and_grad_layouts():
+    # channels_last everything, incl. a channels_last upstream gradient, through the fused kernels
+    x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.3, dtype=torch.float32, n=3, cin=8, cout=16, hw=(12, 12))
+    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, 1, 1, 1, g)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = ic_conv2d(xc, w, wa, b1, a, b2, 1, 1, 1, g)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    go = torch.randn_like(out).contiguous(memory_format=torch.channels_last)
+    out.backward(go)
+    xr = x.clone().requires_grad_()
+    ic_conv2d_reference(xr, w, wa, b1, a, b2, 1, 1, 1, g).backward(go.contiguous())
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_size_zero(device):
+    m = icn.IcConv2d(4, 6, 3, padding=1, alpha_mode="learnable", device=device)
+    x = torch.randn(0, 4, 8, 8, device=device, requires_grad=True)
+    out = m(x)
+    assert out.shape == (0, 6, 8, 8)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_close_to_float64(device):
+    x, w, wa, b1, a, b2, g = _make((3, 3), "2", True, 0.5, device=device, n=2, cin=8, cout=8, hw=(16, 16))
+    o64 = ic_conv2d(x, w, wa, b1, a, b2, 1, 1, 1, g)
+    o32 = ic_conv2d(*(t.float() for t in (x, w, wa, b1, a, b2)), 1, 1, 1, g)
+    torch.testing.assert_close(o32.double(), o64, rtol=1e-4, atol=1e-4)
+
+
+def test_grad_of_alpha_nonzero_and_adjust_grads_zero_at_alpha_zero():
+    m = icn.IcConv2d(4, 4, 3, padding=1, alpha=0.0, alpha_mode="learnable").double()
+    m(torch.randn(2, 4, 8, 8, dtype=torch.float64)).square().sum().backward()
+    assert m.alpha.grad is not None and m.alpha.grad.abs() > 0
+    for name in ("adjust_weight", "adjust_bias"):
+        g = getattr(m, name).grad
+        assert g is not None, name  # DDP needs a gradient for every parameter
+        assert torch.count_nonzero(g) == 0, name
+
+
+def test_unbatched_input():
+    m = icn.IcConv2d(3, 5, 3, padding=1).double()
+    x = torch.randn(3, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(m(x), m(x.unsqueeze(0)).squeeze(0))
+
+
+def test_opcheck():
+    x, w, wa, b1, a, b2, g = _make((3, 3), "2", True, "learnable", n=2, cin=4, cout=4, hw=(6, 6))
+    for t in (x, w, wa, b1, a, b2):
+        t.requires_grad_(True)
+    torch.library.opcheck(
+        torch.ops.ic_networks.ic_conv2d_forward.default, (x, w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], g)
+    )
+    torch.library.opcheck(
+        torch.ops.ic_networks.ic_conv2d_forward.default, (x, w, wa, b1, a, None, [2, 1], [0, 1], [1, 2], g)
+    )
+
+
+BAD_INPUTS = textwrap.dedent(
+    r"""
+    import torch, ic_networks as icn
+    from ic_networks.functional import ic_conv2d
+    ok = lambda *s: torch.randn(*s)
+    x, w, wa, b1, a = ok(2, 4, 8, 8), ok(6, 4, 3, 3), ok(6, 4, 1, 1), ok(6), torch.tensor(0.5)
+    cases = {
+        "rank":        lambda: ic_conv2d(ok(4, 8), w, wa, b1, a),
+        "weight_rank": lambda: ic_conv2d(x, ok(6, 4, 3), wa, b1, a),
+        "dtype_mismatch": lambda: ic_conv2d(x.double(), w, wa, b1, a),
+        "int_tensor":  lambda: ic_conv2d(torch.ones(2, 4, 8, 8, dtype=torch.int64), w.long(), wa.long(), b1.long(), a),
+        "channels":    lambda: ic_conv2d(ok(2, 5, 8, 8), w, wa, b1, a),
+        "groups":      lambda: ic_conv2d(x, w, wa, b1, a, groups=3),
+        "groups_out":  lambda: ic_conv2d(x, ok(6, 1, 3, 3), ok(6, 1, 1, 1), b1, a, groups=4),
+        "adjust_w":    lambda: ic_conv2d(x, w, ok(6, 4, 3, 3), b1, a),
+        "adjust_b":    lambda: ic_conv2d(x, w, wa, ok(5), a),
+        "bias":        lambda: ic_conv2d(x, w, wa, b1, a, bias=ok(7)),
+        "alpha_shape": lambda: ic_conv2d(x, w, wa, b1, ok(3)),
+        "alpha_type":  lambda: ic_conv2d(x, w, wa, b1, "big"),
+        "stride0":     lambda: ic_conv2d(x, w, wa, b1, a, stride=0),
+        "neg_pad":     lambda: ic_conv2d(x, w, wa, b1, a, padding=-1),
+        "dilation0":   lambda: ic_conv2d(x, w, wa, b1, a, dilation=0),
+        "too_small":   lambda: ic_conv2d(ok(2, 4, 2, 2), w, wa, b1, a),
+        "not_tensor":  lambda: ic_conv2d([[1.0]], w, wa, b1, a),
+        "bad_padding": lambda: ic_conv2d(x, w, wa, b1, a, padding="full"),
+        "same_stride": lambda: ic_conv2d(x, w, wa, b1, a, stride=2, padding="same"),
+        "module_alpha_mode": lambda: icn.IcConv2d(4, 4, 3, alpha_mode="sometimes"),
+        "module_rank": lambda: icn.IcConv2d(4, 4, 3)(ok(4)),
+        "groups_bool": lambda: ic_conv2d(x, w, wa, b1, a, groups=True),
+    }
+    if torch.cuda.is_available():
+        cases["device"] = lambda: ic_conv2d(x.cuda(), w, wa, b1, a)
+    for name, fn in cases.items():
+        try:
+            fn()
+        except (ValueError, TypeError, RuntimeError) as e:
+            msg = str(e)
+            assert msg and "panicked" not in msg and "Exception raised from" not in msg, (name, msg)
+            print(f"{name}\t{type(e).__name__}\t{msg.splitlines()[0]}")
+        else:
+            print(f"{name}\tNO-ERROR\t")
+    print("SURVIVED")
+    """
+)
+
+
+def test_bad_inputs_raise_clear_errors_in_subprocess():
+    r = subprocess.run([sys.executable, "-c", BAD_INPUTS], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SURVIVED" in r.stdout
+    lines = dict(l.split("\t", 1) for l in r.stdout.splitlines() if "\t" in l)
+    bad = {k: v for k, v in lines.items() if v.startswith("NO-ERROR")}
+    assert not bad, bad
+    expected_words = {
+        "rank": "x", "weight_rank": "weight", "dtype_mismatch": "dtype", "int_tensor": "floating",
+        "channels": "channels", "groups": "groups", "adjust_w": "adjust_weight", "adjust_b": "adjust_bias",
+        "bias": "bias", "alpha_shape": "alpha", "alpha_type": "alpha", "stride0": "stride", "neg_pad": "padding",
+        "dilation0": "dilation", "too_small": "kernel", "not_tensor": "x", "bad_padding": "padding",
+        "same_stride": "same", "module_alpha_mode": "alpha_mode", "module_rank": "x", "groups_bool": "groups",
+    }
+    for name, word in expected_words.items():
+        assert word in lines[name], (name, lines[name])
