@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . "${IC_VENV:-.venv}/bin/activate"
 echo "== cargo test"
-cargo test --release --quiet 2>&1 | tail -n 30
+# unit-test binaries in src/ find libtorch through LD_LIBRARY_PATH (tests/*.rs get an rpath, build.rs)
+TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+log=$(mktemp)
+if ! LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release >"$log" 2>&1; then
+  cat "$log"; echo "cargo test failed" >&2; exit 1
+fi
+grep -E "^(running|test result)" "$log"
 echo "== pytest"
 python -m pytest -q -ra "$@"
