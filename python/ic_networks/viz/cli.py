@@ -1,0 +1,164 @@
+"""``ic-networks figures`` (Figure 2) and ``ic-networks gradcam`` (Figure 3).
+
+``gradcam`` builds a plain model and its IC version by name (``--model fmnist_cnn`` gives
+``fmnist_cnn`` and ``ic_fmnist_cnn``; a name without an ``ic_`` builder is converted with
+``ic_networks.convert.convert(alpha=1)``), loads their weights (a state_dict or a training
+checkpoint), and draws the input and both Grad-CAM maps side by side. ``--image`` is an image file
+or ``fmnist:N``, the N-th Fashion-MNIST test image. Without weights the models are random and the
+maps mean nothing; the command says so and still renders.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+# Per-dataset (mean, std, image side, input channels). Same statistics as the training data.
+DATASETS = {
+    "fmnist": ((0.2860,), (0.3530,), 28, 1),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 3),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 3),
+}
+GRADCAM_SIZE = (1200, 460)
+RANDOM_WARNING = "random weights (no --plain-weights/--ic-weights): these Grad-CAM maps are meaningless"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("figures", help="write the PNGs of the paper's Figure 2 (neuron regions, XOR)",
+                       description="Writes fig2a_regions.png and fig2b_xor.png into --out.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--resolution", type=int, default=400, help="grid points per axis for the regions (default 400)")
+    p.set_defaults(func=_figures)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM maps of a plain and an IC model side by side (Figure 3)",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("--image", required=True, help="an image file, or fmnist:N (N-th Fashion-MNIST test image)")
+    p.add_argument("--model", default="fmnist_cnn", help="plain model name (default fmnist_cnn); its IC version is ic_NAME")
+    p.add_argument("--plain-weights", metavar="P", help="weights of the plain model (state_dict or checkpoint)")
+    p.add_argument("--ic-weights", metavar="Q", help="weights of the IC model (state_dict or checkpoint)")
+    p.add_argument("--out", required=True, metavar="PNG", help="output PNG")
+    p.add_argument("--layer", help="layer to explain (qualified module name; default: the last conv)")
+    p.add_argument("--target", type=int, help="class to explain (default: each model's prediction)")
+    p.add_argument("--dataset", choices=sorted(DATASETS),
+                   help="input statistics and size (default: fmnist for fmnist models, else imagenet)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the models (default 10)")
+    p.set_defaults(func=_gradcam)
+
+
+def _figures(args) -> int:
+    from .figures import write_figures
+
+    for path in write_figures(args.out, resolution=args.resolution).values():
+        print(f"wrote {path}")
+    return 0
+
+
+def build_pair(name: str, num_classes: int, in_channels: int) -> Tuple[nn.Module, nn.Module]:
+    """The plain model ``name`` and its IC version (``ic_<name>``, or ``convert(alpha=1, fixed)``)."""
+    from ..training.engine import build_model
+
+    base = name[3:] if name.startswith("ic_") else name
+    plain = build_model(base, num_classes, in_channels)
+    try:
+        ic = build_model("ic_" + base, num_classes, in_channels)
+    except ValueError:
+        from ..convert import convert
+
+        ic = convert(plain, alpha=1.0, alpha_mode="fixed")
+    return plain, ic
+
+
+def load_image(spec: str, dataset: str) -> Tuple[torch.Tensor, np.ndarray, Optional[str]]:
+    """``(normalised tensor (C, S, S), image in [0, 1] (S, S) or (S, S, 3) for display, label or None)``."""
+    mean, std, side, channels = DATASETS[dataset]
+    label = None
+    if spec.startswith("fmnist:"):
+        from ..training.data import FMNIST_CLASSES, load_fashion_mnist
+
+        try:
+            index = int(spec[7:])
+        except ValueError:
+            raise ValueError(f"image: expected fmnist:N with an integer N, got {spec!r}") from None
+        images, labels = load_fashion_mnist(train=False)
+        if not 0 <= index < len(images):
+            raise ValueError(f"image: index {index} is out of range [0, {len(images)})")
+        arr = images[index, 0].numpy().astype(np.float32) / 255.0
+        label = FMNIST_CLASSES[int(labels[index])]
+        if arr.shape != (side, side):
+            raise ValueError(f"image: Fashion-MNIST images are 28x28 but --dataset {dataset} needs {side}x{side}")
+        if channels == 3:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+    else:
+        from PIL import Image
+
+        try:
+            img = Image.open(spec)
+            img = img.convert("L" if channels == 1 else "RGB").resize((side, side), Image.BILINEAR)
+        except (OSError, ValueError) as exc:
+            raise FileNotFoundError(f"image: cannot read {spec!r}: {exc}") from None
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    chw = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    x = (chw - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    return x, arr, label
+
+
+def _gradcam(args) -> int:
+    from ..training.engine import load_weights
+    from .figures import DPI
+    from .gradcam import gradcam, last_conv, resolve_layer
+
+    dataset = args.dataset or ("fmnist" if "fmnist" in args.model else "imagenet")
+    x, shown, label = load_image(args.image, dataset)
+    plain, ic = build_pair(args.model, args.num_classes, DATASETS[dataset][3])
+    random = []
+    for model, weights, kind in ((plain, args.plain_weights, "plain"), (ic, args.ic_weights, "IC")):
+        if weights:
+            load_weights(model, weights)
+        else:
+            random.append(kind)
+    if random:
+        which = " and ".join(random)
+        print(f"warning: the {which} model{'s have' if len(random) > 1 else ' has'} random weights, so the "
+              "Grad-CAM maps are meaningless; pass --plain-weights and --ic-weights", file=sys.stderr)
+    layer = args.layer or last_conv(plain)
+    resolve_layer(ic, layer)  # the same name must exist in both
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(GRADCAM_SIZE[0] / DPI, GRADCAM_SIZE[1] / DPI), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 3)
+    cmap = "gray" if shown.ndim == 2 else None
+    axes[0].imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title("input" + (f" (label: {label})" if label else ""), fontsize=12)
+    classes = None
+    if dataset == "fmnist":
+        from ..training.data import FMNIST_CLASSES as classes
+    for ax, model, kind in ((axes[1], plain, "plain"), (axes[2], ic, "IC")):
+        cam = gradcam(model, x, layer, target=args.target)
+        with torch.no_grad():
+            prob = torch.softmax(model.eval()(x[None]).float(), 1)[0]
+        cls = int(prob.argmax()) if args.target is None else args.target
+        name = classes[cls] if classes and cls < len(classes) else f"class {cls}"
+        ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        im = ax.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        title = f"{kind} {args.model.removeprefix('ic_')}: {name} (p = {float(prob[cls]):.2f})"
+        ax.set_title(title + ("\nRANDOM WEIGHTS" if kind in random else ""), fontsize=12,
+                     color="#b2182b" if kind in random else "black")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1:], shrink=0.8, label="Grad-CAM")
+    suptitle = f"Grad-CAM of layer {layer!r}"
+    if random:
+        suptitle += f" — {RANDOM_WARNING}"
+    fig.suptitle(suptitle, fontsize=12, color="#b2182b" if random else "black")
+    folder = os.path.dirname(args.out)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(args.out, dpi=DPI, format="png")
+    print(f"wrote {args.out}")
+    return 0
