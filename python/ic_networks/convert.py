@@ -1,0 +1,103 @@
+"""``convert``: turn the plain convolutions of a model into IC convolutions (SPEC §2, eq. 7).
+
+Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, it walks the module tree and replaces
+every matching ``nn.Conv2d`` with :meth:`IcConv2d.from_conv`. With ``alpha == 0`` (the default)
+the converted model computes exactly what the original did, bit for bit, in eval and in train
+mode (BatchNorm running statistics included), and its ``state_dict`` keeps every original key;
+each converted conv adds ``adjust_weight``, ``adjust_bias`` and ``alpha``.
+"""
+from typing import Callable, Iterable, Optional, Set, Tuple
+
+import copy
+import numbers
+
+from torch import nn
+
+from .nn import ALPHA_MODES, IcConv2d
+from ._utils import pair
+
+__all__ = ["convert", "kernel_size_set"]
+
+Include = Callable[[str, nn.Module], bool]
+
+
+def kernel_size_set(kernel_sizes: Iterable) -> Set[Tuple[int, int]]:
+    """``(3, (1, 3))`` -> ``{(3, 3), (1, 3)}``: an int ``k`` means ``k x k``, a pair is ``(kh, kw)``."""
+    if isinstance(kernel_sizes, (numbers.Integral, str)) or not isinstance(kernel_sizes, Iterable):
+        raise TypeError(f"kernel_sizes: expected an iterable of ints or (kh, kw) pairs, got {kernel_sizes!r}")
+    sizes = {tuple(pair("kernel_sizes", k)) for k in kernel_sizes}
+    if not sizes:
+        raise ValueError("kernel_sizes: expected at least one kernel size, got an empty collection")
+    if any(v < 1 for s in sizes for v in s):
+        raise ValueError(f"kernel_sizes: kernel sizes must be >= 1, got {sorted(sizes)}")
+    return sizes
+
+
+def convert(
+    model: nn.Module,
+    kernel_sizes: Iterable = (3,),
+    include: Optional[Include] = None,
+    alpha: float = 0.0,
+    alpha_mode: str = "learnable",
+    inplace: bool = False,
+) -> nn.Module:
+    """Replaces the matching ``nn.Conv2d`` modules of ``model`` with :class:`IcConv2d`.
+
+    A conv matches when it is exactly an ``nn.Conv2d`` (subclasses are skipped: they may override
+    ``forward``, which the replacement would silently drop; an ``IcConv2d`` is never converted
+    twice), its ``kernel_size`` is in ``kernel_sizes`` and ``include(qualified_name, conv)`` is
+    true (``qualified_name`` as in ``model.named_modules()``, ``""`` for ``model`` itself).
+
+    Args:
+        model: the model; if it is itself a matching conv, the new ``IcConv2d`` is returned.
+        kernel_sizes: ints (``k`` means ``k x k``) or ``(kh, kw)`` pairs.
+        include: optional predicate on ``(qualified_name, module)``.
+        alpha, alpha_mode: passed to :meth:`IcConv2d.from_conv`. ``alpha=0`` keeps the model's
+            function (eq. 7: fine-tuning a pre-trained model); ``alpha=1, alpha_mode='fixed'`` is
+            the from-scratch layer (eq. 6).
+        inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is left
+            untouched.
+
+    Each new layer keeps the conv's device, dtype, ``requires_grad`` flags and train/eval mode; its
+    W' is random (kaiming uniform like W) and b1 is zero. A conv module shared by several parents
+    stays shared (one ``IcConv2d``). Forward hooks of a replaced conv are not carried over.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    sizes = kernel_size_set(kernel_sizes)
+    if include is not None and not callable(include):
+        raise TypeError(f"include: expected a callable (name, module) -> bool or None, got {type(include).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+
+    replaced = {}  # id(old conv) -> new IcConv2d, so shared convs stay shared
+
+    def matches(name: str, module: nn.Module) -> bool:
+        return (
+            type(module) is nn.Conv2d
+            and tuple(module.kernel_size) in sizes
+            and (include is None or bool(include(name, module)))
+        )
+
+    def visit(module: nn.Module, prefix: str) -> nn.Module:
+        if id(module) in replaced:
+            return replaced[id(module)]
+        if matches(prefix, module):
+            new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode)
+            replaced[id(module)] = new
+            return new
+        for name, child in list(module._modules.items()):  # every name, also of a shared child
+            if child is None:
+                continue
+            new = visit(child, f"{prefix}.{name}" if prefix else name)
+            if new is not child:
+                setattr(module, name, new)
+        return module
+
+    return visit(model, "")

@@ -1,0 +1,173 @@
+"""What every builder of the zoo shares: where weights come from, how they load, and the default alpha.
+
+``weights`` (every builder):
+
+* ``None``: random initialisation.
+* a local path (``str`` or ``os.PathLike``) to a ``torch.save``-d state_dict, either of the plain
+  model or of the IC model itself (also accepted: a dict holding it under ``"state_dict"`` or
+  ``"model"``);
+* a torchvision ``WeightsEnum`` member (or its name, e.g. ``"IMAGENET1K_V1"`` / ``"DEFAULT"``) for
+  the builders that wrap a torchvision model. The file is read from the local torch hub cache,
+  ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>``, and **never downloaded**: a
+  missing file is a ``FileNotFoundError`` that names the file to put there.
+
+Loading is strict except for the IC keys: a plain state_dict must leave missing exactly the IC
+keys (``adjust_weight``, ``adjust_bias``, ``alpha`` of every IC layer), which keep their
+initialisation (random W', b1 = 0); an IC state_dict must leave nothing missing. Any other missing
+or unexpected key, or a shape mismatch, is a ``RuntimeError``.
+
+Default alpha (SPEC §2): an IC model trained from scratch (``weights=None``) gets the eq. 6 layer,
+``alpha=1`` as a fixed buffer; an IC model built on weights gets the eq. 7 layer, ``alpha=0`` as a
+learnable parameter, so it starts exactly as the plain model (the WLD recipe). An IC checkpoint's
+own ``alpha`` values overwrite this. ``alpha=`` / ``alpha_mode=`` override both.
+"""
+import os
+import urllib.parse
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple, Type
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ..convert import convert
+from ..nn import ALPHA_MODES
+
+__all__ = ["hub_checkpoint_path", "load_weights", "ic_keys", "resolve_alpha", "build_ic", "build_torchvision_ic"]
+
+IC_PARAM_NAMES = ("adjust_weight", "adjust_bias", "alpha")
+
+
+def hub_checkpoint_path(weights: WeightsEnum) -> str:
+    """Where torchvision would cache ``weights``: ``<torch hub dir>/checkpoints/<file name>``."""
+    filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def _resolve_source(weights, weights_enum: Optional[Type[WeightsEnum]]) -> Tuple[str, Optional[WeightsEnum]]:
+    """Returns (local file, enum member or None) for a non-None ``weights``."""
+    if isinstance(weights, WeightsEnum):
+        if weights_enum is None:
+            raise TypeError(f"weights: this model has no torchvision weights; got {weights}, pass a local path instead")
+        member = weights_enum.verify(weights)  # TypeError for another model's enum
+    elif isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if os.path.isfile(path):
+            return path, None
+        name = path.replace(weights_enum.__name__ + ".", "") if weights_enum is not None else None
+        if weights_enum is None or name not in weights_enum.__members__:
+            raise FileNotFoundError(f"weights: no such file {path!r}")
+        member = weights_enum[name]
+    else:
+        raise TypeError(f"weights: expected None, a local path or a torchvision WeightsEnum, got {type(weights).__name__}")
+    path = hub_checkpoint_path(member)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"weights: {member} needs the file {os.path.basename(path)!r} in {os.path.dirname(path)!r}; "
+            f"ic-networks never downloads: fetch {member.url} there yourself"
+        )
+    return path, member
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RuntimeError(f"weights: {path!r} does not hold a state_dict (a dict of tensors)")
+    return obj
+
+
+def ic_keys(model: nn.Module) -> Set[str]:
+    """The state_dict keys that IC layers add (``adjust_weight``, ``adjust_bias``, ``alpha``)."""
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "adjust_weight", None), nn.Parameter):
+            prefix = f"{name}." if name else ""
+            keys.update(prefix + k for k in IC_PARAM_NAMES)
+    return keys
+
+
+def load_weights(model: nn.Module, weights, weights_enum: Optional[Type[WeightsEnum]] = None) -> nn.Module:
+    """Loads ``weights`` (see the module docstring) into ``model``; returns ``model``."""
+    if weights is None:
+        return model
+    path, member = _resolve_source(weights, weights_enum)
+    state = _read_state_dict(path)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise RuntimeError(f"weights: cannot load {path!r} into {type(model).__name__}: {exc}") from None
+    missing, expected = set(result.missing_keys), ic_keys(model)
+    if result.unexpected_keys or (missing and missing != expected):
+        raise RuntimeError(
+            f"weights: {path!r} does not match {type(model).__name__}: unexpected keys "
+            f"{sorted(result.unexpected_keys)[:8]}, missing keys {sorted(missing)[:8]} "
+            f"(only all of the IC keys may be missing, for a plain checkpoint)"
+        )
+    return model
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` if it is an int >= 1, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_num_classes(weights, weights_enum: Optional[Type[WeightsEnum]], num_classes: int) -> None:
+    """``num_classes`` is a positive int that agrees with a torchvision ``weights`` enum."""
+    positive_int("num_classes", num_classes)
+    if weights_enum is not None and weights is not None:
+        try:
+            member = weights_enum.verify(weights) if isinstance(weights, (str, WeightsEnum)) else None
+        except KeyError:  # a path, not an enum name
+            member = None
+        if member is not None and len(member.meta["categories"]) != num_classes:
+            raise ValueError(f"num_classes: {member} has {len(member.meta['categories'])} classes, got {num_classes}")
+
+
+def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) -> Tuple[float, str]:
+    """Default alpha: ``(1.0, 'fixed')`` from scratch, ``(0.0, 'learnable')`` on weights."""
+    scratch = weights is None
+    alpha = (1.0 if scratch else 0.0) if alpha is None else alpha
+    alpha_mode = ("fixed" if scratch else "learnable") if alpha_mode is None else alpha_mode
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
+    return float(alpha), alpha_mode
+
+
+def build_ic(
+    plain: nn.Module,
+    weights,
+    weights_enum: Optional[Type[WeightsEnum]],
+    alpha: Optional[float],
+    alpha_mode: Optional[str],
+    kernel_sizes: Iterable = (3,),
+    include: Optional[Callable[[str, nn.Module], bool]] = None,
+) -> nn.Module:
+    """Converts a freshly built plain model in place (:func:`ic_networks.convert`), then loads weights."""
+    alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
+    model = convert(plain, kernel_sizes, include, alpha=alpha, alpha_mode=alpha_mode, inplace=True)
+    return load_weights(model, weights, weights_enum)
+
+
+def build_torchvision_ic(
+    builder: Callable[..., nn.Module],
+    weights_enum: Type[WeightsEnum],
+    weights,
+    num_classes: int,
+    alpha: Optional[float],
+    alpha_mode: Optional[str],
+    kwargs: Dict,
+    kernel_sizes: Iterable,
+    include: Callable[[str, nn.Module], bool],
+) -> nn.Module:
+    """An IC model from a torchvision builder: plain model without weights, converted, then loaded."""
+    check_num_classes(weights, weights_enum, num_classes)
+    plain = builder(weights=None, num_classes=num_classes, **kwargs)
+    return build_ic(plain, weights, weights_enum, alpha, alpha_mode, kernel_sizes, include)

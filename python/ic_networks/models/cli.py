@@ -1,0 +1,78 @@
+"""``ic-networks flops`` and ``ic-networks convert``.
+
+* ``ic-networks flops NAME [--input-size ...]``: parameters and multiply-adds of the plain model
+  against its IC version (:func:`ic_networks.profile.profile`; the models are built on the meta
+  device, so nothing is allocated). ``NAME`` is a zoo name, plain (``resnet50``) or IC
+  (``ic_resnet50_b``).
+* ``ic-networks convert --model NAME --weights PATH --out PATH``: loads a plain checkpoint (a local
+  state_dict file, e.g. torchvision's ``resnet50-0676ba61.pth``) into the IC model, with W' random,
+  b1 = 0 and alpha = 0 (learnable), and writes the IC state_dict atomically (temporary file, then
+  ``os.replace``). The result loads with ``ic_networks.models.<ic name>(weights=OUT)``.
+"""
+import argparse
+
+import torch
+
+from ..profile import profile
+from ..training.checkpoint import atomic_save
+from ._common import load_weights
+from ._zoo import ZOO, lookup
+
+__all__ = ["register"]
+
+
+def _input_size(values, default):
+    if values is None:
+        return default
+    if len(values) == 1:
+        return default[:2] + (values[0], values[0])
+    if len(values) == 2:
+        return default[:2] + tuple(values)
+    if len(values) == 4:
+        return tuple(values)
+    raise ValueError(f"--input-size: expected S, H W or N C H W, got {values}")
+
+
+def _flops(args) -> int:
+    entry = lookup(args.name)
+    size = _input_size(args.input_size, entry.input_size)
+    with torch.device("meta"):
+        rows = [(entry.plain_name, profile(entry.plain(), size)), (entry.name, profile(entry.ic(), size))]
+    base = rows[0][1]
+    print(f"input {tuple(size)}; multiply-adds as in ic_networks.profile (box-sum additions listed apart)")
+    header = f"{'model':<26}{'params':>10}{'GMACs':>9}{'IC layers':>11}{'IC params':>11}{'W1x1 GMACs':>12}{'elem GMACs':>12}{'box Gadds':>11}{'d MACs':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, p in rows:
+        print(
+            f"{name:<26}{p.params / 1e6:>9.2f}M{p.macs / 1e9:>9.2f}{p.ic_layers:>11}{p.ic_params / 1e6:>10.2f}M"
+            f"{p.ic_macs_adjust / 1e9:>12.3f}{p.ic_macs_elementwise / 1e9:>12.4f}{p.ic_box_sum_adds / 1e9:>11.4f}"
+            f"{100.0 * (p.macs - base.macs) / base.macs:>+8.1f}%"
+        )
+    return 0
+
+
+def _convert(args) -> int:
+    entry = lookup(args.model)
+    model = load_weights(entry.ic(alpha=0.0, alpha_mode="learnable"), args.weights)
+    atomic_save(model.state_dict(), args.out)
+    n = sum(1 for m in model.modules() if isinstance(getattr(m, "adjust_weight", None), torch.nn.Parameter))
+    print(f"{entry.name}: {n} IC layers (alpha = 0, output identical to {entry.plain_name}); wrote {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    names = ", ".join(sorted(ZOO))
+    p = sub.add_parser("flops", help="params and multiply-adds of a plain model against its IC version",
+                       description=f"Models: {names} (or their plain names).")
+    p.add_argument("name", help="zoo model, plain or IC name (e.g. resnet50, ic_resnet50_b)")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                   help="S (square), H W, or N C H W; default: the model's (224 ImageNet, 32 CIFAR, 28 FMNIST)")
+    p.set_defaults(func=_flops)
+
+    p = sub.add_parser("convert", help="turn a plain checkpoint into an IC state_dict (alpha = 0)",
+                       description=f"Models: {names} (or their plain names).")
+    p.add_argument("--model", required=True, help="zoo model, plain or IC name (e.g. resnet50)")
+    p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
+    p.add_argument("--out", required=True, help="where to write the IC state_dict")
+    p.set_defaults(func=_convert)
