@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--plain-weights", metavar="P", help="weights of the plain model (state_dict or checkpoint)")
     p.add_argument("--ic-weights", metavar="Q", help="weights of the IC model (state_dict or checkpoint)")
     p.add_argument("--out", required=True, metavar="PNG", help="output PNG")
-    p.add_argument("--layer", help="layer to explain (qualified module name; default: the last conv)")
+    p.add_argument("--layer", help="layer to explain, a qualified module name (default: the last conv larger than 1x1; a post-ReLU layer such as features.10 of fmnist_cnn or layer4 of a ResNet is often clearer)")
     p.add_argument("--target", type=int, help="class to explain (default: each model's prediction)")
     p.add_argument("--dataset", choices=sorted(DATASETS),
                    help="input statistics and size (default: fmnist for fmnist models, else imagenet)")

@@ -57,7 +57,7 @@ def _new_figure(size: Tuple[int, int]) -> Figure:
     return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: str, size: Tuple[int, int]) -> str:
+def _save(fig: Figure, path: str) -> str:
     path = os.fspath(path)
     folder = os.path.dirname(path)
     if folder:
@@ -92,7 +92,7 @@ def plot_regions(path: str, plain: Dict = PLAIN, ic: Dict = IC, bounds: Sequence
     handles = [Line2D([], [], color="black", lw=2.2, label="outer hyperplane  a(x) = 0"),
                Line2D([], [], color="#d62728", lw=1.8, ls="--", label="collision hyperplane  (w − w′·1)·x + b₁ = 0")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=11, frameon=False)
-    return _save(fig, path, REGIONS_SIZE)
+    return _save(fig, path)
 
 
 def plot_xor(path: str, w: Sequence[float] = XOR_SOLUTION["w"], w_prime: float = XOR_SOLUTION["w_prime"],
@@ -125,7 +125,7 @@ def plot_xor(path: str, w: Sequence[float] = XOR_SOLUTION["w"], w_prime: float =
     handles += [Patch(color="#fdd0a2", label="predicted XOR = 1 (a < 0)"),
                 Line2D([], [], color="#d62728", lw=1.8, ls="--", label="collision hyperplane")]
     ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.92)
-    return _save(fig, path, XOR_SIZE)
+    return _save(fig, path)
 
 
 def write_figures(out_dir: str, resolution: int = 400) -> Dict[str, str]:
