@@ -95,7 +95,7 @@ def resnet18_file(tmp_path_factory):
 
 def test_checkpoint_mismatches_are_errors(resnet18_file, tmp_path):
     with pytest.raises(RuntimeError, match="weights"):  # another architecture
-        M.ic_resnet34(weights=resnet18_file)
+        M.ic_mobilenet_cifar(weights=resnet18_file)
     with pytest.raises(RuntimeError, match="weights"):  # a shape mismatch (fc)
         M.ic_resnet18(weights=resnet18_file, num_classes=10)
     state = M.ic_resnet18(weights=resnet18_file).state_dict()

@@ -16,12 +16,12 @@ from torch import nn
 from .nn import ALPHA_MODES, IcConv2d
 from ._utils import pair
 
-__all__ = ["convert", "kernel_size_set"]
+__all__ = ["convert"]
 
 Include = Callable[[str, nn.Module], bool]
 
 
-def kernel_size_set(kernel_sizes: Iterable) -> Set[Tuple[int, int]]:
+def _kernel_size_set(kernel_sizes: Iterable) -> Set[Tuple[int, int]]:
     """``(3, (1, 3))`` -> ``{(3, 3), (1, 3)}``: an int ``k`` means ``k x k``, a pair is ``(kh, kw)``."""
     if isinstance(kernel_sizes, (numbers.Integral, str)) or not isinstance(kernel_sizes, Iterable):
         raise TypeError(f"kernel_sizes: expected an iterable of ints or (kh, kw) pairs, got {kernel_sizes!r}")
@@ -64,7 +64,7 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    sizes = kernel_size_set(kernel_sizes)
+    sizes = _kernel_size_set(kernel_sizes)
     if include is not None and not callable(include):
         raise TypeError(f"include: expected a callable (name, module) -> bool or None, got {type(include).__name__}")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):

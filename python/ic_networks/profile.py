@@ -103,11 +103,10 @@ def _is_ic_layer(module: nn.Module) -> bool:
 
 def _plain_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, _ConvNd):
-        per = module.in_channels // module.groups * math.prod(module.kernel_size)
+        bias = out.numel() if module.bias is not None else 0
         if module.transposed:
-            per = module.out_channels // module.groups * math.prod(module.kernel_size)
-            return x.numel() * per + (out.numel() if module.bias is not None else 0)
-        return out.numel() * per + (out.numel() if module.bias is not None else 0)
+            return x.numel() * module.out_channels // module.groups * math.prod(module.kernel_size) + bias
+        return out.numel() * module.in_channels // module.groups * math.prod(module.kernel_size) + bias
     if isinstance(module, nn.Linear):
         return out.numel() * module.in_features + (out.numel() if module.bias is not None else 0)
     if isinstance(module, _NORMS):

@@ -6,8 +6,8 @@
 * a local path (``str`` or ``os.PathLike``) to a ``torch.save``-d state_dict, either of the plain
   model or of the IC model itself (also accepted: a dict holding it under ``"state_dict"`` or
   ``"model"``);
-* a torchvision ``WeightsEnum`` member (or its name, e.g. ``"IMAGENET1K_V1"`` / ``"DEFAULT"``) for
-  the builders that wrap a torchvision model. The file is read from the local torch hub cache,
+* a torchvision ``WeightsEnum`` member (or its name, e.g. ``"IMAGENET1K_V1"`` / ``"DEFAULT"``; a
+  string is a path when such a file exists) for the builders that wrap a torchvision model. The file is read from the local torch hub cache,
   ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>``, and **never downloaded**: a
   missing file is a ``FileNotFoundError`` that names the file to put there.
 
@@ -32,7 +32,10 @@ from torchvision.models import WeightsEnum
 from ..convert import convert
 from ..nn import ALPHA_MODES
 
-__all__ = ["hub_checkpoint_path", "load_weights", "ic_keys", "resolve_alpha", "build_ic", "build_torchvision_ic"]
+__all__ = [
+    "hub_checkpoint_path", "resolve_weights", "load_weights", "ic_keys", "positive_int", "resolve_alpha", "build_plain",
+    "build_ic", "build_torchvision_ic",
+]
 
 IC_PARAM_NAMES = ("adjust_weight", "adjust_bias", "alpha")
 
@@ -43,8 +46,15 @@ def hub_checkpoint_path(weights: WeightsEnum) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-def _resolve_source(weights, weights_enum: Optional[Type[WeightsEnum]]) -> Tuple[str, Optional[WeightsEnum]]:
-    """Returns (local file, enum member or None) for a non-None ``weights``."""
+def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, num_classes: Optional[int] = None) -> Optional[str]:
+    """The local file that ``weights`` names (``None`` for ``None``), checked before any model is built.
+
+    ``num_classes``, when given, must agree with a torchvision enum's number of categories.
+    """
+    if num_classes is not None:
+        positive_int("num_classes", num_classes)
+    if weights is None:
+        return None
     if isinstance(weights, WeightsEnum):
         if weights_enum is None:
             raise TypeError(f"weights: this model has no torchvision weights; got {weights}, pass a local path instead")
@@ -52,20 +62,23 @@ def _resolve_source(weights, weights_enum: Optional[Type[WeightsEnum]]) -> Tuple
     elif isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
         if os.path.isfile(path):
-            return path, None
+            return path
         name = path.replace(weights_enum.__name__ + ".", "") if weights_enum is not None else None
         if weights_enum is None or name not in weights_enum.__members__:
             raise FileNotFoundError(f"weights: no such file {path!r}")
         member = weights_enum[name]
     else:
         raise TypeError(f"weights: expected None, a local path or a torchvision WeightsEnum, got {type(weights).__name__}")
+    classes = len(member.meta["categories"])
+    if num_classes is not None and num_classes != classes:
+        raise ValueError(f"num_classes: {member} has {classes} classes, got {num_classes}")
     path = hub_checkpoint_path(member)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"weights: {member} needs the file {os.path.basename(path)!r} in {os.path.dirname(path)!r}; "
             f"ic-networks never downloads: fetch {member.url} there yourself"
         )
-    return path, member
+    return path
 
 
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -92,9 +105,9 @@ def ic_keys(model: nn.Module) -> Set[str]:
 
 def load_weights(model: nn.Module, weights, weights_enum: Optional[Type[WeightsEnum]] = None) -> nn.Module:
     """Loads ``weights`` (see the module docstring) into ``model``; returns ``model``."""
-    if weights is None:
+    path = resolve_weights(weights, weights_enum)
+    if path is None:
         return model
-    path, member = _resolve_source(weights, weights_enum)
     state = _read_state_dict(path)
     try:
         result = model.load_state_dict(state, strict=False)
@@ -117,18 +130,6 @@ def positive_int(name: str, value) -> int:
     return value
 
 
-def check_num_classes(weights, weights_enum: Optional[Type[WeightsEnum]], num_classes: int) -> None:
-    """``num_classes`` is a positive int that agrees with a torchvision ``weights`` enum."""
-    positive_int("num_classes", num_classes)
-    if weights_enum is not None and weights is not None:
-        try:
-            member = weights_enum.verify(weights) if isinstance(weights, (str, WeightsEnum)) else None
-        except KeyError:  # a path, not an enum name
-            member = None
-        if member is not None and len(member.meta["categories"]) != num_classes:
-            raise ValueError(f"num_classes: {member} has {len(member.meta['categories'])} classes, got {num_classes}")
-
-
 def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) -> Tuple[float, str]:
     """Default alpha: ``(1.0, 'fixed')`` from scratch, ``(0.0, 'learnable')`` on weights."""
     scratch = weights is None
@@ -141,19 +142,28 @@ def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) ->
     return float(alpha), alpha_mode
 
 
+def build_plain(make: Callable[[], nn.Module], weights, num_classes: int) -> nn.Module:
+    """A plain model of the zoo (no torchvision enum) with its ``weights`` loaded."""
+    path = resolve_weights(weights, None, num_classes)
+    return load_weights(make(), path)
+
+
 def build_ic(
-    plain: nn.Module,
+    make_plain: Callable[[], nn.Module],
     weights,
     weights_enum: Optional[Type[WeightsEnum]],
+    num_classes: int,
     alpha: Optional[float],
     alpha_mode: Optional[str],
     kernel_sizes: Iterable = (3,),
     include: Optional[Callable[[str, nn.Module], bool]] = None,
 ) -> nn.Module:
-    """Converts a freshly built plain model in place (:func:`ic_networks.convert`), then loads weights."""
+    """Checks the arguments, builds the plain model, converts it in place (:func:`ic_networks.convert`)
+    and loads ``weights``."""
+    path = resolve_weights(weights, weights_enum, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
-    model = convert(plain, kernel_sizes, include, alpha=alpha, alpha_mode=alpha_mode, inplace=True)
-    return load_weights(model, weights, weights_enum)
+    model = convert(make_plain(), kernel_sizes, include, alpha=alpha, alpha_mode=alpha_mode, inplace=True)
+    return load_weights(model, path)
 
 
 def build_torchvision_ic(
@@ -168,6 +178,7 @@ def build_torchvision_ic(
     include: Callable[[str, nn.Module], bool],
 ) -> nn.Module:
     """An IC model from a torchvision builder: plain model without weights, converted, then loaded."""
-    check_num_classes(weights, weights_enum, num_classes)
-    plain = builder(weights=None, num_classes=num_classes, **kwargs)
-    return build_ic(plain, weights, weights_enum, alpha, alpha_mode, kernel_sizes, include)
+    return build_ic(
+        lambda: builder(weights=None, num_classes=num_classes, **kwargs),
+        weights, weights_enum, num_classes, alpha, alpha_mode, kernel_sizes, include,
+    )

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, load_weights, positive_int
+from ._common import build_ic, build_plain, positive_int
 
 __all__ = [
     "CifarResNet", "se_resnet18_cifar", "se_resnet50_cifar", "resnext29_2x64d_cifar",
@@ -116,11 +116,12 @@ def _in_blocks(name: str, module: nn.Module) -> bool:
 
 
 def _plain(arch: str, weights, num_classes: int) -> CifarResNet:
-    return load_weights(CifarResNet(num_classes=num_classes, **_SPECS[arch]), weights)
+    return build_plain(lambda: CifarResNet(num_classes=num_classes, **_SPECS[arch]), weights, num_classes)
 
 
 def _ic(arch: str, weights, num_classes: int, alpha, alpha_mode) -> CifarResNet:
-    return build_ic(CifarResNet(num_classes=num_classes, **_SPECS[arch]), weights, None, alpha, alpha_mode, (3,), _in_blocks)
+    make = lambda: CifarResNet(num_classes=num_classes, **_SPECS[arch])  # noqa: E731
+    return build_ic(make, weights, None, num_classes, alpha, alpha_mode, (3,), _in_blocks)
 
 
 def se_resnet18_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarResNet:

@@ -15,7 +15,7 @@ import torch
 
 from ..profile import profile
 from ..training.checkpoint import atomic_save
-from ._common import load_weights
+from ._common import load_weights, resolve_weights
 from ._zoo import ZOO, lookup
 
 __all__ = ["register"]
@@ -54,7 +54,8 @@ def _flops(args) -> int:
 
 def _convert(args) -> int:
     entry = lookup(args.model)
-    model = load_weights(entry.ic(alpha=0.0, alpha_mode="learnable"), args.weights)
+    path = resolve_weights(args.weights)  # a missing file fails before the model is built
+    model = load_weights(entry.ic(alpha=0.0, alpha_mode="learnable"), path)
     atomic_save(model.state_dict(), args.out)
     n = sum(1 for m in model.modules() if isinstance(getattr(m, "adjust_weight", None), torch.nn.Parameter))
     print(f"{entry.name}: {n} IC layers (alpha = 0, output identical to {entry.plain_name}); wrote {args.out}")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import functional as icf
 from ..nn import ALPHA_MODES
-from ._common import load_weights, positive_int, resolve_alpha
+from ._common import build_plain, load_weights, positive_int, resolve_alpha, resolve_weights
 
 __all__ = [
     "DepthwiseSeparable", "IcDepthwiseSeparable", "CifarMobileNet", "mobilenet_cifar", "ic_mobilenet_cifar",
@@ -131,11 +131,12 @@ class CifarMobileNet(nn.Module):
 
 def mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarMobileNet:
     """Plain MobileNet (v1) for CIFAR-10."""
-    return load_weights(CifarMobileNet(num_classes), weights)
+    return build_plain(lambda: CifarMobileNet(num_classes), weights, num_classes)
 
 
 def ic_mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
                        alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarMobileNet:
     """IC-MobileNet (v1) for CIFAR-10: every depthwise + pointwise pair is one IC layer."""
+    path = resolve_weights(weights, None, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
-    return load_weights(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), weights)
+    return load_weights(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)

@@ -11,7 +11,7 @@ from typing import List, Optional, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, load_weights, positive_int
+from ._common import build_ic, build_plain, positive_int
 
 __all__ = ["CifarVGG", "vgg16_cifar", "vgg19_cifar", "ic_vgg16_cifar", "ic_vgg19_cifar"]
 
@@ -46,21 +46,21 @@ class CifarVGG(nn.Module):
 
 def vgg16_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarVGG:
     """Plain VGG-16 (BN) for CIFAR-10."""
-    return load_weights(CifarVGG(_CONFIGS[16], num_classes), weights)
+    return build_plain(lambda: CifarVGG(_CONFIGS[16], num_classes), weights, num_classes)
 
 
 def vgg19_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarVGG:
     """Plain VGG-19 (BN) for CIFAR-10."""
-    return load_weights(CifarVGG(_CONFIGS[19], num_classes), weights)
+    return build_plain(lambda: CifarVGG(_CONFIGS[19], num_classes), weights, num_classes)
 
 
 def ic_vgg16_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
                    alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarVGG:
     """IC-VGG-16 (BN) for CIFAR-10: every 3x3 conv is an IC layer."""
-    return build_ic(CifarVGG(_CONFIGS[16], num_classes), weights, None, alpha, alpha_mode)
+    return build_ic(lambda: CifarVGG(_CONFIGS[16], num_classes), weights, None, num_classes, alpha, alpha_mode)
 
 
 def ic_vgg19_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
                    alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarVGG:
     """IC-VGG-19 (BN) for CIFAR-10: every 3x3 conv is an IC layer."""
-    return build_ic(CifarVGG(_CONFIGS[19], num_classes), weights, None, alpha, alpha_mode)
+    return build_ic(lambda: CifarVGG(_CONFIGS[19], num_classes), weights, None, num_classes, alpha, alpha_mode)
