@@ -5,6 +5,7 @@ import torchvision
 from torch import nn
 
 from ic_networks.convert import convert
+from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
 
 
@@ -115,6 +116,9 @@ def test_top_level_conv_and_subclasses():
 
     seq = nn.Sequential(WeirdConv(2, 3, 3))
     assert type(convert(seq)[0]) is WeirdConv
+
+    pair = nn.Sequential(IcDepthwiseSeparable(4, 8))  # already an IC layer: its dw conv stays plain
+    assert type(convert(pair)[0].dw) is nn.Conv2d
 
 
 def test_train_mode_and_device_preserved():

@@ -45,7 +45,7 @@ def convert(
 
     A conv matches when it is exactly an ``nn.Conv2d`` (subclasses are skipped: they may override
     ``forward``, which the replacement would silently drop; an ``IcConv2d`` is never converted
-    twice), its ``kernel_size`` is in ``kernel_sizes`` and ``include(qualified_name, conv)`` is
+    twice, nor a conv inside another IC layer such as ``models.IcDepthwiseSeparable``), its ``kernel_size`` is in ``kernel_sizes`` and ``include(qualified_name, conv)`` is
     true (``qualified_name`` as in ``model.named_modules()``, ``""`` for ``model`` itself).
 
     Args:
@@ -92,6 +92,8 @@ def convert(
             new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode)
             replaced[id(module)] = new
             return new
+        if isinstance(getattr(module, "adjust_weight", None), nn.Parameter):
+            return module  # already an IC layer (e.g. the MobileNet dw + pw pair): its convs stay
         for name, child in list(module._modules.items()):  # every name, also of a shared child
             if child is None:
                 continue

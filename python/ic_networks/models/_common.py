@@ -7,9 +7,12 @@
   model or of the IC model itself (also accepted: a dict holding it under ``"state_dict"`` or
   ``"model"``);
 * a torchvision ``WeightsEnum`` member (or its name, e.g. ``"IMAGENET1K_V1"`` / ``"DEFAULT"``; a
-  string is a path when such a file exists) for the builders that wrap a torchvision model. The file is read from the local torch hub cache,
+  string is a path when such a file exists) for the builders that wrap a torchvision model. The
+  file is read from the local torch hub cache,
   ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>``, and **never downloaded**: a
   missing file is a ``FileNotFoundError`` that names the file to put there.
+
+``weights`` and ``num_classes`` are checked before the model is built, so a wrong path fails fast.
 
 Loading is strict except for the IC keys: a plain state_dict must leave missing exactly the IC
 keys (``adjust_weight``, ``adjust_bias``, ``alpha`` of every IC layer), which keep their
@@ -111,8 +114,10 @@ def load_weights(model: nn.Module, weights, weights_enum: Optional[Type[WeightsE
     state = _read_state_dict(path)
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise RuntimeError(f"weights: cannot load {path!r} into {type(model).__name__}: {exc}") from None
+    except RuntimeError as exc:  # shape mismatches: torch lists every one, keep the first three
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+        raise RuntimeError(f"weights: cannot load {path!r} into {type(model).__name__}: {'; '.join(lines[:3])}{more}") from None
     missing, expected = set(result.missing_keys), ic_keys(model)
     if result.unexpected_keys or (missing and missing != expected):
         raise RuntimeError(
