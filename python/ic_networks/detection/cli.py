@@ -1,0 +1,151 @@
+"""``ic-networks train-det`` and ``ic-networks eval-det``: torchvision IC detectors on local PASCAL VOC.
+
+``train-det`` writes ``<out>/last.pt`` after every epoch (atomically: temp file + ``os.replace``;
+``{'model', 'optimizer', 'scheduler', 'epoch', 'arch', 'args'}``), resumes from it when it exists,
+and appends one JSON line per epoch to ``<out>/log.jsonl``. ``eval-det`` writes
+``<out>/metrics.json``. Decision: the default learning rate is mmdetection's, linearly rescaled to
+the batch size (0.02 x batch/16 for Faster R-CNN, 0.01 x batch/16 for RetinaNet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from . import BUILDERS
+from .engine import append_jsonl, evaluate, make_optimizer, save_atomic, train_one_epoch
+from .voc import VOC_CLASSES, collate, voc_datasets
+
+BASE_LR = {"fasterrcnn_ic_resnet50_fpn": 0.02, "retinanet_ic_resnet50_fpn": 0.01}
+
+
+def _positive(name):
+    def parse(s: str) -> int:
+        v = int(s)
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name}: expected an int >= 1, got {s}")
+        return v
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--voc-root", required=True, help="directory holding VOCdevkit/VOC2007 (and VOC2012)")
+    p.add_argument("--test-set", default="2007-test", help="VOC split to evaluate on (default 2007-test)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=2)
+    p.add_argument("--min-size", type=_positive("--min-size"), default=600, help="shorter side after resizing")
+    p.add_argument("--max-size", type=_positive("--max-size"), default=1000, help="longer side at most")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--limit", type=_positive("--limit"), default=None, help="use only the first N images (smoke runs)")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-det", help="train an IC Faster R-CNN / RetinaNet on local PASCAL VOC (torchvision)")
+    p.add_argument("--model", choices=sorted(BUILDERS), default="fasterrcnn_ic_resnet50_fpn")
+    _common(p)
+    p.add_argument("--train-sets", nargs="+", default=["2007-trainval", "2012-trainval"],
+                   help="VOC splits to train on (default VOC 07+12)")
+    p.add_argument("--epochs", type=_positive("--epochs"), default=12)
+    p.add_argument("--lr", type=float, default=None, help="default: mmdet's, rescaled to the batch size")
+    p.add_argument("--lr-steps", type=int, nargs="*", default=None,
+                   help="epochs at which the lr drops 10x (default: 2/3 and 11/12 of --epochs)")
+    p.add_argument("--warmup-iters", type=int, default=500)
+    p.add_argument("--weights-backbone", default=None, help="local state_dict of a plain or IC ResNet-50")
+    p.add_argument("--trainable-backbone-layers", type=int, default=None)
+    p.add_argument("--ic-alpha", type=float, default=None, help="initial alpha (default 0 with a backbone, else 1)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after the last epoch")
+    p.set_defaults(func=train_det)
+
+    p = sub.add_parser("eval-det", help="VOC mAP@0.5 of a train-det checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a train-det checkpoint (last.pt)")
+    _common(p)
+    p.set_defaults(func=eval_det)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _loader(ds, args, shuffle: bool) -> DataLoader:
+    if args.limit is not None:
+        ds = Subset(ds, range(min(args.limit, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"--voc-root: the selected VOC split(s) under {args.voc_root!r} are empty")
+    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.workers, collate_fn=collate,
+                      drop_last=False, persistent_workers=False)
+
+
+def _build(arch: str, args, **kw) -> nn.Module:
+    return BUILDERS[arch](num_classes=len(VOC_CLASSES) + 1, min_size=args.min_size, max_size=args.max_size, **kw)
+
+
+def train_det(args) -> int:
+    device = _device(args.device)
+    train_loader = _loader(voc_datasets(args.voc_root, args.train_sets, train=True), args, shuffle=True)
+    test_loader = None if args.no_eval else _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, False)
+    model = _build(args.model, args, weights_backbone=args.weights_backbone,
+                   trainable_backbone_layers=args.trainable_backbone_layers, ic_alpha=args.ic_alpha).to(device)
+    lr = args.lr if args.lr is not None else BASE_LR[args.model] * args.batch_size / 16
+    steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * 8 / 12), round(args.epochs * 11 / 12)]
+    opt, sched = make_optimizer(model, lr, len(train_loader), steps, args.warmup_iters)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "last.pt")
+    start = 0
+    if os.path.isfile(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("arch") != args.model:
+            raise ValueError(f"--out: {ckpt_path} holds a {ckpt.get('arch')!r}, not a {args.model!r}; use another --out")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start = int(ckpt["epoch"])
+        print(f"resuming from {ckpt_path} after epoch {start}")
+    for epoch in range(start, args.epochs):
+        print(f"epoch {epoch + 1}/{args.epochs}")
+        losses = train_one_epoch(model, opt, sched, train_loader, device)
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "epoch": epoch + 1, "arch": args.model, "args": vars(args) | {"func": None}}, ckpt_path)
+        append_jsonl(os.path.join(args.out, "log.jsonl"), {"epoch": epoch + 1, **losses})
+        print(f"  mean loss {losses['loss']:.4f}; checkpoint {ckpt_path}")
+    if test_loader is not None:
+        metrics = evaluate(model, test_loader, device)
+        _write_metrics(args.out, metrics)
+    return 0
+
+
+def _write_metrics(out: str, metrics: Dict[str, float]) -> None:
+    path = os.path.join(out, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(f"VOC mAP@0.5 = {metrics['map50']:.4f} (written to {path})")
+
+
+def eval_det(args) -> int:
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint!r}")
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("arch") not in BUILDERS or "model" not in ckpt:
+        raise ValueError(f"--checkpoint: {args.checkpoint!r} is not a train-det checkpoint (needs 'arch' and 'model')")
+    device = _device(args.device)
+    # Built from scratch (BatchNorm2d), which in eval mode computes what a FrozenBatchNorm2d backbone
+    # computes; only BatchNorm's num_batches_tracked counters may be missing from the checkpoint.
+    model = _build(ckpt["arch"], args)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"--checkpoint: does not match {ckpt['arch']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    loader = _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, shuffle=False)
+    os.makedirs(args.out, exist_ok=True)
+    _write_metrics(args.out, evaluate(model.to(device), loader, device))
+    return 0
