@@ -132,16 +132,19 @@ def test_weights_backbone_from_plain_and_ic_state_dict(tmp_path):
         ref = frozen.layer4(frozen.layer3(frozen.layer2(frozen.layer1(frozen.maxpool(frozen.relu(frozen.bn1(frozen.conv1(x))))))))
         assert torch.equal(body(x)["3"], ref)
 
-    # An IC checkpoint (here: this body with alpha set to 0.25) restores the IC parameters too.
-    for m in body.modules():
+    # An IC checkpoint of the model zoo's IC-ResNet-50 (alpha set to 0.25) restores the IC parameters too.
+    from ic_networks.models import ic_resnet50
+
+    zoo = ic_resnet50(num_classes=10)
+    for m in zoo.modules():
         if isinstance(m, ic_networks.IcConv2d):
             m.set_alpha(0.25)
     ic_path = tmp_path / "ic_resnet50.pth"
-    torch.save({"model": body.state_dict()}, ic_path)  # a training checkpoint wrapper is unwrapped
+    torch.save({"model": zoo.state_dict()}, ic_path)  # a training checkpoint wrapper is unwrapped
     retina = det.retinanet_ic_resnet50_fpn(num_classes=21, weights_backbone=ic_path, trainable_backbone_layers=5)
     rb = retina.backbone.body
     assert all(float(m.alpha.detach()) == 0.25 for m in rb.modules() if isinstance(m, ic_networks.IcConv2d))
-    assert torch.equal(rb.layer2[1].conv2.adjust_weight, body.layer2[1].conv2.adjust_weight)
+    assert torch.equal(rb.layer2[1].conv2.adjust_weight, zoo.layer2[1].conv2.adjust_weight)
     assert all(p.requires_grad for p in rb.parameters())
 
 
