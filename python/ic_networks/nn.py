@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as icf
-from ._utils import IntPair, resolve_padding
+from ._utils import IntPair, bounded_pair, resolve_padding
 from .reference import ic_conv2d_reference
 
 __all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES"]
@@ -44,9 +44,12 @@ class IcConv2d(nn.Conv2d):
     b1 with zeros. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
     IC keys as missing.
 
-    The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``). Only while an
-    ONNX export or ``torch.jit.trace`` is running does it use the plain-PyTorch formula
-    (``ic_networks.reference``), which those formats can hold.
+    The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``), which
+    ``torch.compile(fullgraph=True)``, ``torch.export`` and autocast handle like a built-in op.
+    Only while an ONNX export or ``torch.jit.trace`` is running does it use the plain-PyTorch
+    formula (``ic_networks.reference``), which those formats can hold; it gives the same outputs
+    up to float rounding. ``torch.jit.script`` is not supported and raises a ``RuntimeError`` that
+    says so (use ``torch.jit.trace``, ``torch.onnx.export`` or ``torch.export``).
     """
 
     def __init__(
@@ -73,6 +76,10 @@ class IcConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
         )
+        bounded_pair("stride", self.stride, 1)
+        bounded_pair("dilation", self.dilation, 1)
+        if not isinstance(self.padding, str):
+            bounded_pair("padding", self.padding, 0)
         factory = {"device": device, "dtype": dtype}
         self.alpha_mode = alpha_mode
         self.adjust_weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
@@ -156,8 +163,15 @@ class IcConv2d(nn.Conv2d):
             )
         return out.squeeze(0) if unbatched else out
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "IcConv2d does not support torch.jit.script: its op is a Python-registered custom op that "
+            "TorchScript cannot compile or serialise. Use torch.jit.trace (it records the plain-PyTorch "
+            "formula of ic_networks.reference), torch.onnx.export, torch.export or torch.compile."
+        )
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={float(self.alpha):g}, alpha_mode={self.alpha_mode}"
+        return f"{super().extra_repr()}, alpha={float(self.alpha.detach()):g}, alpha_mode={self.alpha_mode}"
 
 
 class WLDLoss(nn.Module):
