@@ -1,0 +1,164 @@
+"""Commands ``ic-networks train``, ``ic-networks eval`` and ``ic-networks demo``.
+
+Multi-process training: ``torchrun --nproc_per_node=N -m ic_networks train --recipe ...`` (DDP;
+gloo on CPU, nccl on GPU). Only local files are read; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .recipes import RECIPES, get_recipe
+from .schedules import milestones_every
+
+__all__ = ["register"]
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {s}")
+    return v
+
+
+def _recipe_list() -> str:
+    return "\n".join(f"  {n:18s} {r.description}" for n, r in sorted(RECIPES.items()))
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "train", help="train a model by a named recipe (scratch or WLD)", formatter_class=fmt,
+        description="Train by a named recipe. Recipes:\n" + _recipe_list()
+        + "\n\nUnder torchrun (--nproc_per_node=N) the run is data-parallel (DDP).",
+    )
+    p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="recipe name")
+    p.add_argument("--data", help="dataset folder (Fashion-MNIST: default /usr/share/datasets/fashion-mnist; "
+                   "CIFAR-10: the python batches; ImageNet: ImageFolder root with train/ and val/)")
+    p.add_argument("--model", help="model name (scratch: the model trained; wld: the plain teacher's architecture)")
+    p.add_argument("--teacher", help="WLD: the trained plain model's weights (state_dict or checkpoint.pt)")
+    p.add_argument("--out", help="run folder (default runs/<recipe>-<model>)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-step", type=_positive_int, help="divide the lr by 10 every N epochs (step schedule)")
+    p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
+    p.add_argument("--alpha", choices=("learn", "ramp", "fixed"), help="WLD: learn alpha or ramp it by hand")
+    p.add_argument("--alpha-end", type=float, help="WLD with --alpha ramp: final alpha (default 0.02)")
+    p.add_argument("--ten-crop", action="store_true", default=None, help="also report 10-crop accuracy at the end")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
+    p.add_argument("--ckpt-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
+    p.add_argument("--max-steps", type=_positive_int, help="stop (with a checkpoint) after N steps")
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 + GradScaler on CUDA)")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy of trained weights, single-crop and 10-crop")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt, or a state_dict file with --model")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="dataset/model of this recipe (default: the checkpoint's)")
+    p.add_argument("--model", help="model name (for a bare state_dict)")
+    p.add_argument("--data", help="dataset folder (as for train)")
+    p.add_argument("--ten-crop", action="store_true", help="also evaluate 10-crop (logits averaged)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    from .demo import DEFAULTS
+
+    p = sub.add_parser(
+        "demo", help="Fashion-MNIST: plain vs IC from scratch vs WLD fine-tuning (a few minutes on CPU)",
+        description="Trains the plain CNN, its IC version from scratch, and fine-tunes the converted plain model "
+        "with WLD (plus a cross-entropy control), on the Debian package's Fashion-MNIST. Installs and downloads "
+        "nothing.",
+    )
+    p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--subset", type=int, default=DEFAULTS["subset"],
+                   help=f"training images used (default {DEFAULTS['subset']}; 0 = all 60,000)")
+    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"], help="epochs of the scratch runs")
+    p.add_argument("--wld-epochs", type=_positive_int, default=DEFAULTS["wld_epochs"], help="epochs of WLD fine-tuning")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_train(args) -> int:
+    from .engine import dist_info, train
+
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    recipe = get_recipe(args.recipe)
+    changes = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   train_subset=args.subset, alpha=args.alpha, alpha_end=args.alpha_end, ten_crop=args.ten_crop)
+    if args.lr_step:
+        changes.update(lr_schedule="step", lr_milestones=milestones_every(args.lr_step, args.epochs or recipe.epochs))
+    recipe = recipe.replace(**changes)
+    try:
+        summary = train(
+            recipe, data=args.data, out_dir=args.out, teacher_weights=args.teacher, resume=args.resume,
+            overwrite=args.overwrite, amp=args.amp, workers=args.workers, seed=args.seed, device=args.device,
+            ckpt_every=args.ckpt_every, max_steps=args.max_steps, log=lambda line: print(line, file=sys.stderr),
+        )
+        if dist_info()[0] == 0:
+            print(json.dumps(summary, indent=1))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import build_datasets
+    from .engine import default_device, evaluate, load_weights, models_for_recipe
+    from .recipes import Recipe
+
+    state = load_checkpoint(args.checkpoint)
+    recipe = None
+    if args.recipe:
+        recipe = get_recipe(args.recipe)
+    elif isinstance(state.get("recipe"), dict):
+        recipe = Recipe.from_dict(state["recipe"])
+    if recipe is None:
+        raise ValueError("recipe: a bare state_dict needs --recipe (for the dataset) and --model")
+    if args.model:
+        recipe = recipe.replace(model=args.model)
+    bundle = build_datasets(recipe.dataset, args.data, augment=False)
+    model = models_for_recipe(recipe, bundle.num_classes, bundle.in_channels)[0]  # a WLD run's model: the student
+    load_weights(model, state)
+    device = torch.device(args.device) if args.device else default_device()
+    model.to(device)
+    common = dict(device=device, amp=args.amp, workers=args.workers)
+    res = {"single_crop": evaluate(model, bundle.val, batch_size=args.batch_size, desc="single-crop", **common)}
+    if args.ten_crop:
+        res["ten_crop"] = evaluate(model, bundle.val_ten_crop, batch_size=max(1, args.batch_size // 10),
+                                   desc="10-crop", **common)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        for k, r in res.items():
+            print(f"{k:12s} top-1 {r['top1']:.2f}% (error {100 - r['top1']:.2f}%)  top-5 {r['top5']:.2f}% "
+                  f"(error {100 - r['top5']:.2f}%)  on {r['n']} images")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import missing_dataset_message, run_demo
+
+    try:
+        run_demo(args.data, args.out, subset=args.subset or None, epochs=args.epochs, wld_epochs=args.wld_epochs,
+                 seed=args.seed, workers=args.workers)
+    except FileNotFoundError as exc:
+        print(missing_dataset_message(exc), file=sys.stderr)
+        return 1
+    return 0

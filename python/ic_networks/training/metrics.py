@@ -1,0 +1,92 @@
+"""Run metrics: per-epoch rows and per-step training loss, written as CSV, JSON and a PNG of curves.
+
+Files (all written atomically) in the run folder:
+
+* ``metrics.csv``: one row per epoch (``epoch, step, lr, train_loss, train_ce, train_acc, val_loss,
+  val_top1, val_top5, lam, alpha, time_s``; accuracies in percent, ``lam``/``alpha`` empty where
+  they do not apply);
+* ``metrics.json``: ``{"epochs": [...rows], "steps": [...], "summary": {...}}``, where a step
+  entry is ``{"step", "epoch" (fractional), "loss", "ce"}`` every ``log_every`` steps;
+* ``curves.png``: training cross-entropy against epochs, and validation top-1 against epochs.
+
+Plots use matplotlib's object API with the Agg canvas, never ``pyplot``, so no display is needed and
+no global backend is switched.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from .checkpoint import atomic_write, atomic_write_text
+
+__all__ = ["MetricsLog", "plot_curves"]
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+class MetricsLog:
+    def __init__(self, out_dir, epochs: Optional[List[dict]] = None, steps: Optional[List[dict]] = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.epochs: List[dict] = list(epochs or [])
+        self.steps: List[dict] = list(steps or [])
+
+    def state(self) -> Dict[str, List[dict]]:
+        return {"epochs": list(self.epochs), "steps": list(self.steps)}
+
+    def write(self, summary: Optional[Mapping[str, Any]] = None, title: str = "") -> None:
+        keys: List[str] = []
+        for row in self.epochs:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, restval="")
+        w.writeheader()
+        for row in self.epochs:
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        atomic_write_text(buf.getvalue(), self.out_dir / "metrics.csv")
+        doc = {"epochs": self.epochs, "steps": self.steps, "summary": dict(summary or {})}
+        atomic_write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n", self.out_dir / "metrics.json")
+        plot_curves({title or "run": self.state()}, self.out_dir / "curves.png")
+
+
+def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str = "") -> Path:
+    """One PNG with two panels for any number of runs: ``{label: {"epochs": rows, "steps": steps}}``,
+    plus an optional ``"offset"`` (epochs) for a run that continues another one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for label, run in runs.items():
+        off = run.get("offset", 0)
+        steps = run.get("steps") or []
+        if steps:
+            ax_loss.plot([off + s["epoch"] for s in steps], [s.get("ce", s["loss"]) for s in steps], label=label, lw=1)
+        rows = [r for r in run.get("epochs") or [] if r.get("val_top1") is not None]
+        if rows:
+            ax_acc.plot([off + r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="training cross-entropy", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
