@@ -1,6 +1,6 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind.
 use crate::error::{Error, Result};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_void};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -20,6 +20,59 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+
+    fn icn_parallel_for(
+        begin: i64,
+        end: i64,
+        grain: i64,
+        f: extern "C" fn(*mut c_void, i64, i64) -> c_int,
+        ctx: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+/// Runs `f(begin, end)` over sub-ranges of `0..n` on libtorch's intra-op thread pool
+/// (`at::parallel_for`), with at least `grain` items per task. `f` is called concurrently on
+/// disjoint ranges. A panic inside `f` is caught and reported as an error.
+pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) -> Result<()> {
+    extern "C" fn trampoline<F: Fn(usize, usize) + Sync>(ctx: *mut c_void, b: i64, e: i64) -> c_int {
+        // SAFETY: ctx is the `&F` passed below, alive for the whole parallel_for call.
+        let f = unsafe { &*(ctx as *const F) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(b as usize, e as usize))) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let mut err = vec![0 as c_char; 512];
+    // SAFETY: the trampoline matches the C signature; ctx outlives the call.
+    let rc = unsafe {
+        icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err.as_mut_ptr(), err.len())
+    };
+    if rc != 0 {
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        return Err(Error::Runtime(format!("parallel kernel: {msg}")));
+    }
+    Ok(())
+}
+
+/// A raw pointer that parallel tasks may share; each task touches a disjoint part.
+#[derive(Clone, Copy)]
+pub struct SharedMut<T>(pub *mut T);
+// SAFETY: users guarantee disjoint access per task (see each kernel).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `[off, off + len)` must be in bounds and not accessed by any other task meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
 }
 
 /// Gradients of `conv2d(input, weight)` (no bias) for a given `grad_out`, computed by

@@ -8,77 +8,22 @@
 //! becomes `relu_z`), so the forward allocates nothing beyond the two convolutions.
 //!
 //! Backward, one pass over `grad` and `relu_z` gives `gz = alpha * grad * [r > 0]`, `gy = grad + gz`
-//! and the reductions d alpha = sum(grad * r), db1[c] = sum gz, db2[c] = sum grad. Partial sums are
-//! combined in a fixed order (f64 accumulators), so the result is deterministic for any thread count.
+//! and the reductions d alpha = sum(grad * r), db1[c] = sum gz, db2[c] = sum grad. Partial sums
+//! are kept per fixed block of work and added in block order (f64 accumulators), so the result
+//! does not depend on the number of threads.
 //!
-//! The kernels run on CPU float32/float64 tensors that are dense in NCHW (contiguous) or NHWC
-//! (channels_last) order; every other case returns `Ok(None)` and the caller uses libtorch ops.
-//! NaN behaves as in `torch.relu` / `threshold_backward`: relu(NaN) = NaN, and NaN is not masked.
+//! The kernels run on CPU float32/float64 tensors that are dense in NCHW or NHWC (channels_last)
+//! order with identical strides; every other case returns `Ok(None)` and the caller uses libtorch
+//! ops. NaN behaves as in `torch.relu` / `threshold_backward`: relu(NaN) = NaN, and NaN is not
+//! masked.
+use crate::aten::{parallel_for, SharedMut};
+use crate::cpu::{self, Elem, Layout};
 use crate::error::Result;
 use crate::ic_conv::{CollisionGrads, NeedsGrad};
-use rayon::prelude::*;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-/// Elements per parallel task (keeps tiny planes from becoming one task each).
-const GRAIN: usize = 1 << 14;
-
-/// Memory order of a dense 4-D tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Contiguous (N, C, H, W): `hw` elements per channel plane.
-    Nchw { c: usize, hw: usize },
-    /// channels_last (N, H, W, C) in memory.
-    Nhwc { c: usize },
-}
-
-/// The layout of `t` if it is a dense 4-D NCHW or NHWC tensor.
-pub fn layout_of(t: &Tensor) -> Option<Layout> {
-    if t.dim() != 4 {
-        return None;
-    }
-    let s = t.size();
-    let (c, h, w) = (s[1], s[2], s[3]);
-    if t.is_contiguous() {
-        return Some(Layout::Nchw { c: c as usize, hw: (h * w) as usize });
-    }
-    let st = t.stride();
-    let want = [h * w * c, 1, w * c, c];
-    let ok = (0..4).all(|i| s[i] == 1 || st[i] == want[i]);
-    if ok {
-        Some(Layout::Nhwc { c: c as usize })
-    } else {
-        None
-    }
-}
-
-pub trait Elem: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> {
-    const ZERO: Self;
-    const KIND: Kind;
-    fn from_f64(v: f64) -> Self;
-    fn to_f64(self) -> f64;
-}
-
-impl Elem for f32 {
-    const ZERO: Self = 0.0;
-    const KIND: Kind = Kind::Float;
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-}
-
-impl Elem for f64 {
-    const ZERO: Self = 0.0;
-    const KIND: Kind = Kind::Double;
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-}
+/// Elements per parallel task (NCHW tasks are whole channel planes; NHWC tasks whole pixels).
+const GRAIN: usize = 1 << 15;
 
 #[inline(always)]
 fn relu<T: Elem>(v: T) -> T {
@@ -90,84 +35,66 @@ fn relu<T: Elem>(v: T) -> T {
     }
 }
 
-/// # Safety
-/// `t` must be a dense CPU tensor of element type `T` that nothing else reads or writes meanwhile.
-unsafe fn slice_mut<T: Elem>(t: &Tensor) -> &mut [T] {
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
-}
-
-/// # Safety
-/// `t` must be a dense CPU tensor of element type `T`.
-unsafe fn slice<T: Elem>(t: &Tensor) -> &[T] {
-    std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
-}
-
 fn scalar(alpha: &Tensor) -> Result<f64> {
     Ok(alpha.f_reshape([-1])?.f_double_value(&[0])?)
 }
 
-/// Common eligibility: CPU, f32/f64, same dense layout for every tensor.
+/// Same dtype, shape and strides for every tensor, and a dense layout the kernels know.
 fn eligible(ts: &[&Tensor]) -> Option<(Kind, Layout)> {
-    let first = ts[0];
-    let kind = first.kind();
-    if first.device() != Device::Cpu || !matches!(kind, Kind::Float | Kind::Double) {
+    let (kind, lay) = cpu::dense(ts)?;
+    let (size, stride) = (ts[0].size(), ts[0].stride());
+    if ts[0].numel() == 0 || ts[1..].iter().any(|t| t.size() != size || t.stride() != stride) {
         return None;
-    }
-    let lay = layout_of(first)?;
-    let st = first.stride();
-    for t in &ts[1..] {
-        if t.device() != Device::Cpu || t.kind() != kind || t.size() != first.size() || t.stride() != st {
-            return None;
-        }
     }
     Some((kind, lay))
 }
 
-/// Fused forward. Consumes the temporaries `y` (N, C, Ho, Wo) and `p` (same shape) and returns
-/// `(out, relu_z)` in their buffers, or `None` when the fused path does not apply.
+/// (unit length, channel of a unit start, channels per unit): NCHW units are channel planes,
+/// NHWC units are pixels holding all channels.
+fn units(lay: Layout) -> (usize, usize) {
+    match lay {
+        Layout::Nchw { hw, .. } => (hw, 1),
+        Layout::Nhwc { c } => (c, c),
+    }
+}
+
+/// Fused forward on the conv temporaries `y` and `p` (N, C, Ho, Wo), which it overwrites; returns
+/// `(out, relu_z)` sharing their storage, or `None` when the fused path does not apply.
 pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
     let Some((kind, lay)) = eligible(&[y, p]) else { return Ok(None) };
-    if y.numel() == 0 {
-        return Ok(None);
-    }
     let a = scalar(alpha)?;
-    let shift = shift.f_to_device(Device::Cpu)?.f_to_kind(kind)?.f_contiguous()?;
-    // SAFETY: y and p are fresh outputs of the two conv calls, dense (checked), owned by the caller
-    // who hands them over; shift is a contiguous copy we hold.
-    unsafe {
-        match kind {
-            Kind::Float => fwd::<f32>(slice_mut(y), slice_mut(p), slice(&shift), f32::from_f64(a), lay),
-            _ => fwd::<f64>(slice_mut(y), slice_mut(p), slice(&shift), a, lay),
-        }
+    let shift = shift.f_to_kind(kind)?.f_contiguous()?;
+    match kind {
+        Kind::Float => fwd::<f32>(y, p, &shift, f32::from_f64(a), lay)?,
+        _ => fwd::<f64>(y, p, &shift, a, lay)?,
     }
     Ok(Some((y.shallow_clone(), p.shallow_clone())))
 }
 
-fn fwd<T: Elem>(y: &mut [T], p: &mut [T], shift: &[T], alpha: T, lay: Layout) {
-    let kernel = |yv: &mut T, pv: &mut T, s: T| {
-        let r = relu(*yv - *pv + s);
-        *pv = r;
-        *yv = *yv + alpha * r;
-    };
-    match lay {
-        Layout::Nchw { c, hw } => {
-            let min = (GRAIN / hw.max(1)).max(1);
-            y.par_chunks_mut(hw).zip(p.par_chunks_mut(hw)).enumerate().with_min_len(min).for_each(|(plane, (yc, pc))| {
-                let s = shift[plane % c];
-                for (yv, pv) in yc.iter_mut().zip(pc.iter_mut()) {
-                    kernel(yv, pv, s);
-                }
-            })
+fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -> Result<()> {
+    let (len, per) = units(lay);
+    let c = shift.numel();
+    // SAFETY: y and p are fresh conv outputs owned by the caller, dense with equal strides (checked);
+    // each task writes only its own units.
+    let (ys, ps, sh) = unsafe { (cpu::shared::<T>(y), cpu::shared::<T>(p), cpu::view::<T>(shift)) };
+    let n_units = y.numel() / len;
+    parallel_for(n_units, (GRAIN / len).max(1), |lo, hi| {
+        for u in lo..hi {
+            // SAFETY: unit ranges are disjoint.
+            let (yu, pu) = unsafe { (ys.slice(u * len, len), ps.slice(u * len, len)) };
+            let step = |yv: &mut T, pv: &mut T, s: T| {
+                let r = relu(*yv - *pv + s);
+                *pv = r;
+                *yv = *yv + alpha * r;
+            };
+            if per == 1 {
+                let s = sh[u % c];
+                yu.iter_mut().zip(pu.iter_mut()).for_each(|(yv, pv)| step(yv, pv, s));
+            } else {
+                yu.iter_mut().zip(pu.iter_mut()).zip(sh).for_each(|((yv, pv), &s)| step(yv, pv, s));
+            }
         }
-        Layout::Nhwc { c } => {
-            let min = (GRAIN / c.max(1)).max(1);
-            y.par_chunks_mut(c).zip(p.par_chunks_mut(c)).with_min_len(min).for_each(|(yc, pc)| {
-                for ((yv, pv), &s) in yc.iter_mut().zip(pc.iter_mut()).zip(shift) {
-                    kernel(yv, pv, s);
-                }
-            })
-        }
-    }
+    })
 }
 
 /// Fused backward of the collision term; `None` when the fused path does not apply.
@@ -179,23 +106,15 @@ pub fn collision_backward(
     needs: &NeedsGrad,
 ) -> Result<Option<CollisionGrads>> {
     let Some((kind, lay)) = eligible(&[grad, relu_z]) else { return Ok(None) };
-    if grad.numel() == 0 {
-        return Ok(None);
-    }
     let a = scalar(alpha)?;
     let gz = relu_z.f_empty_like()?;
     let gy = relu_z.f_empty_like()?;
     let c = grad.size()[1] as usize;
-    // SAFETY: grad and relu_z are dense (checked) and only read; gz and gy are fresh allocations
-    // with the same strides.
-    let sums = unsafe {
-        match kind {
-            Kind::Float => bwd::<f32>(slice(grad), slice(relu_z), slice_mut(&gy), slice_mut(&gz), f32::from_f64(a), lay),
-            _ => bwd::<f64>(slice(grad), slice(relu_z), slice_mut(&gy), slice_mut(&gz), a, lay),
-        }
+    let sums = match kind {
+        Kind::Float => bwd::<f32>(grad, relu_z, &gy, &gz, f32::from_f64(a), lay, c)?,
+        _ => bwd::<f64>(grad, relu_z, &gy, &gz, a, lay, c)?,
     };
     let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
-    debug_assert_eq!(sums.db1.len(), c);
     Ok(Some(CollisionGrads {
         gy: if need_gy { Some(gy) } else { None },
         gz,
@@ -211,70 +130,66 @@ struct Sums {
     db2: Vec<f64>,
 }
 
-fn bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T, lay: Layout) -> Sums {
-    #[inline(always)]
-    fn kernel<T: Elem>(g: T, r: T, alpha: T, gy: &mut T, gz: &mut T) -> (T, T) {
-        // threshold_backward semantics: zero where r <= 0 (NaN passes).
-        let z = if r <= T::ZERO { T::ZERO } else { alpha * g };
-        *gz = z;
-        *gy = g + z;
-        (z, g * r)
-    }
-    match lay {
-        Layout::Nchw { c, hw } => {
-            let min = (GRAIN / hw.max(1)).max(1);
-            let parts: Vec<(f64, f64, f64)> = g
-                .par_chunks(hw)
-                .zip(r.par_chunks(hw))
-                .zip(gy.par_chunks_mut(hw).zip(gz.par_chunks_mut(hw)))
-                .with_min_len(min)
-                .map(|((gc, rc), (gyc, gzc))| {
-                    let (mut s1, mut s2, mut sa) = (0.0f64, 0.0f64, 0.0f64);
-                    for i in 0..gc.len() {
-                        let (z, gr) = kernel(gc[i], rc[i], alpha, &mut gyc[i], &mut gzc[i]);
-                        s1 += z.to_f64();
-                        s2 += gc[i].to_f64();
-                        sa += gr.to_f64();
-                    }
-                    (s1, s2, sa)
-                })
-                .collect();
-            let mut out = Sums { dalpha: 0.0, db1: vec![0.0; c], db2: vec![0.0; c] };
-            for (plane, (s1, s2, sa)) in parts.into_iter().enumerate() {
-                out.db1[plane % c] += s1;
-                out.db2[plane % c] += s2;
-                out.dalpha += sa;
-            }
-            out
-        }
-        Layout::Nhwc { c } => {
-            let rows = (GRAIN / c.max(1)).max(1);
-            let chunk = rows * c;
-            let parts: Vec<Sums> = g
-                .par_chunks(chunk)
-                .zip(r.par_chunks(chunk))
-                .zip(gy.par_chunks_mut(chunk).zip(gz.par_chunks_mut(chunk)))
-                .map(|((gc, rc), (gyc, gzc))| {
-                    let mut s = Sums { dalpha: 0.0, db1: vec![0.0; c], db2: vec![0.0; c] };
-                    for (i, (&gv, &rv)) in gc.iter().zip(rc).enumerate() {
-                        let (z, gr) = kernel(gv, rv, alpha, &mut gyc[i], &mut gzc[i]);
-                        let ch = i % c;
-                        s.db1[ch] += z.to_f64();
-                        s.db2[ch] += gv.to_f64();
-                        s.dalpha += gr.to_f64();
-                    }
-                    s
-                })
-                .collect();
-            let mut out = Sums { dalpha: 0.0, db1: vec![0.0; c], db2: vec![0.0; c] };
-            for s in parts {
-                out.dalpha += s.dalpha;
-                for ch in 0..c {
-                    out.db1[ch] += s.db1[ch];
-                    out.db2[ch] += s.db2[ch];
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha: T, lay: Layout, c: usize) -> Result<Sums> {
+    let (len, per) = units(lay);
+    // Work blocks of whole units; each block owns one slot of partial sums (per-channel vectors
+    // for NHWC, one (db1, db2, dalpha) triple per plane for NCHW).
+    let units_per_block = (GRAIN / len).max(1);
+    let n_units = grad.numel() / len;
+    let n_blocks = n_units.div_ceil(units_per_block);
+    // NCHW: one slot per unit (plane); NHWC: one `c`-vector per block.
+    let slots = if per == 1 { n_units } else { n_blocks * c };
+    let mut part_b1 = vec![0.0f64; slots];
+    let mut part_b2 = vec![0.0f64; slots];
+    let mut part_a = vec![0.0f64; n_blocks];
+    // SAFETY: grad/relu_z are dense with equal strides and only read; gy/gz are fresh with the same
+    // strides; every block writes its own unit ranges and its own partial-sum slots.
+    let (gs, rs) = unsafe { (cpu::view::<T>(grad), cpu::view::<T>(relu_z)) };
+    let (gys, gzs) = unsafe { (cpu::shared::<T>(gy), cpu::shared::<T>(gz)) };
+    let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
+    parallel_for(n_blocks, 1, |lo, hi| {
+        for blk in lo..hi {
+            let (u0, u1) = (blk * units_per_block, ((blk + 1) * units_per_block).min(n_units));
+            let mut sa = 0.0f64;
+            for u in u0..u1 {
+                let off = u * len;
+                let (g, r) = (&gs[off..off + len], &rs[off..off + len]);
+                // SAFETY: disjoint unit ranges and slots per block.
+                let (gyu, gzu) = unsafe { (gys.slice(off, len), gzs.slice(off, len)) };
+                let (b1, b2) = if per == 1 {
+                    unsafe { (pb1.slice(u, 1), pb2.slice(u, 1)) }
+                } else {
+                    unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) }
+                };
+                for i in 0..len {
+                    let (gv, rv) = (g[i], r[i]);
+                    // threshold_backward semantics: zero where r <= 0 (NaN passes).
+                    let z = if rv <= T::ZERO { T::ZERO } else { alpha * gv };
+                    gzu[i] = z;
+                    gyu[i] = gv + z;
+                    let ch = if per == 1 { 0 } else { i };
+                    b1[ch] += z.to_f64();
+                    b2[ch] += gv.to_f64();
+                    sa += (gv * rv).to_f64();
                 }
             }
-            out
+            unsafe { pa.slice(blk, 1)[0] = sa };
+        }
+    })?;
+    let mut out = Sums { dalpha: part_a.iter().sum(), db1: vec![0.0; c], db2: vec![0.0; c] };
+    if per == 1 {
+        for u in 0..n_units {
+            out.db1[u % c] += part_b1[u];
+            out.db2[u % c] += part_b2[u];
+        }
+    } else {
+        for blk in 0..n_blocks {
+            for ch in 0..c {
+                out.db1[ch] += part_b1[blk * c + ch];
+                out.db2[ch] += part_b2[blk * c + ch];
+            }
         }
     }
+    Ok(out)
 }

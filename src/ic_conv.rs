@@ -14,9 +14,10 @@
 //! With `alpha == 0` the output is bit-identical to `conv2d(x, W, b2)`. The forward keeps only `x`
 //! and `relu(Z)` for the backward (mask and d alpha both come from it).
 //!
-//! The ops are libtorch calls, so the same code runs on CPU and CUDA; on contiguous CPU float
-//! tensors the elementwise collision work runs in the fused single-pass kernels of `fused.rs`.
+//! The ops are libtorch calls, so the same code runs on CPU and CUDA; on dense CPU float tensors
+//! the box sum (`boxsum.rs`) and the elementwise collision work (`fused.rs`) run in Rust kernels.
 use crate::aten::convolution_backward;
+use crate::boxsum::{boxsum, boxsum_backward};
 use crate::error::{Error, Result};
 use crate::fused;
 use crate::{type_err, value_err};
@@ -195,40 +196,6 @@ pub fn check_inputs(
         ));
     }
     Ok(IcDims { n, cin, cout, kh, kw, ho, wo })
-}
-
-/// Whether the box sum can run as an average pool (dilation 1 and padding at most half the kernel,
-/// which is what `avg_pool2d` accepts).
-fn boxsum_is_pool(kh: i64, kw: i64, g: &ConvGeometry) -> bool {
-    g.dilation == [1, 1] && g.padding[0] <= kh / 2 && g.padding[1] <= kw / 2
-}
-
-fn ones_kernel(x: &Tensor, kh: i64, kw: i64) -> Result<Tensor> {
-    Ok(Tensor::f_ones([x.size()[1], 1, kh, kw], (x.kind(), x.device()))?)
-}
-
-/// Per-channel sum of every kh x kw window of `x` (zero padding), on the conv's output grid.
-///
-/// `x` (N, Cin, H, W) -> (N, Cin, Ho, Wo).
-pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
-    if boxsum_is_pool(kh, kw, g) {
-        Ok(x.f_avg_pool2d([kh, kw], g.stride, g.padding, false, true, Some(1))?)
-    } else {
-        let ones = ones_kernel(x, kh, kw)?;
-        Ok(x.f_conv2d(&ones, None::<Tensor>, g.stride, g.padding, g.dilation, x.size()[1])?)
-    }
-}
-
-/// Adjoint of [`boxsum`]: the transposed box sum of `grad` (N, Cin, Ho, Wo) back onto `x`'s grid.
-pub fn boxsum_backward(grad: &Tensor, x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
-    if boxsum_is_pool(kh, kw, g) {
-        Ok(x.f_avg_pool2d_backward(grad, [kh, kw], g.stride, g.padding, false, true, Some(1))?)
-    } else {
-        let ones = ones_kernel(x, kh, kw)?;
-        let cin = x.size()[1];
-        let (gi, _) = convolution_backward(grad, x, &ones, g.stride, g.padding, g.dilation, cin, true, false)?;
-        gi.ok_or_else(|| Error::Runtime("convolution_backward returned no input gradient".into()))
-    }
 }
 
 /// What the forward returns: the layer output and `relu(Z)`, the one output-sized tensor the

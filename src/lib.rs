@@ -2,6 +2,8 @@
 //! conversion, GIL release, and mapping `error::Error` to Python exceptions. The math lives in
 //! `ic_conv.rs`, `fused.rs`, `wld.rs` and `neuron.rs`.
 pub mod aten;
+pub mod boxsum;
+pub mod cpu;
 pub mod error;
 pub mod fused;
 pub mod ic_conv;
@@ -90,8 +92,8 @@ fn ic_conv2d_backward(
 
 /// Box sum of `x` over kh x kw windows on the conv's output grid (used by tests and profiling).
 #[pyfunction]
-#[pyo3(signature = (x, kernel_size, stride, padding, dilation))]
-fn boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<PyTensor> {
+#[pyo3(name = "boxsum", signature = (x, kernel_size, stride, padding, dilation))]
+fn boxsum_py(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<PyTensor> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, 1).map_err(to_py)?;
     let [kh, kw] = match kernel_size[..] {
         [k] => [k, k],
@@ -104,7 +106,7 @@ fn boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, 
     if kh <= 0 || kw <= 0 {
         return Err(PyValueError::new_err("kernel_size: expected positive integers"));
     }
-    let r = py.allow_threads(move || ic_conv::boxsum(&x.0, kh, kw, &g));
+    let r = py.allow_threads(move || boxsum::boxsum(&x.0, kh, kw, &g));
     Ok(PyTensor(r.map_err(to_py)?))
 }
 
@@ -236,7 +238,7 @@ fn neuron_regions(py: Python<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: O
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ic_conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(ic_conv2d_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(boxsum, m)?)?;
+    m.add_function(wrap_pyfunction!(boxsum_py, m)?)?;
     m.add_function(wrap_pyfunction!(wld_forward, m)?)?;
     m.add_function(wrap_pyfunction!(wld_backward, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_forward, m)?)?;

@@ -134,9 +134,12 @@ fn pattern(x0: f64, x1: f64, w: ArrayView1<'_, f64>, p: &Params) -> u8 {
 }
 
 /// Labels the linear pieces of a 2-D neuron on a `resolution` x `resolution` grid over
-/// `bounds = (x0_min, x0_max, x1_min, x1_max)`: points share a label when they have the same
-/// activation pattern and are 4-connected. Returns `(count, labels)`; labels[i, j] is the piece of
-/// the point (x0_j, x1_i), with x1 growing with i.
+/// `bounds = (x0_min, x0_max, x1_min, x1_max)`. A piece is the set of points with one activation
+/// pattern (which of the two ReLUs are on). Every pattern's set is an intersection of half-planes,
+/// hence convex and connected, so the pieces are exactly the distinct patterns that occur on the
+/// grid; counting patterns (not grid-connected components) also keeps slivers thinner than the
+/// grid spacing from splitting. Returns `(count, labels)`; labels[i, j] is the piece of the point
+/// (x0_j, x1_i), numbered in order of first appearance, with x1 growing with i.
 pub fn regions(w: ArrayView1<'_, f64>, p: &Params, bounds: [f64; 4], resolution: usize) -> Result<(usize, Array2<i64>)> {
     if w.len() != 2 {
         return Err(value_err!("w: regions are counted for 2-D inputs, so w needs 2 weights, got {}", w.len()));
@@ -150,30 +153,16 @@ pub fn regions(w: ArrayView1<'_, f64>, p: &Params, bounds: [f64; 4], resolution:
     }
     let r = resolution;
     let step = |lo: f64, hi: f64, k: usize| lo + (hi - lo) * k as f64 / (r - 1) as f64;
-    let pat = Array2::from_shape_fn((r, r), |(i, j)| pattern(step(a0, a1, j), step(c0, c1, i), w, p));
-    let mut labels = Array2::from_elem((r, r), -1i64);
+    let mut ids = [-1i64; 4];
     let mut count = 0usize;
-    let mut stack = Vec::new();
-    for i in 0..r {
-        for j in 0..r {
-            if labels[(i, j)] >= 0 {
-                continue;
-            }
-            let id = count as i64;
+    let labels = Array2::from_shape_fn((r, r), |(i, j)| {
+        let pat = pattern(step(a0, a1, j), step(c0, c1, i), w, p) as usize;
+        if ids[pat] < 0 {
+            ids[pat] = count as i64;
             count += 1;
-            labels[(i, j)] = id;
-            stack.push((i, j));
-            while let Some((ci, cj)) = stack.pop() {
-                let nbrs = [(ci.wrapping_sub(1), cj), (ci + 1, cj), (ci, cj.wrapping_sub(1)), (ci, cj + 1)];
-                for (ni, nj) in nbrs {
-                    if ni < r && nj < r && labels[(ni, nj)] < 0 && pat[(ni, nj)] == pat[(ci, cj)] {
-                        labels[(ni, nj)] = id;
-                        stack.push((ni, nj));
-                    }
-                }
-            }
         }
-    }
+        ids[pat]
+    });
     Ok((count, labels))
 }
 
@@ -198,6 +187,14 @@ mod tests {
         let w = array![1.0, 1.0];
         let (n, _) = regions(w.view(), &Params::plain(0.0, Activation::Relu), [-1.0, 1.0, -1.0, 1.0], 64).unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn thin_sliver_is_one_region() {
+        // a collision region thinner than the grid spacing must not split into pieces
+        let w = array![1.0, -0.6];
+        let (n, _) = regions(w.view(), &Params::ic(0.2, 0.0, 0.1, Activation::Relu), [-1.0, 1.0, -1.0, 1.0], 256).unwrap();
+        assert_eq!(n, 4);
     }
 
     #[test]

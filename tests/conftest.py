@@ -3,7 +3,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests use small tensors, for which OpenMP fork/join costs more than it
+# saves, and on a loaded 2-core machine spinning OpenMP threads slow everything by 10-40x.
+torch.set_num_threads(int(os.environ.get("IC_TEST_THREADS", "1")))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

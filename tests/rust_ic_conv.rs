@@ -1,7 +1,7 @@
 //! Rust tests of the IC convolution kernels against libtorch's own autograd on the plain formula,
 //! on small tensors, for the generic (libtorch ops) and fused (CPU f32/f64, NCHW/NHWC) paths.
 use _core::ic_conv::{self, ConvGeometry, NeedsGrad};
-use _core::{fused, wld};
+use _core::{cpu, wld};
 use tch::{Device, Kind, Tensor};
 
 fn reference(x: &Tensor, w: &Tensor, wa: &Tensor, b1: &Tensor, a: &Tensor, b2: &Tensor, g: &ConvGeometry) -> Tensor {
@@ -94,10 +94,10 @@ fn alpha_zero_is_bit_identical_to_conv() {
 #[test]
 fn fused_layout_detection() {
     let t = Tensor::zeros([2, 3, 4, 5], (Kind::Float, Device::Cpu));
-    assert_eq!(fused::layout_of(&t), Some(fused::Layout::Nchw { c: 3, hw: 20 }));
+    assert_eq!(cpu::layout_of(&t), Some(cpu::Layout::Nchw { c: 3, hw: 20 }));
     let cl = channels_last(&t);
-    assert_eq!(fused::layout_of(&cl), Some(fused::Layout::Nhwc { c: 3 }));
-    assert_eq!(fused::layout_of(&t.transpose(2, 3)), None);
+    assert_eq!(cpu::layout_of(&cl), Some(cpu::Layout::Nhwc { c: 3 }));
+    assert_eq!(cpu::layout_of(&t.transpose(2, 3)), None);
 }
 
 #[test]
@@ -134,4 +134,33 @@ fn wld_gradient_matches_autograd() {
     let want = Tensor::run_backward(&[&loss], &[&sl], false, false).pop().unwrap();
     let got = wld::backward(&Tensor::from(1.0f64), &s, &t, &y, &cfg).unwrap();
     assert!(max_diff(&got, &want) < 1e-12);
+}
+
+#[test]
+fn cpu_boxsum_matches_libtorch_in_every_geometry() {
+    // The Rust separable kernel (dense f32/f64, NCHW/NHWC) against a depthwise conv with ones,
+    // and its adjoint against the conv's input gradient.
+    tch::manual_seed(3);
+    for kind in [Kind::Float, Kind::Double] {
+        for nhwc in [false, true] {
+            for (k, s, p, d) in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (1, 1, 1, 1), (3, 2, 0, 2), (1, 2, 0, 1)] {
+                let g = ConvGeometry { stride: [s, s], padding: [p, p], dilation: [d, d], groups: 1 };
+                let mut x = Tensor::randn([2, 3, 9, 8], (kind, Device::Cpu));
+                if nhwc {
+                    x = channels_last(&x);
+                }
+                let ones = Tensor::ones([3, 1, k, k], (kind, Device::Cpu));
+                let want = x.conv2d(&ones, None::<Tensor>, [s, s], [p, p], [d, d], 3);
+                let got = _core::boxsum::boxsum(&x, k, k, &g).unwrap();
+                assert_eq!(got.size(), want.size());
+                assert!(max_diff(&got, &want) < 1e-4, "boxsum k{k} s{s} p{p} d{d} nhwc={nhwc}");
+                let gout = Tensor::randn(want.size(), (kind, Device::Cpu));
+                let xl = x.detach().copy().set_requires_grad(true);
+                let y = xl.conv2d(&ones, None::<Tensor>, [s, s], [p, p], [d, d], 3);
+                let gw = Tensor::run_backward(&[(&y * &gout).sum(kind)], &[&xl], false, false).pop().unwrap();
+                let gg = _core::boxsum::boxsum_backward(&gout, &x, k, k, &g).unwrap();
+                assert!(max_diff(&gg, &gw) < 1e-4, "adjoint k{k} s{s} p{p} d{d} nhwc={nhwc}");
+            }
+        }
+    }
 }

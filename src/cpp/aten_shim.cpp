@@ -4,6 +4,8 @@
 // only forwards arguments and turns C++ exceptions into an error string.
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <atomic>
 #include <array>
 #include <cstring>
 #include <exception>
@@ -35,6 +37,31 @@ int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input
     }
     return 1;
   }
+}
+
+// Runs f(ctx, b, e) over [begin, end) split by at::parallel_for, i.e. on libtorch's own intra-op
+// thread pool (so torch.set_num_threads applies and no second pool competes for the cores).
+// f returns non-zero on failure; the first failure makes this return 1.
+typedef int (*icn_range_fn)(void* ctx, int64_t begin, int64_t end);
+
+int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, void* ctx, char* err, size_t err_len) {
+  std::atomic<int> failed{0};
+  try {
+    at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+      if (f(ctx, b, e) != 0) failed.store(1);
+    });
+  } catch (const std::exception& e) {
+    if (err_len > 0) {
+      std::strncpy(err, e.what(), err_len - 1);
+      err[err_len - 1] = '\0';
+    }
+    return 1;
+  }
+  if (failed.load() && err_len > 0) {
+    std::strncpy(err, "a parallel kernel task failed", err_len - 1);
+    err[err_len - 1] = '\0';
+  }
+  return failed.load();
 }
 
 }  // extern "C"

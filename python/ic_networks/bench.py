@@ -1,0 +1,259 @@
+"""``ic-networks bench`` / ``python -m ic_networks.bench``: the IC layer's cost, measured side by side.
+
+Everything is measured in one process, interleaved (each repeat runs every variant once, in turn),
+and reported as medians with ratios, so slow drifts of the machine hit all variants alike.
+
+Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, alpha = 0.03):
+
+* ``conv``      - ``nn.Conv2d``, the floor;
+* ``ic``        - ``IcConv2d`` (the Rust op);
+* ``reference`` - the plain-PyTorch formula (``ic_networks.reference``), what a user would write;
+* ``compiled``  - ``torch.compile`` of the reference (skipped with ``--no-compile``).
+
+Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, eval) in ms, and
+``saved`` = bytes kept for the backward (unique storages, parameters excluded) in MB.
+
+Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
+against IC-ResNet-18/50 (alpha = 1).
+
+Targets (issue 6): fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's
+plus one output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STAGES = [  # (name, channels, spatial size, stride)
+    ("64@56", 64, 56, 1),
+    ("128@28", 128, 28, 1),
+    ("256@14", 256, 14, 1),
+    ("512@7", 512, 7, 1),
+    ("64@56/s2", 64, 56, 2),
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(_time(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor], exclude: List[torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward of ``fn()``."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: Dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+class _Reference(nn.Module):
+    def __init__(self, ic):
+        super().__init__()
+        self.ic = ic
+
+    def forward(self, x):
+        from .reference import ic_conv2d_reference
+
+        m = self.ic
+        return ic_conv2d_reference(x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bool, stages=STAGES, channels_last: bool = False, dtype=torch.float32):
+    from .nn import IcConv2d
+
+    rows = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for name, c, hw, stride in stages:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(c, c, 3, stride, 1, bias=False).to(device, dtype)
+        ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed")
+        ref = _Reference(ic)
+        variants = {"conv": conv, "ic": ic, "reference": ref}
+        if compile_ref:
+            variants["compiled"] = torch.compile(ref)
+        x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+        go = torch.randn_like(variants["conv"](x).detach())
+
+        def fwd(m):
+            return lambda: m(x)
+
+        def fwdbwd(m):
+            def run():
+                y = m(x)
+                y.backward(go)
+                x.grad = None
+                for p in m.parameters():
+                    p.grad = None
+            return run
+
+        def infer(m):
+            def run():
+                with torch.no_grad():
+                    m(x)
+            return run
+
+        t_f = _interleaved({k: fwd(m) for k, m in variants.items()}, device, repeats)
+        t_fb = _interleaved({k: fwdbwd(m) for k, m in variants.items()}, device, repeats)
+        t_i = _interleaved({k: infer(m) for k, m in variants.items()}, device, repeats)
+        params = [p for p in ic.parameters()] + [ic.alpha]
+        saved = {k: _saved_bytes(lambda m=m: m(x), params + [x]) for k, m in variants.items() if k != "compiled"}
+        out_bytes = go.numel() * go.element_size()
+        for k in variants:
+            rows.append({
+                "shape": name, "variant": k, "fwd_ms": t_f[k] * 1e3, "fwdbwd_ms": t_fb[k] * 1e3, "infer_ms": t_i[k] * 1e3,
+                "saved_mb": saved.get(k, float("nan")) / 2**20, "out_mb": out_bytes / 2**20,
+            })
+        print(f"  measured {name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def bench_models(device: torch.device, batch: int, size: int, repeats: int, names=("resnet18", "resnet50")):
+    import torchvision
+
+    from . import models as icm
+
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        pair = {name: getattr(torchvision.models, name)(), f"ic_{name}": getattr(icm, f"ic_{name}")()}
+        x = torch.randn(batch, 3, size, size, device=device)
+        y = torch.randint(0, 1000, (batch,), device=device)
+        steps = {}
+        for k, m in pair.items():
+            m.to(device).train()
+            opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
+
+            def step(m=m, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(m(x), y).backward()
+                opt.step()
+            steps[k] = step
+        t = _interleaved(steps, device, repeats, warmup=1)
+        for k in pair:
+            rows.append({"model": k, "step_ms": t[k] * 1e3})
+        print(f"  measured {name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def format_tables(layer_rows, model_rows, device, batch) -> str:
+    out = [f"Device: {machine_description(device)}; layer batch N={batch}, float32.", ""]
+    if layer_rows:
+        out += [
+            "| shape | variant | fwd ms | fwd+bwd ms | infer ms | saved MB | fwd / conv | fwd+bwd / conv | infer / conv | saved - conv (outputs) | ref / ic (fwd+bwd) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        by = {(r["shape"], r["variant"]): r for r in layer_rows}
+        for r in layer_rows:
+            base, ic = by[(r["shape"], "conv")], by.get((r["shape"], "ic"))
+            extra = (r["saved_mb"] - base["saved_mb"]) / r["out_mb"] if r["saved_mb"] == r["saved_mb"] else float("nan")
+            speed = r["fwdbwd_ms"] / ic["fwdbwd_ms"] if ic and r["variant"] != "conv" else float("nan")
+            out.append(
+                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} | {r['saved_mb']:.1f} | "
+                f"{r['fwd_ms'] / base['fwd_ms']:.2f}x | {r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['infer_ms'] / base['infer_ms']:.2f}x | "
+                f"{extra:+.2f} | {'' if speed != speed else f'{speed:.2f}x'} |"
+            )
+        out.append("")
+    if model_rows:
+        out += ["| model | train step ms | / plain |", "|---|---:|---:|"]
+        by = {r["model"]: r for r in model_rows}
+        for r in model_rows:
+            plain = by[r["model"].removeprefix("ic_")]
+            out.append(f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x |")
+        out.append("")
+    return "\n".join(out)
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = [s for s in STAGES if not args.shapes or s[0] in args.shapes.split(",")]
+    if args.shapes and not stages:
+        raise ValueError(f"--shapes: expected names from {[s[0] for s in STAGES]}, got {args.shapes!r}")
+    print(f"ic-networks bench on {machine_description(device)}", file=sys.stderr)
+    layer_rows = [] if args.skip_layers else bench_layers(device, args.batch, args.repeats, not args.no_compile, stages, args.channels_last)
+    model_rows = [] if args.skip_models else bench_models(device, args.model_batch, args.image_size, args.model_repeats)
+    text = format_tables(layer_rows, model_rows, device, args.batch)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": machine_description(device), "layers": layer_rows, "models": model_rows}, f, indent=1)
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch", type=int, default=32, help="layer benchmark batch size (default 32)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default 5)")
+    p.add_argument("--shapes", default="", help="comma-separated subset of " + ",".join(s[0] for s in STAGES))
+    p.add_argument("--channels-last", action="store_true", help="run the layer benchmark in channels_last")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--model-batch", type=int, default=8, help="train-step batch size (default 8)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", default="", help="also write the raw numbers as JSON here")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the IC layer and IC-ResNets against plain ones", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ic_networks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
