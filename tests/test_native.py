@@ -84,6 +84,14 @@ def test_opcheck_every_op():
     torch.library.opcheck(OPS.wld_loss_backward.default, (torch.tensor(1.0, dtype=torch.float64), s.detach(), t, y, 0.5, 0.005, 4.0))
 
 
+def test_boxsum_op_is_differentiable():
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    for k, st, p, d in [((3, 3), 1, 1, 1), ((3, 2), (2, 1), (1, 0), (1, 2)), ((2, 2), 1, 3, 1)]:
+        f = lambda t: icn.functional.boxsum(t, k, st, p, d)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,), fast_mode=True)
+        assert torch.autograd.gradgradcheck(f, (x,), fast_mode=True)
+
+
 LAYOUTS = [(xf, wf) for xf in ("nchw", "nhwc") for wf in ("nchw", "nhwc")]
 
 

@@ -13,6 +13,10 @@ INT_LIMIT = 2**31 - 1
 
 def pair(name: str, value: IntPair) -> List[int]:
     """``3 -> [3, 3]``, ``(1, 2) -> [1, 2]``; anything else raises a clear error."""
+    if type(value) is int:  # fast paths (this runs on every call of the op)
+        return [value, value]
+    if type(value) in (list, tuple) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return [value[0], value[1]]
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
     if isinstance(value, numbers.Integral):

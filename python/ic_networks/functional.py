@@ -73,6 +73,8 @@ def _check_ic_args(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, p
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
         raise ValueError(f"groups: expected a positive integer, got {groups!r}")
     n, cin, h, w = x.shape
+    if h == 0 or w == 0:  # libtorch's convolutions refuse them too, less clearly
+        raise ValueError(f"x: expected a non-empty image (H, W >= 1), got shape {tuple(x.shape)}")
     cout, cin_g, kh, kw = weight.shape
     if min(cout, cin_g, kh, kw) <= 0:
         raise ValueError(f"weight: every dimension must be positive, got shape {tuple(weight.shape)}")
@@ -352,6 +354,8 @@ def _check_boxsum_args(x, kernel_size, stride, padding, dilation):
         raise ValueError(f"x: expected a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"x: expected a floating-point tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"x: expected channels and a non-empty image (C, H, W >= 1), got shape {tuple(x.shape)}")
     (kh, kw), (stride, padding, dilation) = bounded_pair("kernel_size", kernel_size, 1), _geometry(stride, padding, dilation)
     ho, wo = (conv_out_size(x.shape[2 + i], (kh, kw)[i], stride[i], padding[i], dilation[i]) for i in range(2))
     if ho < 1 or wo < 1:
