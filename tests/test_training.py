@@ -19,7 +19,6 @@ import ic_networks as icn
 import ic_networks.cli
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.training import data as D
-from ic_networks.training import cli as tcli
 from ic_networks.training.checkpoint import atomic_save, atomic_write, load_checkpoint
 from ic_networks.training.engine import Trainer, evaluate, make_student
 from ic_networks.training.recipes import RECIPES, get_recipe

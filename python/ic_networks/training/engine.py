@@ -14,7 +14,8 @@ Conventions and decisions:
   mid-epoch too, by skipping the batches already done in that epoch. On CPU with ``workers=0`` the
   resumed run is bit-identical to an uninterrupted one (tested); augmentation is seeded per
   ``(seed, epoch, index)`` and the loader gets its own per-epoch generator, so neither the worker
-  count nor the resume point changes what is drawn. ``OUT/model.pt`` holds the final weights
+  count nor the resume point changes what is drawn. A resumed run must use the same recipe, except that
+  ``epochs`` may grow (the schedules then stretch to the new length) and ``ten_crop`` may change. ``OUT/model.pt`` holds the final weights
   (a plain state_dict).
 * **WLD.** The teacher runs in eval mode without gradient; the loss is
   :func:`ic_networks.functional.wld_loss` on float32 logits with lambda from
@@ -305,11 +306,11 @@ class Trainer:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         self.optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
-        factor = LrFactor(
+        self.lr_factor = LrFactor(
             recipe.lr_schedule, self.steps_per_epoch, self.total_steps, recipe.lr_milestones, recipe.lr_gamma,
             int(round(recipe.warmup_epochs * self.steps_per_epoch)),
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.lam = LambdaSchedule(self.total_steps, recipe.lam_start, recipe.lam_end, recipe.lam_shape)
         self.alpha_ramp = (
@@ -367,6 +368,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # LambdaLR restores its lambdas' attributes too; keep this run's (``epochs`` may have grown).
+        self.scheduler.lr_lambdas = [self.lr_factor] * len(self.optimizer.param_groups)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.elapsed, self.seed = float(state["elapsed"]), int(state["seed"])
@@ -577,7 +580,8 @@ def train(
             f"teacher: recipe {recipe.name!r} distils from a trained plain {recipe.model}; pass --teacher "
             f"WEIGHTS (a state_dict or a run's checkpoint.pt; nothing is downloaded)"
         )
-    device = torch.device(device) if device is not None else init_distributed()
+    own_device = init_distributed()  # joins the process group under torchrun
+    device = torch.device(device) if device is not None else own_device
     bundle = build_datasets(recipe.dataset, data, augment=recipe.augment, train_subset=recipe.train_subset, seed=seed)
     torch.manual_seed(seed)  # same initial weights on every rank (DDP also broadcasts them)
     model, teacher = models_for_recipe(recipe, bundle.num_classes, bundle.in_channels, teacher_weights)
