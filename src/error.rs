@@ -26,7 +26,11 @@ impl std::error::Error for Error {}
 
 /// Keeps the first meaningful line of a libtorch error and drops the C++ back trace.
 pub fn short_torch_message(msg: &str) -> String {
-    let cut = msg.find("\nException raised from").unwrap_or(msg.len());
+    let cut = ["\nException raised from", "\nframe #", " frame #0"]
+        .iter()
+        .filter_map(|m| msg.find(m))
+        .min()
+        .unwrap_or(msg.len());
     let head = msg[..cut].trim();
     let head = head.strip_prefix("Internal torch error: ").unwrap_or(head);
     head.lines().take(3).collect::<Vec<_>>().join(" ").trim().to_string()
@@ -60,5 +64,7 @@ mod tests {
     fn torch_trace_is_cut() {
         let m = "Internal torch error: bad shape\nException raised from foo at bar.cpp:1\nframe #0";
         assert_eq!(short_torch_message(m), "bad shape");
+        let m = "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory\nframe #0: c10::ThrowEnforceNotMet";
+        assert!(!short_torch_message(m).contains("frame"));
     }
 }

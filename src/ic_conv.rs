@@ -60,6 +60,18 @@ impl ConvGeometry {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // Bounds keep every size computation far from i64 overflow (and match libtorch's int32 limits).
+        const MAX: i64 = i32::MAX as i64;
+        let big = self.stride.iter().chain(&self.padding).chain(&self.dilation).chain([&self.groups]).any(|&v| v > MAX);
+        if big {
+            return Err(value_err!(
+                "stride, padding, dilation and groups must be at most {MAX}, got stride={:?}, padding={:?}, dilation={:?}, groups={}",
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups
+            ));
+        }
         if self.stride.iter().any(|&s| s <= 0) {
             return Err(value_err!("stride: expected positive integers, got {:?}", self.stride));
         }
@@ -77,7 +89,11 @@ impl ConvGeometry {
 
     /// Output size of one spatial dim for input size `n` and kernel size `k`.
     pub fn out_size(&self, dim: usize, n: i64, k: i64) -> i64 {
-        (n + 2 * self.padding[dim] - self.dilation[dim] * (k - 1) - 1).div_euclid(self.stride[dim]) + 1
+        // i128: no overflow for any i64 sizes (validate() bounds the geometry, not the tensor).
+        let (n, k) = (n as i128, k as i128);
+        let (p, d, s) = (self.padding[dim] as i128, self.dilation[dim] as i128, self.stride[dim] as i128);
+        let o = (n + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1;
+        o.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 }
 
@@ -191,8 +207,8 @@ pub fn check_inputs(
         return Err(value_err!(
             "x: spatial size ({h}, {w}) with padding {:?} is smaller than the dilated kernel ({}, {})",
             g.padding,
-            g.dilation[0] * (kh - 1) + 1,
-            g.dilation[1] * (kw - 1) + 1
+            g.dilation[0] as i128 * (kh as i128 - 1) + 1,
+            g.dilation[1] as i128 * (kw as i128 - 1) + 1
         ));
     }
     Ok(IcDims { n, cin, cout, kh, kw, ho, wo })

@@ -258,3 +258,41 @@ def test_bad_inputs_raise_clear_errors_in_subprocess():
     }
     for name, word in expected_words.items():
         assert word in lines[name], (name, lines[name])
+
+
+CUDA_CASES = [(k, s, p, d, GROUPS[i % 3], BIASES[i % 2], ALPHAS[i % 4]) for i, (k, s, p, d) in enumerate(GEOMS)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k,s,p,d,groups,bias,alpha", CUDA_CASES)
+def test_cuda_matches_oracle(k, s, p, d, groups, bias, alpha):
+    """The same op on CUDA: forward and every gradient against the float64 oracle on the GPU, and
+    against the CPU result."""
+    x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha, device="cuda")
+    leaves = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2) if t is not None]
+    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
+    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    go = torch.randn_like(out)
+    for gg, ww in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(ref, leaves, go)):
+        torch.testing.assert_close(gg, ww, rtol=1e-8, atol=1e-8)
+    cpu = ic_conv2d(*(t.detach().cpu() if t is not None else None for t in (x, w, wa, b1, a, b2)), s, p, d, g)
+    torch.testing.assert_close(out.detach().cpu(), cpu, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_low_precision_close_to_float64(dtype):
+    x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.5, device="cuda", n=4, cin=16, cout=16, hw=(14, 14))
+    ref = ic_conv2d(x, w, wa, b1, a, b2, 1, 1, 1, g)
+    low = ic_conv2d(*(t.to(dtype) for t in (x, w, wa, b1, a, b2)), 1, 1, 1, g)
+    assert low.dtype == dtype
+    tol = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 2e-1}[dtype]
+    torch.testing.assert_close(low.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_gradcheck():
+    x, w, wa, b1, a, b2, g = _make((3, 3), "2", True, "learnable", device="cuda", hw=(8, 7))
+    inputs = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2)]
+    assert torch.autograd.gradcheck(lambda *t: ic_conv2d(*t, 2, 1, 1, g), inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
