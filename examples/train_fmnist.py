@@ -1,4 +1,4 @@
-"""Train the IC Fashion-MNIST CNN with the Python API, then distil a converted plain CNN with WLD.
+"""Train the plain Fashion-MNIST CNN with the Python API, then turn it into an IC CNN fine-tuned by WLD.
 
     python examples/train_fmnist.py            # ~2 minutes on 2 CPU cores
 

@@ -429,6 +429,21 @@ def test_cli_demo_without_dataset(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
+    from ic_networks.training.demo import run_demo
+
+    res = run_demo(tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, progress=False)
+    assert [r["run"] for r in res["runs"]] == ["plain", "ic", "wld", "plain+ce"]
+    assert res["converted_top1_at_alpha0"] == res["runs"][0]["top1"]  # conversion keeps the plain model's function
+    assert res["train_images"] == 384 and res["test_images"] == 256
+    printed = capsys.readouterr().out
+    assert res["table"] in printed and "| plain | plain CNN, from scratch | 29,178 | 1 |" in printed
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["table"] == res["table"]
+    assert (tmp_path / "demo" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    for run in ("plain", "ic", "wld", "plain+ce"):
+        assert (tmp_path / "demo" / run / "metrics.csv").is_file()
+
+
 def test_cli_errors(tmp_path, capsys):
     assert icn.cli.main(["train", "--recipe", "wld-fmnist", "--out", str(tmp_path)]) == 1
     assert "--teacher" in capsys.readouterr().err

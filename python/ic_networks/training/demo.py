@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from torch.utils.data import Subset
 
 from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
 from .checkpoint import atomic_write_text
@@ -73,8 +74,9 @@ def run_demo(
     out = Path(out_dir)
     bundle = build_datasets("fmnist", data, augment=False, train_subset=subset, seed=seed)
     n_train = len(bundle.train)
+    n_all = len(bundle.train.dataset) if isinstance(bundle.train, Subset) else n_train
     log(
-        f"Fashion-MNIST: training on {n_train:,} of the 60,000 training images"
+        f"Fashion-MNIST: training on {n_train:,} of the {n_all:,} training images"
         f"{' (a fixed random subset, to fit the time budget)' if subset else ''}; "
         f"testing on all {len(bundle.val):,} test images. torch threads: {torch.get_num_threads()}."
     )
@@ -135,8 +137,9 @@ def run_demo(
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "results.json")
     plot_curves(curves, out / "curves.png", title=f"Fashion-MNIST, {n_train:,} training images")
     log(
-        f"\nFashion-MNIST demo ({n_train:,} training images, {len(bundle.val):,} test images; "
-        f"WLD and the control continue from the plain run for {wld_epochs} more epoch(s)):\n\n{table}\n\n"
+        f"\nFashion-MNIST demo: {n_train:,} training images, all {len(bundle.val):,} test images. WLD and the "
+        f"control continue from the plain run for {wld_epochs} more epoch(s). Time: training plus a test-set "
+        f"evaluation after each epoch, {torch.get_num_threads()} torch thread(s).\n\n{table}\n\n"
         f"total {total:.0f} s. Wrote {out / 'results.json'}, {out / 'curves.png'} and the run folders."
     )
     return result
