@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# mmdetection for tests/test_mmdet.py (compiles mmcv once, ~10 min; IC_SKIP_MMDET=1 skips it and
+# those tests are then skipped)
+[ "${IC_SKIP_MMDET:-0}" = 1 ] || bash scripts/setup_mmdet.sh
 . "${IC_VENV:-.venv}/bin/activate"
 echo "== cargo test"
 # unit-test binaries in src/ find libtorch through LD_LIBRARY_PATH (tests/*.rs get an rpath, build.rs)

@@ -7,8 +7,8 @@
 //! a horizontal pass then a vertical pass, `kh + kw` adds per output instead of `kh * kw`, on
 //! libtorch's thread pool. Elsewhere (CUDA, half types, odd strides) it uses libtorch:
 //! `avg_pool2d(divisor_override=1)` when dilation is 1 and padding at most half the kernel, else a
-//! depthwise conv with an all-ones kernel; the adjoints are `avg_pool2d_backward` and the conv's
-//! input gradient.
+//! depthwise conv with an all-ones kernel; the adjoints are `avg_pool2d_backward` (NCHW only) and
+//! the conv's input gradient.
 use crate::aten::{convolution_backward, parallel_for};
 use crate::cpu::{self, Elem, Layout};
 use crate::error::{Error, Result};
@@ -236,7 +236,9 @@ pub fn boxsum_backward(grad: &Tensor, x: &Tensor, kh: i64, kw: i64, g: &ConvGeom
         }
         return Ok(gx);
     }
-    if is_pool(kh, kw, g) {
+    // avg_pool2d_backward only for NCHW: libtorch's CUDA kernel for channels_last input gives wrong
+    // gradients with divisor_override (measured on torch 2.11, H200: max error 8.7 in float64).
+    if is_pool(kh, kw, g) && x.is_contiguous() && grad.is_contiguous() {
         Ok(x.f_avg_pool2d_backward(grad, [kh, kw], g.stride, g.padding, false, true, Some(1))?)
     } else {
         let ones = ones_kernel(x, kh, kw)?;

@@ -234,6 +234,13 @@ fn neuron_regions(py: Python<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: O
     Ok((n, labels.into_pyarray(py).into_any().unbind()))
 }
 
+/// Enables or disables the Rust CPU kernels (box sum, fused collision); returns the old setting.
+/// With them off, CPU tensors take the libtorch path that CUDA tensors take.
+#[pyfunction]
+fn set_cpu_kernels(enabled: bool) -> bool {
+    cpu::set_enabled(enabled)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ic_conv2d_forward, m)?)?;
@@ -244,6 +251,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_forward, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_grad, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
+    m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -97,18 +97,30 @@ fn work_kind(k: Kind) -> Kind {
     }
 }
 
+/// The tensors both passes share: logits in the work dtype, tempered log-probabilities, p_t, L_kd.
+struct Common {
+    s: Tensor,
+    tgt: Tensor,
+    log_ps: Tensor,
+    pt: Tensor,
+    kd: Tensor,
+}
+
+fn common(student: &Tensor, teacher: &Tensor, target: &Tensor, cfg: &WldConfig, b: i64) -> Result<Common> {
+    let wk = work_kind(student.kind());
+    let s = student.f_to_kind(wk)?;
+    let log_ps = (&s / cfg.tau).f_log_softmax(1, None::<Kind>)?;
+    let log_pt = (teacher.f_to_kind(wk)? / cfg.tau).f_log_softmax(1, None::<Kind>)?;
+    let pt = log_pt.f_exp()?;
+    let kd = pt.f_mul(&log_pt.f_sub(&log_ps)?)?.f_sum(None::<Kind>)? * (cfg.tau * cfg.tau / b as f64);
+    Ok(Common { s, tgt: target.f_to_kind(Kind::Int64)?, log_ps, pt, kd })
+}
+
 pub fn forward(student: &Tensor, teacher: &Tensor, target: &Tensor, cfg: &WldConfig) -> Result<WldOutput> {
     cfg.validate()?;
     let (b, _) = check(student, teacher, target)?;
     tch::no_grad(|| {
-        let wk = work_kind(student.kind());
-        let s = student.f_to_kind(wk)?;
-        let t = teacher.f_to_kind(wk)?;
-        let tgt = target.f_to_kind(Kind::Int64)?;
-        let log_ps = (&s / cfg.tau).f_log_softmax(1, None::<Kind>)?;
-        let log_pt = (&t / cfg.tau).f_log_softmax(1, None::<Kind>)?;
-        let kl = log_pt.f_exp()?.f_mul(&log_pt.f_sub(&log_ps)?)?.f_sum(None::<Kind>)?;
-        let kd = kl * (cfg.tau * cfg.tau / b as f64);
+        let Common { s, tgt, kd, .. } = common(student, teacher, target, cfg, b)?;
         let log_p = s.f_log_softmax(1, None::<Kind>)?;
         let ce = log_p.f_gather(1, &tgt.f_unsqueeze(1)?, false)?.f_mean(None::<Kind>)?.f_neg()?;
         let hinge = (&kd - cfg.e).f_clamp_min(0.0)?;
@@ -126,14 +138,8 @@ pub fn backward(grad: &Tensor, student: &Tensor, teacher: &Tensor, target: &Tens
         return Err(value_err!("grad: expected a scalar, got shape {:?}", grad.size()));
     }
     tch::no_grad(|| {
-        let wk = work_kind(student.kind());
-        let s = student.f_to_kind(wk)?;
-        let t = teacher.f_to_kind(wk)?;
-        let tgt = target.f_to_kind(Kind::Int64)?;
-        let log_ps = (&s / cfg.tau).f_log_softmax(1, None::<Kind>)?;
-        let log_pt = (&t / cfg.tau).f_log_softmax(1, None::<Kind>)?;
-        let pt = log_pt.f_exp()?;
-        let kd = pt.f_mul(&log_pt.f_sub(&log_ps)?)?.f_sum(None::<Kind>)? * (cfg.tau * cfg.tau / b as f64);
+        let Common { s, tgt, log_ps, pt, kd } = common(student, teacher, target, cfg, b)?;
+        let wk = s.kind();
         let active = kd.f_gt(cfg.e)?.f_to_kind(wk)?; // 0-dim, no host sync
         let onehot = Tensor::f_zeros([b, k], (wk, s.device()))?.f_scatter_value(1, &tgt.f_unsqueeze(1)?, 1.0)?;
         let d_ce = (s.f_softmax(1, None::<Kind>)? - onehot) * ((1.0 - cfg.lam) / b as f64);

@@ -130,8 +130,9 @@ def test_layouts_match_contiguous(device, layout):
     torch.testing.assert_close(gx1, gx2)
     for p1, p2 in zip(gp1, gp2):
         torch.testing.assert_close(p1, p2)
-    if layout == "channels_last":
-        assert o2.is_contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":  # same memory format as nn.Conv2d gives (cuDNN keeps float64 NCHW)
+        conv_out = F.conv2d(xs[1].detach(), w, b2, 1, 1, 1, g)
+        assert o2.is_contiguous(memory_format=torch.channels_last) == conv_out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_channels_last_weights_and_grad_layouts():
@@ -296,3 +297,27 @@ def test_cuda_gradcheck():
     x, w, wa, b1, a, b2, g = _make((3, 3), "2", True, "learnable", device="cuda", hw=(8, 7))
     inputs = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2)]
     assert torch.autograd.gradcheck(lambda *t: ic_conv2d(*t, 2, 1, 1, g), inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture
+def libtorch_path():
+    """Runs a test with the Rust CPU kernels off: CPU tensors then take the libtorch-op path that
+    CUDA tensors take, so that path is covered without a GPU."""
+    old = icn._core.set_cpu_kernels(False)
+    yield
+    icn._core.set_cpu_kernels(old)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k,s,p,d,groups,bias,alpha", CUDA_CASES[::3])
+def test_libtorch_path_matches_oracle(libtorch_path, layout, k, s, p, d, groups, bias, alpha):
+    x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2) if t is not None]
+    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
+    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    go = torch.randn_like(out)
+    for gg, ww in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(ref, leaves, go)):
+        torch.testing.assert_close(gg, ww, rtol=1e-9, atol=1e-9)
