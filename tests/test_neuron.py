@@ -175,9 +175,8 @@ def test_region_map_layout():
     assert labels.max() + 1 == neuron.regions(np.array([1.0, 0.0]), None, None, -0.3, bounds=(-1.0, 1.0, 0.0, 3.0), resolution=11)
 
 
-@pytest.mark.xfail(strict=True, reason="Rust regions(): 4-connected grid components split a wedge thinner than "
-                   "the grid spacing into single-pixel pieces (reported; counts 12 instead of 4 here)")
 def test_region_count_thin_wedge():
+    # regression: counting 4-connected grid components split this thin wedge into 12 pieces
     # w = (1, -0.6), w' = 0.2, b1 = 0, b2 = 0.1: collision line y = x, the outer line bends on it at a small
     # angle. Each activation pattern is an intersection of half-planes (convex): exactly 4 pieces.
     assert neuron.regions(np.array([1.0, -0.6]), 0.2, 0.0, 0.1, resolution=256) == 4

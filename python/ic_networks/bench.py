@@ -132,8 +132,12 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         t_f = _interleaved({k: fwd(m) for k, m in variants.items()}, device, repeats)
         t_fb = _interleaved({k: fwdbwd(m) for k, m in variants.items()}, device, repeats)
         t_i = _interleaved({k: infer(m) for k, m in variants.items()}, device, repeats)
-        params = [p for p in ic.parameters()] + [ic.alpha]
-        saved = {k: _saved_bytes(lambda m=m: m(x), params + [x]) for k, m in variants.items() if k != "compiled"}
+        # each variant's own parameters and buffers (the reference's are the IC layer's) and x are kept anyway
+        saved = {
+            k: _saved_bytes(lambda m=m: m(x), list(m.parameters()) + list(m.buffers()) + [x])
+            for k, m in variants.items()
+            if k != "compiled"
+        }
         out_bytes = go.numel() * go.element_size()
         for k in variants:
             rows.append({
