@@ -74,7 +74,7 @@ def test_detector_trains_and_predicts(builder, cls, kwargs):
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
     ic = [m for m in model.modules() if isinstance(m, ic_networks.IcConv2d)]
-    assert all(float(m.alpha.detach()) == 1.0 for m in ic)
+    assert all(m.alpha_mode == "fixed" and float(m.alpha) == 1.0 for m in ic)
 
     images = [torch.rand(3, 128, 128), torch.rand(3, 112, 128)]
     model.train()
@@ -85,7 +85,7 @@ def test_detector_trains_and_predicts(builder, cls, kwargs):
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
     for m in (ic[0], ic[-1]):  # the IC branch takes part in training
-        for p in (m.weight, m.adjust_weight, m.adjust_bias, m.alpha):
+        for p in (m.weight, m.adjust_weight, m.adjust_bias):
             assert p.grad is not None and torch.isfinite(p.grad).all()
         assert m.adjust_weight.grad.abs().sum() > 0
 
@@ -120,7 +120,8 @@ def test_weights_backbone_from_plain_and_ic_state_dict(tmp_path):
     assert torch.equal(body.layer3[2].conv2.weight, plain.layer3[2].conv2.weight)
     assert torch.equal(body.bn1.running_var, plain.bn1.running_var)
     assert isinstance(body.bn1, FrozenBatchNorm2d)
-    assert all(float(m.alpha.detach()) == 0.0 for m in body.modules() if isinstance(m, ic_networks.IcConv2d))
+    assert all(m.alpha_mode == "learnable" and float(m.alpha.detach()) == 0.0
+               for m in body.modules() if isinstance(m, ic_networks.IcConv2d))
     # trainable_backbone_layers=3 (default with weights): conv1 and layer1 frozen, IC params included.
     assert not body.conv1.weight.requires_grad and not body.layer1[0].conv2.adjust_weight.requires_grad
     assert body.layer2[0].conv2.adjust_weight.requires_grad and body.layer4[0].conv2.weight.requires_grad

@@ -9,9 +9,10 @@ in torchvision's ``BackboneWithFPN`` exactly as ``fasterrcnn_resnet50_fpn`` /
   ``5 - trainable_backbone_layers`` stages are frozen (default 3 trainable, IC parameters of frozen
   stages included); without it the backbone trains from scratch with ``nn.BatchNorm2d`` and every
   stage trainable (``trainable_backbone_layers`` must then be ``None`` or 5);
-* ``ic_alpha=None`` means 0 when ``weights_backbone`` is given (eq. 7: the converted backbone starts
-  as the plain one; an IC checkpoint's own ``alpha`` values then overwrite it) and 1 from scratch
-  (eq. 6).
+* ``ic_alpha=None`` / ``ic_alpha_mode=None`` mean a learnable alpha = 0 when ``weights_backbone`` is
+  given (eq. 7: the converted backbone starts as the plain one; an IC checkpoint's own ``alpha``
+  values then overwrite it) and a fixed alpha = 1 from scratch (eq. 6), as in
+  :mod:`ic_networks.models`.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def ic_resnet50_fpn_backbone(
     returned_layers: Optional[list] = None,
     extra_blocks: Optional[nn.Module] = None,
     ic_alpha: Optional[float] = None,
-    ic_alpha_mode: str = "learnable",
+    ic_alpha_mode: Optional[str] = None,
 ) -> BackboneWithFPN:
     """IC-ResNet-50 + FPN (256 channels), see the module docstring for the conventions."""
     pretrained = weights_backbone is not None
@@ -103,6 +104,8 @@ def ic_resnet50_fpn_backbone(
         )
     if ic_alpha is None:
         ic_alpha = 0.0 if pretrained else 1.0
+    if ic_alpha_mode is None:
+        ic_alpha_mode = "learnable" if pretrained else "fixed"
     norm_layer: Callable[..., nn.Module] = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     body = convert(resnet50(weights=None, norm_layer=norm_layer), kernel_sizes=(3,), alpha=ic_alpha,
                    alpha_mode=ic_alpha_mode, inplace=True)
@@ -123,7 +126,7 @@ def fasterrcnn_ic_resnet50_fpn(
     trainable_backbone_layers: Optional[int] = None,
     *,
     ic_alpha: Optional[float] = None,
-    ic_alpha_mode: str = "learnable",
+    ic_alpha_mode: Optional[str] = None,
     **kwargs: Any,
 ) -> FasterRCNN:
     """Faster R-CNN with an IC-ResNet-50-FPN backbone (torchvision's ``fasterrcnn_resnet50_fpn``, v1).
@@ -134,8 +137,8 @@ def fasterrcnn_ic_resnet50_fpn(
             or IC ResNet-50; a plain one leaves the IC parameters at their initialisation.
         trainable_backbone_layers: 0..5 stages to train, counted from ``layer4``; ``None`` means 3
             with ``weights_backbone`` and all 5 without.
-        ic_alpha, ic_alpha_mode: alpha of every IC layer (``None``: 0 with ``weights_backbone``,
-            1 without) and ``'learnable'`` or ``'fixed'``.
+        ic_alpha, ic_alpha_mode: alpha of every IC layer and ``'learnable'`` or ``'fixed'``
+            (``None``: learnable 0 with ``weights_backbone``, fixed 1 without).
         **kwargs: passed to :class:`torchvision.models.detection.FasterRCNN` (e.g. ``min_size``).
     """
     backbone = ic_resnet50_fpn_backbone(weights_backbone, trainable_backbone_layers, ic_alpha=ic_alpha,
@@ -149,7 +152,7 @@ def retinanet_ic_resnet50_fpn(
     trainable_backbone_layers: Optional[int] = None,
     *,
     ic_alpha: Optional[float] = None,
-    ic_alpha_mode: str = "learnable",
+    ic_alpha_mode: Optional[str] = None,
     **kwargs: Any,
 ) -> RetinaNet:
     """RetinaNet with an IC-ResNet-50-FPN backbone (torchvision's ``retinanet_resnet50_fpn``, v1: FPN
