@@ -24,8 +24,9 @@ echo "== installing setuptools<82, ninja, wheel, mmengine==0.10.7"
 python -m pip install -q "setuptools<82" ninja wheel "mmengine==0.10.7"
 # mmcv's runtime requirements (the wheel is installed with --no-deps, so pip never touches torch).
 python -m pip install -q addict numpy packaging Pillow pyyaml yapf opencv-python
-# The compiled ops link this torch: cache the wheel per torch version.
-CACHE="$WHEELS/torch-$(python -c 'import torch; print(torch.__version__)')"
+# The compiled ops link this torch, and mmcv compiles CUDA ops only where torch sees a GPU (or
+# FORCE_CUDA=1; that needs nvcc): cache the wheel per torch version and kind.
+CACHE="$WHEELS/$(python -c 'import os, torch; print(f"torch-{torch.__version__}-" + ("cuda" if torch.cuda.is_available() or os.getenv("FORCE_CUDA") == "1" else "cpu"))')"
 install_cached() {
   ls "$CACHE"/mmcv-2.1.0-*.whl >/dev/null 2>&1 &&
     python -m pip install -q --no-deps --force-reinstall "$CACHE"/mmcv-2.1.0-*.whl &&

@@ -17,6 +17,7 @@ from mmdet.structures import DetDataSample  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
+from mmengine.utils import import_modules_from_strings  # noqa: E402
 
 import ic_networks  # noqa: E402
 import ic_networks.integrations.mmdet as icmm  # noqa: E402
@@ -126,6 +127,7 @@ def _fake_batch(shapes, num_classes=20):
 def test_shipped_config_builds_detector_and_runs_loss(name, loss_keys, plain_resnet50):
     cfg = Config.fromfile(os.path.join(CONFIGS, name))
     assert cfg.custom_imports["imports"] == ["ic_networks.integrations.mmdet"]
+    import_modules_from_strings(**cfg.custom_imports)  # what mmengine's Runner does with it
     assert cfg.model.backbone.type == "ICResNet" and cfg.model.backbone.depth == 50
     assert not cfg.model.backbone.init_cfg.checkpoint.startswith(("torchvision://", "http", "open-mmlab://"))
     head = cfg.model.roi_head.bbox_head if "roi_head" in cfg.model else cfg.model.bbox_head
