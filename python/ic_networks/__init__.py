@@ -12,11 +12,11 @@ from .functional import ic_conv2d, wld_loss  # noqa: F401
 from .nn import IcConv2d, WLDLoss  # noqa: F401
 from .convert import convert  # noqa: F401
 from .profile import profile  # noqa: F401
-from . import integrations, models, neuron, training  # noqa: F401
+from . import detection, integrations, models, neuron, training  # noqa: F401
 
 __version__ = _core.__version__
 
 __all__ = [
     "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile",
-    "functional", "reference", "models", "neuron", "integrations", "training", "__version__",
+    "functional", "reference", "models", "neuron", "integrations", "training", "detection", "__version__",
 ]
