@@ -104,9 +104,14 @@ fn horizontal<T: Elem>(x: &[T], tmp: &mut [T], rows: usize, ax: &Axis, v: usize)
             if lo >= hi {
                 continue;
             }
+            let start = ax.src(lo, j);
             if v == 1 && ax.s == 1 {
-                let start = ax.src(lo, j);
                 add_into(&mut tr[lo..hi], &xr[start..start + (hi - lo)]);
+            } else if v == 1 {
+                // strided: consecutive outputs read inputs `s` apart
+                for (t, &xv) in tr[lo..hi].iter_mut().zip(xr[start..].iter().step_by(ax.s)) {
+                    *t += xv;
+                }
             } else {
                 for o in lo..hi {
                     let i = ax.src(o, j);
@@ -152,9 +157,13 @@ fn horizontal_t<T: Elem>(tmp: &[T], gx: &mut [T], rows: usize, ax: &Axis, v: usi
             if lo >= hi {
                 continue;
             }
+            let start = ax.src(lo, j);
             if v == 1 && ax.s == 1 {
-                let start = ax.src(lo, j);
                 add_into(&mut gr[start..start + (hi - lo)], &tr[lo..hi]);
+            } else if v == 1 {
+                for (g, &tv) in gr[start..].iter_mut().step_by(ax.s).zip(&tr[lo..hi]) {
+                    *g += tv;
+                }
             } else {
                 for o in lo..hi {
                     let i = ax.src(o, j);
