@@ -48,9 +48,17 @@ def _geometry_cases():
 GEOMS = list(_geometry_cases())
 
 
-def _ref_padding(p, k, d):
-    # explicit symmetric padding only (the oracle takes what F.conv2d takes)
-    return p
+def _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g, tol=1e-10, grad_tol=1e-9):
+    """Forward and every gradient of the Rust op against the plain-PyTorch oracle; returns the output."""
+    leaves = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2) if t is not None]
+    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
+    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    go = torch.randn_like(out)
+    for gg, ww in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(ref, leaves, go)):
+        torch.testing.assert_close(gg, ww, rtol=grad_tol, atol=grad_tol)
+    return out
 
 
 @pytest.mark.parametrize("k,s,p,d", GEOMS, ids=[f"k{k[0]}x{k[1]}-s{s}-p{p}-d{d}" for k, s, p, d in GEOMS])
@@ -58,22 +66,9 @@ def _ref_padding(p, k, d):
 @pytest.mark.parametrize("bias", BIASES)
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_forward_backward_match_oracle(k, s, p, d, groups, bias, alpha):
+    # padding 'same' goes to F.conv2d as is (asymmetric for even dilated kernels), as ic_conv2d handles it
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
-    if p == "same":
-        # F.conv2d handles 'same' (asymmetric for even dilated kernels); so does ic_conv2d
-        pass
-    leaves = [t for t in (x, w, wa, b1, a, b2) if t is not None]
-    for t in leaves:
-        t.requires_grad_(True)
-    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
-    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    go = torch.randn_like(out)
-    got = torch.autograd.grad(out, leaves, go)
-    want = torch.autograd.grad(ref, leaves, go)
-    for gg, ww in zip(got, want):
-        torch.testing.assert_close(gg, ww, rtol=1e-9, atol=1e-9)
+    _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
 
 
 GRADCHECK_CASES = [
@@ -270,13 +265,7 @@ def test_cuda_matches_oracle(k, s, p, d, groups, bias, alpha):
     """The same op on CUDA: forward and every gradient against the float64 oracle on the GPU, and
     against the CPU result."""
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha, device="cuda")
-    leaves = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2) if t is not None]
-    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
-    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
-    go = torch.randn_like(out)
-    for gg, ww in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(ref, leaves, go)):
-        torch.testing.assert_close(gg, ww, rtol=1e-8, atol=1e-8)
+    out = _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g, tol=1e-9, grad_tol=1e-8)
     cpu = ic_conv2d(*(t.detach().cpu() if t is not None else None for t in (x, w, wa, b1, a, b2)), s, p, d, g)
     torch.testing.assert_close(out.detach().cpu(), cpu, rtol=1e-9, atol=1e-9)
 
@@ -314,10 +303,4 @@ def test_libtorch_path_matches_oracle(libtorch_path, layout, k, s, p, d, groups,
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    leaves = [t.requires_grad_(True) for t in (x, w, wa, b1, a, b2) if t is not None]
-    out = ic_conv2d(x, w, wa, b1, a, b2, s, p, d, g)
-    ref = ic_conv2d_reference(x, w, wa, b1, a, b2, s, p, d, g)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    go = torch.randn_like(out)
-    for gg, ww in zip(torch.autograd.grad(out, leaves, go), torch.autograd.grad(ref, leaves, go)):
-        torch.testing.assert_close(gg, ww, rtol=1e-9, atol=1e-9)
+    _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
