@@ -15,11 +15,13 @@
 //! and `relu(Z)` for the backward (mask and d alpha both come from it).
 //!
 //! The ops are libtorch calls, so the same code runs on CPU and CUDA; on dense CPU float tensors
-//! the box sum (`boxsum.rs`) and the elementwise collision work (`fused.rs`) run in Rust kernels.
+//! the box sum (`boxsum.rs`) and the elementwise collision work (`fused.rs`) run in Rust kernels
+//! and the 1x1 conv as GEMMs (`pointwise.rs`).
 use crate::aten::convolution_backward;
 use crate::boxsum::{boxsum, boxsum_backward};
 use crate::error::{Error, Result};
 use crate::fused;
+use crate::pointwise;
 use crate::{type_err, value_err};
 use tch::{Device, Kind, Tensor};
 
@@ -239,7 +241,7 @@ pub fn forward(
             return Ok(IcForward { out: y, relu_z });
         }
         let s = boxsum(x, d.kh, d.kw, g)?;
-        let p = s.f_conv2d(adjust_weight, None::<Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
+        let p = pointwise::forward(&s, adjust_weight, g.groups)?;
         drop(s);
         let shift = match bias {
             Some(b) => adjust_bias.f_sub(b)?,
@@ -373,8 +375,7 @@ pub fn backward(
         if needs.x || needs.adjust_weight {
             // P = conv1x1(S, W') enters Z with a minus sign: d(P-path) = -(gradients w.r.t. gz).
             let s = boxsum(x, d.kh, d.kw, g)?;
-            let (ds, dwa) =
-                convolution_backward(&cg.gz, &s, adjust_weight, [1, 1], [0, 0], [1, 1], g.groups, needs.x, needs.adjust_weight)?;
+            let (ds, dwa) = pointwise::backward(&cg.gz, &s, adjust_weight, g.groups, needs.x, needs.adjust_weight)?;
             drop(s);
             out.adjust_weight = dwa.map(|t| t.f_neg()).transpose()?;
             if let (Some(mut dx), Some(ds)) = (dx_main, ds) {

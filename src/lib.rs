@@ -8,6 +8,7 @@ pub mod error;
 pub mod fused;
 pub mod ic_conv;
 pub mod neuron;
+pub mod pointwise;
 pub mod wld;
 
 use error::Error;
