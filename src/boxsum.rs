@@ -93,84 +93,109 @@ fn add_into<T: Elem>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Horizontal pass of one block: `tmp[r][o][:] = sum_j x[r][o*s + j*d - p][:]`.
-fn horizontal<T: Elem>(x: &[T], tmp: &mut [T], rows: usize, ax: &Axis, v: usize) {
-    tmp.fill(T::ZERO);
-    let (wi, wo) = (ax.n_in * v, ax.n_out * v);
-    for r in 0..rows {
-        let (xr, tr) = (&x[r * wi..(r + 1) * wi], &mut tmp[r * wo..(r + 1) * wo]);
-        for j in 0..ax.k {
-            let (lo, hi) = ax.valid(j);
-            if lo >= hi {
-                continue;
+/// Input row read by output row `o` through tap `i`, if inside `[0, n_in)`.
+#[inline]
+fn tap_row(ax: &Axis, o: usize, i: usize) -> Option<usize> {
+    let r = (o * ax.s + i * ax.d) as i64 - ax.p as i64;
+    (r >= 0 && (r as usize) < ax.n_in).then_some(r as usize)
+}
+
+/// Output row that reads input row `r` through tap `i`, if any.
+#[inline]
+fn tap_out(ax: &Axis, r: usize, i: usize) -> Option<usize> {
+    let q = (r + ax.p) as i64 - (i * ax.d) as i64;
+    if q < 0 || q as usize % ax.s != 0 {
+        return None;
+    }
+    let o = q as usize / ax.s;
+    (o < ax.n_out).then_some(o)
+}
+
+/// `dst = sum of rows`, the rows given by `rows` (`dst = 0` when there are none).
+fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a [T]>) {
+    match rows.next() {
+        None => dst.fill(T::ZERO),
+        Some(first) => {
+            dst.copy_from_slice(first);
+            rows.for_each(|r| add_into(dst, r));
+        }
+    }
+}
+
+/// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is the
+/// input row with `p` zero columns on each side (so every tap is in bounds).
+fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
+    let len = out.len();
+    if ax.s == 1 {
+        // k shifted copies: contiguous slices, vectorised
+        out.copy_from_slice(&vp[..len]);
+        for j in 1..ax.k {
+            add_into(out, &vp[j * ax.d * v..j * ax.d * v + len]);
+        }
+    } else if v == 1 {
+        for (o, t) in out.iter_mut().enumerate() {
+            let base = o * ax.s;
+            *t = (0..ax.k).fold(T::ZERO, |a, j| a + vp[base + j * ax.d]);
+        }
+    } else {
+        for (o, t) in out.chunks_exact_mut(v).enumerate() {
+            let base = o * ax.s * v;
+            t.copy_from_slice(&vp[base..base + v]);
+            for j in 1..ax.k {
+                add_into(t, &vp[base + j * ax.d * v..base + (j * ax.d + 1) * v]);
             }
-            let start = ax.src(lo, j);
-            if v == 1 && ax.s == 1 {
-                add_into(&mut tr[lo..hi], &xr[start..start + (hi - lo)]);
-            } else if v == 1 {
-                // strided: consecutive outputs read inputs `s` apart
-                for (t, &xv) in tr[lo..hi].iter_mut().zip(xr[start..].iter().step_by(ax.s)) {
-                    *t += xv;
-                }
-            } else {
-                for o in lo..hi {
-                    let i = ax.src(o, j);
-                    add_into(&mut tr[o * v..(o + 1) * v], &xr[i * v..(i + 1) * v]);
-                }
-            }
         }
     }
 }
 
-/// Vertical pass of one block: `out[o][:] = sum_i tmp[o*s + i*d - p][:]` over rows of `len`.
-fn vertical<T: Elem>(tmp: &[T], out: &mut [T], ax: &Axis, len: usize) {
-    out.fill(T::ZERO);
-    for i in 0..ax.k {
-        let (lo, hi) = ax.valid(i);
-        for o in lo..hi {
-            let r = ax.src(o, i);
-            add_into(&mut out[o * len..(o + 1) * len], &tmp[r * len..(r + 1) * len]);
-        }
-    }
-}
-
-/// Adjoint of [`vertical`]: `tmp[o*s + i*d - p][:] += g[o][:]`.
-fn vertical_t<T: Elem>(g: &[T], tmp: &mut [T], ax: &Axis, len: usize) {
-    tmp.fill(T::ZERO);
-    for i in 0..ax.k {
-        let (lo, hi) = ax.valid(i);
-        for o in lo..hi {
-            let r = ax.src(o, i);
-            add_into(&mut tmp[r * len..(r + 1) * len], &g[o * len..(o + 1) * len]);
-        }
-    }
-}
-
-/// Adjoint of [`horizontal`]: `gx[r][o*s + j*d - p][:] += tmp[r][o][:]`.
-fn horizontal_t<T: Elem>(tmp: &[T], gx: &mut [T], rows: usize, ax: &Axis, v: usize) {
+/// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`.
+fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
     gx.fill(T::ZERO);
-    let (wi, wo) = (ax.n_in * v, ax.n_out * v);
-    for r in 0..rows {
-        let (tr, gr) = (&tmp[r * wo..(r + 1) * wo], &mut gx[r * wi..(r + 1) * wi]);
-        for j in 0..ax.k {
-            let (lo, hi) = ax.valid(j);
-            if lo >= hi {
-                continue;
+    for j in 0..ax.k {
+        let (lo, hi) = ax.valid(j);
+        if lo >= hi {
+            continue;
+        }
+        let start = ax.src(lo, j);
+        if ax.s == 1 {
+            add_into(&mut gx[start * v..(start + hi - lo) * v], &acc[lo * v..hi * v]);
+        } else if v == 1 {
+            for (g, &a) in gx[start..].iter_mut().step_by(ax.s).zip(&acc[lo..hi]) {
+                *g += a;
             }
-            let start = ax.src(lo, j);
-            if v == 1 && ax.s == 1 {
-                add_into(&mut gr[start..start + (hi - lo)], &tr[lo..hi]);
-            } else if v == 1 {
-                for (g, &tv) in gr[start..].iter_mut().step_by(ax.s).zip(&tr[lo..hi]) {
-                    *g += tv;
-                }
-            } else {
-                for o in lo..hi {
-                    let i = ax.src(o, j);
-                    add_into(&mut gr[i * v..(i + 1) * v], &tr[o * v..(o + 1) * v]);
-                }
+        } else {
+            for o in lo..hi {
+                let i = ax.src(o, j) * v;
+                add_into(&mut gx[i..i + v], &acc[o * v..(o + 1) * v]);
             }
         }
+    }
+}
+
+/// Box sum of one block, an output row at a time: the valid input rows of its vertical taps are
+/// summed into the middle of the padded row `vp` (one pass, no zero fill), then the horizontal
+/// taps are summed from `vp` into the output row. Both passes stay in L1.
+fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, vp: &mut [T]) {
+    let (wi, wo, pad) = (b.w.n_in * b.v, b.w.n_out * b.v, b.w.p * b.v);
+    for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
+        let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
+        sum_rows(&mut vp[pad..pad + wi], rows);
+        horizontal_row(vp, out_row, &b.w, b.v);
+    }
+}
+
+/// Adjoint of [`forward_block`], an input row at a time: the output-gradient rows that read input
+/// row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint.
+fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]) {
+    let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
+    for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
+        let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
+        if rows.peek().is_none() {
+            gx_row.fill(T::ZERO);
+            continue;
+        }
+        sum_rows(acc, rows);
+        horizontal_row_t(acc, gx_row, &b.w, b.v);
     }
 }
 
@@ -179,12 +204,11 @@ fn forward_cpu<T: Elem>(x: &Tensor, out: &Tensor, b: Blocks) -> Result<()> {
     let (xs, os) = unsafe { (cpu::view::<T>(x), cpu::shared::<T>(out)) };
     let (il, ol) = (b.in_len(), b.out_len());
     parallel_for(b.count, b.grain(), |lo, hi| {
-        let mut tmp = vec![T::ZERO; b.h.n_in * b.w.n_out * b.v];
+        let mut vp = vec![T::ZERO; (b.w.n_in + 2 * b.w.p) * b.v];
         for blk in lo..hi {
-            horizontal(&xs[blk * il..(blk + 1) * il], &mut tmp, b.h.n_in, &b.w, b.v);
             // SAFETY: block ranges are disjoint.
             let o = unsafe { os.slice(blk * ol, ol) };
-            vertical(&tmp, o, &b.h, b.w.n_out * b.v);
+            forward_block(&xs[blk * il..(blk + 1) * il], o, &b, &mut vp);
         }
     })
 }
@@ -194,12 +218,11 @@ fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks) -> Result<()> {
     let (gs, xs) = unsafe { (cpu::view::<T>(g), cpu::shared::<T>(gx)) };
     let (il, ol) = (b.in_len(), b.out_len());
     parallel_for(b.count, b.grain(), |lo, hi| {
-        let mut tmp = vec![T::ZERO; b.h.n_in * b.w.n_out * b.v];
+        let mut acc = vec![T::ZERO; b.w.n_out * b.v];
         for blk in lo..hi {
-            vertical_t(&gs[blk * ol..(blk + 1) * ol], &mut tmp, &b.h, b.w.n_out * b.v);
             // SAFETY: block ranges are disjoint.
             let o = unsafe { xs.slice(blk * il, il) };
-            horizontal_t(&tmp, o, b.h.n_in, &b.w, b.v);
+            backward_block(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc);
         }
     })
 }
@@ -277,18 +300,50 @@ mod tests {
 
     #[test]
     fn one_dim_box_sum_by_hand() {
-        // rows=1, x = [1, 2, 3, 4], k=3, p=1: [0+1+2, 1+2+3, 2+3+4, 3+4+0] = [3, 6, 9, 7]
+        // x = [1, 2, 3, 4], k=3, p=1: [0+1+2, 1+2+3, 2+3+4, 3+4+0] = [3, 6, 9, 7]
         let ax = Axis { n_in: 4, n_out: 4, k: 3, s: 1, p: 1, d: 1 };
-        let x = [1.0f64, 2.0, 3.0, 4.0];
+        let vp = [0.0f64, 1.0, 2.0, 3.0, 4.0, 0.0]; // x with p zeros each side
         let mut t = [0.0; 4];
-        horizontal(&x, &mut t, 1, &ax, 1);
+        horizontal_row(&vp, &mut t, &ax, 1);
         assert_eq!(t, [3.0, 6.0, 9.0, 7.0]);
         // adjoint: <Ax, y> == <x, A^T y>
         let y = [0.5f64, -1.0, 2.0, 0.25];
         let mut aty = [0.0; 4];
-        horizontal_t(&y, &mut aty, 1, &ax, 1);
+        horizontal_row_t(&y, &mut aty, &ax, 1);
         let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
-        let rhs: f64 = x.iter().zip(&aty).map(|(a, b)| a * b).sum();
+        let rhs: f64 = vp[1..5].iter().zip(&aty).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12);
+        // stride 2, dilation 2, p=2 on 5 inputs: n_out 3, taps o*2 + {0,2,4} - 2
+        let ax = Axis { n_in: 5, n_out: 3, k: 3, s: 2, p: 2, d: 2 };
+        let vp = [0.0f64, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0];
+        let mut t = [0.0; 3];
+        horizontal_row(&vp, &mut t, &ax, 1);
+        assert_eq!(t, [0.0 + 1.0 + 3.0, 1.0 + 3.0 + 5.0, 3.0 + 5.0 + 0.0]);
+        let y = [1.0f64, -2.0, 0.5];
+        let mut aty = [0.0; 5];
+        horizontal_row_t(&y, &mut aty, &ax, 1);
+        let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
+        let rhs: f64 = vp[2..7].iter().zip(&aty).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-12);
+    }
+
+    #[test]
+    fn row_taps_match() {
+        // every (output row, tap) that reads an input row is found again from that input row
+        let ax = Axis { n_in: 7, n_out: 4, k: 3, s: 2, p: 1, d: 2 };
+        for o in 0..ax.n_out {
+            for i in 0..ax.k {
+                if let Some(r) = tap_row(&ax, o, i) {
+                    assert_eq!(tap_out(&ax, r, i), Some(o));
+                }
+            }
+        }
+        for r in 0..ax.n_in {
+            for i in 0..ax.k {
+                if let Some(o) = tap_out(&ax, r, i) {
+                    assert_eq!(tap_row(&ax, o, i), Some(r));
+                }
+            }
+        }
     }
 }
