@@ -57,8 +57,8 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn new(x: &Tensor, lay: Layout, kh: i64, kw: i64, g: &ConvGeometry) -> Self {
-        let s = x.size();
+    /// Blocks of an input of shape `s` (N, C, H, W).
+    fn new(s: &[i64], lay: Layout, kh: i64, kw: i64, g: &ConvGeometry) -> Self {
         let (n, c, hh, ww) = (s[0] as usize, s[1] as usize, s[2], s[3]);
         let axis = |dim: usize, n_in: i64, k: i64| Axis {
             n_in: n_in as usize,
@@ -239,8 +239,8 @@ fn ones_kernel(x: &Tensor, kh: i64, kw: i64) -> Result<Tensor> {
 /// `x` (N, C, H, W) -> `S` (N, C, Ho, Wo). Geometry must already be validated (`ic_conv`).
 pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
     if let Some((kind, lay)) = cpu::dense(&[x]) {
-        let b = Blocks::new(x, lay, kh, kw, g);
         let s = x.size();
+        let b = Blocks::new(&s, lay, kh, kw, g);
         let out = cpu::empty([s[0], s[1], b.h.n_out as i64, b.w.n_out as i64], kind, matches!(lay, Layout::Nhwc { .. }))?;
         match kind {
             Kind::Float => forward_cpu::<f32>(x, &out, b)?,
@@ -256,25 +256,31 @@ pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> 
     }
 }
 
-/// Adjoint of [`boxsum`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W) on `x`'s grid.
-pub fn boxsum_backward(grad: &Tensor, x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
-    if let Some((kind, lay)) = cpu::dense(&[grad, x]) {
-        let b = Blocks::new(x, lay, kh, kw, g);
-        let gx = cpu::empty(x.size().try_into().expect("4-D"), kind, matches!(lay, Layout::Nhwc { .. }))?;
-        let g_c = grad; // same layout family as x (checked by `dense`)
+/// Adjoint of [`boxsum`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W), the gradient on an input of shape
+/// `in_shape`, laid out like `grad`.
+pub fn boxsum_backward(grad: &Tensor, in_shape: &[i64], kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
+    let nhwc = matches!(cpu::layout_of(grad), Some(Layout::Nhwc { .. }));
+    let shape: [i64; 4] = in_shape.try_into().map_err(|_| Error::Runtime(format!("boxsum_backward: expected a 4-D input shape, got {in_shape:?}")))?;
+    if let Some((kind, lay)) = cpu::dense(&[grad]) {
+        let b = Blocks::new(&shape, lay, kh, kw, g);
+        let gx = cpu::empty(shape, kind, nhwc)?;
         match kind {
-            Kind::Float => backward_cpu::<f32>(g_c, &gx, b)?,
-            _ => backward_cpu::<f64>(g_c, &gx, b)?,
+            Kind::Float => backward_cpu::<f32>(grad, &gx, b)?,
+            _ => backward_cpu::<f64>(grad, &gx, b)?,
         }
         return Ok(gx);
     }
+    // libtorch reads only the input's shape and memory format: an uninitialised stand-in will do.
+    let opts = (grad.kind(), grad.device());
+    let [n, c, h, w] = shape;
+    let like = if nhwc { Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])? } else { Tensor::f_empty(shape, opts)? };
     // avg_pool2d_backward only for NCHW: libtorch's CUDA kernel for channels_last input gives wrong
     // gradients with divisor_override (measured on torch 2.11, H200: max error 8.7 in float64).
-    if is_pool(kh, kw, g) && x.is_contiguous() && grad.is_contiguous() {
-        Ok(x.f_avg_pool2d_backward(grad, [kh, kw], g.stride, g.padding, false, true, Some(1))?)
+    if is_pool(kh, kw, g) && grad.is_contiguous() {
+        Ok(like.f_avg_pool2d_backward(grad, [kh, kw], g.stride, g.padding, false, true, Some(1))?)
     } else {
-        let ones = ones_kernel(x, kh, kw)?;
-        let (gi, _) = convolution_backward(grad, x, &ones, g.stride, g.padding, g.dilation, x.size()[1], true, false)?;
+        let ones = ones_kernel(&like, kh, kw)?;
+        let (gi, _) = convolution_backward(grad, &like, &ones, g.stride, g.padding, g.dilation, shape[1], true, false)?;
         gi.ok_or_else(|| Error::Runtime("convolution_backward returned no input gradient".into()))
     }
 }

@@ -373,19 +373,44 @@ pub fn backward(
         drop(cg.gy);
         out.weight = dw;
         if needs.x || needs.adjust_weight {
-            // P = conv1x1(S, W') enters Z with a minus sign: d(P-path) = -(gradients w.r.t. gz).
-            let s = boxsum(x, d.kh, d.kw, g)?;
-            let (ds, dwa) = pointwise::backward(&cg.gz, &s, adjust_weight, g.groups, needs.x, needs.adjust_weight)?;
-            drop(s);
+            let (dxb, dwa) = adjust_path_backward(&cg.gz, x, adjust_weight, &d, g, needs.x, needs.adjust_weight)?;
+            // P enters Z with a minus sign.
             out.adjust_weight = dwa.map(|t| t.f_neg()).transpose()?;
-            if let (Some(mut dx), Some(ds)) = (dx_main, ds) {
-                let dxb = boxsum_backward(&ds, x, d.kh, d.kw, g)?;
+            if let (Some(mut dx), Some(dxb)) = (dx_main, dxb) {
                 let _ = dx.f_sub_(&dxb)?;
                 out.x = Some(dx);
             }
         }
         Ok(out)
     })
+}
+
+/// Gradients `(dx, dW')` of `P = conv1x1(boxsum(x), W')` for `dP = gz`.
+///
+/// At stride 1 the box sum and the 1x1 commute (one acts per channel, the other per pixel), so
+/// `P = boxsum(conv1x1(x, W'))` and both gradients come from one transposed box sum of `gz` on
+/// x's grid, `G = boxsum^T(gz)`: `dx = W'^T G`, `dW' = G x^T`. That is one box-sum pass instead of
+/// two (recomputing `S = boxsum(x)` for dW', then the adjoint of dS) for the same GEMM work. With a
+/// stride, G would be s^2 times larger than S, so the strided path recomputes S.
+fn adjust_path_backward(
+    gz: &Tensor,
+    x: &Tensor,
+    adjust_weight: &Tensor,
+    d: &IcDims,
+    g: &ConvGeometry,
+    need_x: bool,
+    need_w: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let xs = x.size();
+    if g.stride == [1, 1] {
+        let gq = boxsum_backward(gz, &[d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)?;
+        return pointwise::backward(&gq, x, adjust_weight, g.groups, need_x, need_w);
+    }
+    let s = boxsum(x, d.kh, d.kw, g)?;
+    let (ds, dwa) = pointwise::backward(gz, &s, adjust_weight, g.groups, need_x, need_w)?;
+    drop(s);
+    let dxb = ds.map(|ds| boxsum_backward(&ds, &xs, d.kh, d.kw, g)).transpose()?;
+    Ok((dxb, dwa))
 }
 
 fn zero_grads(
