@@ -124,6 +124,59 @@ pub fn collision_backward(
     }))
 }
 
+/// NHWC pixels per flush of the per-channel running sums.
+const FLUSH: usize = 64;
+/// Lanes of the NCHW running sums (independent accumulators, so the loop vectorises).
+const LANES: usize = 8;
+/// Elements per flush of the NCHW running sums into f64.
+const CHUNK: usize = 256;
+
+/// `alpha * g` where `r > 0`, else 0 (threshold_backward semantics: NaN in `r` passes).
+#[inline(always)]
+fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
+    if r <= T::ZERO {
+        T::ZERO
+    } else {
+        alpha * g
+    }
+}
+
+/// Backward of one NCHW channel plane: writes `gz`, `gy`; returns `[sum gz, sum g, sum g*r]`,
+/// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
+fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
+    let mut tot = [0.0f64; 3];
+    for (((gc, rc), gyc), gzc) in g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK)) {
+        let mut acc = [[T::ZERO; LANES]; 3];
+        let n = gc.len() / LANES * LANES;
+        for (((gl, rl), gyl), gzl) in
+            gc[..n].chunks_exact(LANES).zip(rc[..n].chunks_exact(LANES)).zip(gyc[..n].chunks_exact_mut(LANES)).zip(gzc[..n].chunks_exact_mut(LANES))
+        {
+            for l in 0..LANES {
+                let (gv, rv) = (gl[l], rl[l]);
+                let z = mask(gv, rv, alpha);
+                gzl[l] = z;
+                gyl[l] = gv + z;
+                acc[0][l] += z;
+                acc[1][l] += gv;
+                acc[2][l] += gv * rv;
+            }
+        }
+        for i in n..gc.len() {
+            let (gv, rv) = (gc[i], rc[i]);
+            let z = mask(gv, rv, alpha);
+            gzc[i] = z;
+            gyc[i] = gv + z;
+            acc[0][0] += z;
+            acc[1][0] += gv;
+            acc[2][0] += gv * rv;
+        }
+        for (t, a) in tot.iter_mut().zip(&acc) {
+            *t += a.iter().map(|v| v.to_f64()).sum::<f64>();
+        }
+    }
+    tot
+}
+
 struct Sums {
     dalpha: f64,
     db1: Vec<f64>,
@@ -149,6 +202,9 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
     let (gys, gzs) = unsafe { (cpu::shared::<T>(gy), cpu::shared::<T>(gz)) };
     let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(n_blocks, 1, |lo, hi| {
+        // NHWC: per-channel running sums in T (vectorised across channels), flushed every
+        // FLUSH pixels into the f64 slots.
+        let mut acc = if per == 1 { Vec::new() } else { vec![T::ZERO; 3 * c] };
         for blk in lo..hi {
             let (u0, u1) = (blk * units_per_block, ((blk + 1) * units_per_block).min(n_units));
             let mut sa = 0.0f64;
@@ -157,21 +213,34 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
                 let (g, r) = (&gs[off..off + len], &rs[off..off + len]);
                 // SAFETY: disjoint unit ranges and slots per block.
                 let (gyu, gzu) = unsafe { (gys.slice(off, len), gzs.slice(off, len)) };
-                let (b1, b2) = if per == 1 {
-                    unsafe { (pb1.slice(u, 1), pb2.slice(u, 1)) }
+                if per == 1 {
+                    let [b1, b2, a] = plane_bwd(g, r, gyu, gzu, alpha);
+                    unsafe {
+                        pb1.slice(u, 1)[0] = b1;
+                        pb2.slice(u, 1)[0] = b2;
+                    }
+                    sa += a;
                 } else {
-                    unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) }
-                };
-                for i in 0..len {
-                    let (gv, rv) = (g[i], r[i]);
-                    // threshold_backward semantics: zero where r <= 0 (NaN passes).
-                    let z = if rv <= T::ZERO { T::ZERO } else { alpha * gv };
-                    gzu[i] = z;
-                    gyu[i] = gv + z;
-                    let ch = if per == 1 { 0 } else { i };
-                    b1[ch] += z.to_f64();
-                    b2[ch] += gv.to_f64();
-                    sa += (gv * rv).to_f64();
+                    let (a1, rest) = acc.split_at_mut(c);
+                    let (a2, aa) = rest.split_at_mut(c);
+                    for i in 0..len {
+                        let (gv, rv) = (g[i], r[i]);
+                        let z = mask(gv, rv, alpha);
+                        gzu[i] = z;
+                        gyu[i] = gv + z;
+                        a1[i] += z;
+                        a2[i] += gv;
+                        aa[i] += gv * rv;
+                    }
+                    if (u + 1 - u0) % FLUSH == 0 || u + 1 == u1 {
+                        let (b1, b2) = unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) };
+                        for ch in 0..c {
+                            b1[ch] += a1[ch].to_f64();
+                            b2[ch] += a2[ch].to_f64();
+                            sa += aa[ch].to_f64();
+                        }
+                        acc.fill(T::ZERO);
+                    }
                 }
             }
             unsafe { pa.slice(blk, 1)[0] = sa };
