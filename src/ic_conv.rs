@@ -185,6 +185,10 @@ pub fn check_inputs(
     }
     let (xs, ws) = (x.size(), weight.size());
     let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    if h == 0 || w == 0 {
+        // libtorch's convolutions refuse them too, less clearly
+        return Err(value_err!("x: expected a non-empty image (H, W >= 1), got shape {xs:?}"));
+    }
     let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     if kh <= 0 || kw <= 0 || cout <= 0 || cin_g <= 0 {
         return Err(value_err!("weight: every dimension must be positive, got shape {ws:?}"));

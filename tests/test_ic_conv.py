@@ -130,6 +130,38 @@ def test_layouts_match_contiguous(device, layout):
         assert o2.is_contiguous(memory_format=torch.channels_last) == conv_out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw,wide", [((3, 4), True), ((13, 12), False)], ids=["per-sample-gemm", "batched-gemm"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pointwise_gemm_paths_match_oracle(layout, groups, stride, hw, wide, dtype):
+    """The 1x1 conv as GEMMs (src/pointwise.rs) in each of its forms: batched NCHW products, the
+    per-sample accumulation of dW' (Cin/g > HW/4), the flat channels_last product (groups 1) and
+    the convolution fallback (channels_last with groups); stride 1 takes the transposed-box-sum
+    backward, stride 2 the recomputed one."""
+    cin, cout = (16, 24) if wide else (4, 6)
+    g = torch.Generator().manual_seed(7)
+    r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)  # noqa: E731
+    x, w, wa, b1, b2 = r(3, cin, *hw), r(cout, cin // groups, 3, 3) * 0.3, r(cout, cin // groups, 1, 1) * 0.3, r(cout), r(cout)
+    a = torch.tensor(0.8, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, w, wa, b1, a, b2)]
+    ref = ic_conv2d_reference(*leaves, stride, 1, 1, groups)
+    go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, leaves, go)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    cast = [t.to(dtype).requires_grad_() for t in (x.contiguous(memory_format=fmt), w, wa, b1, a, b2)]
+    out = ic_conv2d(*cast, stride, 1, 1, groups)
+    grads = torch.autograd.grad(out, cast, go.to(dtype).contiguous(memory_format=fmt))
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * 10)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_channels_last_weights_and_grad_layouts():
     # channels_last everything, incl. a channels_last upstream gradient, through the fused kernels
     x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.3, dtype=torch.float32, n=3, cin=8, cout=16, hw=(12, 12))

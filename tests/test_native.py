@@ -290,11 +290,14 @@ def test_channels_last_layouts_follow_conv2d(device, x_fmt, w_fmt):
         assert out.is_contiguous(memory_format=CL) and xs[0].grad.is_contiguous(memory_format=CL)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "op-path"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_channels_last_hot_path_has_no_activation_copies(device):
-    """Forward + backward on channels_last input copy nothing larger than a parameter."""
+def test_channels_last_hot_path_has_no_activation_copies(device, fast, monkeypatch):
+    """Forward + backward on channels_last input copy nothing larger than a parameter, on the eager
+    fast path and through the registered ops."""
     from torch.profiler import ProfilerActivity, profile
 
+    monkeypatch.setattr(icn.functional, "_FAST_PATH", fast)
     torch.manual_seed(0)
     m = icn.IcConv2d(8, 16, 3, padding=1, alpha=0.5, alpha_mode="learnable").to(device)
     x = torch.randn(4, 8, 16, 16, device=device).contiguous(memory_format=CL).requires_grad_()
@@ -303,7 +306,11 @@ def test_channels_last_hot_path_has_no_activation_copies(device):
         out = m(x)
         out.backward(torch.ones_like(out))
     names = {e.name for e in prof.events()}
-    assert "ic_networks::ic_conv2d_forward" in names and "ic_networks::ic_conv2d_backward" in names
+    if fast:
+        assert "_IcConv2dFunction" in names and "_IcConv2dFunctionBackward" in names
+        assert not any(n.startswith("ic_networks::") for n in names)
+    else:
+        assert "ic_networks::ic_conv2d_forward" in names and "ic_networks::ic_conv2d_backward" in names
     largest_param = max(p.numel() for p in m.parameters())
     copies = [(e.name, e.input_shapes[0]) for e in prof.events() if e.name in COPIES and e.input_shapes and e.input_shapes[0]]
     big = [(n, s) for n, s in copies if torch.Size(s).numel() > largest_param]
@@ -493,3 +500,66 @@ def test_rust_op_releases_the_gil():
         last = now
     th.join()
     assert max(gaps) < 0.5 * op_time, (max(gaps), op_time)
+
+
+def _ic_events(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("ic_networks::") or "IcConv2dFunction" in e.name}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+def test_eager_fast_path_matches_the_op_path(device, fmt, monkeypatch):
+    """The eager fast path (a plain autograd.Function around the Rust core) gives the op path's
+    output and gradients bit for bit, with learnable alpha, bias and groups."""
+    torch.manual_seed(0)
+    m = icn.IcConv2d(8, 12, 3, stride=2, padding=1, groups=2, alpha=0.3, alpha_mode="learnable").to(device)
+    with torch.no_grad():
+        m.adjust_bias.normal_()
+    x0 = torch.randn(3, 8, 11, 9, device=device).contiguous(memory_format=fmt)
+    results = {}
+    for fast in (True, False):
+        monkeypatch.setattr(icn.functional, "_FAST_PATH", fast)
+        m.zero_grad()
+        x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+        events = _ic_events(lambda: m(x).square().sum().backward())
+        if fast:
+            assert "_IcConv2dFunction" in events and not any(e.startswith("ic_networks::") for e in events), events
+        else:
+            assert "ic_networks::ic_conv2d_forward" in events and "ic_networks::ic_conv2d_backward" in events, events
+        out = m(x)
+        results[fast] = [out.detach(), x.grad] + [p.grad for p in m.parameters()]
+        assert out.stride() == m(x0).stride()
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
+
+
+def test_eager_fast_path_steps_aside_for_autocast_and_modes():
+    """Autocast, FakeTensorMode and torch.compile go through the registered ops (they need its
+    casting rules and fake kernels); plain eager calls do not."""
+    m = icn.IcConv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 6, 6)
+    assert "_IcConv2dFunction" in _ic_events(lambda: m(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        events = _ic_events(lambda: m(x))
+    assert "ic_networks::ic_conv2d_forward" in events and "_IcConv2dFunction" not in events
+    params = [m.weight.detach(), m.adjust_weight.detach(), m.adjust_bias.detach(), m.alpha.detach()]
+    mode = FakeTensorMode()
+    fx, *fparams = [mode.from_tensor(t) for t in (x, *params)]
+    with mode:
+        out = icn.functional.ic_conv2d(fx, *fparams, padding=1)
+    assert out.shape == (2, 4, 6, 6)
+
+
+def test_eager_fast_path_errors_name_the_argument():
+    """Bad input on the fast path still gets the core's clear exceptions, not a panic."""
+    m = icn.IcConv2d(4, 4, 3, padding=1)
+    with pytest.raises(TypeError, match="dtype"):
+        m(torch.randn(1, 4, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x: has 3 channels"):
+        m(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        icn.functional.ic_conv2d(torch.randn(1, 4, 2, 2), m.weight, m.adjust_weight, m.adjust_bias, m.alpha)

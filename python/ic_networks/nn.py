@@ -157,9 +157,9 @@ class IcConv2d(nn.Conv2d):
                 self.stride, padding, self.dilation, self.groups,
             )
         else:
-            out = torch.ops.ic_networks.ic_conv2d(
+            out = icf._ic_conv2d_call(
                 x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-                list(self.stride), padding, list(self.dilation), self.groups,
+                list(self.stride), list(padding), list(self.dilation), self.groups,
             )
         return out.squeeze(0) if unbatched else out
 
