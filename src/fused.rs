@@ -118,6 +118,7 @@ pub fn collision_backward(
     Ok(Some(CollisionGrads {
         gy: if need_gy { Some(gy) } else { None },
         gz,
+        gz_scale: None,
         dalpha: if needs.alpha { Some(Tensor::from(sums.dalpha).f_to_kind(kind)?) } else { None },
         db1: if needs.adjust_bias { Some(vec_t(&sums.db1)?) } else { None },
         db2: if needs.bias { Some(vec_t(&sums.db2)?) } else { None },

@@ -244,29 +244,46 @@ pub fn forward(
             let relu_z = y.f_zeros_like()?;
             return Ok(IcForward { out: y, relu_z });
         }
-        let s = boxsum(x, d.kh, d.kw, g)?;
-        let p = pointwise::forward(&s, adjust_weight, g.groups)?;
-        drop(s);
         let shift = match bias {
             Some(b) => adjust_bias.f_sub(b)?,
             None => adjust_bias.shallow_clone(),
         };
-        let (out, relu_z) = collision_forward(y, p, &shift, alpha)?;
+        // Where the fused CPU kernel cannot run (CUDA, half types, odd layouts), the shift rides in
+        // the 1x1 conv's bias, which saves the generic path a pass over Z.
+        let fold = x.device() != Device::Cpu || crate::cpu::dense(&[x]).is_none();
+        let s = boxsum(x, d.kh, d.kw, g)?;
+        let p = if fold {
+            pointwise::forward(&s, adjust_weight, g.groups, Some(&shift.f_neg()?))?
+        } else {
+            pointwise::forward(&s, adjust_weight, g.groups, None)?
+        };
+        drop(s);
+        let (out, relu_z) = collision_forward(y, p, if fold { None } else { Some(&shift) }, alpha)?;
         Ok(IcForward { out, relu_z })
     })
 }
 
-/// `relu_z = relu(y - p + shift)`, `out = y + alpha * relu_z`. `y`, `p`: (N, C, Ho, Wo); `shift`: (C).
-/// Consumes `p` (reused as the buffer of `relu_z` on the generic path).
-pub fn collision_forward(y: Tensor, p: Tensor, shift: &Tensor, alpha: &Tensor) -> Result<(Tensor, Tensor)> {
-    if let Some(r) = fused::collision_forward(&y, &p, shift, alpha)? {
+/// `relu_z = relu(y - p + shift)`, `out = y + alpha * relu_z`. `y`, `p`: (N, C, Ho, Wo); `shift`: (C),
+/// `None` when it is already in `p` (as `-shift`). Consumes `p` (the buffer of `relu_z` on the
+/// generic path, which is three passes: `z = y - p`, `relu_`, `addcmul`).
+pub fn collision_forward(y: Tensor, p: Tensor, shift: Option<&Tensor>, alpha: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = y.size()[1];
+    let zeros;
+    let fused_shift = match shift {
+        Some(s) => s,
+        None => {
+            zeros = Tensor::f_zeros([c], (y.kind(), y.device()))?;
+            &zeros
+        }
+    };
+    if let Some(r) = fused::collision_forward(&y, &p, fused_shift, alpha)? {
         return Ok(r);
     }
     let mut z = p;
-    let c = shift.size()[0];
-    let _ = z.f_neg_()?;
-    let _ = z.f_add_(&y)?;
-    let _ = z.f_add_(&shift.f_view([1, c, 1, 1])?)?;
+    let _ = y.f_sub_out(&z, &z)?;
+    if let Some(s) = shift {
+        let _ = z.f_add_(&s.f_view([1, c, 1, 1])?)?;
+    }
     let _ = z.f_relu_()?;
     let alpha = alpha.f_to_kind(y.kind())?.f_reshape([] as [i64; 0])?;
     let out = y.f_addcmul(&z, &alpha)?;
@@ -305,7 +322,10 @@ pub struct IcGrads {
 /// reductions d alpha = sum(grad * relu_z), db1 = sum_{n,h,w} gz, db2 = sum_{n,h,w} grad.
 pub struct CollisionGrads {
     pub gy: Option<Tensor>,
+    /// `gz`, or `gz / alpha` when `gz_scale` is `Some(alpha)`: the generic path leaves the scaling
+    /// to the small or fused ops downstream instead of a pass of its own.
     pub gz: Tensor,
+    pub gz_scale: Option<Tensor>,
     pub dalpha: Option<Tensor>,
     pub db1: Option<Tensor>,
     pub db2: Option<Tensor>,
@@ -317,14 +337,13 @@ pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs:
         return Ok(r);
     }
     let alpha_k = alpha.f_to_kind(grad.kind())?.f_reshape([] as [i64; 0])?;
-    let ga = grad.f_mul(&alpha_k)?;
-    let gz = relu_z.f_threshold_backward(&ga, 0.0)?;
-    drop(ga);
+    let gz = relu_z.f_threshold_backward(grad, 0.0)?;
     let dalpha = if needs.alpha { Some(grad.f_mul(relu_z)?.f_sum(acc_kind(grad.kind()))?) } else { None };
-    let db1 = if needs.adjust_bias { Some(gz.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>)?) } else { None };
-    let db2 = if needs.bias { Some(grad.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>)?) } else { None };
-    let gy = if need_gy { Some(grad.f_add(&gz)?) } else { None };
-    Ok(CollisionGrads { gy, gz, dalpha, db1, db2 })
+    let sum_nhw = |t: &Tensor| t.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>);
+    let db1 = if needs.adjust_bias { Some(sum_nhw(&gz)?.f_mul(&alpha_k)?) } else { None };
+    let db2 = if needs.bias { Some(sum_nhw(grad)?) } else { None };
+    let gy = if need_gy { Some(grad.f_addcmul(&gz, &alpha_k)?) } else { None };
+    Ok(CollisionGrads { gy, gz, gz_scale: Some(alpha_k), dalpha, db1, db2 })
 }
 
 /// Accumulation dtype of d alpha: float32 for half types, else the input's own.
@@ -378,10 +397,17 @@ pub fn backward(
         out.weight = dw;
         if needs.x || needs.adjust_weight {
             let (dxb, dwa) = adjust_path_backward(&cg.gz, x, adjust_weight, &d, g, needs.x, needs.adjust_weight)?;
-            // P enters Z with a minus sign.
-            out.adjust_weight = dwa.map(|t| t.f_neg()).transpose()?;
+            // P enters Z with a minus sign (and gz may still lack its factor alpha).
+            let neg_scale = cg.gz_scale.as_ref().map(|a| a.f_neg()).transpose()?;
+            out.adjust_weight = match &neg_scale {
+                Some(ns) => dwa.map(|t| t.f_mul(ns)).transpose()?,
+                None => dwa.map(|t| t.f_neg()).transpose()?,
+            };
             if let (Some(mut dx), Some(dxb)) = (dx_main, dxb) {
-                let _ = dx.f_sub_(&dxb)?;
+                let _ = match &neg_scale {
+                    Some(ns) => dx.f_addcmul_(&dxb, ns)?,
+                    None => dx.f_sub_(&dxb)?,
+                };
                 out.x = Some(dx);
             }
         }

@@ -64,8 +64,17 @@ fn weight_batches(w: &Tensor, n: i64, groups: i64, transpose: bool) -> Result<Te
     Ok(wm.f_expand([n, groups, r, c], false)?.f_reshape([n * groups, r, c])?)
 }
 
-/// `P = conv1x1(S, W')`.
-pub fn forward(s: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
+/// `P = conv1x1(S, W') + bias`.
+pub fn forward(s: &Tensor, w: &Tensor, groups: i64, bias: Option<&Tensor>) -> Result<Tensor> {
+    let p = product(s, w, groups, bias)?;
+    match (bias, plan(&[s], groups)) {
+        (Some(b), Some(_)) => Ok(p.f_add(&b.f_view([1, -1, 1, 1])?)?),
+        _ => Ok(p),
+    }
+}
+
+/// `conv1x1(S, W')`, plus `bias` on the convolution path only.
+fn product(s: &Tensor, w: &Tensor, groups: i64, bias: Option<&Tensor>) -> Result<Tensor> {
     let (cout, sz) = (w.size()[0], s.size());
     match plan(&[s], groups) {
         Some(Gemm::Batched { n, groups, hw }) => {
@@ -77,7 +86,7 @@ pub fn forward(s: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
             let p = rows_of(s, rows)?.f_mm(&w.f_view([cout, sz[1]])?.f_tr()?)?;
             from_rows(&p, s)
         }
-        None => Ok(s.f_conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], groups)?),
+        None => Ok(s.f_conv2d(w, bias, [1, 1], [0, 0], [1, 1], groups)?),
     }
 }
 
