@@ -20,13 +20,13 @@ const GRAIN: usize = 1 << 15;
 
 /// One spatial axis of the box: input size, output size, kernel, stride, padding, dilation.
 #[derive(Debug, Clone, Copy)]
-struct Axis {
-    n_in: usize,
-    n_out: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    d: usize,
+pub(crate) struct Axis {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub k: usize,
+    pub s: usize,
+    pub p: usize,
+    pub d: usize,
 }
 
 impl Axis {
@@ -49,16 +49,16 @@ impl Axis {
 /// A batch of blocks, each `[rows][cols][v]` contiguous: NCHW gives N*C blocks with v = 1,
 /// NHWC gives N blocks with v = C.
 #[derive(Debug, Clone, Copy)]
-struct Blocks {
-    count: usize,
-    v: usize,
-    h: Axis,
-    w: Axis,
+pub(crate) struct Blocks {
+    pub count: usize,
+    pub v: usize,
+    pub h: Axis,
+    pub w: Axis,
 }
 
 impl Blocks {
     /// Blocks of an input of shape `s` (N, C, H, W).
-    fn new(s: &[i64], lay: Layout, kh: i64, kw: i64, g: &ConvGeometry) -> Self {
+    pub(crate) fn new(s: &[i64], lay: Layout, kh: i64, kw: i64, g: &ConvGeometry) -> Self {
         let (n, c, hh, ww) = (s[0] as usize, s[1] as usize, s[2], s[3]);
         let axis = |dim: usize, n_in: i64, k: i64| Axis {
             n_in: n_in as usize,
@@ -74,14 +74,14 @@ impl Blocks {
         };
         Blocks { count, v, h: axis(0, hh, kh), w: axis(1, ww, kw) }
     }
-    fn in_len(&self) -> usize {
+    pub(crate) fn in_len(&self) -> usize {
         self.h.n_in * self.w.n_in * self.v
     }
-    fn out_len(&self) -> usize {
+    pub(crate) fn out_len(&self) -> usize {
         self.h.n_out * self.w.n_out * self.v
     }
     /// Blocks per task so that each task has about GRAIN elements.
-    fn grain(&self) -> usize {
+    pub(crate) fn grain(&self) -> usize {
         (GRAIN / self.in_len().max(1)).max(1)
     }
 }
@@ -186,7 +186,7 @@ fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, vp: &mut [T]) {
 
 /// Adjoint of [`forward_block`], an input row at a time: the output-gradient rows that read input
 /// row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint.
-fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]) {
+pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]) {
     let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
     for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
         let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
@@ -199,12 +199,29 @@ fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]) {
     }
 }
 
+/// Length of the padded row buffer [`for_each_output_row`] needs.
+pub(crate) fn row_buf_len(b: &Blocks) -> usize {
+    (b.w.n_in + 2 * b.w.p) * b.v
+}
+
+/// Box sum of one block, handing each output row (`b.w.n_out * b.v` values, built in `row`) to
+/// `f(o, row)` instead of storing it: lets a consumer fuse its own elementwise work.
+pub(crate) fn for_each_output_row<T: Elem>(x: &[T], b: &Blocks, vp: &mut [T], row: &mut [T], mut f: impl FnMut(usize, &[T])) {
+    let (wi, pad) = (b.w.n_in * b.v, b.w.p * b.v);
+    for o in 0..b.h.n_out {
+        let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
+        sum_rows(&mut vp[pad..pad + wi], rows);
+        horizontal_row(vp, row, &b.w, b.v);
+        f(o, row);
+    }
+}
+
 fn forward_cpu<T: Elem>(x: &Tensor, out: &Tensor, b: Blocks) -> Result<()> {
     // SAFETY: x is dense and only read; `out` is fresh and each block writes its own range.
     let (xs, os) = unsafe { (cpu::view::<T>(x), cpu::shared::<T>(out)) };
     let (il, ol) = (b.in_len(), b.out_len());
     parallel_for(b.count, b.grain(), |lo, hi| {
-        let mut vp = vec![T::ZERO; (b.w.n_in + 2 * b.w.p) * b.v];
+        let mut vp = vec![T::ZERO; row_buf_len(&b)];
         for blk in lo..hi {
             // SAFETY: block ranges are disjoint.
             let o = unsafe { os.slice(blk * ol, ol) };

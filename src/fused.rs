@@ -19,14 +19,14 @@
 use crate::aten::{parallel_for, SharedMut};
 use crate::cpu::{self, Elem, Layout};
 use crate::error::Result;
-use crate::ic_conv::{CollisionGrads, NeedsGrad};
+use crate::ic_conv::{AdjustGrad, CollisionGrads, NeedsGrad};
 use tch::{Kind, Tensor};
 
 /// Elements per parallel task (NCHW tasks are whole channel planes; NHWC tasks whole pixels).
 const GRAIN: usize = 1 << 15;
 
 #[inline(always)]
-fn relu<T: Elem>(v: T) -> T {
+pub(crate) fn relu<T: Elem>(v: T) -> T {
     // `v < 0 ? 0 : v` keeps NaN, like torch.relu.
     if v < T::ZERO {
         T::ZERO
@@ -35,7 +35,7 @@ fn relu<T: Elem>(v: T) -> T {
     }
 }
 
-fn scalar(alpha: &Tensor) -> Result<f64> {
+pub(crate) fn scalar(alpha: &Tensor) -> Result<f64> {
     Ok(alpha.f_reshape([-1])?.f_double_value(&[0])?)
 }
 
@@ -117,8 +117,7 @@ pub fn collision_backward(
     let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
     Ok(Some(CollisionGrads {
         gy: if need_gy { Some(gy) } else { None },
-        gz,
-        gz_scale: None,
+        adjust: AdjustGrad::Gz { gz, scale: None },
         dalpha: if needs.alpha { Some(Tensor::from(sums.dalpha).f_to_kind(kind)?) } else { None },
         db1: if needs.adjust_bias { Some(vec_t(&sums.db1)?) } else { None },
         db2: if needs.bias { Some(vec_t(&sums.db2)?) } else { None },
@@ -134,7 +133,7 @@ const CHUNK: usize = 256;
 
 /// `alpha * g` where `r > 0`, else 0 (threshold_backward semantics: NaN in `r` passes).
 #[inline(always)]
-fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
+pub(crate) fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
     if r <= T::ZERO {
         T::ZERO
     } else {
@@ -144,7 +143,7 @@ fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
 
 /// Backward of one NCHW channel plane: writes `gz`, `gy`; returns `[sum gz, sum g, sum g*r]`,
 /// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
-fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
+pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
     let mut tot = [0.0f64; 3];
     for (((gc, rc), gyc), gzc) in g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK)) {
         let mut acc = [[T::ZERO; LANES]; 3];
@@ -178,10 +177,10 @@ fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) ->
     tot
 }
 
-struct Sums {
-    dalpha: f64,
-    db1: Vec<f64>,
-    db2: Vec<f64>,
+pub(crate) struct Sums {
+    pub dalpha: f64,
+    pub db1: Vec<f64>,
+    pub db2: Vec<f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -203,63 +202,77 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
     let (gys, gzs) = unsafe { (cpu::shared::<T>(gy), cpu::shared::<T>(gz)) };
     let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(n_blocks, 1, |lo, hi| {
-        // NHWC: per-channel running sums in T (vectorised across channels), flushed every
-        // FLUSH pixels into the f64 slots.
         let mut acc = if per == 1 { Vec::new() } else { vec![T::ZERO; 3 * c] };
         for blk in lo..hi {
             let (u0, u1) = (blk * units_per_block, ((blk + 1) * units_per_block).min(n_units));
-            let mut sa = 0.0f64;
-            for u in u0..u1 {
-                let off = u * len;
-                let (g, r) = (&gs[off..off + len], &rs[off..off + len]);
-                // SAFETY: disjoint unit ranges and slots per block.
-                let (gyu, gzu) = unsafe { (gys.slice(off, len), gzs.slice(off, len)) };
-                if per == 1 {
-                    let [b1, b2, a] = plane_bwd(g, r, gyu, gzu, alpha);
+            let (off, n) = (u0 * len, (u1 - u0) * len);
+            let (g, r) = (&gs[off..off + n], &rs[off..off + n]);
+            // SAFETY: disjoint unit ranges and slots per block.
+            let (gyb, gzb) = unsafe { (gys.slice(off, n), gzs.slice(off, n)) };
+            let sa = if per == 1 {
+                let mut sa = 0.0;
+                for (i, u) in (u0..u1).enumerate() {
+                    let sl = i * len..(i + 1) * len;
+                    let [b1, b2, a] = plane_bwd(&g[sl.clone()], &r[sl.clone()], &mut gyb[sl.clone()], &mut gzb[sl], alpha);
                     unsafe {
                         pb1.slice(u, 1)[0] = b1;
                         pb2.slice(u, 1)[0] = b2;
                     }
                     sa += a;
-                } else {
-                    let (a1, rest) = acc.split_at_mut(c);
-                    let (a2, aa) = rest.split_at_mut(c);
-                    for i in 0..len {
-                        let (gv, rv) = (g[i], r[i]);
-                        let z = mask(gv, rv, alpha);
-                        gzu[i] = z;
-                        gyu[i] = gv + z;
-                        a1[i] += z;
-                        a2[i] += gv;
-                        aa[i] += gv * rv;
-                    }
-                    if (u + 1 - u0) % FLUSH == 0 || u + 1 == u1 {
-                        let (b1, b2) = unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) };
-                        for ch in 0..c {
-                            b1[ch] += a1[ch].to_f64();
-                            b2[ch] += a2[ch].to_f64();
-                            sa += aa[ch].to_f64();
-                        }
-                        acc.fill(T::ZERO);
-                    }
                 }
-            }
+                sa
+            } else {
+                let (b1, b2) = unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) };
+                pixels_bwd(g, r, gyb, gzb, alpha, &mut acc, b1, b2)
+            };
             unsafe { pa.slice(blk, 1)[0] = sa };
         }
     })?;
+    Ok(reduce_sums(&part_a, &part_b1, &part_b2, c))
+}
+
+/// Adds the partial sums in slot order (deterministic). Slot `i` holds channel `i % c`: one slot
+/// per NCHW plane (n, c), or one c-vector per block of NHWC pixels.
+pub(crate) fn reduce_sums(part_a: &[f64], part_b1: &[f64], part_b2: &[f64], c: usize) -> Sums {
     let mut out = Sums { dalpha: part_a.iter().sum(), db1: vec![0.0; c], db2: vec![0.0; c] };
-    if per == 1 {
-        for u in 0..n_units {
-            out.db1[u % c] += part_b1[u];
-            out.db2[u % c] += part_b2[u];
+    for (i, (b1, b2)) in part_b1.iter().zip(part_b2).enumerate() {
+        out.db1[i % c] += b1;
+        out.db2[i % c] += b2;
+    }
+    out
+}
+
+/// Backward of a run of whole NHWC pixels (`c` channels each): writes `gz`, `gy`; adds the
+/// per-channel sums of gz and g into `b1`, `b2` and returns sum g*r. Running sums in T per channel
+/// (`acc`: 3c scratch), vectorised across channels, flushed to f64 every FLUSH pixels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pixels_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T, acc: &mut [T], b1: &mut [f64], b2: &mut [f64]) -> f64 {
+    let c = b1.len();
+    let mut sa = 0.0;
+    acc.fill(T::ZERO);
+    let px = g.len() / c;
+    for p in 0..px {
+        let sl = p * c..(p + 1) * c;
+        let (gp, rp, gyp, gzp) = (&g[sl.clone()], &r[sl.clone()], &mut gy[sl.clone()], &mut gz[sl]);
+        let (a1, rest) = acc.split_at_mut(c);
+        let (a2, aa) = rest.split_at_mut(c);
+        for i in 0..c {
+            let (gv, rv) = (gp[i], rp[i]);
+            let z = mask(gv, rv, alpha);
+            gzp[i] = z;
+            gyp[i] = gv + z;
+            a1[i] += z;
+            a2[i] += gv;
+            aa[i] += gv * rv;
         }
-    } else {
-        for blk in 0..n_blocks {
+        if (p + 1) % FLUSH == 0 || p + 1 == px {
             for ch in 0..c {
-                out.db1[ch] += part_b1[blk * c + ch];
-                out.db2[ch] += part_b2[blk * c + ch];
+                b1[ch] += a1[ch].to_f64();
+                b2[ch] += a2[ch].to_f64();
+                sa += aa[ch].to_f64();
             }
+            acc.fill(T::ZERO);
         }
     }
-    Ok(out)
+    sa
 }

@@ -21,6 +21,7 @@ use crate::aten::convolution_backward;
 use crate::boxsum::{boxsum, boxsum_backward};
 use crate::error::{Error, Result};
 use crate::fused;
+use crate::fused_box;
 use crate::pointwise;
 use crate::{type_err, value_err};
 use tch::{Device, Kind, Tensor};
@@ -237,12 +238,42 @@ pub fn forward(
     bias: Option<&Tensor>,
     g: &ConvGeometry,
 ) -> Result<IcForward> {
+    let (out, relu_z) = forward_impl(x, weight, adjust_weight, adjust_bias, alpha, bias, g, true)?;
+    let relu_z = relu_z.ok_or_else(|| Error::Runtime("forward: relu_z was not produced".into()))?;
+    Ok(IcForward { out, relu_z })
+}
+
+/// The forward without a backward to serve (`no_grad`, eval): returns only the output, and the
+/// fused CPU path then never writes `relu_z`.
+pub fn forward_inference(
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    bias: Option<&Tensor>,
+    g: &ConvGeometry,
+) -> Result<Tensor> {
+    Ok(forward_impl(x, weight, adjust_weight, adjust_bias, alpha, bias, g, false)?.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    adjust_weight: &Tensor,
+    adjust_bias: &Tensor,
+    alpha: &Tensor,
+    bias: Option<&Tensor>,
+    g: &ConvGeometry,
+    keep_relu_z: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let d = check_inputs(x, weight, adjust_weight, adjust_bias, alpha, bias, g)?;
     tch::no_grad(|| {
         let y = x.f_conv2d(weight, bias, g.stride, g.padding, g.dilation, g.groups)?;
         if d.n == 0 {
-            let relu_z = y.f_zeros_like()?;
-            return Ok(IcForward { out: y, relu_z });
+            let relu_z = if keep_relu_z { Some(y.f_zeros_like()?) } else { None };
+            return Ok((y, relu_z));
         }
         let shift = match bias {
             Some(b) => adjust_bias.f_sub(b)?,
@@ -251,6 +282,13 @@ pub fn forward(
         // Where the fused CPU kernel cannot run (CUDA, half types, odd layouts), the shift rides in
         // the 1x1 conv's bias, which saves the generic path a pass over Z.
         let fold = x.device() != Device::Cpu || crate::cpu::dense(&[x]).is_none();
+        if !fold && box_fusion_pays(&d, g) {
+            // P = boxsum(conv1x1(x, W')) at stride 1: the box sum runs inside the collision kernel.
+            let q = pointwise::forward(x, adjust_weight, g.groups, None)?;
+            if let Some(r) = fused_box::collision_forward(&y, &q, &shift, alpha, d.kh, d.kw, g, keep_relu_z)? {
+                return Ok(r);
+            }
+        }
         let s = boxsum(x, d.kh, d.kw, g)?;
         let p = if fold {
             pointwise::forward(&s, adjust_weight, g.groups, Some(&shift.f_neg()?))?
@@ -259,8 +297,14 @@ pub fn forward(
         };
         drop(s);
         let (out, relu_z) = collision_forward(y, p, if fold { None } else { Some(&shift) }, alpha)?;
-        Ok(IcForward { out, relu_z })
+        Ok((out, Some(relu_z)))
     })
+}
+
+/// Whether the stride-1 box-sum fusion (`fused_box.rs`) applies and costs no more GEMM work:
+/// it runs the 1x1 on x's grid with Cout outputs, against the box sum's grid with Cin inputs.
+fn box_fusion_pays(d: &IcDims, g: &ConvGeometry) -> bool {
+    g.stride == [1, 1] && d.cout <= 2 * d.cin
 }
 
 /// `relu_z = relu(y - p + shift)`, `out = y + alpha * relu_z`. `y`, `p`: (N, C, Ho, Wo); `shift`: (C),
@@ -322,13 +366,19 @@ pub struct IcGrads {
 /// reductions d alpha = sum(grad * relu_z), db1 = sum_{n,h,w} gz, db2 = sum_{n,h,w} grad.
 pub struct CollisionGrads {
     pub gy: Option<Tensor>,
-    /// `gz`, or `gz / alpha` when `gz_scale` is `Some(alpha)`: the generic path leaves the scaling
-    /// to the small or fused ops downstream instead of a pass of its own.
-    pub gz: Tensor,
-    pub gz_scale: Option<Tensor>,
+    pub adjust: AdjustGrad,
     pub dalpha: Option<Tensor>,
     pub db1: Option<Tensor>,
     pub db2: Option<Tensor>,
+}
+
+/// The gradient that flows into the P path.
+pub enum AdjustGrad {
+    /// `gz = dL/dP` (N, C, Ho, Wo), or `gz / alpha` when `scale` is `Some(alpha)`: the generic path
+    /// leaves the scaling to the small or fused ops downstream instead of a pass of its own.
+    Gz { gz: Tensor, scale: Option<Tensor> },
+    /// `boxsum^T(gz)` on x's grid (N, C, H, W), alpha included (stride 1, `fused_box.rs`).
+    OnInput(Tensor),
 }
 
 pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
@@ -343,7 +393,7 @@ pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs:
     let db1 = if needs.adjust_bias { Some(sum_nhw(&gz)?.f_mul(&alpha_k)?) } else { None };
     let db2 = if needs.bias { Some(sum_nhw(grad)?) } else { None };
     let gy = if need_gy { Some(grad.f_addcmul(&gz, &alpha_k)?) } else { None };
-    Ok(CollisionGrads { gy, gz, gz_scale: Some(alpha_k), dalpha, db1, db2 })
+    Ok(CollisionGrads { gy, adjust: AdjustGrad::Gz { gz, scale: Some(alpha_k) }, dalpha, db1, db2 })
 }
 
 /// Accumulation dtype of d alpha: float32 for half types, else the input's own.
@@ -382,7 +432,10 @@ pub fn backward(
         if d.n == 0 {
             return zero_grads(x, weight, adjust_weight, adjust_bias, alpha, &needs, d.cout);
         }
-        let cg = collision_backward(grad, relu_z, alpha, &needs)?;
+        let cg = match box_collision_backward(grad, relu_z, alpha, x, &d, g, &needs)? {
+            Some(cg) => cg,
+            None => collision_backward(grad, relu_z, alpha, &needs)?,
+        };
         let mut out = IcGrads {
             alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
             adjust_bias: cg.db1,
@@ -396,9 +449,18 @@ pub fn backward(
         drop(cg.gy);
         out.weight = dw;
         if needs.x || needs.adjust_weight {
-            let (dxb, dwa) = adjust_path_backward(&cg.gz, x, adjust_weight, &d, g, needs.x, needs.adjust_weight)?;
+            let (dxb, dwa, scale) = match cg.adjust {
+                AdjustGrad::OnInput(gq) => {
+                    let (dxb, dwa) = pointwise::backward(&gq, x, adjust_weight, g.groups, needs.x, needs.adjust_weight)?;
+                    (dxb, dwa, None)
+                }
+                AdjustGrad::Gz { gz, scale } => {
+                    let (dxb, dwa) = adjust_path_backward(&gz, x, adjust_weight, &d, g, needs.x, needs.adjust_weight)?;
+                    (dxb, dwa, scale)
+                }
+            };
             // P enters Z with a minus sign (and gz may still lack its factor alpha).
-            let neg_scale = cg.gz_scale.as_ref().map(|a| a.f_neg()).transpose()?;
+            let neg_scale = scale.as_ref().map(|a| a.f_neg()).transpose()?;
             out.adjust_weight = match &neg_scale {
                 Some(ns) => dwa.map(|t| t.f_mul(ns)).transpose()?,
                 None => dwa.map(|t| t.f_neg()).transpose()?,
@@ -413,6 +475,36 @@ pub fn backward(
         }
         Ok(out)
     })
+}
+
+/// The stride-1 CPU backward with the transposed box sum fused into the collision kernel
+/// (`fused_box.rs`), when it applies and the P path needs a gradient.
+fn box_collision_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    x: &Tensor,
+    d: &IcDims,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<Option<CollisionGrads>> {
+    if !(needs.x || needs.adjust_weight) || !box_fusion_pays(d, g) {
+        return Ok(None);
+    }
+    let xs = x.size();
+    let need_gy = needs.x || needs.weight;
+    let Some(r) = fused_box::collision_backward(grad, relu_z, alpha, need_gy, [d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)? else {
+        return Ok(None);
+    };
+    let kind = grad.kind();
+    let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
+    Ok(Some(CollisionGrads {
+        gy: r.gy,
+        adjust: AdjustGrad::OnInput(r.g),
+        dalpha: if needs.alpha { Some(Tensor::from(r.dalpha).f_to_kind(kind)?) } else { None },
+        db1: if needs.adjust_bias { Some(vec_t(&r.db1)?) } else { None },
+        db2: if needs.bias { Some(vec_t(&r.db2)?) } else { None },
+    }))
 }
 
 /// Gradients `(dx, dW')` of `P = conv1x1(boxsum(x), W')` for `dP = gz`.

@@ -6,6 +6,7 @@ pub mod boxsum;
 pub mod cpu;
 pub mod error;
 pub mod fused;
+pub mod fused_box;
 pub mod ic_conv;
 pub mod neuron;
 pub mod pointwise;
@@ -31,9 +32,10 @@ fn opt(t: Option<tch::Tensor>) -> Option<PyTensor> {
     t.map(PyTensor)
 }
 
-/// IC convolution forward. Returns `(out, relu_z)`; see `ic_conv.rs`.
+/// IC convolution forward. Returns `(out, relu_z)`; with `keep_relu_z=False` (no backward to
+/// serve) `(out, None)`, which lets the fused CPU path skip writing `relu_z`. See `ic_conv.rs`.
 #[pyfunction]
-#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups))]
+#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups, keep_relu_z=true))]
 #[allow(clippy::too_many_arguments)]
 fn ic_conv2d_forward(
     py: Python<'_>,
@@ -47,13 +49,20 @@ fn ic_conv2d_forward(
     padding: Vec<i64>,
     dilation: Vec<i64>,
     groups: i64,
-) -> PyResult<(PyTensor, PyTensor)> {
+    keep_relu_z: bool,
+) -> PyResult<(PyTensor, Option<PyTensor>)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
     let r = py.allow_threads(move || {
-        ic_conv::forward(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g)
+        let b = bias.as_ref().map(|b| &b.0);
+        let (x, w, wa, ba, a) = (&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0);
+        if keep_relu_z {
+            ic_conv::forward(x, w, wa, ba, a, b, &g).map(|r| (r.out, Some(r.relu_z)))
+        } else {
+            ic_conv::forward_inference(x, w, wa, ba, a, b, &g).map(|out| (out, None))
+        }
     });
-    let r = r.map_err(to_py)?;
-    Ok((PyTensor(r.out), PyTensor(r.relu_z)))
+    let (out, relu_z) = r.map_err(to_py)?;
+    Ok((PyTensor(out), opt(relu_z)))
 }
 
 type Grads6 = (Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>);

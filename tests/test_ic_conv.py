@@ -162,6 +162,35 @@ def test_pointwise_gemm_paths_match_oracle(layout, groups, stride, hw, wide, dty
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("cin,cout,stride", [(4, 6, 1), (2, 8, 1), (4, 6, 2)], ids=["box-fused", "expanding", "strided"])
+def test_inference_output_matches_training_forward(layout, cin, cout, stride):
+    """Without a backward to serve (no_grad) the forward skips relu_z; its output must still be the
+    training forward's, bit for bit, on the fused stride-1 path (box sum inside the collision
+    kernel), the expanding-channel path (Cout > 2 Cin: box sum first) and the strided one."""
+    torch.manual_seed(3)
+    m = icn.IcConv2d(cin, cout, 3, stride=stride, padding=1, alpha=0.4)
+    with torch.no_grad():
+        m.adjust_bias.normal_()
+        m.adjust_weight.normal_()
+    x = torch.randn(2, cin, 9, 8).contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    train = m(x)
+    with torch.no_grad():
+        infer = m(x)
+    assert torch.equal(train.detach(), infer)
+    ref = ic_conv2d_reference(x.double(), *[t.detach().double() for t in (m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias)], stride, 1, 1, 1)
+    torch.testing.assert_close(infer.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_expanding_stride1_path_matches_oracle(layout):
+    """Cout > 2 Cin at stride 1 takes the box-sum-first path (no fusion) in float64."""
+    x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.6, cin=2, cout=8)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    _assert_matches_oracle(x, w, wa, b1, a, b2, 1, 1, 1, g)
+
+
 def test_channels_last_weights_and_grad_layouts():
     # channels_last everything, incl. a channels_last upstream gradient, through the fused kernels
     x, w, wa, b1, a, b2, g = _make((3, 3), "1", True, 0.3, dtype=torch.float32, n=3, cin=8, cout=16, hw=(12, 12))

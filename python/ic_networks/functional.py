@@ -341,7 +341,10 @@ def _ic_conv2d_call(x, weight, adjust_weight, adjust_bias, alpha, bias, stride: 
             wo = conv_out_size(w, kw, stride[1], padding[1], dilation[1])
             need = (x.numel() + weight.numel() + n * max(ho, 0) * max(wo, 0) * (2 * cout + cin)) * x.element_size()
             _check_memory("ic_conv2d", x.device, (n, cout, ho, wo), need)
-        return _IcConv2dFunction.apply(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, adjust_weight, adjust_bias, alpha, bias)):
+            return _IcConv2dFunction.apply(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
+        # Nothing to differentiate: the output alone (relu_z is not even written on the fused path).
+        return _core.ic_conv2d_forward(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups, False)[0]
     return torch.ops.ic_networks.ic_conv2d(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
 
 

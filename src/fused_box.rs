@@ -1,0 +1,184 @@
+//! The collision kernels of `fused.rs` with the box sum folded in, for stride 1 on CPU.
+//!
+//! At stride 1 the box sum and the 1x1 conv commute, `P = conv1x1(boxsum(x), W') = boxsum(Q)` with
+//! `Q = conv1x1(x, W')` (N, C, H, W) on x's grid. So:
+//!
+//! * forward: from `Q` and `y` (N, C, Ho, Wo), each output row of `P` is built in L1 by the box sum
+//!   and consumed at once: `y` becomes `out = y + alpha * relu(y - P + shift)` in place and
+//!   `relu_z` is written only when the backward needs it (not under `no_grad`). `S` and `P` never
+//!   exist as tensors;
+//! * backward: per channel plane (NCHW) or image (NHWC), `gz`, `gy` and the sums are computed as in
+//!   `fused.rs` into a block-local buffer, and the transposed box sum of that buffer is written
+//!   straight to `G = boxsum^T(gz)` (N, C, H, W), the input of the 1x1's GEMMs; `gz` never exists
+//!   as a tensor.
+//!
+//! Same numerics and determinism as `fused.rs` (partial sums per block, added in block order).
+use crate::aten::{parallel_for, SharedMut};
+use crate::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
+use crate::cpu::{self, Elem, Layout};
+use crate::error::Result;
+use crate::fused::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
+use crate::ic_conv::ConvGeometry;
+use tch::{Kind, Tensor};
+
+/// Blocks of `q` (the box-sum input) if `q` and `y` are dense in one layout and `y` is the box
+/// sum's output grid.
+fn plan(q: &Tensor, y: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Option<(Kind, Layout, Blocks)> {
+    if g.stride != [1, 1] {
+        return None;
+    }
+    let (kind, lay) = cpu::dense(&[q, y])?;
+    let (qs, ys) = (q.size(), y.size());
+    let b = Blocks::new(&qs, lay, kh, kw, g);
+    let same = qs[0] == ys[0] && qs[1] == ys[1] && b.h.n_out as i64 == ys[2] && b.w.n_out as i64 == ys[3];
+    (same && y.numel() > 0).then_some((kind, lay, b))
+}
+
+/// Forward from `q` = conv1x1(x, W') and `y` = conv(x, W) + b2, which becomes `out` in place.
+/// Returns `Some((out, relu_z))` (`relu_z` only if `keep_relu_z`), or `None` if it does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn collision_forward(
+    y: &Tensor,
+    q: &Tensor,
+    shift: &Tensor,
+    alpha: &Tensor,
+    kh: i64,
+    kw: i64,
+    g: &ConvGeometry,
+    keep_relu_z: bool,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    let Some((kind, _, b)) = plan(q, y, kh, kw, g) else { return Ok(None) };
+    let a = scalar(alpha)?;
+    let shift = shift.f_to_kind(kind)?.f_contiguous()?;
+    let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
+    match kind {
+        Kind::Float => fwd::<f32>(y, q, rz.as_ref(), &shift, f32::from_f64(a), &b)?,
+        _ => fwd::<f64>(y, q, rz.as_ref(), &shift, a, &b)?,
+    }
+    Ok(Some((y.shallow_clone(), rz)))
+}
+
+fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alpha: T, b: &Blocks) -> Result<()> {
+    let (il, ol, wo, v) = (b.in_len(), b.out_len(), b.w.n_out * b.v, b.v);
+    let c = shift.numel();
+    // SAFETY: q and shift are only read; y and rz are dense with the same strides (y's layout,
+    // checked by `plan`; rz = empty_like(y)) and each block writes only its own range.
+    let (qs, sh) = unsafe { (cpu::view::<T>(q), cpu::view::<T>(shift)) };
+    let ys = unsafe { cpu::shared::<T>(y) };
+    let rs = rz.map(|r| unsafe { cpu::shared::<T>(r) });
+    parallel_for(b.count, b.grain(), |lo, hi| {
+        let (mut vp, mut prow) = (vec![T::ZERO; row_buf_len(b)], vec![T::ZERO; wo]);
+        for blk in lo..hi {
+            // SAFETY: block ranges are disjoint.
+            let yb = unsafe { ys.slice(blk * ol, ol) };
+            let mut rb = rs.as_ref().map(|r| unsafe { r.slice(blk * ol, ol) });
+            for_each_output_row(&qs[blk * il..(blk + 1) * il], b, &mut vp, &mut prow, |o, p| {
+                let yr = &mut yb[o * wo..(o + 1) * wo];
+                let mut step = |i: usize, s: T| {
+                    let r = relu(yr[i] - p[i] + s);
+                    yr[i] = yr[i] + alpha * r;
+                    r
+                };
+                match rb.as_deref_mut() {
+                    Some(rb) => {
+                        let rr = &mut rb[o * wo..(o + 1) * wo];
+                        if v == 1 {
+                            let s = sh[blk % c];
+                            (0..wo).for_each(|i| rr[i] = step(i, s));
+                        } else {
+                            (0..wo).for_each(|i| rr[i] = step(i, sh[i % v]));
+                        }
+                    }
+                    None if v == 1 => {
+                        let s = sh[blk % c];
+                        (0..wo).for_each(|i| {
+                            step(i, s);
+                        });
+                    }
+                    None => (0..wo).for_each(|i| {
+                        step(i, sh[i % v]);
+                    }),
+                }
+            });
+        }
+    })
+}
+
+/// What the fused backward returns: `gy` (if asked), `G = boxsum^T(alpha * grad * [relu_z > 0])` on
+/// the input grid, and the sums for d alpha, db1, db2.
+pub struct BoxBackward {
+    pub gy: Option<Tensor>,
+    pub g: Tensor,
+    pub dalpha: f64,
+    pub db1: Vec<f64>,
+    pub db2: Vec<f64>,
+}
+
+/// Backward of [`collision_forward`] for an input of shape `in_shape` (N, C, H, W); `None` if it
+/// does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn collision_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    need_gy: bool,
+    in_shape: [i64; 4],
+    kh: i64,
+    kw: i64,
+    g: &ConvGeometry,
+) -> Result<Option<BoxBackward>> {
+    if grad.size() != relu_z.size() || grad.stride() != relu_z.stride() {
+        return Ok(None);
+    }
+    let nhwc = matches!(cpu::layout_of(grad), Some(Layout::Nhwc { .. }));
+    let gq = cpu::empty(in_shape, grad.kind(), nhwc)?;
+    let Some((kind, _, b)) = plan(&gq, grad, kh, kw, g) else { return Ok(None) };
+    let a = scalar(alpha)?;
+    let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
+    let c = grad.size()[1] as usize;
+    let sums = match kind {
+        Kind::Float => bwd::<f32>(grad, relu_z, gy.as_ref(), &gq, f32::from_f64(a), &b, c)?,
+        _ => bwd::<f64>(grad, relu_z, gy.as_ref(), &gq, a, &b, c)?,
+    };
+    Ok(Some(BoxBackward { gy, g: gq, dalpha: sums.dalpha, db1: sums.db1, db2: sums.db2 }))
+}
+
+fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor, alpha: T, b: &Blocks, c: usize) -> Result<Sums> {
+    let (il, ol, v) = (b.in_len(), b.out_len(), b.v);
+    // Partial sums: NCHW one slot per plane (= block), NHWC one c-vector per image (= block).
+    let slots = if v == 1 { b.count } else { b.count * c };
+    let (mut part_b1, mut part_b2, mut part_a) = (vec![0.0f64; slots], vec![0.0f64; slots], vec![0.0f64; b.count]);
+    // SAFETY: grad/relu_z are dense with equal strides and only read; gy (empty_like grad) and gq
+    // are fresh; each block writes only its own ranges and slots.
+    let (gs, rs) = unsafe { (cpu::view::<T>(grad), cpu::view::<T>(relu_z)) };
+    let gys = gy.map(|t| unsafe { cpu::shared::<T>(t) });
+    let gqs = unsafe { cpu::shared::<T>(gq) };
+    let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
+    parallel_for(b.count, b.grain(), |lo, hi| {
+        let (mut gz, mut acc) = (vec![T::ZERO; ol], vec![T::ZERO; (b.w.n_out * v).max(3 * c)]);
+        let mut gy_scratch = if gys.is_none() { vec![T::ZERO; ol] } else { Vec::new() };
+        for blk in lo..hi {
+            let (g, r) = (&gs[blk * ol..(blk + 1) * ol], &rs[blk * ol..(blk + 1) * ol]);
+            // SAFETY: block ranges and slots are disjoint.
+            let gyb = match &gys {
+                Some(t) => unsafe { t.slice(blk * ol, ol) },
+                None => &mut gy_scratch[..],
+            };
+            let sa = if v == 1 {
+                let [b1, b2, sa] = plane_bwd(g, r, gyb, &mut gz, alpha);
+                unsafe {
+                    pb1.slice(blk, 1)[0] = b1;
+                    pb2.slice(blk, 1)[0] = b2;
+                }
+                sa
+            } else {
+                let (b1, b2) = unsafe { (pb1.slice(blk * c, c), pb2.slice(blk * c, c)) };
+                pixels_bwd(g, r, gyb, &mut gz, alpha, &mut acc[..3 * c], b1, b2)
+            };
+            unsafe { pa.slice(blk, 1)[0] = sa };
+            let out = unsafe { gqs.slice(blk * il, il) };
+            backward_block(&gz, out, b, &mut acc[..b.w.n_out * v]);
+        }
+    })?;
+    Ok(reduce_sums(&part_a, &part_b1, &part_b2, c))
+}
