@@ -199,6 +199,20 @@ pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &m
     }
 }
 
+/// [`backward_block`] subtracted from `gx` instead of written (`row`: one input row of scratch).
+fn backward_block_sub<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], row: &mut [T]) {
+    let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
+    for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
+        let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
+        if rows.peek().is_none() {
+            continue;
+        }
+        sum_rows(acc, rows);
+        horizontal_row_t(acc, row, &b.w, b.v);
+        gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
+    }
+}
+
 /// Length of the padded row buffer [`for_each_output_row`] needs.
 pub(crate) fn row_buf_len(b: &Blocks) -> usize {
     (b.w.n_in + 2 * b.w.p) * b.v
@@ -242,6 +256,40 @@ fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks) -> Result<()> {
             backward_block(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc);
         }
     })
+}
+
+fn backward_sub_cpu<T: Elem>(g: &Tensor, dst: &Tensor, b: Blocks) -> Result<()> {
+    // SAFETY: g is dense and only read; `dst` is dense, owned by the caller, and each block
+    // updates only its own range.
+    let (gs, ds) = unsafe { (cpu::view::<T>(g), cpu::shared::<T>(dst)) };
+    let (il, ol) = (b.in_len(), b.out_len());
+    parallel_for(b.count, b.grain(), |lo, hi| {
+        let (mut acc, mut row) = (vec![T::ZERO; b.w.n_out * b.v], vec![T::ZERO; b.w.n_in * b.v]);
+        for blk in lo..hi {
+            // SAFETY: block ranges are disjoint.
+            let o = unsafe { ds.slice(blk * il, il) };
+            backward_block_sub(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc, &mut row);
+        }
+    })
+}
+
+/// `dst -= boxsum^T(grad)` in place, on CPU when `dst` (N, C, H, W) and `grad` are dense in one
+/// layout; returns `false` (and leaves `dst` alone) otherwise. Saves the caller a temporary the size
+/// of `dst` and a pass over it.
+pub fn boxsum_backward_sub_(dst: &Tensor, grad: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<bool> {
+    let Some((kind, lay)) = cpu::dense(&[grad, dst]) else { return Ok(false) };
+    if grad.size()[..2] != dst.size()[..2] {
+        return Ok(false);
+    }
+    let b = Blocks::new(&dst.size(), lay, kh, kw, g);
+    if b.h.n_out as i64 != grad.size()[2] || b.w.n_out as i64 != grad.size()[3] {
+        return Ok(false);
+    }
+    match kind {
+        Kind::Float => backward_sub_cpu::<f32>(grad, dst, b)?,
+        _ => backward_sub_cpu::<f64>(grad, dst, b)?,
+    }
+    Ok(true)
 }
 
 fn ones_kernel(x: &Tensor, kh: i64, kw: i64) -> Result<Tensor> {

@@ -18,7 +18,7 @@
 //! the box sum (`boxsum.rs`) and the elementwise collision work (`fused.rs`) run in Rust kernels
 //! and the 1x1 conv as GEMMs (`pointwise.rs`).
 use crate::aten::convolution_backward;
-use crate::boxsum::{boxsum, boxsum_backward};
+use crate::boxsum::{boxsum, boxsum_backward, boxsum_backward_sub_};
 use crate::error::{Error, Result};
 use crate::fused;
 use crate::fused_box;
@@ -449,13 +449,19 @@ pub fn backward(
         drop(cg.gy);
         out.weight = dw;
         if needs.x || needs.adjust_weight {
+            let mut dx = dx_main;
             let (dxb, dwa, scale) = match cg.adjust {
                 AdjustGrad::OnInput(gq) => {
-                    let (dxb, dwa) = pointwise::backward(&gq, x, adjust_weight, g.groups, needs.x, needs.adjust_weight)?;
+                    // dx -= W'^T G straight from the GEMM where it can (no temporary, no pass).
+                    let done = match &dx {
+                        Some(dx) => pointwise::input_grad_sub_(dx, &gq, adjust_weight, g.groups)?,
+                        None => false,
+                    };
+                    let (dxb, dwa) = pointwise::backward(&gq, x, adjust_weight, g.groups, needs.x && !done, needs.adjust_weight)?;
                     (dxb, dwa, None)
                 }
                 AdjustGrad::Gz { gz, scale } => {
-                    let (dxb, dwa) = adjust_path_backward(&gz, x, adjust_weight, &d, g, needs.x, needs.adjust_weight)?;
+                    let (dxb, dwa) = adjust_path_backward(&gz, dx.as_ref(), x, adjust_weight, &d, g, needs.x, needs.adjust_weight, scale.is_none())?;
                     (dxb, dwa, scale)
                 }
             };
@@ -465,13 +471,15 @@ pub fn backward(
                 Some(ns) => dwa.map(|t| t.f_mul(ns)).transpose()?,
                 None => dwa.map(|t| t.f_neg()).transpose()?,
             };
-            if let (Some(mut dx), Some(dxb)) = (dx_main, dxb) {
+            if let (Some(dx), Some(dxb)) = (dx.as_mut(), dxb) {
                 let _ = match &neg_scale {
                     Some(ns) => dx.f_addcmul_(&dxb, ns)?,
                     None => dx.f_sub_(&dxb)?,
                 };
-                out.x = Some(dx);
             }
+            out.x = dx;
+        } else {
+            out.x = dx_main;
         }
         Ok(out)
     })
@@ -514,14 +522,17 @@ fn box_collision_backward(
 /// x's grid, `G = boxsum^T(gz)`: `dx = W'^T G`, `dW' = G x^T`. That is one box-sum pass instead of
 /// two (recomputing `S = boxsum(x)` for dW', then the adjoint of dS) for the same GEMM work. With a
 /// stride, G would be s^2 times larger than S, so the strided path recomputes S.
+#[allow(clippy::too_many_arguments)]
 fn adjust_path_backward(
     gz: &Tensor,
+    dx: Option<&Tensor>,
     x: &Tensor,
     adjust_weight: &Tensor,
     d: &IcDims,
     g: &ConvGeometry,
     need_x: bool,
     need_w: bool,
+    may_subtract: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let xs = x.size();
     if g.stride == [1, 1] {
@@ -531,7 +542,12 @@ fn adjust_path_backward(
     let s = boxsum(x, d.kh, d.kw, g)?;
     let (ds, dwa) = pointwise::backward(gz, &s, adjust_weight, g.groups, need_x, need_w)?;
     drop(s);
-    let dxb = ds.map(|ds| boxsum_backward(&ds, &xs, d.kh, d.kw, g)).transpose()?;
+    let dxb = match (ds, dx) {
+        // dx -= boxsum^T(dS) in place where the CPU kernel can (`may_subtract`: gz carries alpha).
+        (Some(ds), Some(dx)) if may_subtract && boxsum_backward_sub_(dx, &ds, d.kh, d.kw, g)? => None,
+        (Some(ds), _) => Some(boxsum_backward(&ds, &xs, d.kh, d.kw, g)?),
+        (None, _) => None,
+    };
     Ok((dxb, dwa))
 }
 

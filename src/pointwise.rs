@@ -124,6 +124,31 @@ pub fn backward(
     }
 }
 
+/// `dst -= conv1x1^T(gp, W')` (the input gradient of [`forward`]) accumulated by the GEMMs
+/// themselves, when `dst` and `gp` are dense in one layout the GEMM path handles; returns `false`
+/// (and leaves `dst` alone) otherwise. Saves a temporary the size of `dst` and a pass over it.
+pub fn input_grad_sub_(dst: &Tensor, gp: &Tensor, w: &Tensor, groups: i64) -> Result<bool> {
+    let (cout, cig) = (w.size()[0], w.size()[1]);
+    match plan(&[gp, dst], groups) {
+        Some(Gemm::Batched { n, groups, hw }) => {
+            let gm = gp.f_view([n * groups, cout / groups, hw])?;
+            let mut dm = dst.f_view([n * groups, cig, hw])?;
+            let neg_wt = weight_batches(&w.f_neg()?, n, groups, true)?;
+            let _ = dm.f_baddbmm_(&neg_wt, &gm)?;
+            Ok(true)
+        }
+        Some(Gemm::Flat { rows }) => {
+            let mut d2 = rows_of(dst, rows)?;
+            if d2.data_ptr() != dst.data_ptr() || !d2.is_contiguous() {
+                return Ok(false);
+            }
+            let _ = d2.f_addmm_(&rows_of(gp, rows)?, &w.f_view([cout, cig])?.f_neg()?)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// `sum_n gm[n,g] @ sm[n,g]^T` -> (g, Cout/g, Cin/g). One batched product and a sum when its
 /// (N*g, Cout/g, Cin/g) temporary is at most a quarter of `gm` (Cin/g <= HW/4), else one GEMM per sample
 /// accumulated in place (no temporary; wide layers at small HW, e.g. 512@7).
