@@ -162,24 +162,25 @@ def test_pointwise_gemm_paths_match_oracle(layout, groups, stride, hw, wide, dty
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("cin,cout,stride", [(4, 6, 1), (2, 8, 1), (4, 6, 2)], ids=["box-fused", "expanding", "strided"])
-def test_inference_output_matches_training_forward(layout, cin, cout, stride):
+def test_inference_output_matches_training_forward(device, layout, cin, cout, stride):
     """Without a backward to serve (no_grad) the forward skips relu_z; its output must still be the
     training forward's, bit for bit, on the fused stride-1 path (box sum inside the collision
     kernel), the expanding-channel path (Cout > 2 Cin: box sum first) and the strided one."""
     torch.manual_seed(3)
-    m = icn.IcConv2d(cin, cout, 3, stride=stride, padding=1, alpha=0.4)
+    m = icn.IcConv2d(cin, cout, 3, stride=stride, padding=1, alpha=0.4).to(device)
     with torch.no_grad():
         m.adjust_bias.normal_()
         m.adjust_weight.normal_()
-    x = torch.randn(2, cin, 9, 8).contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    x = torch.randn(2, cin, 9, 8, device=device).contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     train = m(x)
     with torch.no_grad():
         infer = m(x)
     assert torch.equal(train.detach(), infer)
     ref = ic_conv2d_reference(x.double(), *[t.detach().double() for t in (m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias)], stride, 1, 1, 1)
-    torch.testing.assert_close(infer.double(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(infer.double(), ref, rtol=2e-3, atol=2e-3)  # TF32 convolutions on CUDA
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
