@@ -366,3 +366,12 @@ def test_libtorch_path_matches_oracle(libtorch_path, layout, k, s, p, d, groups,
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
+
+
+@pytest.mark.parametrize("k,s,p,d,groups,bias,alpha", CUDA_CASES)
+def test_fused_cpu_paths_channels_last_match_oracle(k, s, p, d, groups, bias, alpha):
+    """The geometry sweep on channels_last input through the Rust CPU kernels (NHWC box sum, the
+    fused collision with and without the box sum folded in, the flat GEMM), float64 oracle."""
+    x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
+    x = x.contiguous(memory_format=torch.channels_last)
+    _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
