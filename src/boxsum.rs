@@ -185,31 +185,27 @@ fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, vp: &mut [T]) {
 }
 
 /// Adjoint of [`forward_block`], an input row at a time: the output-gradient rows that read input
-/// row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint.
-pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]) {
+/// row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint. With
+/// `sub = Some(row)` (one input row of scratch) the result is subtracted from `gx` instead of
+/// written to it.
+pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], mut sub: Option<&mut [T]>) {
     let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
     for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
         let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
         if rows.peek().is_none() {
-            gx_row.fill(T::ZERO);
+            if sub.is_none() {
+                gx_row.fill(T::ZERO);
+            }
             continue;
         }
         sum_rows(acc, rows);
-        horizontal_row_t(acc, gx_row, &b.w, b.v);
-    }
-}
-
-/// [`backward_block`] subtracted from `gx` instead of written (`row`: one input row of scratch).
-fn backward_block_sub<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], row: &mut [T]) {
-    let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
-    for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
-        let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
-        if rows.peek().is_none() {
-            continue;
+        match sub.as_deref_mut() {
+            None => horizontal_row_t(acc, gx_row, &b.w, b.v),
+            Some(row) => {
+                horizontal_row_t(acc, row, &b.w, b.v);
+                gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
+            }
         }
-        sum_rows(acc, rows);
-        horizontal_row_t(acc, row, &b.w, b.v);
-        gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
     }
 }
 
@@ -244,31 +240,19 @@ fn forward_cpu<T: Elem>(x: &Tensor, out: &Tensor, b: Blocks) -> Result<()> {
     })
 }
 
-fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks) -> Result<()> {
-    // SAFETY: g is dense and only read; `gx` is fresh and each block writes its own range.
+/// `gx = boxsum^T(g)`, or `gx -= boxsum^T(g)` with `sub`, over all blocks in parallel.
+fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks, sub: bool) -> Result<()> {
+    // SAFETY: g is dense and only read; `gx` is dense, fresh or owned by the caller, and each block
+    // writes only its own range.
     let (gs, xs) = unsafe { (cpu::view::<T>(g), cpu::shared::<T>(gx)) };
     let (il, ol) = (b.in_len(), b.out_len());
     parallel_for(b.count, b.grain(), |lo, hi| {
         let mut acc = vec![T::ZERO; b.w.n_out * b.v];
+        let mut row = if sub { vec![T::ZERO; b.w.n_in * b.v] } else { Vec::new() };
         for blk in lo..hi {
             // SAFETY: block ranges are disjoint.
             let o = unsafe { xs.slice(blk * il, il) };
-            backward_block(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc);
-        }
-    })
-}
-
-fn backward_sub_cpu<T: Elem>(g: &Tensor, dst: &Tensor, b: Blocks) -> Result<()> {
-    // SAFETY: g is dense and only read; `dst` is dense, owned by the caller, and each block
-    // updates only its own range.
-    let (gs, ds) = unsafe { (cpu::view::<T>(g), cpu::shared::<T>(dst)) };
-    let (il, ol) = (b.in_len(), b.out_len());
-    parallel_for(b.count, b.grain(), |lo, hi| {
-        let (mut acc, mut row) = (vec![T::ZERO; b.w.n_out * b.v], vec![T::ZERO; b.w.n_in * b.v]);
-        for blk in lo..hi {
-            // SAFETY: block ranges are disjoint.
-            let o = unsafe { ds.slice(blk * il, il) };
-            backward_block_sub(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc, &mut row);
+            backward_block(&gs[blk * ol..(blk + 1) * ol], o, &b, &mut acc, sub.then_some(&mut row[..]));
         }
     })
 }
@@ -286,8 +270,8 @@ pub fn boxsum_backward_sub_(dst: &Tensor, grad: &Tensor, kh: i64, kw: i64, g: &C
         return Ok(false);
     }
     match kind {
-        Kind::Float => backward_sub_cpu::<f32>(grad, dst, b)?,
-        _ => backward_sub_cpu::<f64>(grad, dst, b)?,
+        Kind::Float => backward_cpu::<f32>(grad, dst, b, true)?,
+        _ => backward_cpu::<f64>(grad, dst, b, true)?,
     }
     Ok(true)
 }
@@ -321,8 +305,8 @@ pub fn boxsum_backward(grad: &Tensor, in_shape: &[i64], kh: i64, kw: i64, g: &Co
         let b = Blocks::new(&shape, lay, kh, kw, g);
         let gx = cpu::empty(shape, kind, nhwc)?;
         match kind {
-            Kind::Float => backward_cpu::<f32>(grad, &gx, b)?,
-            _ => backward_cpu::<f64>(grad, &gx, b)?,
+            Kind::Float => backward_cpu::<f32>(grad, &gx, b, false)?,
+            _ => backward_cpu::<f64>(grad, &gx, b, false)?,
         }
         return Ok(gx);
     }

@@ -114,14 +114,8 @@ pub fn collision_backward(
         Kind::Float => bwd::<f32>(grad, relu_z, &gy, &gz, f32::from_f64(a), lay, c)?,
         _ => bwd::<f64>(grad, relu_z, &gy, &gz, a, lay, c)?,
     };
-    let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
-    Ok(Some(CollisionGrads {
-        gy: if need_gy { Some(gy) } else { None },
-        adjust: AdjustGrad::Gz { gz, scale: None },
-        dalpha: if needs.alpha { Some(Tensor::from(sums.dalpha).f_to_kind(kind)?) } else { None },
-        db1: if needs.adjust_bias { Some(vec_t(&sums.db1)?) } else { None },
-        db2: if needs.bias { Some(vec_t(&sums.db2)?) } else { None },
-    }))
+    let gy = if need_gy { Some(gy) } else { None };
+    Ok(Some(sums.into_grads(kind, needs, gy, AdjustGrad::Gz { gz, scale: None })?))
 }
 
 /// NHWC pixels per flush of the per-channel running sums.
@@ -181,6 +175,20 @@ pub(crate) struct Sums {
     pub dalpha: f64,
     pub db1: Vec<f64>,
     pub db2: Vec<f64>,
+}
+
+impl Sums {
+    /// The requested reductions as tensors of `kind`, with the kernel's other outputs.
+    pub(crate) fn into_grads(self, kind: Kind, needs: &NeedsGrad, gy: Option<Tensor>, adjust: AdjustGrad) -> Result<CollisionGrads> {
+        let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
+        Ok(CollisionGrads {
+            gy,
+            adjust,
+            dalpha: if needs.alpha { Some(Tensor::from(self.dalpha).f_to_kind(kind)?) } else { None },
+            db1: if needs.adjust_bias { Some(vec_t(&self.db1)?) } else { None },
+            db2: if needs.bias { Some(vec_t(&self.db2)?) } else { None },
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -18,7 +18,7 @@ use crate::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
 use crate::cpu::{self, Elem, Layout};
 use crate::error::Result;
 use crate::fused::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
-use crate::ic_conv::ConvGeometry;
+use crate::ic_conv::{AdjustGrad, CollisionGrads, ConvGeometry, NeedsGrad};
 use tch::{Kind, Tensor};
 
 /// Blocks of `q` (the box-sum input) if `q` and `y` are dense in one layout and `y` is the box
@@ -104,29 +104,20 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     })
 }
 
-/// What the fused backward returns: `gy` (if asked), `G = boxsum^T(alpha * grad * [relu_z > 0])` on
-/// the input grid, and the sums for d alpha, db1, db2.
-pub struct BoxBackward {
-    pub gy: Option<Tensor>,
-    pub g: Tensor,
-    pub dalpha: f64,
-    pub db1: Vec<f64>,
-    pub db2: Vec<f64>,
-}
-
-/// Backward of [`collision_forward`] for an input of shape `in_shape` (N, C, H, W); `None` if it
-/// does not apply.
+/// Backward of [`collision_forward`] for an input of shape `in_shape` (N, C, H, W): `gy` (when
+/// x or W need it), `boxsum^T(alpha * grad * [relu_z > 0])` on the input grid as
+/// [`AdjustGrad::OnInput`], and the requested reductions; `None` if it does not apply.
 #[allow(clippy::too_many_arguments)]
 pub fn collision_backward(
     grad: &Tensor,
     relu_z: &Tensor,
     alpha: &Tensor,
-    need_gy: bool,
+    needs: &NeedsGrad,
     in_shape: [i64; 4],
     kh: i64,
     kw: i64,
     g: &ConvGeometry,
-) -> Result<Option<BoxBackward>> {
+) -> Result<Option<CollisionGrads>> {
     if grad.size() != relu_z.size() || grad.stride() != relu_z.stride() {
         return Ok(None);
     }
@@ -134,13 +125,13 @@ pub fn collision_backward(
     let gq = cpu::empty(in_shape, grad.kind(), nhwc)?;
     let Some((kind, _, b)) = plan(&gq, grad, kh, kw, g) else { return Ok(None) };
     let a = scalar(alpha)?;
-    let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
+    let gy = if needs.x || needs.weight { Some(grad.f_empty_like()?) } else { None };
     let c = grad.size()[1] as usize;
     let sums = match kind {
         Kind::Float => bwd::<f32>(grad, relu_z, gy.as_ref(), &gq, f32::from_f64(a), &b, c)?,
         _ => bwd::<f64>(grad, relu_z, gy.as_ref(), &gq, a, &b, c)?,
     };
-    Ok(Some(BoxBackward { gy, g: gq, dalpha: sums.dalpha, db1: sums.db1, db2: sums.db2 }))
+    Ok(Some(sums.into_grads(kind, needs, gy, AdjustGrad::OnInput(gq))?))
 }
 
 fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor, alpha: T, b: &Blocks, c: usize) -> Result<Sums> {
@@ -177,7 +168,7 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor
             };
             unsafe { pa.slice(blk, 1)[0] = sa };
             let out = unsafe { gqs.slice(blk * il, il) };
-            backward_block(&gz, out, b, &mut acc[..b.w.n_out * v]);
+            backward_block(&gz, out, b, &mut acc[..b.w.n_out * v], None);
         }
     })?;
     Ok(reduce_sums(&part_a, &part_b1, &part_b2, c))

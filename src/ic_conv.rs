@@ -500,19 +500,7 @@ fn box_collision_backward(
         return Ok(None);
     }
     let xs = x.size();
-    let need_gy = needs.x || needs.weight;
-    let Some(r) = fused_box::collision_backward(grad, relu_z, alpha, need_gy, [d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)? else {
-        return Ok(None);
-    };
-    let kind = grad.kind();
-    let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
-    Ok(Some(CollisionGrads {
-        gy: r.gy,
-        adjust: AdjustGrad::OnInput(r.g),
-        dalpha: if needs.alpha { Some(Tensor::from(r.dalpha).f_to_kind(kind)?) } else { None },
-        db1: if needs.adjust_bias { Some(vec_t(&r.db1)?) } else { None },
-        db2: if needs.bias { Some(vec_t(&r.db2)?) } else { None },
-    }))
+    fused_box::collision_backward(grad, relu_z, alpha, needs, [d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)
 }
 
 /// Gradients `(dx, dW')` of `P = conv1x1(boxsum(x), W')` for `dP = gz`.

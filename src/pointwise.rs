@@ -66,27 +66,19 @@ fn weight_batches(w: &Tensor, n: i64, groups: i64, transpose: bool) -> Result<Te
 
 /// `P = conv1x1(S, W') + bias`.
 pub fn forward(s: &Tensor, w: &Tensor, groups: i64, bias: Option<&Tensor>) -> Result<Tensor> {
-    let p = product(s, w, groups, bias)?;
-    match (bias, plan(&[s], groups)) {
-        (Some(b), Some(_)) => Ok(p.f_add(&b.f_view([1, -1, 1, 1])?)?),
-        _ => Ok(p),
-    }
-}
-
-/// `conv1x1(S, W')`, plus `bias` on the convolution path only.
-fn product(s: &Tensor, w: &Tensor, groups: i64, bias: Option<&Tensor>) -> Result<Tensor> {
     let (cout, sz) = (w.size()[0], s.size());
-    match plan(&[s], groups) {
+    let p = match plan(&[s], groups) {
         Some(Gemm::Batched { n, groups, hw }) => {
             let sm = s.f_view([n * groups, sz[1] / groups, hw])?;
-            let p = weight_batches(w, n, groups, false)?.f_bmm(&sm)?;
-            Ok(p.f_view([n, cout, sz[2], sz[3]])?)
+            weight_batches(w, n, groups, false)?.f_bmm(&sm)?.f_view([n, cout, sz[2], sz[3]])?
         }
-        Some(Gemm::Flat { rows }) => {
-            let p = rows_of(s, rows)?.f_mm(&w.f_view([cout, sz[1]])?.f_tr()?)?;
-            from_rows(&p, s)
-        }
-        None => Ok(s.f_conv2d(w, bias, [1, 1], [0, 0], [1, 1], groups)?),
+        Some(Gemm::Flat { rows }) => from_rows(&rows_of(s, rows)?.f_mm(&w.f_view([cout, sz[1]])?.f_tr()?)?, s)?,
+        // the convolution adds the bias itself
+        None => return Ok(s.f_conv2d(w, bias, [1, 1], [0, 0], [1, 1], groups)?),
+    };
+    match bias {
+        Some(b) => Ok(p.f_add(&b.f_view([1, -1, 1, 1])?)?),
+        None => Ok(p),
     }
 }
 

@@ -28,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _core
 from ._utils import IntPair, bounded_pair, conv_out_size, resolve_padding
@@ -286,18 +287,12 @@ def _fast_path_ok(x: Tensor, *params: Optional[Tensor]) -> bool:
     dev = x.device.type
     if dev not in ("cpu", "cuda") or torch.is_autocast_enabled(dev):
         return False
-    if torch._C._len_torch_function_stack() or _current_dispatch_mode() is not None:
+    if torch._C._len_torch_function_stack() or _get_current_dispatch_mode() is not None:
         return False
     for t in (x, *params):
         if t is not None and (type(t) not in _PLAIN_TYPES or _functorch_wrapped(t)):
             return False
     return True
-
-
-def _current_dispatch_mode():
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode()
 
 
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
