@@ -24,7 +24,7 @@
 //! | `CpuFusedBox` | dense CPU f32/f64, stride 1, Cout <= 2 Cin              | `cpu/collision_box.rs`, `cpu/gemm.rs` |
 //! | `CpuFused`    | dense CPU f32/f64 otherwise                             | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
 //! | `Cuda`        | CUDA tensors                                            | `cuda/` (today: `libtorch/`) |
-//! | `Libtorch`    | everything else: half types, odd strides, kernels off   | `libtorch/`                  |
+//! | `Libtorch`    | everything else: half types, odd strides, mixed memory orders, kernels off | `libtorch/` |
 use crate::aten::convolution_backward;
 use crate::cpu;
 use crate::cuda;
@@ -52,20 +52,25 @@ pub enum Backend {
     Libtorch,
 }
 
-/// What the backend choice looks at in a call's `x`.
+/// What the backend choice looks at: x's device and dtype, and the memory order the call's
+/// activation-sized tensors share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallTraits {
     pub device: Device,
     pub kind: Kind,
-    /// x's dense layout, if it has one.
+    /// x's dense layout when every tensor of the call (x and y = conv(x, W) in the forward; x,
+    /// grad and relu_z in the backward) is dense in that one order; `None` otherwise.
     pub layout: Option<Layout>,
     /// Whether the CPU kernels are on (`cpu::set_enabled`).
     pub cpu_kernels: bool,
 }
 
 impl CallTraits {
-    pub fn of(x: &Tensor) -> Self {
-        Self { device: x.device(), kind: x.kind(), layout: layout_of(x), cpu_kernels: cpu::enabled() }
+    /// The traits of a call whose first tensor is `x`.
+    pub fn of(ts: &[&Tensor]) -> Self {
+        let x = ts[0];
+        let layout = layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
+        Self { device: x.device(), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
     }
 }
 
@@ -75,8 +80,9 @@ fn box_fusion_pays(d: &IcDims, g: &ConvGeometry) -> bool {
     g.unit_stride() && d.cout <= 2 * d.cin
 }
 
-/// The backend of one call, from x's device, dtype and layout, the geometry, and whether the P
-/// path runs at all (`adjust_path`: always in the forward; in the backward only when x or W' need
+/// The backend of one call, from x's device, dtype and layout (shared with y, or with grad and
+/// relu_z: the CPU kernels run in one memory order, and the outputs then keep the layouts
+/// libtorch's convolution gives them), the geometry, and whether the P path runs at all (`adjust_path`: always in the forward; in the backward only when x or W' need
 /// a gradient; without it the box-sum fusion has nothing to fuse).
 pub fn choose(t: &CallTraits, d: &IcDims, g: &ConvGeometry, adjust_path: bool) -> Backend {
     match (t.device, t.layout) {
@@ -139,7 +145,7 @@ pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(T
             None => a.adjust_bias.shallow_clone(),
         };
         let (x, wa, alpha) = (a.x, a.adjust_weight, a.alpha);
-        let (out, relu_z) = match choose(&CallTraits::of(x), &d, g, true) {
+        let (out, relu_z) = match choose(&CallTraits::of(&[x, &y]), &d, g, true) {
             Backend::CpuFusedBox(plan) => return plan.forward_box(&y, x, wa, &shift, alpha, &d, g, keep_relu_z),
             Backend::CpuFused(plan) => plan.forward(&y, x, wa, &shift, alpha, &d, g)?,
             Backend::Cuda => cuda::forward(y, x, wa, &shift, alpha, &d, g)?,
@@ -180,7 +186,7 @@ pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, 
         if d.n == 0 {
             return zero_grads(a, &needs, d.cout);
         }
-        let backend = choose(&CallTraits::of(x), &d, g, needs.adjust_path());
+        let backend = choose(&CallTraits::of(&[x, grad, relu_z]), &d, g, needs.adjust_path());
         let cg = match backend {
             Backend::CpuFusedBox(plan) => plan.collision_box_backward(grad, relu_z, alpha, &needs, &d, g)?,
             Backend::CpuFused(plan) => plan.collision_backward(grad, relu_z, alpha, &needs)?,
@@ -300,8 +306,16 @@ mod tests {
     #[test]
     fn traits_of_a_tensor() {
         let x = Tensor::zeros([2, 4, 9, 8], (Kind::Float, Device::Cpu));
-        let t = CallTraits::of(&x);
+        let t = CallTraits::of(&[&x]);
         assert_eq!((t.device, t.kind, t.layout), (Device::Cpu, Kind::Float, Some(Layout::Nchw { c: 4, hw: 72 })));
-        assert_eq!(CallTraits::of(&x.transpose(2, 3)).layout, None);
+        assert_eq!(CallTraits::of(&[&x.transpose(2, 3)]).layout, None);
+        // one memory order for all, or none
+        let cl = crate::layout::conform(&x, crate::layout::Order::Nhwc).unwrap();
+        let y = crate::layout::conform(&Tensor::zeros([2, 6, 7, 6], (Kind::Float, Device::Cpu)), crate::layout::Order::Nhwc).unwrap();
+        assert_eq!(CallTraits::of(&[&cl, &y]).layout, Some(Layout::Nhwc { c: 4 }));
+        // a channel slice of an NHWC tensor is not dense
+        assert_eq!(CallTraits::of(&[&cl, &cl.narrow(1, 0, 2)]).layout, None);
+        assert_eq!(CallTraits::of(&[&x, &cl]).layout, None);
+        assert_eq!(CallTraits::of(&[&x, &x.narrow(0, 0, 1).expand([3, 4, 9, 8], false)]).layout, None);
     }
 }

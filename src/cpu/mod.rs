@@ -11,10 +11,11 @@
 //!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
 //! ```
 //!
-//! Every kernel takes float32/float64 CPU tensors dense in the one memory order of the [`Plan`]
-//! (x's order); the pipelines bring the intermediate tensors into it ([`conform`]: a no-op unless a
-//! libtorch op returned another order). The choice of a CPU pipeline is made once per call, in
-//! `ic_conv.rs`; nothing here falls back to another path.
+//! Every kernel takes float32/float64 CPU tensors dense in the one memory order of the [`Plan`]:
+//! the order `ic_conv.rs` checked that x, y (forward) or x, grad, relu_z (backward) share when it
+//! chose a CPU pipeline, once per call. Nothing here falls back to another path. The outputs of
+//! the libtorch convolutions used on the way are brought into the plan's order ([`conform`], a
+//! no-op unless oneDNN picked another order).
 //!
 //! Imports the leaves, `aten.rs`, and `libtorch/pointwise.rs` for the one op it does not replace
 //! (the 1x1 convolution on channels_last with groups).
@@ -105,11 +106,10 @@ impl Plan {
     /// Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes `out` into y's buffer and
     /// `relu_z` into p's. Returns `(out, relu_z)`.
     pub fn forward(&self, y: &Tensor, x: &Tensor, adjust_weight: &Tensor, shift: &Tensor, alpha: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
-        let y = conform(y, self.order)?;
         let s = boxsum::forward(x, d.kh, d.kw, g, self.kind, self.order)?;
         let p = self.pointwise(&s, adjust_weight, g.groups)?;
         drop(s);
-        collision::forward(&y, &p, shift, alpha, self.kind, self.order)
+        collision::forward(y, &p, shift, alpha, self.kind, self.order)
     }
 
     /// CpuFusedBox forward (stride 1): `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the
@@ -127,29 +127,27 @@ impl Plan {
         g: &ConvGeometry,
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let y = conform(y, self.order)?;
         let q = self.pointwise(x, adjust_weight, g.groups)?;
-        collision_box::forward(&y, &q, shift, alpha, &self.boxes(d, g), keep_relu_z)
+        collision_box::forward(y, &q, shift, alpha, &self.boxes(d, g), keep_relu_z)
     }
 
     /// CpuFused collision backward: `gy`, `gz` (alpha included) and the reductions.
     pub fn collision_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
-        let (grad, relu_z) = (conform(grad, self.order)?, conform(relu_z, self.order)?);
-        collision::backward(&grad, &relu_z, alpha, needs, self.kind, self.order)
+        collision::backward(grad, relu_z, alpha, needs, self.kind, self.order)
     }
 
     /// CpuFusedBox collision backward (stride 1): `gy`, `G = boxsum^T(gz)` on x's grid and the
     /// reductions.
     pub fn collision_box_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
-        let (grad, relu_z) = (conform(grad, self.order)?, conform(relu_z, self.order)?);
-        collision_box::backward(&grad, &relu_z, alpha, needs, d.input_grid_out(), &self.boxes(d, g))
+        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.boxes(d, g))
     }
 
     /// Gradients of `P = conv1x1(boxsum(x), W')` from the collision's `adjust` gradient. `dx`, the
-    /// main path's input gradient, comes back with the P path subtracted in place where the kernels
-    /// can (`dx -= W'^T G` by the GEMM, `dx -= boxsum^T(dS)` by the box-sum kernel); what is left
-    /// is in `dxb`. Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed
-    /// (see `libtorch::adjust_backward`).
+    /// main path's input gradient, comes back with the P path subtracted in place when it is in
+    /// the plan's order (`dx -= W'^T G` by the GEMM, `dx -= boxsum^T(dS)` by the box-sum kernel);
+    /// otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part is in `dxb`.
+    /// Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed (see
+    /// `libtorch::adjust_backward`).
     #[allow(clippy::too_many_arguments)]
     pub fn adjust_backward(
         &self,
@@ -162,14 +160,14 @@ impl Plan {
         needs: &NeedsGrad,
     ) -> Result<AdjustParts> {
         let (need_x, need_w) = (needs.x, needs.adjust_weight);
-        let dx = dx.map(|t| conform(&t, self.order)).transpose()?;
+        let dx_in_order = dx.as_ref().is_some_and(|t| layout_of(t).map(|l| l.order()) == Some(self.order));
         match adjust {
             AdjustGrad::OnInput(gq) if self.gemm => {
                 let gemm = self.gemm(g.groups);
-                if let Some(dx) = &dx {
+                if let (true, Some(dx)) = (dx_in_order, &dx) {
                     gemm.input_grad_sub_(dx, &gq, adjust_weight)?;
                 }
-                let (dxb, dwa) = gemm.backward(&gq, x, adjust_weight, need_x && dx.is_none(), need_w)?;
+                let (dxb, dwa) = gemm.backward(&gq, x, adjust_weight, need_x && !dx_in_order, need_w)?;
                 Ok(AdjustParts { dx, dxb, dwa, scale: None })
             }
             AdjustGrad::OnInput(gq) => {
@@ -186,7 +184,7 @@ impl Plan {
                 let (ds, dwa) = self.pointwise_backward(&gz, &s, adjust_weight, g.groups, need_x, need_w)?;
                 drop(s);
                 let dxb = match (ds, &dx) {
-                    (Some(ds), Some(dx)) if scale.is_none() => {
+                    (Some(ds), Some(dx)) if dx_in_order && scale.is_none() => {
                         boxsum::backward_sub_(dx, &ds, d.kh, d.kw, g, self.kind, self.order)?;
                         None
                     }
