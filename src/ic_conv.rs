@@ -144,12 +144,11 @@ pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(T
             Some(b) => a.adjust_bias.f_sub(b)?,
             None => a.adjust_bias.shallow_clone(),
         };
-        let (x, wa, alpha) = (a.x, a.adjust_weight, a.alpha);
-        let (out, relu_z) = match choose(&CallTraits::of(&[x, &y]), &d, g, true) {
-            Backend::CpuFusedBox(plan) => return plan.forward_box(&y, x, wa, &shift, alpha, &d, g, keep_relu_z),
-            Backend::CpuFused(plan) => plan.forward(&y, x, wa, &shift, alpha, &d, g)?,
-            Backend::Cuda => cuda::forward(y, x, wa, &shift, alpha, &d, g)?,
-            Backend::Libtorch => libtorch::forward(y, x, wa, &shift, alpha, &d, g)?,
+        let (out, relu_z) = match choose(&CallTraits::of(&[a.x, &y]), &d, g, true) {
+            Backend::CpuFusedBox(plan) => return plan.forward_box(&y, a, &shift, &d, g, keep_relu_z),
+            Backend::CpuFused(plan) => plan.forward(&y, a, &shift, &d, g)?,
+            Backend::Cuda => cuda::forward(y, a, &shift, &d, g)?,
+            Backend::Libtorch => libtorch::forward(y, a, &shift, &d, g)?,
         };
         Ok((out, Some(relu_z)))
     })
@@ -179,7 +178,7 @@ pub fn backward(
 /// The backward on an [`IcArgs`] (its `bias` unused: `has_bias` says whether there is one).
 pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, g: &ConvGeometry, needs: &NeedsGrad) -> Result<IcGrads> {
     let d = check_args(&IcArgs { bias: None, ..*a }, g)?;
-    let IcArgs { x, weight, adjust_weight: wa, alpha, .. } = *a;
+    let IcArgs { x, weight, alpha, .. } = *a;
     check_backward(grad, relu_z, x, &d)?;
     let needs = NeedsGrad { bias: needs.bias && has_bias, ..*needs };
     tch::no_grad(|| {
@@ -210,9 +209,9 @@ pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, 
             return Ok(out);
         }
         let parts = match backend {
-            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => plan.adjust_backward(cg.adjust, dx_main, x, wa, &d, g, &needs)?,
-            Backend::Cuda => cuda::adjust_backward(cg.adjust, dx_main, x, wa, &d, g, &needs)?,
-            Backend::Libtorch => libtorch::adjust_backward(cg.adjust, dx_main, x, wa, &d, g, &needs)?,
+            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => plan.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+            Backend::Cuda => cuda::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+            Backend::Libtorch => libtorch::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
         };
         let (dx, dwa) = apply_adjust_sign(parts)?;
         out.x = dx;

@@ -32,7 +32,7 @@ use crate::error::Result;
 use crate::geometry::{ConvGeometry, IcDims};
 use crate::layout::conform;
 use crate::libtorch;
-use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, NeedsGrad};
+use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
 use collision_box::BoxPlan;
 use gemm::Gemm1x1;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,30 +105,19 @@ impl Plan {
     /// CpuFused forward after `y = conv2d(x, W) + b2` (N, Cout, Ho, Wo): `S = boxsum(x)` (N, Cin,
     /// Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes `out` into y's buffer and
     /// `relu_z` into p's. Returns `(out, relu_z)`.
-    pub fn forward(&self, y: &Tensor, x: &Tensor, adjust_weight: &Tensor, shift: &Tensor, alpha: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
-        let s = boxsum::forward(x, d.kh, d.kw, g, self.kind, self.order)?;
-        let p = self.pointwise(&s, adjust_weight, g.groups)?;
+    pub fn forward(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+        let s = boxsum::forward(a.x, d.kh, d.kw, g, self.kind, self.order)?;
+        let p = self.pointwise(&s, a.adjust_weight, g.groups)?;
         drop(s);
-        collision::forward(y, &p, shift, alpha, self.kind, self.order)
+        collision::forward(y, &p, shift, a.alpha, self.kind, self.order)
     }
 
     /// CpuFusedBox forward (stride 1): `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the
     /// collision kernel box-sums Q row by row into `out` (y's buffer); `relu_z` only when
     /// `keep_relu_z`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_box(
-        &self,
-        y: &Tensor,
-        x: &Tensor,
-        adjust_weight: &Tensor,
-        shift: &Tensor,
-        alpha: &Tensor,
-        d: &IcDims,
-        g: &ConvGeometry,
-        keep_relu_z: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = self.pointwise(x, adjust_weight, g.groups)?;
-        collision_box::forward(y, &q, shift, alpha, &self.boxes(d, g), keep_relu_z)
+    pub fn forward_box(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let q = self.pointwise(a.x, a.adjust_weight, g.groups)?;
+        collision_box::forward(y, &q, shift, a.alpha, &self.boxes(d, g), keep_relu_z)
     }
 
     /// CpuFused collision backward: `gy`, `gz` (alpha included) and the reductions.
@@ -148,17 +137,8 @@ impl Plan {
     /// otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part is in `dxb`.
     /// Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed (see
     /// `libtorch::adjust_backward`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn adjust_backward(
-        &self,
-        adjust: AdjustGrad,
-        dx: Option<Tensor>,
-        x: &Tensor,
-        adjust_weight: &Tensor,
-        d: &IcDims,
-        g: &ConvGeometry,
-        needs: &NeedsGrad,
-    ) -> Result<AdjustParts> {
+    pub fn adjust_backward(&self, adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+        let (x, adjust_weight) = (a.x, a.adjust_weight);
         let (need_x, need_w) = (needs.x, needs.adjust_weight);
         let dx_in_order = dx.as_ref().is_some_and(|t| layout_of(t).map(|l| l.order()) == Some(self.order));
         match adjust {

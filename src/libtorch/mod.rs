@@ -15,7 +15,7 @@ pub mod pointwise;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, IcDims};
 use crate::layout::{layout_of, Layout};
-use crate::types::{AdjustGrad, AdjustParts, NeedsGrad};
+use crate::types::{AdjustGrad, AdjustParts, IcArgs, NeedsGrad};
 use tch::Tensor;
 
 pub use collision::backward as collision_backward;
@@ -26,11 +26,11 @@ fn is_nhwc(t: &Tensor) -> bool {
 
 /// The forward after `y = conv2d(x, W) + b2` (N, Cout, Ho, Wo): `P = conv1x1(boxsum(x), W')` with
 /// `-shift` as the 1x1's bias (saves a pass over Z), then the collision. Returns `(out, relu_z)`.
-pub fn forward(y: Tensor, x: &Tensor, adjust_weight: &Tensor, shift: &Tensor, alpha: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
-    let s = boxsum::forward(x, d.kh, d.kw, g)?;
-    let p = pointwise::forward(&s, adjust_weight, g.groups, Some(&shift.f_neg()?))?;
+pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+    let s = boxsum::forward(a.x, d.kh, d.kw, g)?;
+    let p = pointwise::forward(&s, a.adjust_weight, g.groups, Some(&shift.f_neg()?))?;
     drop(s);
-    collision::forward(y, p, alpha)
+    collision::forward(y, p, a.alpha)
 }
 
 /// Gradients of `P = conv1x1(boxsum(x), W')` for `dP = gz` (N, Cout, Ho, Wo), `adjust` from
@@ -41,7 +41,8 @@ pub fn forward(y: Tensor, x: &Tensor, adjust_weight: &Tensor, shift: &Tensor, al
 /// `G = boxsum^T(gz)` on x's grid: `dx = W'^T G`, `dW' = G x^T` (one box-sum pass instead of two).
 /// With a stride, G would be s^2 times larger than S, so the strided path recomputes
 /// `S = boxsum(x)`.
-pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, x: &Tensor, adjust_weight: &Tensor, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+    let (x, adjust_weight) = (a.x, a.adjust_weight);
     let AdjustGrad::Gz { gz, scale } = adjust else {
         return Err(Error::Runtime("internal: the libtorch backward got a box-sum gradient on the input grid".into()));
     };
