@@ -21,10 +21,13 @@
 //!
 //! | [`Backend`]   | when                                                    | code                         |
 //! |---------------|---------------------------------------------------------|------------------------------|
-//! | `CpuFusedBox` | dense CPU f32/f64, stride 1, Cout <= 2 Cin              | `cpu/collision_box.rs`, `cpu/gemm.rs` |
-//! | `CpuFused`    | dense CPU f32/f64 otherwise                             | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
+//! | `CpuFusedBox` | CPU f32/f64 dense in one order, stride 1, Cout <= 2 Cin | `cpu/collision_box.rs`, `cpu/gemm.rs` |
+//! | `CpuFused`    | CPU f32/f64 dense in one order, otherwise               | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
 //! | `Cuda`        | CUDA tensors                                            | `cuda/` (today: `libtorch/`) |
 //! | `Libtorch`    | everything else: half types, odd strides, mixed memory orders, kernels off | `libtorch/` |
+//!
+//! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
+//! layer choose independently (the backward may get its gradient in another memory order).
 use crate::aten::convolution_backward;
 use crate::cpu;
 use crate::cuda;
