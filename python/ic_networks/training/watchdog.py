@@ -64,7 +64,7 @@ def _children(pid: int) -> List[int]:
     return out
 
 
-def _native_stacks(pid: int, timeout: float = 60.0) -> str:
+def _native_stacks(pid: int, timeout: float = 120.0) -> str:
     gdb = shutil.which("gdb")
     if gdb is None:
         return "(no native stacks: gdb is not installed)"
