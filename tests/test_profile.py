@@ -6,7 +6,7 @@ from torch import nn
 
 import ic_networks.models as M
 from ic_networks.nn import IcConv2d
-from ic_networks.profile import Profile, profile
+from ic_networks.profiling import Profile, profile
 
 # SPEC §3 / paper Table 1 at 224x224: params (M) and GMACs, plain -> IC, as printed.
 PAPER = {

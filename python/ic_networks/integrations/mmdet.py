@@ -34,7 +34,7 @@ except ImportError as exc:
         f"checkout (see docs/detection.md); import failed with: {exc}"
     ) from exc
 
-from ..convert import convert
+from ..conversion import convert
 from ..nn import ALPHA_MODES, IcConv2d
 
 __all__ = ["ICResNet", "IcConv2d"]

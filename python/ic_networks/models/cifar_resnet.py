@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, build_plain, positive_int
+from .._checks import positive_int
+from ._common import build_ic, build_plain
 
 __all__ = [
     "CifarResNet", "se_resnet18_cifar", "se_resnet50_cifar", "resnext29_2x64d_cifar",

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .. import functional as icf
 from ..nn import ALPHA_MODES
-from ._common import build_plain, load_weights, positive_int, resolve_alpha, resolve_weights
+from .._checks import positive_int
+from ._common import build_plain, load_local, resolve_alpha, resolve_weights
 
 __all__ = [
     "DepthwiseSeparable", "IcDepthwiseSeparable", "CifarMobileNet", "mobilenet_cifar", "ic_mobilenet_cifar",
@@ -139,4 +140,4 @@ def ic_mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
     """IC-MobileNet (v1) for CIFAR-10: every depthwise + pointwise pair is one IC layer."""
     path = resolve_weights(weights, None, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
-    return load_weights(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)
+    return load_local(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)
