@@ -21,16 +21,16 @@ modules:
 The IC branch of an IC layer (``out = Y + alpha * relu(Y - conv1x1(boxsum(X), W') + b1) + b2``):
 
 * ``ic_macs_adjust``: the 1x1 conv with W' on the **output** grid, ``Cin/groups`` MACs per output
-  element (SPEC §2: the extra cost is about 1/(kh*kw) of the conv's);
+  element (the extra cost is about 1/(kh*kw) of the conv's);
 * ``ic_macs_elementwise``: 2 per output element, the ReLU (as every ReLU above) and the fused
   ``Y + alpha * r``; b1 is the initial value of the W' accumulator and ``Y - P`` is that
   accumulation, so neither is a separate operation;
 * ``ic_box_sum_adds``: the box sum, ``kh*kw`` additions per input channel and output position (the
-  1/Cout share of SPEC §2). It has no multiplications, so, like the residual additions above, it is
+  1/Cout share of the conv's cost). It has no multiplications, so, like the residual additions above, it is
   **not** part of ``macs``; it is reported on its own.
 
 ``macs`` = plain part + ``ic_macs_adjust`` + ``ic_macs_elementwise``. This reproduces every entry
-of the paper's Table 1 (SPEC §3) at 224x224 to the printed precision: 1.82 -> 2.01, 3.68 -> 4.07,
+of the paper's Table 1 at 224x224 to the printed precision: 1.82 -> 2.01, 3.68 -> 4.07,
 4.12 -> 4.33 GMACs. Counting the box sum's additions as well would give 2.02 for IC-ResNet-18.
 
 ``params`` counts the model's parameters (shared ones once); ``ic_params`` those of the IC

@@ -3,7 +3,7 @@
 The common CIFAR variant: a 3x3 stem (32 channels, stride 1), 13 depthwise-separable blocks
 (64, 128/2, 128, 256/2, 256, 512/2, 5 x 512, 1024/2, 1024), global average pool, one linear layer.
 
-**The IC layer of MobileNet is a depthwise + pointwise pair** (SPEC §3). A block computes
+**The IC layer of MobileNet is a depthwise + pointwise pair**, as in the paper. A block computes
 ``relu(bn2(pw(relu(bn1(dw(x))))))``; in :class:`IcDepthwiseSeparable` the pair is one IC layer::
 
     Y   = pw(relu(bn1(dw(X))))                  the pair's own output, as in the plain block

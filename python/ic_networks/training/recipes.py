@@ -1,4 +1,4 @@
-"""Named training recipes: the paper's (SPEC §4-§5) and small Fashion-MNIST ones for a 2-core CPU.
+"""Named training recipes: the paper's (ImageNet, CIFAR-10; docs/design.md) and small Fashion-MNIST ones for a 2-core CPU.
 
 A :class:`Recipe` is plain data; :func:`get_recipe` returns one by name, with overrides applied.
 ``batch_size`` is the *global* batch: under DDP each of the ``world_size`` processes takes
