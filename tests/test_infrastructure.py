@@ -190,7 +190,11 @@ def test_convert_and_profile_are_functions_and_their_modules_have_other_names():
     assert callable(icn.profile) and icn.profile is ic_networks.profiling.profile
     assert icn.conversion is sys.modules["ic_networks.conversion"]
     assert icn.profiling is sys.modules["ic_networks.profiling"]
-    for name in ("ic_networks.convert", "ic_networks.profile"):
+    import ic_networks.viz
+    import ic_networks.viz.attribution
+
+    assert ic_networks.viz.gradcam is ic_networks.viz.attribution.gradcam
+    for name in ("ic_networks.convert", "ic_networks.profile", "ic_networks.viz.gradcam"):
         assert name not in sys.modules
         with pytest.raises(ModuleNotFoundError, match=name):  # "import ic_networks.convert" does not lie
             importlib.import_module(name)

@@ -112,7 +112,7 @@ def load_image(spec: str, dataset: str) -> Tuple[torch.Tensor, np.ndarray, Optio
 def _gradcam(args) -> int:
     from ..io import load_weights
     from ..viz.figures import DPI
-    from ..viz.gradcam import gradcam, last_conv, require_captum, resolve_layer
+    from ..viz.attribution import gradcam, last_conv, require_captum, resolve_layer
 
     require_captum()  # before any model is built
 
