@@ -80,7 +80,23 @@ def test_detection_and_training_and_convert_share_the_one_atomic_save():
 # --------------------------------------------------------------------------------------------------
 # ic_networks.io: loading
 # --------------------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def test_load_is_weights_only_with_a_clear_error(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, tmp_path / "ckpt.pt")
+    for load in (lambda p: io.load(p), lambda p: io.read_state_dict(p), lambda p: io.load_weights(nn.Linear(1, 1), p)):
+        with pytest.raises(RuntimeError, match=r"cannot read .* safely.*Unsupported global"):
+            load(tmp_path / "ckpt.pt")
+    assert not marker.exists()  # refused before anything ran
     path = tmp_path / "module.pt"
     torch.save(nn.Linear(2, 2), path)  # a pickled module, not a state_dict
     with pytest.raises(RuntimeError, match=r"weights: cannot read .* safely: it pickles Python objects.*state_dict"):
@@ -128,7 +144,6 @@ def test_load_weights_one_behaviour_everywhere(tmp_path):
     loaded = io.load_weights(fmnist_cnn(), tmp_path / "ckpt.pt")
     ic = io.load_weights(ic_fmnist_cnn(), str(tmp_path / "ckpt.pt"))
     x = torch.randn(2, 1, 28, 28)
-    ic.set_alpha = None
     for m in ic_layers(ic):
         m.set_alpha(0.0)
     with torch.no_grad():

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Union
@@ -102,14 +103,19 @@ def load(path: PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- unpickling errors have many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if "weights only load failed" in text.lower() or "weights_only" in text:
+            # torch's message starts with how to bypass the check; keep only the reason
+            why = next((line for line in lines if "WeightsUnpickler error" in line or "Unsupported" in line), "")
+            why = why.replace("WeightsUnpickler error: ", "").split(". Please")[0]
             raise RuntimeError(
                 f"{what}: cannot read {str(path)!r} safely: it pickles Python objects, not only tensors, "
                 f"numbers, strings and containers, and ic-networks loads with torch.load(weights_only=True). "
-                f"Save a plain state_dict instead (torch.save(model.state_dict(), path)); torch said: {first}"
+                f"Save a plain state_dict instead (torch.save(model.state_dict(), path))"
+                + (f"; {why}" if why else "")
             ) from exc
-        raise RuntimeError(f"{what}: cannot read {str(path)!r}: {first}") from exc
+        raise RuntimeError(f"{what}: cannot read {str(path)!r}: {lines[0] if lines else type(exc).__name__}") from exc
 
 
 def _strip_prefixes(keys):

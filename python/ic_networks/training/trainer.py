@@ -7,21 +7,22 @@ Conventions and decisions:
   advance once per optimiser step. ``batch_size`` is global; under DDP every process takes
   ``batch_size / world_size`` samples per step from a ``DistributedSampler`` (seeded, reshuffled
   each epoch with ``set_epoch``; a single process uses the same sampler with one replica).
-* **Checkpoints** (``OUT/checkpoint.pt``, written atomically by rank 0) after every epoch and,
-  with ``ckpt_every=N``, every N steps: model, optimizer, lr scheduler, GradScaler, the RNG states
-  of every rank (torch CPU and CUDA, numpy, python), epoch, batch within the epoch, global step,
-  running metric sums, the metric history and the recipe. ``fit(resume=True)`` continues from it,
-  mid-epoch too, by skipping the batches already done in that epoch. On CPU with ``workers=0`` the
-  resumed run is bit-identical to an uninterrupted one (tested); augmentation is seeded per
-  ``(seed, epoch, index)`` and the loader gets its own per-epoch generator, so neither the worker
-  count nor the resume point changes what is drawn. A resumed run must use the same recipe, except that
-  ``epochs`` may grow (the schedules then stretch to the new length) and ``ten_crop`` may change. ``OUT/model.pt`` holds the final weights
-  (a plain state_dict).
+* **Checkpoints** (``OUT/checkpoint.pt``, written atomically by rank 0 with
+  :func:`ic_networks.io.atomic_save`) after every epoch and, with ``ckpt_every=N``, every N steps:
+  model, optimizer, lr scheduler, GradScaler, the RNG states of every rank (torch CPU and CUDA,
+  numpy, python), epoch, batch within the epoch, global step, running metric sums, the metric
+  history and the recipe. ``fit(resume=True)`` continues from it, mid-epoch too, by skipping the
+  batches already done in that epoch. On CPU with ``workers=0`` the resumed run is bit-identical to
+  an uninterrupted one (tested); augmentation is seeded per ``(seed, epoch, index)`` and the loader
+  gets its own per-epoch generator, so neither the worker count nor the resume point changes what
+  is drawn. A resumed run must use the same recipe, except that ``epochs`` may grow (the schedules
+  then stretch to the new length) and ``ten_crop`` may change. ``OUT/model.pt`` holds the final
+  weights (a plain state_dict).
 * **WLD.** The teacher runs in eval mode without gradient; the loss is
-  :func:`ic_networks.functional.wld_loss` on float32 logits (evaluated once per step; its CE term is
-  logged) with lambda from
-  :class:`~.schedules.LambdaSchedule`. Alpha is learnt, ramped (:class:`~.schedules.AlphaRamp`, on every IC layer that
-  :func:`ic_networks.layers.is_ic_layer` accepts) or left fixed, as the recipe says. Weight decay skips the ``alpha`` parameters.
+  :func:`ic_networks.functional.wld_loss` on float32 logits, evaluated once per step (its CE term
+  is logged), with lambda from :class:`~.schedules.LambdaSchedule`. Alpha is learnt, ramped
+  (:class:`~.schedules.AlphaRamp`, on every IC layer that :func:`ic_networks.layers.is_ic_layer`
+  accepts) or left fixed, as the recipe says. Weight decay skips the ``alpha`` parameters.
 * **AMP** (``amp=True``): autocast in bfloat16 on CPU, float16 with a ``GradScaler`` on CUDA.
   Losses are computed on float32 logits.
 * **Evaluation**: :func:`~.evaluate.evaluate` (top-1/top-5 accuracy in percent, mean
