@@ -18,7 +18,7 @@ from ..layers import ic_layers
 from ..models._common import load_local, resolve_weights
 from ..models._zoo import ZOO, lookup
 from ..profiling import profile
-from .common import positive_int
+from .common import add_out_argument, positive_int
 
 __all__ = ["register"]
 
@@ -77,5 +77,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("--model", required=True, help="zoo model, plain or IC name (e.g. resnet50)")
     p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
-    p.add_argument("--out", required=True, help="where to write the IC state_dict")
+    add_out_argument(p, "where to write the IC state_dict", required=True, metavar="PATH")
     p.set_defaults(func=_convert)

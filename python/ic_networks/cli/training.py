@@ -12,7 +12,9 @@ import torch
 
 from ..training.recipes import RECIPES, get_recipe
 from ..training.schedules import milestones_every
-from .common import RAW, add_device_argument, add_workers_argument, nonnegative_int, positive_int, resolve_device
+from .common import (
+    RAW, add_device_argument, add_out_argument, add_workers_argument, nonnegative_int, positive_int, resolve_device,
+)
 
 __all__ = ["register"]
 
@@ -32,7 +34,7 @@ def register(sub) -> None:
                    "CIFAR-10: the python batches; ImageNet: ImageFolder root with train/ and val/)")
     p.add_argument("--model", help="model name (scratch: the model trained; wld: the plain teacher's architecture)")
     p.add_argument("--teacher", help="WLD: the trained plain model's weights (state_dict or checkpoint.pt)")
-    p.add_argument("--out", help="run folder (default runs/<recipe>-<model>)")
+    add_out_argument(p, "run folder (default runs/<recipe>-<model>)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--lr", type=float)
@@ -74,7 +76,7 @@ def register(sub) -> None:
         "nothing.",
     )
     p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    add_out_argument(p, "output folder (default runs/demo)", default="runs/demo")
     p.add_argument("--subset", type=nonnegative_int, default=DEFAULTS["subset"],
                    help=f"training images used (default {DEFAULTS['subset']}; 0 = all 60,000)")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="epochs of the scratch runs")
