@@ -6,6 +6,7 @@ gloo on CPU, nccl on GPU). Only local files are read; nothing is downloaded.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -87,9 +88,12 @@ def register(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from ..training.distributed import dist_info
+    from ..training import watchdog
+    from ..training.distributed import dist_info, shutdown_distributed
     from ..training.engine import train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        watchdog.arm()  # `kill -USR1 PID` (or a stuck-run watchdog) dumps this rank's Python stacks
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     recipe = get_recipe(args.recipe)
@@ -98,6 +102,7 @@ def _cmd_train(args) -> int:
     if args.lr_step:
         changes.update(lr_schedule="step", lr_milestones=milestones_every(args.lr_step, args.epochs or recipe.epochs))
     recipe = recipe.replace(**changes)
+    ok = False
     try:
         summary = train(
             recipe, data=args.data, out_dir=args.out, teacher_weights=args.teacher, resume=args.resume,
@@ -106,9 +111,9 @@ def _cmd_train(args) -> int:
         )
         if dist_info()[0] == 0:
             print(json.dumps(summary, indent=1))
+        ok = True
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        shutdown_distributed(ok)
     return 0
 
 

@@ -11,12 +11,12 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .data import build_datasets
-from .distributed import init_distributed
+from .distributed import init_distributed, shutdown_distributed  # noqa: F401 -- joined here, left by the caller
 from .model_factory import models_for_recipe
 from .recipes import Recipe
 from .trainer import Trainer
 
-__all__ = ["train"]
+__all__ = ["train", "init_distributed", "shutdown_distributed"]
 
 
 def train(
@@ -54,6 +54,9 @@ def train(
         device=device, amp=amp, workers=workers, seed=seed, ckpt_every=ckpt_every, overwrite=overwrite,
         progress=progress, log=log,
     )
-    summary = trainer.fit(resume=resume, max_steps=max_steps)
+    try:
+        summary = trainer.fit(resume=resume, max_steps=max_steps)
+    finally:
+        trainer.close()
     summary["out_dir"] = str(out_dir)
     return summary

@@ -47,7 +47,7 @@ from ..functional import wld_loss
 from ..io import atomic_save
 from ..layers import ic_layers
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
-from .distributed import all_reduce, default_device, dist_info
+from .distributed import all_reduce, default_device, dist_info, rank_error
 from .evaluate import autocast, evaluate, show_progress
 from .metrics import MetricsLog
 from .recipes import Recipe
@@ -320,7 +320,22 @@ class Trainer:
     def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> Dict[str, Any]:
         """Trains to ``recipe.epochs`` (or stops, with a checkpoint, once ``max_steps`` global steps
         are done: ``summary["interrupted"]`` is then True). Returns a summary dict with the final
-        validation metrics (``val_top1``, ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked)."""
+        validation metrics (``val_top1``, ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked).
+        Under DDP an error names the rank that saw it (see :func:`~.distributed.rank_error`)."""
+        try:
+            return self._fit(resume, max_steps)
+        except Exception as exc:
+            err = rank_error(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def close(self) -> None:
+        """Drops the DDP wrapper (its reducer holds the process group; see
+        :func:`~.distributed.release_ddp_reducers`). The trainer can still evaluate, not train, afterwards."""
+        self.net = self.model
+
+    def _fit(self, resume: bool, max_steps: Optional[int]) -> Dict[str, Any]:
         if resume and self.checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
