@@ -76,8 +76,9 @@ def release_ddp_reducers() -> int:
     never holds the last reference; the registry's own references release the GIL when dropped."""
     gc.collect()  # wrappers only reachable through reference cycles
     found = 0
+    ddp = nn.parallel.DistributedDataParallel
     for obj in gc.get_objects():
-        if isinstance(obj, nn.parallel.DistributedDataParallel):
+        if issubclass(type(obj), ddp):  # type(), not isinstance: no __class__ lookups on foreign objects
             found += 1
             for name in ("logger", "reducer"):
                 if name in obj.__dict__:
