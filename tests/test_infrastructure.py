@@ -17,6 +17,7 @@ from ic_networks.cli import build_parser, main
 from ic_networks.layers import IC_PARAM_NAMES, ic_keys, ic_layers, is_ic_layer
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable, ic_mobilenet_cifar
+from test_data_safety import _Payload  # unpickling it creates a marker file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +81,6 @@ def test_detection_and_training_and_convert_share_the_one_atomic_save():
 # --------------------------------------------------------------------------------------------------
 # ic_networks.io: loading
 # --------------------------------------------------------------------------------------------------
-class _Payload:
-    """Unpickling it would create ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_load_is_weights_only_with_a_clear_error(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, tmp_path / "ckpt.pt")
