@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Optional mmdetection stack for ic_networks.integrations.mmdet, idempotent.
-# Versions are the ones verified with torch 2.13.0 (shared BUILD.md): mmengine 0.10.7, mmcv 2.1.0
+# Versions are the ones verified with torch 2.13.0 (the traps are in docs/design.md): mmengine 0.10.7, mmcv 2.1.0
 # compiled from source with its C++ ops (mmdet.models needs mmcv._ext), mmdet 3.3.0, setuptools<82
 # (mmcv's setup.py and mmengine's `mmdet::` config paths import pkg_resources).
 # mmcv is built once into a wheel directory ($IC_WHEEL_DIR/torch-<version>, default .whl/, git-ignored;
 # cache it in CI) and installed from there, so a second set-up takes seconds instead of ~10 minutes
 # (measured: 15 s from the cached wheel; the build itself took 125 min on this 2-core machine under a
-# load of 7-14, 67 min of CPU; BUILD.md measured ~9 min on a quiet one).
+# load of 7-14, 67 min of CPU; about 9 min on a quiet machine).
 # Skips everything when `import mmcv._ext, mmdet` already works in the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."

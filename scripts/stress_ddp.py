@@ -36,11 +36,11 @@ def _naive_shutdown(ok=True):
 
 
 def _armed(rank, target, args, dump_dir, old_teardown=False):
-    from ic_networks.training import engine, watchdog
+    from ic_networks.training import distributed, engine, watchdog
 
     watchdog.arm(dump_dir)
     if old_teardown:  # control: the stress must catch the original hang
-        engine.shutdown_distributed = _naive_shutdown
+        engine.shutdown_distributed = distributed.shutdown_distributed = _naive_shutdown
     target(rank, *args)
 
 

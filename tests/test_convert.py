@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ic_networks.convert import convert
+from ic_networks.conversion import convert
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
 

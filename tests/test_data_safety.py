@@ -102,8 +102,8 @@ def test_checkpoint_with_code_is_refused(tmp_path):
         load_checkpoint(path)
     assert not marker.exists()
 
-    from ic_networks.models._common import _read_state_dict
+    from ic_networks.io import read_state_dict
 
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
-        _read_state_dict(str(path))
+        read_state_dict(str(path))
     assert not marker.exists()

@@ -1,6 +1,7 @@
 """torchvision IC detectors, VOC reading, VOC mAP and the train-det / eval-det commands (CPU, small)."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -15,6 +16,7 @@ import ic_networks
 from ic_networks import detection as det
 from ic_networks.cli import main as cli_main
 from ic_networks.detection.voc import VOC_CLASSES, VOCDataset, voc_map
+from ic_networks.integrations.torchvision import register
 
 SMALL = dict(min_size=128, max_size=128)
 
@@ -166,13 +168,30 @@ def test_weights_backbone_errors(tmp_path):
         det.retinanet_ic_resnet50_fpn(trainable_backbone_layers=6)
 
 
+def test_import_registers_nothing_in_torchvision():
+    """Importing ic_networks (detection included) leaves torchvision's registry alone; register() fills it."""
+    code = (
+        "import ic_networks, ic_networks.detection, ic_networks.integrations.torchvision\n"
+        "from torchvision.models import _api\n"
+        "names = ('fasterrcnn_ic_resnet50_fpn', 'retinanet_ic_resnet50_fpn', 'ic_resnet50')\n"
+        "print(sorted(n for n in names if n in _api.BUILTIN_MODELS))\n"
+        "ic_networks.integrations.torchvision.register()\n"
+        "print(sorted(n for n in names if n in _api.BUILTIN_MODELS))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
+    before, after = out.stdout.splitlines()
+    assert before == "[]"
+    assert after == "['fasterrcnn_ic_resnet50_fpn', 'ic_resnet50', 'retinanet_ic_resnet50_fpn']"
+
+
 def test_torchvision_registry():
-    det.register()  # idempotent: already registered at import
-    det.register()
-    names = torchvision.models.list_models()
+    names = register()
+    assert register() == names  # idempotent
+    registered = torchvision.models.list_models()
     for name, fn in det.BUILDERS.items():
-        assert name in names
+        assert name in names and name in registered
         assert torchvision.models.get_model_builder(name) is fn
+    assert sorted(torchvision.models.list_models(module=det)) == sorted(det.BUILDERS)
     model = torchvision.models.get_model("fasterrcnn_ic_resnet50_fpn", num_classes=3, **SMALL)
     assert isinstance(model, FasterRCNN) and det.count_ic_layers(model) == 16
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
@@ -245,7 +264,7 @@ def test_cli_train_det_then_eval_det(voc_root, tmp_path, capsys):
     assert cli_main(train + ["--no-eval"]) == 0
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "fasterrcnn_ic_resnet50_fpn"
-    assert not any(p.name.startswith(".tmp-") for p in out.iterdir())  # the atomic save left no temp file
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # the atomic save left no temp file
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["epoch"] == 1 and log[0]["loss"] > 0
     # Re-running resumes after the finished epoch: no training, then the final evaluation.
@@ -263,6 +282,15 @@ def test_cli_train_det_then_eval_det(voc_root, tmp_path, capsys):
     assert cli_main(["train-det", "--voc-root", str(tmp_path / "novoc"), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--checkpoint: no such file" in err and "no VOCdevkit/VOC2007" in err
+
+
+def test_voc_map_without_the_detection_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchmetrics.detection", None)  # import -> ImportError
+    with pytest.raises(ImportError, match=r'pip install "ic-networks\[detection\]"'):
+        voc_map([], [])
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(ImportError, match=r"'pycocotools'.*ic-networks\[detection\]"):
+        voc_map([], [])
 
 
 def test_mmdet_integration_without_mmdet_says_how_to_install(monkeypatch):

@@ -13,8 +13,10 @@ from torchvision.models import _api
 
 import ic_networks.models as M
 from ic_networks.integrations.torchvision import ic_builder_names, register
-from ic_networks.models import cli as models_cli
-from ic_networks.models._common import hub_checkpoint_path, ic_keys
+from ic_networks.cli import models as models_cli
+from ic_networks.detection import BUILDERS as DETECTORS
+from ic_networks.layers import ic_keys
+from ic_networks.models._common import hub_checkpoint_path
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
 
@@ -185,14 +187,15 @@ def test_depthwise_pointwise_pair_is_one_ic_layer():
 def test_torchvision_registry():
     names = register()
     assert register() == names  # idempotent
-    assert set(names) == {n for n in M.__all__ if n.startswith("ic_")} and "ic_resnet50" in names
+    classifiers = sorted(n for n in M.__all__ if n.startswith("ic_"))
+    assert set(names) == set(classifiers) | set(DETECTORS) and "ic_resnet50" in names
     assert set(names) <= set(torchvision.models.list_models())
-    assert torchvision.models.list_models(module=M) == names
+    assert torchvision.models.list_models(module=M) == classifiers
     assert torchvision.models.get_model_builder("ic_resnet50") is M.ic_resnet50
     assert torchvision.models.get_model_weights("ic_resnet50") is torchvision.models.ResNet50_Weights
     model = torchvision.models.get_model("ic_resnet18", num_classes=3)
     assert isinstance(model.layer1[0].conv1, IcConv2d) and model.fc.out_features == 3
-    assert ic_builder_names() == names
+    assert ic_builder_names() == classifiers
 
 
 def test_registry_refuses_to_shadow_another_model(monkeypatch):

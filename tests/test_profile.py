@@ -1,4 +1,4 @@
-"""ic_networks.profile: the paper's Table 1 (SPEC §3), the counting convention by hand, the IC share."""
+"""ic_networks.profile: the paper's Table 1, the counting convention by hand, the IC share."""
 import pytest
 import torch
 import torchvision
@@ -6,9 +6,9 @@ from torch import nn
 
 import ic_networks.models as M
 from ic_networks.nn import IcConv2d
-from ic_networks.profile import Profile, profile
+from ic_networks.profiling import Profile, profile
 
-# SPEC §3 / paper Table 1 at 224x224: params (M) and GMACs, plain -> IC, as printed.
+# The paper's Table 1 at 224x224: params (M) and GMACs, plain -> IC, as printed.
 PAPER = {
     "resnet18": (("11.7", "1.82"), ("12.9", "2.01")),
     "resnet34": (("21.8", "3.68"), ("24.2", "4.07")),
@@ -73,7 +73,7 @@ def test_convention_by_hand():
 
 
 def test_ic_share_matches_spec_cost_model():
-    """SPEC §2: extra MACs about 1/(kh*kw) (W') + 1/Cout (box sum) of the conv's, params 1/(kh*kw)."""
+    """Cost of the IC branch: extra MACs about 1/(kh*kw) (W') + 1/Cout (box sum) of the conv's, params 1/(kh*kw)."""
     layer = IcConv2d(64, 32, 3, padding=1, bias=False, alpha_mode="learnable")
     p = profile(layer, (1, 64, 20, 20))
     conv_macs = p.macs - p.ic_macs

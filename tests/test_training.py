@@ -17,10 +17,16 @@ from torch.utils.data import Subset, TensorDataset
 
 import ic_networks as icn
 import ic_networks.cli
+from ic_networks.io import atomic_save, atomic_write
+from ic_networks.layers import ic_layers
+from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.training import data as D
-from ic_networks.training.checkpoint import atomic_save, atomic_write, load_checkpoint
-from ic_networks.training.engine import Trainer, evaluate, make_student
+from ic_networks.training.checkpoint import load_checkpoint
+from ic_networks.training.evaluate import evaluate
+from ic_networks.training.model_factory import make_student
+from ic_networks.training import trainer as trainer_mod
+from ic_networks.training.trainer import Trainer
 from ic_networks.training.recipes import RECIPES, get_recipe
 from ic_networks.training.schedules import AlphaRamp, LambdaSchedule, LrFactor
 
@@ -70,8 +76,45 @@ def test_alpha_ramp_sets_every_ic_layer():
     assert ramp(0) == 0.0 and all(float(m.alpha) == 0.0 for m in layers)
     assert ramp(5) == pytest.approx(0.02) and all(float(m.alpha) == pytest.approx(0.02) for m in layers)
     assert ramp(10) == 0.04 and all(float(m.alpha) == pytest.approx(0.04) for m in layers)
-    with pytest.raises(ValueError, match="IcConv2d"):
+    with pytest.raises(ValueError, match="IC layers"):
         AlphaRamp(fmnist_cnn(), 10)
+
+
+class TinyMobile(nn.Module):
+    """One MobileNet IC block (depthwise + pointwise pair as one IC layer) and a classifier, 1x8x8 -> 6."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = IcDepthwiseSeparable(1, 4, alpha=0.0, alpha_mode="fixed")
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.fc(self.block(x).mean((2, 3)))
+
+
+def test_alpha_ramp_and_logging_see_depthwise_separable_ic_layers(tmp_path, monkeypatch):
+    model = TinyMobile()
+    assert ic_layers(model) == [model.block]  # no IcConv2d in it, yet it is an IC model
+    ramp = AlphaRamp(model, total_steps=3, start=0.0, end=0.02)
+    assert ramp(2) == 0.02 and float(model.block.alpha) == pytest.approx(0.02)
+    # A WLD run with this student: accepted, alpha ramped and logged per epoch.
+    calls = []
+    real = trainer_mod.wld_loss
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "wld_loss", counting)
+    torch.manual_seed(0)
+    student, teacher = TinyMobile(), nn.Sequential(nn.Flatten(), nn.Linear(64, 6))
+    recipe = get_recipe("wld-fmnist", epochs=1, batch_size=16, alpha="ramp", alpha_start=0.0, alpha_end=0.02)
+    t = Trainer(student, recipe, _ddp_data(), _ddp_data(), tmp_path, teacher=teacher, device="cpu", log=None,
+                progress=False)
+    t.fit()
+    assert t.steps_per_epoch == 2 and len(calls) == 2  # one WLD evaluation per step gives loss and CE
+    assert t.metrics.epochs[0]["alpha"] == pytest.approx(0.02) == float(student.block.alpha)
+    assert np.isfinite(t.metrics.epochs[0]["train_ce"])
 
 
 def test_lr_factor():
@@ -379,7 +422,7 @@ def _engine_env(rank, world, port):
 
 def _ddp_worker(rank, world, port, out):
     from ic_networks.training import watchdog
-    from ic_networks.training.engine import init_distributed, shutdown_distributed
+    from ic_networks.training.distributed import init_distributed, shutdown_distributed
 
     watchdog.arm(out)
     _engine_env(rank, world, port)
@@ -402,7 +445,7 @@ def _dying_peer_worker(rank, world, port, out):
     """Rank 1 dies (os._exit) in its second training step; rank 0 must fail with an error naming
     its rank, not hang."""
     from ic_networks.training import watchdog
-    from ic_networks.training.engine import init_distributed, shutdown_distributed
+    from ic_networks.training.distributed import init_distributed, shutdown_distributed
 
     watchdog.arm(out)
     _engine_env(rank, world, port)

@@ -10,7 +10,7 @@ from ic_networks import IcConv2d
 from ic_networks.cli import main
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.viz import figures, gradcam, last_conv
-from ic_networks.viz.cli import GRADCAM_SIZE
+from ic_networks.cli.viz import GRADCAM_SIZE
 
 
 def assert_png(path, size):

@@ -1,4 +1,4 @@
-# Faster R-CNN, IC-ResNet-50 + FPN, PASCAL VOC 07+12 (SPEC §5): mmdetection's VOC recipe with the
+# Faster R-CNN, IC-ResNet-50 + FPN, PASCAL VOC 07+12: mmdetection's VOC recipe with the
 # backbone swapped for ic_networks' ICResNet (3x3 block convs are IcConv2d).
 # Data as in mmdet: data/VOCdevkit/VOC2007, VOC2012 under the working directory.
 # The backbone is initialised from a LOCAL state_dict of an IC-ResNet-50 (from WLD, as in the paper)

@@ -3,20 +3,29 @@
 >>> import ic_networks as icn
 >>> layer = icn.IcConv2d(64, 64, 3, padding=1)          # drop-in for nn.Conv2d
 >>> model = icn.convert(torchvision.models.resnet18())  # IC-ify the 3x3 convs (alpha = 0)
+>>> print(icn.profile(model))                           # params and multiply-adds, IC share
+
+``icn.convert`` and ``icn.profile`` are functions; their modules are :mod:`ic_networks.conversion`
+and :mod:`ic_networks.profiling`. Importing ic-networks registers nothing anywhere: call
+:func:`ic_networks.integrations.torchvision.register` to make the IC models known to
+``torchvision.models.get_model``.
 """
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
 from . import _core  # noqa: F401
-from . import functional, reference  # noqa: F401
+from . import functional, io, layers, reference  # noqa: F401
 from .functional import ic_conv2d, wld_loss  # noqa: F401
 from .nn import IcConv2d, WLDLoss  # noqa: F401
-from .convert import convert  # noqa: F401
-from .profile import profile  # noqa: F401
+from .layers import ic_layers, is_ic_layer  # noqa: F401
+from .conversion import convert  # noqa: F401
+from .profiling import profile  # noqa: F401
+from . import conversion, profiling  # noqa: F401
 from . import detection, integrations, models, neuron, training  # noqa: F401
 
 __version__ = _core.__version__
 
 __all__ = [
-    "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile",
-    "functional", "reference", "models", "neuron", "integrations", "training", "detection", "__version__",
+    "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile", "is_ic_layer", "ic_layers",
+    "functional", "reference", "io", "layers", "conversion", "profiling", "models", "neuron", "integrations",
+    "training", "detection", "__version__",
 ]

@@ -1,4 +1,5 @@
-"""``ic-networks bench`` / ``python -m ic_networks.bench``: the IC layer's cost, measured side by side.
+"""The IC layer's cost, measured side by side (the ``ic-networks bench`` verb,
+:mod:`ic_networks.cli.bench`, prints these tables).
 
 Everything is measured in one process, interleaved (each repeat runs every variant once, in turn),
 and reported as medians with ratios, so slow drifts of the machine hit all variants alike.
@@ -16,18 +17,17 @@ Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, e
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
 against IC-ResNet-18/50 (alpha = 1).
 
-Targets (issue 6): fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's
-plus one output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50.
+Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's plus one
+output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50. The
+measured numbers are in docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -208,56 +208,3 @@ def format_tables(layer_rows, model_rows, device, batch) -> str:
             out.append(f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x |")
         out.append("")
     return "\n".join(out)
-
-
-def run(args) -> int:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    stages = [s for s in STAGES if not args.shapes or s[0] in args.shapes.split(",")]
-    if args.shapes and not stages:
-        raise ValueError(f"--shapes: expected names from {[s[0] for s in STAGES]}, got {args.shapes!r}")
-    print(f"ic-networks bench on {machine_description(device)}", file=sys.stderr)
-    layer_rows = [] if args.skip_layers else bench_layers(device, args.batch, args.repeats, not args.no_compile, stages, args.channels_last)
-    model_rows = [] if args.skip_models else bench_models(device, args.model_batch, args.image_size, args.model_repeats)
-    text = format_tables(layer_rows, model_rows, device, args.batch)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": machine_description(device), "layers": layer_rows, "models": model_rows}, f, indent=1)
-    return 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch", type=int, default=32, help="layer benchmark batch size (default 32)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default 5)")
-    p.add_argument("--shapes", default="", help="comma-separated subset of " + ",".join(s[0] for s in STAGES))
-    p.add_argument("--channels-last", action="store_true", help="run the layer benchmark in channels_last")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--skip-layers", action="store_true")
-    p.add_argument("--skip-models", action="store_true")
-    p.add_argument("--model-batch", type=int, default=8, help="train-step batch size (default 8)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--model-repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--json", default="", help="also write the raw numbers as JSON here")
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the IC layer and IC-ResNets against plain ones", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ic_networks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

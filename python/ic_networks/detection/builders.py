@@ -1,7 +1,7 @@
-"""torchvision detectors with an IC-ResNet-50-FPN backbone (SPEC §5, detection).
+"""torchvision detectors with an IC-ResNet-50-FPN backbone.
 
 The backbone is torchvision's ResNet-50 with every 3x3 block conv turned into an
-:class:`~ic_networks.IcConv2d` by :func:`ic_networks.convert` (the IC-ResNet-50 of SPEC §3), wrapped
+:class:`~ic_networks.IcConv2d` by :func:`ic_networks.convert` (the zoo's IC-ResNet-50), wrapped
 in torchvision's ``BackboneWithFPN`` exactly as ``fasterrcnn_resnet50_fpn`` /
 ``retinanet_resnet50_fpn`` (v1) wrap the plain one. Decisions, as in torchvision:
 
@@ -27,51 +27,41 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from ..convert import convert
-from ..nn import IcConv2d
+from ..conversion import convert
+from ..io import read_state_dict
+from ..layers import IC_PARAM_NAMES, ic_layers
 
 __all__ = [
     "fasterrcnn_ic_resnet50_fpn", "retinanet_ic_resnet50_fpn", "ic_resnet50_fpn_backbone", "load_backbone_state",
     "count_ic_layers",
 ]
 
-IC_KEYS = ("adjust_weight", "adjust_bias", "alpha")
 WeightsBackbone = Union[None, str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
-def _state_dict_from(weights_backbone: Union[str, os.PathLike, Mapping[str, Any]]) -> Mapping[str, torch.Tensor]:
-    """A state_dict from a path or a mapping; a ``{'state_dict': ...}`` or ``{'model': ...}`` wrapper
-    (training checkpoints) and a DataParallel ``module.`` prefix are unwrapped."""
-    if isinstance(weights_backbone, (str, os.PathLike)):
-        path = os.fspath(weights_backbone)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"weights_backbone: no such file {path!r} (expected a local ResNet-50 state_dict)")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    elif isinstance(weights_backbone, Mapping):
-        sd = weights_backbone
-    else:
-        raise TypeError(
-            "weights_backbone: expected None, a path to a local state_dict or a state_dict mapping, "
-            f"got {type(weights_backbone).__name__}"
-        )
-    for key in ("state_dict", "model"):
-        if isinstance(sd.get(key), Mapping):
-            sd = sd[key]
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
 def load_backbone_state(body: nn.Module, weights_backbone: Union[str, os.PathLike, Mapping[str, Any]]) -> None:
-    """Loads a plain or IC ResNet-50 state_dict into the IC ResNet-50 ``body``.
+    """Loads a plain or IC ResNet-50 state_dict (a path, a mapping, or a training checkpoint; see
+    :func:`ic_networks.io.read_state_dict`) into the IC ResNet-50 ``body``.
 
     ``fc.*`` is ignored (the detector drops the classifier, so any ``num_classes`` works). The only
     keys allowed to be missing are the IC ones (``adjust_weight``, ``adjust_bias``, ``alpha``: a plain
     checkpoint), which keep their initialisation; any other missing or unexpected key (BatchNorm's
     ``num_batches_tracked`` aside, which ``FrozenBatchNorm2d`` drops) or a wrong shape is an error.
     """
-    sd = {k: v for k, v in _state_dict_from(weights_backbone).items() if not k.startswith("fc.")}
+    if isinstance(weights_backbone, (str, os.PathLike)) and not os.path.isfile(weights_backbone):
+        raise FileNotFoundError(
+            f"weights_backbone: no such file {os.fspath(weights_backbone)!r} (expected a local ResNet-50 state_dict)"
+        )
+    if not isinstance(weights_backbone, (str, os.PathLike, Mapping)):
+        raise TypeError(
+            "weights_backbone: expected None, a path to a local state_dict or a state_dict mapping, "
+            f"got {type(weights_backbone).__name__}"
+        )
+    state = read_state_dict(weights_backbone, "weights_backbone")  # checkpoint wrappers and prefixes unwrapped
+    sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = body.state_dict()
     wrong = [k for k, v in sd.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in sd and not k.startswith("fc.") and k.rsplit(".", 1)[-1] not in IC_KEYS]
+    missing = [k for k in own if k not in sd and not k.startswith("fc.") and k.rsplit(".", 1)[-1] not in IC_PARAM_NAMES]
     unexpected = [k for k in sd if k not in own and not k.endswith("num_batches_tracked")]  # FrozenBatchNorm2d
     if wrong or missing or unexpected:
         raise RuntimeError(
@@ -167,5 +157,5 @@ def retinanet_ic_resnet50_fpn(
 
 
 def count_ic_layers(model: nn.Module) -> int:
-    """Number of :class:`IcConv2d` modules in ``model``."""
-    return sum(isinstance(m, IcConv2d) for m in model.modules())
+    """Number of IC layers in ``model`` (:func:`ic_networks.layers.ic_layers`)."""
+    return len(ic_layers(model))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -20,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .voc import voc_map
 
-__all__ = ["make_optimizer", "train_one_epoch", "predict", "evaluate", "save_atomic", "append_jsonl"]
+__all__ = ["make_optimizer", "train_one_epoch", "predict", "evaluate", "append_jsonl"]
 
 
 def make_optimizer(model: nn.Module, lr: float, iters_per_epoch: int, lr_steps: Sequence[int],
@@ -88,22 +86,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, class_m
     """VOC mAP@0.5 (see :func:`ic_networks.detection.voc.voc_map`)."""
     preds, gts = predict(model, loader, device)
     return voc_map(preds, gts, class_metrics=class_metrics)
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``: a crash never
-    leaves a truncated checkpoint at ``path``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def append_jsonl(path: str, record: Dict[str, Any]) -> None:

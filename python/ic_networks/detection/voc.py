@@ -10,7 +10,8 @@ Conventions (decisions):
   as ``iscrowd`` so that detecting them is neither a true nor a false positive (VOC's rule).
 * mAP is torchmetrics' ``MeanAveragePrecision`` (pycocotools backend) at IoU 0.5: COCO-style
   101-point interpolated AP, close to VOC2010+'s area AP; VOC2007's 11-point AP (mmdet's default
-  for VOC07 test) comes out slightly lower.
+  for VOC07 test) comes out slightly lower. torchmetrics and pycocotools are the ``[detection]``
+  extra (``pip install "ic-networks[detection]"``); :func:`voc_map` names it when they are missing.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision.datasets import VOCDetection
 from torchvision.transforms.functional import pil_to_tensor
+
+from .._optional import require
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "voc_datasets", "parse_voc_split", "voc_map", "collate"]
 
@@ -131,10 +134,8 @@ def voc_map(predictions: Sequence[Dict[str, Tensor]], targets: Sequence[Dict[str
     Returns ``{'map50': ...}`` and, with ``class_metrics``, ``'ap50/<class>'`` for every class present
     (-1 for classes with no ground truth, torchmetrics' convention).
     """
-    try:
-        from torchmetrics.detection import MeanAveragePrecision
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("VOC mAP needs torchmetrics and pycocotools: pip install torchmetrics pycocotools") from exc
+    require("pycocotools", "VOC mAP")  # torchmetrics' backend, imported by it only at compute()
+    MeanAveragePrecision = require("torchmetrics.detection", "VOC mAP").MeanAveragePrecision
     if len(predictions) != len(targets):
         raise ValueError(f"predictions: expected one per target ({len(targets)}), got {len(predictions)}")
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5],

@@ -1,8 +1,8 @@
 """mmdetection integration: importing this module registers
 
 * ``ICResNet`` in mmdet's ``MODELS``: mmdet's ``ResNet`` (same arguments) whose 3x3 convs inside the
-  residual blocks are :class:`~ic_networks.IcConv2d` (SPEC §3: the stem, 1x1 and downsample convs stay
-  plain; DCN convs stay DCN). Extra arguments: ``ic_alpha`` and ``ic_alpha_mode`` (``'learnable'``
+  residual blocks are :class:`~ic_networks.IcConv2d` (as in the zoo's IC-ResNets: the stem, 1x1 and
+  downsample convs stay plain; DCN convs stay DCN). Extra arguments: ``ic_alpha`` and ``ic_alpha_mode`` (``'learnable'``
   or ``'fixed'``); ``None`` means a learnable alpha = 0 when ``init_cfg``/``pretrained`` loads a
   checkpoint (eq. 7) and a fixed alpha = 1 otherwise (eq. 6), as in :mod:`ic_networks.models`. Its
   parameter names are ResNet's, so a plain ResNet checkpoint (``torchvision://resnet50`` or a local
@@ -34,7 +34,7 @@ except ImportError as exc:
         f"checkout (see docs/detection.md); import failed with: {exc}"
     ) from exc
 
-from ..convert import convert
+from ..conversion import convert
 from ..nn import ALPHA_MODES, IcConv2d
 
 __all__ = ["ICResNet", "IcConv2d"]

@@ -1,4 +1,4 @@
-"""The IC model zoo (SPEC §3): IC-ResNets and IC-EfficientNets from torchvision's builders, the
+"""The IC model zoo (the table in docs/design.md): IC-ResNets and IC-EfficientNets from torchvision's builders, the
 CIFAR-10 family of the paper's Table 4 (plain and IC), and the small Fashion-MNIST CNN.
 
 Every builder takes ``weights`` (``None``, a local state_dict path, or for torchvision-based ones a

@@ -4,8 +4,8 @@
 
 * ``None``: random initialisation.
 * a local path (``str`` or ``os.PathLike``) to a ``torch.save``-d state_dict, either of the plain
-  model or of the IC model itself (also accepted: a dict holding it under ``"state_dict"`` or
-  ``"model"``);
+  model or of the IC model itself (also accepted: a training checkpoint holding it under
+  ``"model"`` or ``"state_dict"``);
 * a torchvision ``WeightsEnum`` member (or its name, e.g. ``"IMAGENET1K_V1"`` / ``"DEFAULT"``; a
   string is a path when such a file exists) for the builders that wrap a torchvision model. The
   file is read from the local torch hub cache,
@@ -14,33 +14,34 @@
 
 ``weights`` and ``num_classes`` are checked before the model is built, so a wrong path fails fast.
 
-Loading is strict except for the IC keys: a plain state_dict must leave missing exactly the IC
-keys (``adjust_weight``, ``adjust_bias``, ``alpha`` of every IC layer), which keep their
-initialisation (random W', b1 = 0); an IC state_dict must leave nothing missing. Any other missing
-or unexpected key, or a shape mismatch, is a ``RuntimeError``.
+Loading is :func:`ic_networks.io.load_weights`: strict except for the IC keys. A plain state_dict
+must leave missing exactly the IC keys (``adjust_weight``, ``adjust_bias``, ``alpha`` of every IC
+layer), which keep their initialisation (random W', b1 = 0); an IC state_dict must leave nothing
+missing. Any other missing or unexpected key, or a shape mismatch, is a ``RuntimeError``. Checkpoint
+wrappers (``"model"``/``"state_dict"`` entries, ``module.``/``_orig_mod.`` prefixes) are unwrapped.
 
-Default alpha (SPEC §2): an IC model trained from scratch (``weights=None``) gets the eq. 6 layer,
+Default alpha: an IC model trained from scratch (``weights=None``) gets the paper's eq. 6 layer,
 ``alpha=1`` as a fixed buffer; an IC model built on weights gets the eq. 7 layer, ``alpha=0`` as a
 learnable parameter, so it starts exactly as the plain model (the WLD recipe). An IC checkpoint's
 own ``alpha`` values overwrite this. ``alpha=`` / ``alpha_mode=`` override both.
 """
 import os
 import urllib.parse
-from typing import Callable, Dict, Iterable, Optional, Set, Tuple, Type
+from typing import Callable, Dict, Iterable, Optional, Tuple, Type
 
 import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ..convert import convert
+from .._checks import positive_int
+from ..conversion import convert
+from ..io import load_weights
 from ..nn import ALPHA_MODES
 
 __all__ = [
-    "hub_checkpoint_path", "resolve_weights", "load_weights", "ic_keys", "positive_int", "resolve_alpha", "build_plain",
-    "build_ic", "build_torchvision_ic",
+    "hub_checkpoint_path", "resolve_weights", "load_local", "resolve_alpha", "build_plain", "build_ic",
+    "build_torchvision_ic",
 ]
-
-IC_PARAM_NAMES = ("adjust_weight", "adjust_bias", "alpha")
 
 
 def hub_checkpoint_path(weights: WeightsEnum) -> str:
@@ -84,55 +85,10 @@ def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, n
     return path
 
 
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RuntimeError(f"weights: {path!r} does not hold a state_dict (a dict of tensors)")
-    return obj
-
-
-def ic_keys(model: nn.Module) -> Set[str]:
-    """The state_dict keys that IC layers add (``adjust_weight``, ``adjust_bias``, ``alpha``)."""
-    keys = set()
-    for name, module in model.named_modules():
-        if isinstance(getattr(module, "adjust_weight", None), nn.Parameter):
-            prefix = f"{name}." if name else ""
-            keys.update(prefix + k for k in IC_PARAM_NAMES)
-    return keys
-
-
-def load_weights(model: nn.Module, weights, weights_enum: Optional[Type[WeightsEnum]] = None) -> nn.Module:
-    """Loads ``weights`` (see the module docstring) into ``model``; returns ``model``."""
-    path = resolve_weights(weights, weights_enum)
-    if path is None:
-        return model
-    state = _read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches: torch lists every one, keep the first three
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
-        raise RuntimeError(f"weights: cannot load {path!r} into {type(model).__name__}: {'; '.join(lines[:3])}{more}") from None
-    missing, expected = set(result.missing_keys), ic_keys(model)
-    if result.unexpected_keys or (missing and missing != expected):
-        raise RuntimeError(
-            f"weights: {path!r} does not match {type(model).__name__}: unexpected keys "
-            f"{sorted(result.unexpected_keys)[:8]}, missing keys {sorted(missing)[:8]} "
-            f"(only all of the IC keys may be missing, for a plain checkpoint)"
-        )
-    return model
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` if it is an int >= 1, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+def load_local(model: nn.Module, path: Optional[str]) -> nn.Module:
+    """Loads the state_dict file ``path`` (from :func:`resolve_weights`; ``None``: nothing) into
+    ``model`` with :func:`ic_networks.io.load_weights`; returns ``model``."""
+    return model if path is None else load_weights(model, path)
 
 
 def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) -> Tuple[float, str]:
@@ -150,7 +106,7 @@ def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) ->
 def build_plain(make: Callable[[], nn.Module], weights, num_classes: int) -> nn.Module:
     """A plain model of the zoo (no torchvision enum) with its ``weights`` loaded."""
     path = resolve_weights(weights, None, num_classes)
-    return load_weights(make(), path)
+    return load_local(make(), path)
 
 
 def build_ic(
@@ -168,7 +124,7 @@ def build_ic(
     path = resolve_weights(weights, weights_enum, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
     model = convert(make_plain(), kernel_sizes, include, alpha=alpha, alpha_mode=alpha_mode, inplace=True)
-    return load_weights(model, path)
+    return load_local(model, path)
 
 
 def build_torchvision_ic(

@@ -11,7 +11,7 @@ pool and one linear layer.
 * ResNeXt-29 2x64d (Xie et al.): three stages of three bottlenecks, cardinality 2 and bottleneck
   width 64 (inner widths 128, 256, 512 as a grouped 3x3 conv, outputs 256, 512, 1024).
 
-IC versions follow the ResNet rule (SPEC §3): every 3x3 conv inside the blocks is an IC layer
+IC versions follow the ResNet rule (docs/design.md, model table): every 3x3 conv inside the blocks is an IC layer
 (grouped ones too: W' follows ``groups``); the stem, the 1x1 convs, the shortcuts and the SE
 layers stay plain.
 """
@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, build_plain, positive_int
+from .._checks import positive_int
+from ._common import build_ic, build_plain
 
 __all__ = [
     "CifarResNet", "se_resnet18_cifar", "se_resnet50_cifar", "resnext29_2x64d_cifar",

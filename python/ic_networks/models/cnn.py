@@ -17,7 +17,8 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, build_plain, positive_int
+from .._checks import positive_int
+from ._common import build_ic, build_plain
 
 __all__ = ["FmnistCNN", "fmnist_cnn", "ic_fmnist_cnn"]
 

@@ -1,10 +1,10 @@
 """IC-EfficientNet-B0/B1/B2 (paper Table 2) built from torchvision's EfficientNets.
 
-**Decision** (SPEC §3 leaves it open): the IC layers are the depthwise k x k convs of the MBConv
+**Decision** (the paper leaves it open): the IC layers are the depthwise k x k convs of the MBConv
 blocks (3x3 and 5x5, ``groups == channels``). They are the only spatial convs inside the blocks,
 which mirrors the ResNet rule (the blocks' spatial convs become IC, the stem stays). The 3x3 stem,
 the 1x1 expand / project convs, the squeeze-excitation 1x1 convs and the 1x1 head conv stay plain.
-For a depthwise conv W' follows ``groups`` (SPEC §2), so each channel gets one scalar w' and one
+For a depthwise conv W' follows ``groups`` (as in every IC layer, docs/design.md), so each channel gets one scalar w' and one
 b1: the IC branch costs C + C parameters per layer, and the box sum is per channel as always.
 
 The module tree and every plain state_dict key are torchvision's (see

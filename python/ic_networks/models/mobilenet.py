@@ -3,7 +3,7 @@
 The common CIFAR variant: a 3x3 stem (32 channels, stride 1), 13 depthwise-separable blocks
 (64, 128/2, 128, 256/2, 256, 512/2, 5 x 512, 1024/2, 1024), global average pool, one linear layer.
 
-**The IC layer of MobileNet is a depthwise + pointwise pair** (SPEC §3). A block computes
+**The IC layer of MobileNet is a depthwise + pointwise pair**, as in the paper. A block computes
 ``relu(bn2(pw(relu(bn1(dw(x))))))``; in :class:`IcDepthwiseSeparable` the pair is one IC layer::
 
     Y   = pw(relu(bn1(dw(X))))                  the pair's own output, as in the plain block
@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .. import functional as icf
 from ..nn import ALPHA_MODES
-from ._common import build_plain, load_weights, positive_int, resolve_alpha, resolve_weights
+from .._checks import positive_int
+from ._common import build_plain, load_local, resolve_alpha, resolve_weights
 
 __all__ = [
     "DepthwiseSeparable", "IcDepthwiseSeparable", "CifarMobileNet", "mobilenet_cifar", "ic_mobilenet_cifar",
@@ -139,4 +140,4 @@ def ic_mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
     """IC-MobileNet (v1) for CIFAR-10: every depthwise + pointwise pair is one IC layer."""
     path = resolve_weights(weights, None, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
-    return load_weights(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)
+    return load_local(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)

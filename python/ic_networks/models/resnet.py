@@ -1,4 +1,4 @@
-"""IC-ResNets (SPEC §3) built from torchvision's ResNets.
+"""IC-ResNets (the paper's Table 1 models) built from torchvision's ResNets.
 
 Which convs become IC layers:
 

@@ -11,7 +11,8 @@ from typing import List, Optional, Union
 
 from torch import Tensor, nn
 
-from ._common import build_ic, build_plain, positive_int
+from .._checks import positive_int
+from ._common import build_ic, build_plain
 
 __all__ = ["CifarVGG", "vgg16_cifar", "vgg19_cifar", "ic_vgg16_cifar", "ic_vgg19_cifar"]
 

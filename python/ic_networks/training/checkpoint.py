@@ -1,59 +1,25 @@
-"""Atomic file writes and the RNG state that a checkpoint carries.
+"""What a training checkpoint carries besides the weights: the RNG states; and reading one back.
 
-Every file is written to a temporary file in the destination folder, flushed and fsync'ed, then
-moved over the destination with ``os.replace`` (atomic on POSIX and Windows): a crash leaves either
-the old file or the new one, never a torn one. Checkpoints hold only tensors, numbers, strings and
-containers of them, so ``torch.load(..., weights_only=True)`` reads them.
+Checkpoints are written with :func:`ic_networks.io.atomic_save` (temporary file, fsync,
+``os.replace``, fsync of the folder). They hold only tensors, numbers, strings and containers of
+them, so :func:`ic_networks.io.load` (``torch.load(..., weights_only=True)``) reads them.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "load_checkpoint", "rng_state", "set_rng_state"]
+from ..io import load
 
-
-def atomic_write(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Calls ``write(fileobj)`` on a temporary file next to ``path``, then renames it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_save(obj: Any, path) -> Path:
-    """``torch.save(obj, path)``, atomically."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path) -> Path:
-    return atomic_write(path, lambda f: f.write(text), mode="w")
+__all__ = ["load_checkpoint", "rng_state", "set_rng_state"]
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- unreadable or foreign file
-        raise RuntimeError(f"checkpoint: cannot read {path}: {exc}") from exc
+    """A checkpoint written by the trainer, read with :func:`ic_networks.io.load` (``weights_only``)."""
+    return load(path, "checkpoint")
 
 
 def rng_state() -> Dict[str, Any]:

@@ -29,9 +29,11 @@ import torch
 from torch.utils.data import Subset
 
 from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from .data import FMNIST_APT, build_datasets
-from .engine import Trainer, evaluate, make_student
+from .evaluate import evaluate
+from .model_factory import make_student
+from .trainer import Trainer
 from .metrics import plot_curves
 from .recipes import get_recipe
 

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from .checkpoint import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text
 
 __all__ = ["MetricsLog", "plot_curves"]
 

@@ -1,4 +1,4 @@
-"""Named training recipes: the paper's (SPEC §4-§5) and small Fashion-MNIST ones for a 2-core CPU.
+"""Named training recipes: the paper's (ImageNet, CIFAR-10; docs/design.md) and small Fashion-MNIST ones for a 2-core CPU.
 
 A :class:`Recipe` is plain data; :func:`get_recipe` returns one by name, with overrides applied.
 ``batch_size`` is the *global* batch: under DDP each of the ``world_size`` processes takes
@@ -7,7 +7,7 @@ A :class:`Recipe` is plain data; :func:`get_recipe` returns one by name, with ov
 ``scratch-*`` recipes train ``model`` from random weights with cross-entropy; the default model is
 the IC one (``--model`` with the plain name gives the baseline). ``wld-*`` recipes take the plain
 ``model`` as the teacher (weights from ``--teacher``), build the student with
-``ic_networks.convert.convert(teacher, alpha=alpha_start)`` (alpha = 0: it starts exactly as good as
+``ic_networks.convert(teacher, alpha=alpha_start)`` (alpha = 0: it starts exactly as good as
 the teacher) and train it with the WLD loss, lambda 0.9 -> 0.1 (cosine, see ``schedules``),
 ``e = 0.005``, ``tau = 4``; alpha learnt (``alpha="learn"``) or ramped linearly by hand
 (``alpha="ramp"``, ``alpha_start -> alpha_end``).

@@ -1,6 +1,6 @@
 """Schedules stepped once per optimiser step: the WLD weight lambda, alpha, and the learning rate.
 
-Conventions (decisions, see SPEC §4):
+Conventions (decisions):
 
 * **lambda** falls from ``start`` (0.9) to ``end`` (0.1) along a half cosine over the optimiser
   steps: ``lam(s) = end + (start - end) * (1 + cos(pi * s / (total - 1))) / 2``. Step 0 gets exactly
@@ -9,9 +9,9 @@ Conventions (decisions, see SPEC §4):
   and lets it settle near 0.1 at the end. ``shape="linear"`` is the straight line between the same
   end points.
 * **alpha** is either learnt (the IC layers are built with ``alpha_mode="learnable"`` and nothing
-  is scheduled) or ramped by hand: :class:`AlphaRamp` calls :meth:`IcConv2d.set_alpha` on every
-  IC layer before each step, linearly from ``start`` to ``end`` over ``total`` steps (same end-point
-  convention as lambda).
+  is scheduled) or ramped by hand: :class:`AlphaRamp` calls ``set_alpha`` on every IC layer
+  (``IcConv2d`` and MobileNet's ``IcDepthwiseSeparable`` alike) before each step, linearly from
+  ``start`` to ``end`` over ``total`` steps (same end-point convention as lambda).
 * **learning rate**: :class:`LrFactor` is the multiplier given to ``torch.optim.lr_scheduler.LambdaLR``
   (stepped per optimiser step, so a resumed run continues mid-epoch): ``"step"`` divides by
   ``1/gamma`` at each milestone *epoch* (the paper's recipes), ``"cosine"`` decays to 0 over the
@@ -24,7 +24,7 @@ from typing import List, Sequence
 
 from torch import nn
 
-from ..nn import IcConv2d
+from ..layers import ic_layers
 
 __all__ = ["progress", "LambdaSchedule", "AlphaRamp", "LrFactor", "ic_layers", "milestones_every", "SHAPES"]
 
@@ -73,19 +73,14 @@ class LambdaSchedule:
         return _interpolate(self.start, self.end, progress(step, self.total_steps), self.shape)
 
 
-def ic_layers(model: nn.Module) -> List[IcConv2d]:
-    """Every :class:`IcConv2d` in ``model`` (unwraps DDP / DataParallel by walking modules)."""
-    return [m for m in model.modules() if isinstance(m, IcConv2d)]
-
-
 class AlphaRamp:
-    """Sets alpha of every IC layer of ``model`` by hand: linear from ``start`` to ``end`` over
+    """Sets alpha of every IC layer of ``model`` (:func:`ic_networks.layers.ic_layers`) by hand: linear from ``start`` to ``end`` over
     ``total_steps`` optimiser steps. Call it with the step index before each step."""
 
     def __init__(self, model: nn.Module, total_steps: int, start: float = 0.0, end: float = 0.02) -> None:
         self.layers = ic_layers(model)
         if not self.layers:
-            raise ValueError("model: an alpha ramp needs a model with IcConv2d layers, found none")
+            raise ValueError("model: an alpha ramp needs a model with IC layers (IcConv2d, IcDepthwiseSeparable, ...), found none")
         self.total_steps = _check_total(total_steps)
         self.start, self.end = float(start), float(end)
 

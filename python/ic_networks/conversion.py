@@ -1,4 +1,7 @@
-"""``convert``: turn the plain convolutions of a model into IC convolutions (SPEC §2, eq. 7).
+"""``convert``: turn the plain convolutions of a model into IC convolutions (the paper's eq. 7).
+
+The function is ``ic_networks.convert`` (also ``ic_networks.conversion.convert``); this module is
+``ic_networks.conversion``.
 
 Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, it walks the module tree and replaces
 every matching ``nn.Conv2d`` with :meth:`IcConv2d.from_conv`. With ``alpha == 0`` (the default)
@@ -13,6 +16,7 @@ import numbers
 
 from torch import nn
 
+from .layers import is_ic_layer
 from .nn import ALPHA_MODES, IcConv2d
 from ._utils import pair
 
@@ -92,7 +96,7 @@ def convert(
             new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode)
             replaced[id(module)] = new
             return new
-        if isinstance(getattr(module, "adjust_weight", None), nn.Parameter):
+        if is_ic_layer(module):
             return module  # already an IC layer (e.g. the MobileNet dw + pw pair): its convs stay
         for name, child in list(module._modules.items()):  # every name, also of a shared child
             if child is None:

@@ -1,10 +1,12 @@
-"""``ic-networks train-det`` and ``ic-networks eval-det``: torchvision IC detectors on local PASCAL VOC.
+"""Verbs ``ic-networks train-det`` and ``ic-networks eval-det``: torchvision IC detectors on local
+PASCAL VOC.
 
-``train-det`` writes ``<out>/last.pt`` after every epoch (atomically: temp file + ``os.replace``;
+``train-det`` writes ``<out>/last.pt`` after every epoch (atomically, :func:`ic_networks.io.atomic_save`;
 ``{'model', 'optimizer', 'scheduler', 'epoch', 'arch', 'args'}``), resumes from it when it exists,
 and appends one JSON line per epoch to ``<out>/log.jsonl``. ``eval-det`` writes
 ``<out>/metrics.json``. Decision: the default learning rate is mmdetection's, linearly rescaled to
-the batch size (0.02 x batch/16 for Faster R-CNN, 0.01 x batch/16 for RetinaNet).
+the batch size (0.02 x batch/16 for Faster R-CNN, 0.01 x batch/16 for RetinaNet). The mAP needs
+the ``[detection]`` extra (``pip install "ic-networks[detection]"``).
 """
 from __future__ import annotations
 
@@ -17,32 +19,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from . import BUILDERS
-from .engine import append_jsonl, evaluate, make_optimizer, save_atomic, train_one_epoch
-from .voc import VOC_CLASSES, collate, voc_datasets
+from ..detection import BUILDERS
+from ..detection.engine import append_jsonl, evaluate, make_optimizer, train_one_epoch
+from ..detection.voc import VOC_CLASSES, collate, voc_datasets
+from ..io import atomic_save, atomic_write_text, load
+from .common import add_device_argument, add_out_argument, add_workers_argument, positive_int, resolve_device
+
+__all__ = ["register", "train_det", "eval_det"]
 
 BASE_LR = {"fasterrcnn_ic_resnet50_fpn": 0.02, "retinanet_ic_resnet50_fpn": 0.01}
-
-
-def _positive(name):
-    def parse(s: str) -> int:
-        v = int(s)
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected an int >= 1, got {s}")
-        return v
-    return parse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voc-root", required=True, help="directory holding VOCdevkit/VOC2007 (and VOC2012)")
     p.add_argument("--test-set", default="2007-test", help="VOC split to evaluate on (default 2007-test)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=2)
-    p.add_argument("--min-size", type=_positive("--min-size"), default=600, help="shorter side after resizing")
-    p.add_argument("--max-size", type=_positive("--max-size"), default=1000, help="longer side at most")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--limit", type=_positive("--limit"), default=None, help="use only the first N images (smoke runs)")
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--min-size", type=positive_int, default=600, help="shorter side after resizing")
+    p.add_argument("--max-size", type=positive_int, default=1000, help="longer side at most")
+    add_workers_argument(p, default=2)
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images (smoke runs)")
+    add_device_argument(p)
+    add_out_argument(p, "output directory", required=True)
 
 
 def register(sub) -> None:
@@ -51,7 +48,7 @@ def register(sub) -> None:
     _common(p)
     p.add_argument("--train-sets", nargs="+", default=["2007-trainval", "2012-trainval"],
                    help="VOC splits to train on (default VOC 07+12)")
-    p.add_argument("--epochs", type=_positive("--epochs"), default=12)
+    p.add_argument("--epochs", type=positive_int, default=12)
     p.add_argument("--lr", type=float, default=None, help="default: mmdet's, rescaled to the batch size")
     p.add_argument("--lr-steps", type=int, nargs="*", default=None,
                    help="epochs at which the lr drops 10x (default: 2/3 and 11/12 of --epochs)")
@@ -68,13 +65,9 @@ def register(sub) -> None:
     p.set_defaults(func=eval_det)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device: {name!r} requested but CUDA is not available")
-    return dev
+def _plain_args(args) -> Dict:
+    """The command's options as plain values (stored in the checkpoint)."""
+    return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items() if k != "func"}
 
 
 def _loader(ds, args, shuffle: bool) -> DataLoader:
@@ -91,7 +84,7 @@ def _build(arch: str, args, **kw) -> nn.Module:
 
 
 def train_det(args) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     train_loader = _loader(voc_datasets(args.voc_root, args.train_sets, train=True), args, shuffle=True)
     test_loader = None if args.no_eval else _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, False)
     model = _build(args.model, args, weights_backbone=args.weights_backbone,
@@ -103,9 +96,10 @@ def train_det(args) -> int:
     ckpt_path = os.path.join(args.out, "last.pt")
     start = 0
     if os.path.isfile(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("arch") != args.model:
-            raise ValueError(f"--out: {ckpt_path} holds a {ckpt.get('arch')!r}, not a {args.model!r}; use another --out")
+        ckpt = load(ckpt_path, "--out")
+        if not isinstance(ckpt, dict) or ckpt.get("arch") != args.model:
+            arch = ckpt.get("arch") if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"--out: {ckpt_path} holds a {arch!r}, not a {args.model!r}; use another --out")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -114,8 +108,8 @@ def train_det(args) -> int:
     for epoch in range(start, args.epochs):
         print(f"epoch {epoch + 1}/{args.epochs}")
         losses = train_one_epoch(model, opt, sched, train_loader, device)
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "arch": args.model, "args": vars(args) | {"func": None}}, ckpt_path)
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "epoch": epoch + 1, "arch": args.model, "args": _plain_args(args)}, ckpt_path)
         append_jsonl(os.path.join(args.out, "log.jsonl"), {"epoch": epoch + 1, **losses})
         print(f"  mean loss {losses['loss']:.4f}; checkpoint {ckpt_path}")
     if test_loader is not None:
@@ -126,18 +120,15 @@ def train_det(args) -> int:
 
 def _write_metrics(out: str, metrics: Dict[str, float]) -> None:
     path = os.path.join(out, "metrics.json")
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2)
+    atomic_write_text(json.dumps(metrics, indent=2) + "\n", path)
     print(f"VOC mAP@0.5 = {metrics['map50']:.4f} (written to {path})")
 
 
 def eval_det(args) -> int:
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint!r}")
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load(args.checkpoint, "--checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("arch") not in BUILDERS or "model" not in ckpt:
         raise ValueError(f"--checkpoint: {args.checkpoint!r} is not a train-det checkpoint (needs 'arch' and 'model')")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     # Built from scratch (BatchNorm2d), which in eval mode computes what a FrozenBatchNorm2d backbone
     # computes; only BatchNorm's num_batches_tracked counters may be missing from the checkpoint.
     model = _build(ckpt["arch"], args)

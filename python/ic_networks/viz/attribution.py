@@ -4,8 +4,10 @@ The class-``c`` map of a layer with activations ``A`` (C, h, w) is
 ``relu(sum_k mean_ij(d logit_c / d A_kij) * A_k)``, upsampled bilinearly to the image size and
 divided by its maximum, so it lies in [0, 1] (all zeros when nothing in the layer speaks for the class).
 
-Captum (``pip install captum``, pure Python, needs only torch/numpy/matplotlib) was chosen over
-``grad-cam`` (pytorch-grad-cam), which pulls in OpenCV, scikit-learn and SciPy.
+Captum (pure Python, needs only torch/numpy/matplotlib) was chosen over ``grad-cam``
+(pytorch-grad-cam), which pulls in OpenCV, scikit-learn and SciPy. It is an optional dependency,
+the ``[viz]`` extra: ``pip install "ic-networks[viz]"``; without it :func:`gradcam` raises an
+``ImportError`` that says so.
 """
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gradcam", "resolve_layer", "last_conv"]
+from .._optional import require
+
+__all__ = ["gradcam", "resolve_layer", "last_conv", "require_captum"]
+
+
+def require_captum():
+    """``captum.attr``, or an ``ImportError`` naming the ``[viz]`` extra."""
+    return require("captum.attr", "Grad-CAM")
 
 
 def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
@@ -70,10 +79,8 @@ def gradcam(model: nn.Module, image: Tensor, layer: Union[str, nn.Module], targe
     if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Integral)):
         raise TypeError(f"target: expected an int class index or None, got {type(target).__name__}")
     module = resolve_layer(model, layer)
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("gradcam needs Captum: pip install captum") from exc
+    attr_mod = require_captum()
+    LayerAttribution, LayerGradCam = attr_mod.LayerAttribution, attr_mod.LayerGradCam
 
     p = next(model.parameters(), None)
     x = image.detach().to(device=p.device, dtype=p.dtype) if p is not None else image.detach()

@@ -1,22 +1,24 @@
-"""``ic-networks flops`` and ``ic-networks convert``.
+"""Verbs ``ic-networks flops`` and ``ic-networks convert``.
 
 * ``ic-networks flops NAME [--input-size ...]``: parameters and multiply-adds of the plain model
-  against its IC version (:func:`ic_networks.profile.profile`; the models are built on the meta
+  against its IC version (:func:`ic_networks.profile`; the models are built on the meta
   device, so nothing is allocated). ``NAME`` is a zoo name, plain (``resnet50``) or IC
   (``ic_resnet50_b``).
 * ``ic-networks convert --model NAME --weights PATH --out PATH``: loads a plain checkpoint (a local
   state_dict file, e.g. torchvision's ``resnet50-0676ba61.pth``) into the IC model, with W' random,
-  b1 = 0 and alpha = 0 (learnable), and writes the IC state_dict atomically (temporary file, then
-  ``os.replace``). The result loads with ``ic_networks.models.<ic name>(weights=OUT)``.
+  b1 = 0 and alpha = 0 (learnable), and writes the IC state_dict atomically
+  (:func:`ic_networks.io.atomic_save`). The result loads with ``ic_networks.models.<ic name>(weights=OUT)``.
 """
 import argparse
 
 import torch
 
-from ..profile import profile
-from ..training.checkpoint import atomic_save
-from ._common import load_weights, resolve_weights
-from ._zoo import ZOO, lookup
+from ..io import atomic_save
+from ..layers import ic_layers
+from ..models._common import load_local, resolve_weights
+from ..models._zoo import ZOO, lookup
+from ..profiling import profile
+from .common import add_out_argument, positive_int
 
 __all__ = ["register"]
 
@@ -55,9 +57,9 @@ def _flops(args) -> int:
 def _convert(args) -> int:
     entry = lookup(args.model)
     path = resolve_weights(args.weights)  # a missing file fails before the model is built
-    model = load_weights(entry.ic(alpha=0.0, alpha_mode="learnable"), path)
+    model = load_local(entry.ic(alpha=0.0, alpha_mode="learnable"), path)
     atomic_save(model.state_dict(), args.out)
-    n = sum(1 for m in model.modules() if isinstance(getattr(m, "adjust_weight", None), torch.nn.Parameter))
+    n = len(ic_layers(model))
     print(f"{entry.name}: {n} IC layers (alpha = 0, output identical to {entry.plain_name}); wrote {args.out}")
     return 0
 
@@ -67,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flops", help="params and multiply-adds of a plain model against its IC version",
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("name", help="zoo model, plain or IC name (e.g. resnet50, ic_resnet50_b)")
-    p.add_argument("--input-size", type=int, nargs="+", metavar="N",
+    p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                    help="S (square), H W, or N C H W; default: the model's (224 ImageNet, 32 CIFAR, 28 FMNIST)")
     p.set_defaults(func=_flops)
 
@@ -75,5 +77,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("--model", required=True, help="zoo model, plain or IC name (e.g. resnet50)")
     p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
-    p.add_argument("--out", required=True, help="where to write the IC state_dict")
+    add_out_argument(p, "where to write the IC state_dict", required=True, metavar="PATH")
     p.set_defaults(func=_convert)

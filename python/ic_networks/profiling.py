@@ -1,5 +1,8 @@
 """``profile``: parameters and multiply-adds of a model, with the IC branch's share broken out.
 
+The function is ``ic_networks.profile`` (also ``ic_networks.profiling.profile``); this module is
+``ic_networks.profiling``.
+
 Counting convention
 -------------------
 The plain part follows the de-facto counter ``ptflops``, whose numbers are the ones the paper
@@ -18,16 +21,16 @@ modules:
 The IC branch of an IC layer (``out = Y + alpha * relu(Y - conv1x1(boxsum(X), W') + b1) + b2``):
 
 * ``ic_macs_adjust``: the 1x1 conv with W' on the **output** grid, ``Cin/groups`` MACs per output
-  element (SPEC §2: the extra cost is about 1/(kh*kw) of the conv's);
+  element (the extra cost is about 1/(kh*kw) of the conv's);
 * ``ic_macs_elementwise``: 2 per output element, the ReLU (as every ReLU above) and the fused
   ``Y + alpha * r``; b1 is the initial value of the W' accumulator and ``Y - P`` is that
   accumulation, so neither is a separate operation;
 * ``ic_box_sum_adds``: the box sum, ``kh*kw`` additions per input channel and output position (the
-  1/Cout share of SPEC §2). It has no multiplications, so, like the residual additions above, it is
+  1/Cout share of the conv's cost). It has no multiplications, so, like the residual additions above, it is
   **not** part of ``macs``; it is reported on its own.
 
 ``macs`` = plain part + ``ic_macs_adjust`` + ``ic_macs_elementwise``. This reproduces every entry
-of the paper's Table 1 (SPEC §3) at 224x224 to the printed precision: 1.82 -> 2.01, 3.68 -> 4.07,
+of the paper's Table 1 at 224x224 to the printed precision: 1.82 -> 2.01, 3.68 -> 4.07,
 4.12 -> 4.33 GMACs. Counting the box sum's additions as well would give 2.02 for IC-ResNet-18.
 
 ``params`` counts the model's parameters (shared ones once); ``ic_params`` those of the IC
@@ -37,8 +40,8 @@ prints 24.2M. The paper's figure needs one more Cout-vector per IC layer (e.g. a
 which these layers omit because BatchNorm follows, or a bias on the W' conv); no counting
 convention recovers parameters that the layer does not have.
 
-An IC layer is any module with an ``adjust_weight`` parameter and a ``kernel_size``, ``stride``,
-``padding``, ``dilation`` geometry (``IcConv2d``, the MobileNet ``IcDepthwiseSeparable`` pair).
+An IC layer is what :func:`ic_networks.layers.is_ic_layer` accepts (``IcConv2d``, the MobileNet
+``IcDepthwiseSeparable`` pair).
 The pass runs on the meta device (no memory, no compute), so even ResNet-152 is counted in
 milliseconds and the model is not touched.
 """
@@ -53,6 +56,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
+
+from .layers import IC_PARAM_NAMES, is_ic_layer
 
 __all__ = ["profile", "Profile"]
 
@@ -97,10 +102,6 @@ class Profile:
         )
 
 
-def _is_ic_layer(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "adjust_weight", None), nn.Parameter) and hasattr(module, "kernel_size")
-
-
 def _plain_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, _ConvNd):
         bias = out.numel() if module.bias is not None else 0
@@ -143,7 +144,7 @@ def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> P
     state.update({k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()})
 
     counts = dict(macs=0, ic_macs_adjust=0, ic_macs_elementwise=0, ic_box_sum_adds=0)
-    ic_modules = [m for m in model.modules() if _is_ic_layer(m)]  # before functional_call swaps the parameters
+    ic_modules = [m for m in model.modules() if is_ic_layer(m)]  # before functional_call swaps the parameters
     ic_ids = {id(m) for m in ic_modules}
 
     def hook(module: nn.Module, inputs, out) -> None:
@@ -167,7 +168,7 @@ def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -> P
 
     ic_params = 0
     for m in ic_modules:
-        ic_params += sum(p.numel() for n, p in m.named_parameters(recurse=False) if n in ("adjust_weight", "adjust_bias", "alpha"))
+        ic_params += sum(p.numel() for n, p in m.named_parameters(recurse=False) if n in IC_PARAM_NAMES)
     counts["macs"] += counts["ic_macs_adjust"] + counts["ic_macs_elementwise"]
     params = sum(p.numel() for p in model.parameters())
     return Profile(params=params, ic_layers=len(ic_modules), ic_params=ic_params, **counts)

@@ -1,28 +1,23 @@
-"""Commands ``ic-networks train``, ``ic-networks eval`` and ``ic-networks demo``.
+"""Verbs ``ic-networks train``, ``ic-networks eval`` and ``ic-networks demo``.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m ic_networks train --recipe ...`` (DDP;
 gloo on CPU, nccl on GPU). Only local files are read; nothing is downloaded.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import torch
 
-from .recipes import RECIPES, get_recipe
-from .schedules import milestones_every
+from ..training.recipes import RECIPES, get_recipe
+from ..training.schedules import milestones_every
+from .common import (
+    RAW, add_device_argument, add_out_argument, add_workers_argument, nonnegative_int, positive_int, resolve_device,
+)
 
 __all__ = ["register"]
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {s}")
-    return v
 
 
 def _recipe_list() -> str:
@@ -30,9 +25,8 @@ def _recipe_list() -> str:
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
-        "train", help="train a model by a named recipe (scratch or WLD)", formatter_class=fmt,
+        "train", help="train a model by a named recipe (scratch or WLD)", formatter_class=RAW,
         description="Train by a named recipe. Recipes:\n" + _recipe_list()
         + "\n\nUnder torchrun (--nproc_per_node=N) the run is data-parallel (DDP).",
     )
@@ -41,23 +35,23 @@ def register(sub) -> None:
                    "CIFAR-10: the python batches; ImageNet: ImageFolder root with train/ and val/)")
     p.add_argument("--model", help="model name (scratch: the model trained; wld: the plain teacher's architecture)")
     p.add_argument("--teacher", help="WLD: the trained plain model's weights (state_dict or checkpoint.pt)")
-    p.add_argument("--out", help="run folder (default runs/<recipe>-<model>)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    add_out_argument(p, "run folder (default runs/<recipe>-<model>)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--lr", type=float)
-    p.add_argument("--lr-step", type=_positive_int, help="divide the lr by 10 every N epochs (step schedule)")
-    p.add_argument("--subset", type=_positive_int, help="train on a fixed random subset of N images")
+    p.add_argument("--lr-step", type=positive_int, help="divide the lr by 10 every N epochs (step schedule)")
+    p.add_argument("--subset", type=positive_int, help="train on a fixed random subset of N images")
     p.add_argument("--alpha", choices=("learn", "ramp", "fixed"), help="WLD: learn alpha or ramp it by hand")
     p.add_argument("--alpha-end", type=float, help="WLD with --alpha ramp: final alpha (default 0.02)")
     p.add_argument("--ten-crop", action="store_true", default=None, help="also report 10-crop accuracy at the end")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
-    p.add_argument("--ckpt-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
-    p.add_argument("--max-steps", type=_positive_int, help="stop (with a checkpoint) after N steps")
+    p.add_argument("--ckpt-every", type=nonnegative_int, default=0, metavar="N", help="also checkpoint every N steps")
+    p.add_argument("--max-steps", type=positive_int, help="stop (with a checkpoint) after N steps")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 + GradScaler on CUDA)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    add_workers_argument(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    add_device_argument(p)
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.set_defaults(func=_cmd_train)
 
@@ -67,14 +61,14 @@ def register(sub) -> None:
     p.add_argument("--model", help="model name (for a bare state_dict)")
     p.add_argument("--data", help="dataset folder (as for train)")
     p.add_argument("--ten-crop", action="store_true", help="also evaluate 10-crop (logits averaged)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--amp", action="store_true")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    add_workers_argument(p)
+    add_device_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)
 
-    from .demo import DEFAULTS
+    from ..training.demo import DEFAULTS
 
     p = sub.add_parser(
         "demo", help="Fashion-MNIST: plain vs IC from scratch vs WLD fine-tuning (a few minutes on CPU)",
@@ -83,19 +77,20 @@ def register(sub) -> None:
         "nothing.",
     )
     p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--subset", type=int, default=DEFAULTS["subset"],
+    add_out_argument(p, "output folder (default runs/demo)", default="runs/demo")
+    p.add_argument("--subset", type=nonnegative_int, default=DEFAULTS["subset"],
                    help=f"training images used (default {DEFAULTS['subset']}; 0 = all 60,000)")
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"], help="epochs of the scratch runs")
-    p.add_argument("--wld-epochs", type=_positive_int, default=DEFAULTS["wld_epochs"], help="epochs of WLD fine-tuning")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="epochs of the scratch runs")
+    p.add_argument("--wld-epochs", type=positive_int, default=DEFAULTS["wld_epochs"], help="epochs of WLD fine-tuning")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--workers", type=int, default=0)
+    add_workers_argument(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_train(args) -> int:
-    from . import watchdog
-    from .engine import dist_info, shutdown_distributed, train
+    from ..training import watchdog
+    from ..training.distributed import dist_info, shutdown_distributed
+    from ..training.engine import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         watchdog.arm()  # `kill -USR1 PID` (or a stuck-run watchdog) dumps this rank's Python stacks
@@ -123,12 +118,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .data import build_datasets
-    from .engine import default_device, evaluate, load_weights, models_for_recipe
-    from .recipes import Recipe
+    from ..io import load, load_weights
+    from ..training.data import build_datasets
+    from ..training.evaluate import evaluate
+    from ..training.model_factory import models_for_recipe
+    from ..training.recipes import Recipe
 
-    state = load_checkpoint(args.checkpoint)
+    state = load(args.checkpoint, "checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"--checkpoint: {args.checkpoint!r} holds a {type(state).__name__}, not a state_dict or a run's checkpoint")
     recipe = None
     if args.recipe:
         recipe = get_recipe(args.recipe)
@@ -140,8 +138,8 @@ def _cmd_eval(args) -> int:
         recipe = recipe.replace(model=args.model)
     bundle = build_datasets(recipe.dataset, args.data, augment=False)
     model = models_for_recipe(recipe, bundle.num_classes, bundle.in_channels)[0]  # a WLD run's model: the student
-    load_weights(model, state)
-    device = torch.device(args.device) if args.device else default_device()
+    load_weights(model, state, what="checkpoint")
+    device = resolve_device(args.device)
     model.to(device)
     common = dict(device=device, amp=args.amp, workers=args.workers)
     res = {"single_crop": evaluate(model, bundle.val, batch_size=args.batch_size, desc="single-crop", **common)}
@@ -158,7 +156,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import missing_dataset_message, run_demo
+    from ..training.demo import missing_dataset_message, run_demo
 
     try:
         run_demo(args.data, args.out, subset=args.subset or None, epochs=args.epochs, wld_epochs=args.wld_epochs,

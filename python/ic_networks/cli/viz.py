@@ -1,11 +1,12 @@
-"""``ic-networks figures`` (Figure 2) and ``ic-networks gradcam`` (Figure 3).
+"""Verbs ``ic-networks figures`` (the paper's Figure 2) and ``ic-networks gradcam`` (Figure 3).
 
 ``gradcam`` builds a plain model and its IC version by name (``--model fmnist_cnn`` gives
 ``fmnist_cnn`` and ``ic_fmnist_cnn``; a name without an ``ic_`` builder is converted with
-``ic_networks.convert.convert(alpha=1)``), loads their weights (a state_dict or a training
+``ic_networks.convert(alpha=1)``), loads their weights (a state_dict or a training
 checkpoint), and draws the input and both Grad-CAM maps side by side. ``--image`` is an image file
 or ``fmnist:N``, the N-th Fashion-MNIST test image. Without weights the models are random and the
-maps mean nothing; the command says so and still renders.
+maps mean nothing; the command says so and still renders. Grad-CAM needs Captum, the ``[viz]``
+extra (``pip install "ic-networks[viz]"``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+
+from .common import add_out_argument, positive_int
 
 # Per-dataset (mean, std, image side, input channels). Same statistics as the training data.
 DATASETS = {
@@ -30,8 +33,8 @@ RANDOM_WARNING = "random weights (no --plain-weights/--ic-weights): these Grad-C
 def register(sub) -> None:
     p = sub.add_parser("figures", help="write the PNGs of the paper's Figure 2 (neuron regions, XOR)",
                        description="Writes fig2a_regions.png and fig2b_xor.png into --out.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--resolution", type=int, default=400, help="grid points per axis for the regions (default 400)")
+    add_out_argument(p, "output folder (created if missing)", required=True)
+    p.add_argument("--resolution", type=positive_int, default=400, help="grid points per axis for the regions (default 400)")
     p.set_defaults(func=_figures)
 
     p = sub.add_parser("gradcam", help="Grad-CAM maps of a plain and an IC model side by side (Figure 3)",
@@ -40,17 +43,17 @@ def register(sub) -> None:
     p.add_argument("--model", default="fmnist_cnn", help="plain model name (default fmnist_cnn); its IC version is ic_NAME")
     p.add_argument("--plain-weights", metavar="P", help="weights of the plain model (state_dict or checkpoint)")
     p.add_argument("--ic-weights", metavar="Q", help="weights of the IC model (state_dict or checkpoint)")
-    p.add_argument("--out", required=True, metavar="PNG", help="output PNG")
+    add_out_argument(p, "output PNG", required=True, metavar="PNG")
     p.add_argument("--layer", help="layer to explain, a qualified module name (default: the last conv larger than 1x1; a post-ReLU layer such as features.10 of fmnist_cnn or layer4 of a ResNet is often clearer)")
     p.add_argument("--target", type=int, help="class to explain (default: each model's prediction)")
     p.add_argument("--dataset", choices=sorted(DATASETS),
                    help="input statistics and size (default: fmnist for fmnist models, else imagenet)")
-    p.add_argument("--num-classes", type=int, default=10, help="classes of the models (default 10)")
+    p.add_argument("--num-classes", type=positive_int, default=10, help="classes of the models (default 10)")
     p.set_defaults(func=_gradcam)
 
 
 def _figures(args) -> int:
-    from .figures import write_figures
+    from ..viz.figures import write_figures
 
     for path in write_figures(args.out, resolution=args.resolution).values():
         print(f"wrote {path}")
@@ -59,14 +62,14 @@ def _figures(args) -> int:
 
 def build_pair(name: str, num_classes: int, in_channels: int) -> Tuple[nn.Module, nn.Module]:
     """The plain model ``name`` and its IC version (``ic_<name>``, or ``convert(alpha=1, fixed)``)."""
-    from ..training.engine import build_model
+    from ..training.model_factory import build_model
 
     base = name[3:] if name.startswith("ic_") else name
     plain = build_model(base, num_classes, in_channels)
     try:
         ic = build_model("ic_" + base, num_classes, in_channels)
     except ValueError:
-        from ..convert import convert
+        from ..conversion import convert
 
         ic = convert(plain, alpha=1.0, alpha_mode="fixed")
     return plain, ic
@@ -107,9 +110,11 @@ def load_image(spec: str, dataset: str) -> Tuple[torch.Tensor, np.ndarray, Optio
 
 
 def _gradcam(args) -> int:
-    from ..training.engine import load_weights
-    from .figures import DPI
-    from .gradcam import gradcam, last_conv, resolve_layer
+    from ..io import load_weights
+    from ..viz.figures import DPI
+    from ..viz.attribution import gradcam, last_conv, require_captum, resolve_layer
+
+    require_captum()  # before any model is built
 
     dataset = args.dataset or ("fmnist" if "fmnist" in args.model else "imagenet")
     x, shown, label = load_image(args.image, dataset)
@@ -117,7 +122,7 @@ def _gradcam(args) -> int:
     random = []
     for model, weights, kind in ((plain, args.plain_weights, "plain"), (ic, args.ic_weights, "IC")):
         if weights:
-            load_weights(model, weights)
+            load_weights(model, weights, what=f"--{kind.lower()}-weights")
         else:
             random.append(kind)
     if random:

@@ -1,0 +1,54 @@
+"""The ``ic-networks`` command line (also ``python -m ic_networks``).
+
+Verbs, by family (one module each, every one exposing ``register(subparsers)``):
+
+* :mod:`.training`: ``train``, ``eval``, ``demo``;
+* :mod:`.models`: ``flops``, ``convert``;
+* :mod:`.bench`: ``bench``;
+* :mod:`.viz`: ``figures``, ``gradcam`` (``gradcam`` needs the ``[viz]`` extra);
+* :mod:`.detection`: ``train-det``, ``eval-det`` (the mAP needs the ``[detection]`` extra).
+
+Shared argument parsers live in :mod:`.common`. A verb's errors (bad paths, bad values, a missing
+optional dependency) print ``ic-networks VERB: error: ...`` and return 1; bad option syntax is
+``argparse``'s exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import bench, detection, models, training, viz
+
+__all__ = ["main", "build_parser", "VERB_MODULES"]
+
+VERB_MODULES = (training, models, bench, viz, detection)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ic-networks", description="IC Networks: IC convolution models with a Rust core.",
+        epilog="Run 'ic-networks VERB --help' for the options of a verb.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="VERB")
+    for mod in VERB_MODULES:
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+        print(f"ic-networks {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
