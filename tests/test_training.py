@@ -467,9 +467,9 @@ def _dying_peer_worker(rank, world, port, out):
         t._train_step = dying_step
         try:
             t.fit()
-        except RuntimeError as exc:
+        except BaseException as exc:  # recorded whatever it is: the test shows what rank 0 saw
             with open(os.path.join(out, f"error{rank}.txt"), "w") as fh:
-                fh.write(str(exc))
+                fh.write(f"{type(exc).__name__}: {exc}")
             return
         ok = True
     finally:
@@ -606,6 +606,7 @@ def test_ddp_dead_peer_gives_an_error_naming_the_rank(tmp_path):
         for p in (p0, p1):
             if p.is_alive():
                 p.kill()
-    assert p1.exitcode == 3 and p0.exitcode == 0, (p0.exitcode, p1.exitcode)
-    msg = (tmp_path / "error0.txt").read_text()
-    assert msg.startswith("rank 0 of 2") and "collective failed" in msg, msg
+    err = tmp_path / "error0.txt"
+    msg = err.read_text() if err.is_file() else "(rank 0 raised nothing)"
+    assert p1.exitcode == 3 and p0.exitcode == 0, (p0.exitcode, p1.exitcode, msg)
+    assert msg.startswith("RuntimeError: rank 0 of 2"), msg

@@ -9,6 +9,7 @@ helpers), :mod:`.evaluate`, :mod:`.trainer` (the :class:`Trainer`), :mod:`.engin
 :mod:`.checkpoint` (RNG state), :mod:`.metrics` (CSV/JSON/curves), :mod:`.demo`.
 """
 from ..io import load_weights
+from .distributed import init_distributed, shutdown_distributed
 from .data import DataBundle, build_datasets, load_cifar10, load_fashion_mnist, read_idx
 from .engine import train
 from .evaluate import evaluate
@@ -20,5 +21,5 @@ from .trainer import Trainer
 __all__ = [
     "AlphaRamp", "DataBundle", "LambdaSchedule", "LrFactor", "RECIPES", "Recipe", "Trainer", "build_datasets",
     "build_model", "evaluate", "get_recipe", "load_cifar10", "load_fashion_mnist", "load_weights", "make_student",
-    "models_for_recipe", "read_idx", "train",
+    "models_for_recipe", "read_idx", "train", "init_distributed", "shutdown_distributed",
 ]
