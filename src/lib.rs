@@ -4,6 +4,9 @@
 pub mod aten;
 pub mod boxsum;
 pub mod cpu;
+// The opt-in fused CUDA kernels (src/cuda/fused); `pub mod fused;` in src/cuda/mod.rs once that exists.
+#[path = "cuda/fused/mod.rs"]
+pub mod cuda_fused;
 pub mod error;
 pub mod fused;
 pub mod fused_box;
