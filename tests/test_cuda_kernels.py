@@ -304,6 +304,29 @@ def test_emulated_layer_matches_float64_oracle(emu, case):
 
 def test_sweep_size():
     assert len(CASES) >= 60, len(CASES)
+    if SWEEP_STATS["cases"]:
+        print(f"\nemulation sweep: {SWEEP_STATS['cases']} geometries x 3 (tile, threads, order) runs; "
+              f"max rel. error vs float64 oracle: forward {SWEEP_STATS['max_fwd']:.2e}, backward {SWEEP_STATS['max_bwd']:.2e}")
+
+
+def test_core_without_driver_declines_cleanly():
+    """No libcuda here: the fused API says why, declines CPU tensors, and warm-up raises."""
+    core = _core()
+    if not hasattr(core, "cuda_fused_available"):
+        pytest.skip("this _core build has no fused CUDA bindings")
+    if torch.cuda.is_available():
+        assert core.cuda_fused_available(), core.cuda_fused_unavailable_reason()
+        return
+    assert core.cuda_fused_available() is False
+    assert "libcuda" in core.cuda_fused_unavailable_reason() or "driver" in core.cuda_fused_unavailable_reason()
+    assert core.cuda_fused_enabled() is False
+    x = torch.zeros(1, 2, 3, 3)
+    assert core.cuda_fused_box_forward(x, x, torch.zeros(2), torch.tensor(0.5), [3, 3], [1], [1], True, 0) is None
+    assert core.cuda_fused_collision_backward(x, x, torch.tensor(0.5), True, 0) is None
+    with pytest.raises(RuntimeError, match="unavailable"):
+        core.cuda_fused_warm_up(0)
+    with pytest.raises(ValueError, match="mode"):
+        core.cuda_fused_boxsum_t_(x, x, [3, 3], [1], [1], [1], "bogus", 0)
 
 
 def _core():

@@ -26,6 +26,7 @@
 //! PyTorch's caching allocator on its current stream, so that must be the same stream.
 pub mod launch;
 pub mod nvrtc;
+pub mod py;
 
 use crate::error::{Error, Result};
 use cudarc::driver::sys;
