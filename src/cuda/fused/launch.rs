@@ -204,7 +204,7 @@ pub(crate) fn launch(
     stream: sys::CUstream,
     args: &mut [*mut c_void],
 ) -> Result<()> {
-    if grid.iter().any(|&g| g == 0) {
+    if grid.contains(&0) {
         return Ok(());
     }
     let f = m.func(name)?;

@@ -25,6 +25,7 @@
 //! `torch.cuda.current_stream().cuda_stream`), borrowed. The tensors allocated here come from
 //! PyTorch's caching allocator on its current stream, so that must be the same stream.
 pub mod launch;
+pub mod layer;
 pub mod nvrtc;
 pub mod py;
 
