@@ -500,3 +500,86 @@ def test_import_without_libcuda():
     code = "import ic_networks, torch; print(torch.cuda.is_available())"
     r = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- the Rust launch path, emulated
+
+EMULATED_CHILD = r'''
+import ctypes, itertools, json, sys
+import torch
+from ic_networks import _core as c
+from ic_networks.reference import ic_conv2d_reference
+assert c.cuda_fused_available(), c.cuda_fused_unavailable_reason()
+warm = c.cuda_fused_warm_up(0)
+res = {"warm_up": warm, "cases": 0, "max_fwd": 0.0, "max_bwd": 0.0}
+for k, s, p, d, dt, cl, groups in [
+        (3, 1, 1, 1, torch.float64, False, 1), (3, 1, 1, 1, torch.float64, True, 1), (5, 1, 2, 1, torch.float64, False, 1),
+        (3, 1, 2, 2, torch.float64, True, 1), (1, 1, 0, 1, torch.float64, False, 1), (3, 2, 1, 1, torch.float64, False, 1),
+        (3, 2, 1, 1, torch.float64, True, 1), (5, 2, 2, 1, torch.float64, False, 2), (3, 1, 1, 1, torch.float64, False, 2),
+        (3, 1, 1, 1, torch.float32, True, 1), (3, 2, 1, 1, torch.float32, False, 1)]:
+    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
+    r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)
+    x, w, wa = r(2, 8, 9, 10), r(12, 8 // groups, k, k) * 0.3, r(12, 8 // groups, 1, 1) * 0.3
+    b1, b2, a = r(12), r(12), torch.tensor(0.7, dtype=torch.float64)
+    t = [v.to(dt) for v in (x, w, wa, b1, a, b2)]
+    if cl:
+        t[0] = t[0].contiguous(memory_format=torch.channels_last)
+    out, rz = c.cuda_fused_layer_forward(*t, [s], [p], [d], groups, True, 0)
+    leaves = [v.detach().double().requires_grad_() for v in t]
+    ref = ic_conv2d_reference(*leaves[:5], leaves[5], s, p, d, groups)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    rg = torch.autograd.grad(ref, leaves, grad)
+    gr = grad.to(dt)
+    if cl:
+        gr = gr.contiguous(memory_format=torch.channels_last)
+    gs = c.cuda_fused_layer_backward(gr, t[0], t[1], t[2], t[4], rz, [s], [p], [d], groups, [True] * 6, 0)
+    rel = lambda u, v: ((u.double().reshape(v.shape) - v).abs().max() / v.abs().max()).item()
+    tol = 1e-12 if dt == torch.float64 else 1e-5
+    ef = rel(out, ref)
+    eb = max(rel(u, v) for u, v in zip(gs, rg))
+    assert ef < tol and eb < 100 * tol, (k, s, p, d, dt, cl, groups, ef, [rel(u, v) for u, v in zip(gs, rg)])
+    if dt == torch.float64:
+        res["max_fwd"], res["max_bwd"] = max(res["max_fwd"], ef), max(res["max_bwd"], eb)
+    res["cases"] += 1
+# inference: no relu_z; fp16 through the whole layer
+out, rz = c.cuda_fused_layer_forward(*[v.half() for v in (x, w, wa, b1, a, b2)], [1], [1], [1], 1, False, 0)
+assert rz is None and out.dtype == torch.float16
+res["launches"] = ctypes.CDLL("libcuda.so").fake_libcuda_launches()
+print("RESULT " + json.dumps(res))
+'''
+
+
+def test_rust_launch_path_under_emulated_driver(tmp_path):
+    """The Rust side end to end without a GPU: a stand-in libcuda (tests/cuda_emu/fake_libcuda.cpp)
+    runs cuLaunchKernel under the host emulation, and IC_NETWORKS_CUDA_EMULATION=1 lets CPU tensors
+    through. That covers availability, the primary-context push/pop (the stand-in refuses launches
+    without it), NVRTC compile + disk cache, kernel-parameter packing, and the layer composition
+    (accumulating GEMM, groups, strided path) against the float64 oracle."""
+    core = _core()
+    if not hasattr(core, "cuda_fused_layer_forward"):
+        pytest.skip("this _core build has no fused CUDA bindings")
+    if _nvrtc() is None:
+        pytest.skip("libnvrtc not loadable: the emulated launch path needs NVRTC to build the module")
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    lib_dir = tmp_path / "driver"
+    lib_dir.mkdir()
+    subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", str(ROOT / "tests" / "cuda_emu" / "fake_libcuda.cpp"),
+                    "-o", str(lib_dir / "libcuda.so")], check=True, capture_output=True, text=True)
+    nvrtc_dirs = [os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")]
+    env = dict(os.environ, IC_NETWORKS_CUDA_EMULATION="1", IC_NETWORKS_KERNEL_CACHE_DIR=str(tmp_path / "cache"),
+               LD_LIBRARY_PATH=os.pathsep.join([str(lib_dir)] + nvrtc_dirs + [os.environ.get("LD_LIBRARY_PATH", "")]),
+               PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), os.environ.get("PYTHONPATH", "")] if p))
+    import json
+    runs = []
+    for _ in range(2):  # the second process reads the CUBIN from the disk cache
+        r = subprocess.run([os.sys.executable, "-c", EMULATED_CHILD], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs.append(json.loads(r.stdout.split("RESULT ", 1)[1]))
+    first, second = runs
+    assert first["warm_up"] == {"compute_capability": 90, "cubin": True, "from_cache": False}
+    assert second["warm_up"]["from_cache"] is True
+    assert first["launches"] > 20
+    print(f"\nemulated driver: {first['cases']} layer cases, {first['launches']} launches; max rel. error vs float64 "
+          f"oracle: forward {first['max_fwd']:.2e}, backward {first['max_bwd']:.2e}")

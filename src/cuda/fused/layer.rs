@@ -19,7 +19,7 @@ pub struct Geometry {
 }
 
 fn on_cuda(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cuda(_)) && super::available()
+    (matches!(x.device(), Device::Cuda(_)) || (x.device() == Device::Cpu && super::emulation())) && super::available()
 }
 
 /// Forward: `(out, relu_z)` (`relu_z` only with `keep_relu_z`), or `None`.

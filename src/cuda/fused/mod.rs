@@ -101,6 +101,15 @@ pub fn warm_up(ordinal: usize) -> Result<WarmUp> {
     Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache })
 }
 
+/// Test hook: `IC_NETWORKS_CUDA_EMULATION=1` treats CPU tensors as CUDA device 0. Only meaningful
+/// with the stand-in libcuda of tests/cuda_emu/fake_libcuda.cpp on the loader path, which runs the
+/// kernels under the host emulation: that way the launch code, the parameter packing and the layer
+/// composition are tested end to end without a GPU. Read once.
+pub(crate) fn emulation() -> bool {
+    static E: OnceLock<bool> = OnceLock::new();
+    *E.get_or_init(|| std::env::var("IC_NETWORKS_CUDA_EMULATION").map(|v| v.trim() == "1").unwrap_or(false))
+}
+
 /// (entry suffix, accumulation kind) for the kernels' dtypes.
 fn dtype(k: Kind) -> Option<(&'static str, Kind)> {
     match k {
@@ -122,6 +131,7 @@ fn common(ts: &[&Tensor]) -> Option<(usize, Kind)> {
     let k = ts[0].kind();
     let ordinal = match d {
         Device::Cuda(i) => i,
+        Device::Cpu if emulation() => 0,
         _ => return None,
     };
     if ts.iter().any(|t| t.device() != d || t.kind() != k || t.dim() != 4) {
