@@ -266,6 +266,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_grad, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
+    cuda::fused::py::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -14,3 +14,7 @@
 //!
 //! Imports only `libtorch/` (and, with the kernels, the leaves).
 pub use crate::libtorch::{adjust_backward, collision_backward, forward};
+
+/// The fused kernels (opt-in with `IC_NETWORKS_CUDA_KERNELS=1` until validated on a GPU; see
+/// docs/cuda-kernels.md).
+pub mod fused;

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# GPU validation of the opt-in fused CUDA kernels (src/cuda/fused, docs/cuda-kernels.md).
+# Sized for about 8 minutes on one H200 (build excluded when a built _core is carried: IC_SKIP_BUILD=1).
+#
+#   bash scripts/gpu_check.sh [OUTDIR]        (default $OUT or /tmp/gpu_check)
+#
+# On the device tool (10 min per command): build in one call, check in the next:
+#   STEPS=build bash scripts/gpu_check.sh "$OUT"
+#   IC_SKIP_BUILD=1 bash scripts/gpu_check.sh "$OUT"
+# It needs a Python environment with torch (CUDA wheel) active or in $IC_VENV / .venv, and cargo
+# for the build.
+#
+# Steps (each logged to OUTDIR/<step>.log, a one-line summary printed):
+#   info        driver, NVRTC, cold compile (warm-up) time, then a second process's disk-cache hit
+#   rust        cargo test of the NVRTC/cache/availability tests (skipped with IC_SKIP_BUILD=1)
+#   gpu-tests   tests/test_cuda_fused_gpu.py: float64 parity vs the oracle, float32 parity vs the
+#               libtorch CUDA path, gradcheck (float64), fp16/bf16, channels_last, non-default
+#               stream, CUDA-graph capture after warm-up, determinism
+#   bench-*     scripts/bench_cuda_fused.py at N=32 and N=256 (float32 NCHW; N=256 also
+#               channels_last and bf16): fwd+bwd / conv for conv, ic (libtorch path), fused, reference
+#   cli-*       ic-networks bench --device cuda at N=32 and N=256 with the model rows, with
+#               IC_NETWORKS_CUDA_KERNELS=1 (identical to the default until the op is wired to it)
+# Time: the whole run stops starting steps once GPU_CHECK_DEADLINE seconds (default 540, under the
+# device tool's 600 s per command) have passed, and each step's limit is cut to what is left;
+# correctness steps run first. STEPS="info gpu-tests bench-n256" runs a subset (default: all).
+# Exit status: non-zero if any correctness step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$OUTDIR"
+if [ -n "${IC_VENV:-}" ]; then . "$IC_VENV/bin/activate"; elif [ -d .venv ]; then . .venv/bin/activate; fi
+SP=$(python -c "import site; print(site.getsitepackages()[0])")
+export LD_LIBRARY_PATH="$SP/torch/lib:$SP/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$PWD/python"
+export IC_NETWORKS_KERNEL_CACHE_DIR="$OUTDIR/kernel-cache"
+rm -rf "$IC_NETWORKS_KERNEL_CACHE_DIR"
+if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: torch sees no CUDA device here; nothing to check" >&2
+  exit 3
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUTDIR/nvidia-smi.txt"
+
+fail=0
+DEADLINE=${GPU_CHECK_DEADLINE:-540}
+STEPS=${STEPS:-all}
+step() {  # step NAME LIMIT_S CORRECTNESS(0/1) CMD...
+  local name=$1 limit=$2 crit=$3; shift 3
+  if [ "$STEPS" != all ] && ! [[ " $STEPS " == *" ${name%%-*} "* || " $STEPS " == *" $name "* ]]; then return; fi
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 15 ]; then echo "== $name: SKIPPED (deadline)"; [ "$crit" = 1 ] && fail=1; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s"
+  tail -n 4 "$OUTDIR/$name.log" | sed 's/^/   /'
+  if [ "$rc" != 0 ] && [ "$crit" = 1 ]; then fail=1; fi
+}
+
+if [ "${IC_SKIP_BUILD:-0}" != 1 ]; then
+  step build 580 1 bash -c 'cargo build --release && cp target/release/lib_core.so python/ic_networks/_core.cpython-$(python -c "import sys; print(f\"{sys.version_info[0]}{sys.version_info[1]}\")")-x86_64-linux-gnu.so'
+  SECONDS=0  # the deadline counts the checks, not the build
+fi
+
+INFO='
+import time, torch, ic_networks
+from ic_networks import _core as c
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())
+print("available", c.cuda_fused_available(), c.cuda_fused_unavailable_reason())
+t = time.perf_counter(); w = c.cuda_fused_warm_up(0); print("warm-up", w, f"{time.perf_counter() - t:.2f} s")
+'
+step info-cold 120 1 python -c "$INFO"
+step info-cached 120 1 python -c "$INFO"
+if [ "${IC_SKIP_BUILD:-0}" != 1 ]; then
+  step rust 600 1 cargo test --release --test rust_cuda_fused -- --nocapture
+fi
+step gpu-tests 240 1 python -m pytest -q -ra -x tests/test_cuda_fused_gpu.py
+step bench-n32 120 0 python scripts/bench_cuda_fused.py --batch 32 --json "$OUTDIR/bench-n32.json"
+step bench-n256 150 0 python scripts/bench_cuda_fused.py --batch 256 --json "$OUTDIR/bench-n256.json"
+step bench-n256-cl 150 0 python scripts/bench_cuda_fused.py --batch 256 --channels-last --json "$OUTDIR/bench-n256-cl.json"
+step bench-n256-bf16 150 0 python scripts/bench_cuda_fused.py --batch 256 --dtype bf16 --json "$OUTDIR/bench-n256-bf16.json"
+step cli-n32 150 0 env IC_NETWORKS_CUDA_KERNELS=1 python -m ic_networks bench --device cuda --batch 32 --model-batch 32 --no-compile --json "$OUTDIR/cli-n32.json"
+step cli-n256 240 0 env IC_NETWORKS_CUDA_KERNELS=1 python -m ic_networks bench --device cuda --batch 256 --model-batch 128 --no-compile --json "$OUTDIR/cli-n256.json"
+grep -h "speed-up" "$OUTDIR"/bench-n256*.log 2>/dev/null | sed 's/^/   /'
+echo "gpu_check: $([ $fail = 0 ] && echo PASSED || echo FAILED) (logs in $OUTDIR)"
+exit $fail

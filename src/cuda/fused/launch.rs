@@ -1,0 +1,425 @@
+//! The CUDA driver side of the fused kernels: libcuda presence, the primary context, modules per
+//! device, launches on a borrowed stream, and the launch plan (tiles, grid, shared memory).
+//!
+//! * Context: the device's primary context (the one PyTorch uses), retained once per device and
+//!   never released or destroyed. Every call makes it current with push/pop and restores what was
+//!   current before ([`CtxGuard`]).
+//! * Stream: the caller's stream handle (PyTorch's current stream, `torch.cuda.current_stream()
+//!   .cuda_stream` in Python), borrowed: never created, synchronised or destroyed here.
+//! * Modules: compiled at the first use on a device (or by [`super::warm_up`]), cached for the
+//!   process. Never compiled or loaded while the stream is capturing a CUDA graph: that returns an
+//!   error asking for a warm-up call first.
+use super::nvrtc;
+use crate::error::{Error, Result};
+use cudarc::driver::sys;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
+
+pub(crate) fn cu_check(what: &str, r: sys::CUresult) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    let mut p: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: cuGetErrorString writes a static string pointer (or leaves null).
+    let msg = unsafe {
+        sys::cuGetErrorString(r, &mut p);
+        if p.is_null() { format!("{r:?}") } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+    };
+    Err(Error::Runtime(format!("CUDA driver {what}: {msg}")))
+}
+
+/// Why the driver side cannot run, or `None` when libcuda loads, initialises and has a device.
+/// Checked once; never panics.
+pub fn driver_problem() -> Option<String> {
+    static P: OnceLock<Option<String>> = OnceLock::new();
+    P.get_or_init(|| {
+        // SAFETY: only dlopens the candidates.
+        if !unsafe { sys::is_culib_present() } {
+            return Some("libcuda (the NVIDIA driver) is not loadable".into());
+        }
+        let probe = || -> Result<i32> {
+            // SAFETY: library present; out-pointer valid.
+            unsafe {
+                cu_check("init", sys::cuInit(0))?;
+                let mut n = 0;
+                cu_check("device count", sys::cuDeviceGetCount(&mut n))?;
+                Ok(n)
+            }
+        };
+        match std::panic::catch_unwind(probe) {
+            Ok(Ok(n)) if n > 0 => None,
+            Ok(Ok(_)) => Some("the CUDA driver reports no device".into()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the CUDA driver library lacks an entry point this build needs".into()),
+        }
+    })
+    .clone()
+}
+
+/// A device's primary context, retained once (never released: PyTorch shares it).
+fn primary_ctx(ordinal: usize) -> Result<(sys::CUcontext, sys::CUdevice)> {
+    static CTX: OnceLock<Mutex<HashMap<usize, (usize, i32)>>> = OnceLock::new();
+    let map = CTX.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut m = map.lock().map_err(|_| Error::Runtime("CUDA context table poisoned".into()))?;
+    if let Some(&(c, d)) = m.get(&ordinal) {
+        return Ok((c as sys::CUcontext, d));
+    }
+    let mut dev: sys::CUdevice = 0;
+    let mut ctx: sys::CUcontext = std::ptr::null_mut();
+    // SAFETY: driver present (checked by callers through `driver_problem`); out-pointers valid.
+    unsafe {
+        cu_check("device get", sys::cuDeviceGet(&mut dev, ordinal as i32))?;
+        cu_check("primary context retain", sys::cuDevicePrimaryCtxRetain(&mut ctx, dev))?;
+    }
+    m.insert(ordinal, (ctx as usize, dev));
+    Ok((ctx, dev))
+}
+
+/// Makes a device's primary context current for its lifetime and restores the previous one.
+pub(crate) struct CtxGuard {
+    pushed: bool,
+    pub dev: sys::CUdevice,
+}
+
+impl CtxGuard {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let (ctx, dev) = primary_ctx(ordinal)?;
+        let mut cur: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; ctx is a retained primary context.
+        unsafe {
+            cu_check("get current context", sys::cuCtxGetCurrent(&mut cur))?;
+            if cur == ctx {
+                return Ok(Self { pushed: false, dev });
+            }
+            cu_check("push context", sys::cuCtxPushCurrent_v2(ctx))?;
+        }
+        Ok(Self { pushed: true, dev })
+    }
+}
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        if self.pushed {
+            let mut popped: sys::CUcontext = std::ptr::null_mut();
+            // SAFETY: we pushed exactly one context.
+            unsafe {
+                sys::cuCtxPopCurrent_v2(&mut popped);
+            }
+        }
+    }
+}
+
+fn attribute(dev: sys::CUdevice, a: sys::CUdevice_attribute) -> Result<i32> {
+    let mut v = 0;
+    // SAFETY: valid out-pointer and device.
+    unsafe { cu_check("device attribute", sys::cuDeviceGetAttribute(&mut v, a, dev))? };
+    Ok(v)
+}
+
+/// Whether `stream` is capturing a CUDA graph.
+pub(crate) fn capturing(stream: sys::CUstream) -> Result<bool> {
+    let mut s = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: the caller's stream handle (borrowed); valid out-pointer.
+    unsafe { cu_check("stream capture status", sys::cuStreamIsCapturing(stream, &mut s))? };
+    Ok(s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// A loaded module and its functions.
+pub(crate) struct Module {
+    funcs: HashMap<&'static str, usize>,
+    pub cc: i32,
+    pub from_cache: bool,
+    pub is_cubin: bool,
+}
+
+fn modules() -> &'static Mutex<HashMap<usize, &'static Module>> {
+    static M: OnceLock<Mutex<HashMap<usize, &'static Module>>> = OnceLock::new();
+    M.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The module of device `ordinal` (context current): loaded from the in-memory table, or compiled
+/// (or read from the disk cache) and loaded, unless `stream` is capturing.
+pub(crate) fn module(ordinal: usize, dev: sys::CUdevice, stream: Option<sys::CUstream>) -> Result<&'static Module> {
+    let mut table = modules().lock().map_err(|_| Error::Runtime("CUDA module table poisoned".into()))?;
+    if let Some(m) = table.get(&ordinal) {
+        return Ok(m);
+    }
+    if let Some(s) = stream {
+        if capturing(s)? {
+            return Err(Error::Runtime(
+                "the fused CUDA kernels are compiled at their first call, which must not happen during CUDA-graph \
+                 capture: run one step (or ic_networks warm-up) on this device before capturing"
+                    .into(),
+            ));
+        }
+    }
+    let cc = 10 * attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
+        + attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let img = nvrtc::image_for(cc, nvrtc::cache_dir_from_env().as_deref())?;
+    let mut m: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: images are a CUBIN ELF or NUL-terminated PTX; the module is never unloaded.
+    let mut is_cubin = img.is_cubin;
+    let r = unsafe { sys::cuModuleLoadData(&mut m, img.bytes.as_ptr() as *const c_void) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        match &img.ptx {
+            Some(ptx) => {
+                // SAFETY: as above.
+                unsafe { cu_check("module load (PTX fallback)", sys::cuModuleLoadData(&mut m, ptx.as_ptr() as *const c_void))? };
+                is_cubin = false;
+            }
+            None => cu_check("module load", r)?,
+        }
+    }
+    let mut funcs = HashMap::new();
+    for &name in nvrtc::ENTRIES {
+        let c = CString::new(name).unwrap();
+        let mut f: sys::CUfunction = std::ptr::null_mut();
+        // SAFETY: loaded module, NUL-terminated name.
+        unsafe { cu_check(&format!("function {name}"), sys::cuModuleGetFunction(&mut f, m, c.as_ptr()))? };
+        funcs.insert(name, f as usize);
+    }
+    let module: &'static Module = Box::leak(Box::new(Module { funcs, cc, from_cache: img.from_cache, is_cubin }));
+    table.insert(ordinal, module);
+    Ok(module)
+}
+
+impl Module {
+    pub fn func(&self, name: &str) -> Result<sys::CUfunction> {
+        self.funcs
+            .get(name)
+            .map(|&f| f as sys::CUfunction)
+            .ok_or_else(|| Error::Runtime(format!("fused CUDA kernel {name} not in the module")))
+    }
+}
+
+/// Launches `name` with the kernel parameters `args` (pointers to each argument, as
+/// cuLaunchKernel takes them) on the borrowed `stream`.
+pub(crate) fn launch(
+    m: &Module,
+    name: &str,
+    grid: [u32; 3],
+    block: u32,
+    smem: u32,
+    stream: sys::CUstream,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    if grid.contains(&0) {
+        return Ok(());
+    }
+    let f = m.func(name)?;
+    if smem > 48 * 1024 {
+        // SAFETY: valid function handle.
+        unsafe {
+            cu_check(
+                "set shared memory size",
+                sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32),
+            )?
+        };
+    }
+    // SAFETY: args point at live values of the kernel's parameter types (see the #[repr(C)]
+    // structs below); the stream is the caller's.
+    unsafe {
+        cu_check(
+            &format!("launch {name}"),
+            sys::cuLaunchKernel(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()),
+        )
+    }
+}
+
+// ------------------------------------------------------------------ parameters (collision.cu)
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IcStrides {
+    pub n: i64,
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+}
+
+impl IcStrides {
+    pub fn of(stride: &[i64]) -> Self {
+        Self { n: stride[0], c: stride[1], h: stride[2], w: stride[3] }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IcBoxParams {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub ho: i32,
+    pub wo: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub ph: i32,
+    pub pw: i32,
+    pub dh: i32,
+    pub dw: i32,
+    pub tc: i32,
+    pub th: i32,
+    pub tw: i32,
+    pub tiles_c: i32,
+    pub tiles_h: i32,
+    pub tiles_w: i32,
+    pub cl: i32,
+    pub s_box: IcStrides,
+    pub s_a: IcStrides,
+    pub s_b: IcStrides,
+    pub s_r: IcStrides,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IcBoxsumParams {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub ho: i32,
+    pub wo: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub ph: i32,
+    pub pw: i32,
+    pub dh: i32,
+    pub dw: i32,
+    pub mode: i32,
+    pub cl: i32,
+    pub s_in: IcStrides,
+    pub s_out: IcStrides,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IcReduceParams {
+    pub n: i32,
+    pub c: i32,
+    pub tc: i32,
+    pub tiles_c: i32,
+    pub tiles_sp: i32,
+}
+
+/// Threads per block of every kernel.
+pub const THREADS: u32 = 256;
+/// Dynamic shared memory the plan may use without an opt-in.
+pub const SMEM_LIMIT: usize = 48 * 1024;
+
+fn pow2ceil(v: i64) -> i64 {
+    let v = v.max(1) as u64;
+    v.next_power_of_two() as i64
+}
+
+/// Default tile (channels, rows, cols) for `rows x cols` of work: channels_last 8 channels x 8 x 16
+/// (fewer channels when C is small; channel-fastest threads, coalesced on NHWC), NCHW one channel x
+/// up to 512 pixels shaped after the image. Mirrored in tests/test_cuda_kernels.py (`plan_tile`).
+pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
+    if cl {
+        (pow2ceil(c).min(8), pow2ceil(rows).min(8), pow2ceil(cols).min(16))
+    } else {
+        let tw = pow2ceil(cols).clamp(8, 32);
+        let th = (512 / tw).max(1).min(pow2ceil(rows));
+        (1, th, tw)
+    }
+}
+
+/// The box kernels' plan: params and shared-memory bytes, shrinking the tile until the halo fits
+/// in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated boxes: libtorch path).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_box(
+    size_out: [i64; 4],
+    size_in_hw: [i64; 2],
+    k: [i64; 2],
+    pad: [i64; 2],
+    dil: [i64; 2],
+    cl: bool,
+    bwd: bool,
+    acc_bytes: usize,
+) -> Option<(IcBoxParams, usize)> {
+    let [n, c, ho, wo] = size_out;
+    let [h, w] = size_in_hw;
+    let (rows, cols) = if bwd { (ho.max(h + pad[0]), wo.max(w + pad[1])) } else { (ho, wo) };
+    let (tc, mut th, mut tw) = plan_tile(c, rows, cols, cl);
+    let (eh, ew) = (dil[0] * (k[0] - 1), dil[1] * (k[1] - 1));
+    let red = if bwd { 3 * THREADS as usize } else { 0 };
+    let bytes = |th: i64, tw: i64| ((tc * (th + eh) * (tw + ew)) as usize + red) * acc_bytes;
+    while bytes(th, tw) > SMEM_LIMIT {
+        if th >= tw && th > 1 {
+            th /= 2;
+        } else if tw > 1 {
+            tw /= 2;
+        } else {
+            return None;
+        }
+    }
+    let fits = |v: i64| v >= 0 && v <= i32::MAX as i64;
+    let all = [n, c, h, w, ho, wo, k[0], k[1], pad[0], pad[1], dil[0], dil[1], rows, cols];
+    if !all.iter().all(|&v| fits(v)) {
+        return None;
+    }
+    let p = IcBoxParams {
+        n: n as i32,
+        c: c as i32,
+        h: h as i32,
+        w: w as i32,
+        ho: ho as i32,
+        wo: wo as i32,
+        kh: k[0] as i32,
+        kw: k[1] as i32,
+        ph: pad[0] as i32,
+        pw: pad[1] as i32,
+        dh: dil[0] as i32,
+        dw: dil[1] as i32,
+        tc: tc as i32,
+        th: th as i32,
+        tw: tw as i32,
+        tiles_c: ((c + tc - 1) / tc) as i32,
+        tiles_h: ((rows + th - 1) / th) as i32,
+        tiles_w: ((cols + tw - 1) / tw) as i32,
+        cl: cl as i32,
+        ..Default::default()
+    };
+    // grid.y (channel tiles) and grid.z (batch) are limited to 65535 by the hardware
+    if p.tiles_c > 65535 || p.n > 65535 || (p.tiles_h as i64) * (p.tiles_w as i64) > i32::MAX as i64 {
+        return None;
+    }
+    Some((p, bytes(th, tw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_fits_and_covers() {
+        for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
+            for &cl in &[false, true] {
+                for &bwd in &[false, true] {
+                    let (p, smem) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
+                    assert!(smem <= SMEM_LIMIT);
+                    assert!(p.tiles_h * p.th >= 56 && p.tiles_w * p.tw >= 56 && p.tiles_c * p.tc >= 64);
+                    if cl {
+                        assert_eq!(THREADS as i32 % p.tc, 0);
+                    } else {
+                        assert_eq!(p.tc, 1);
+                    }
+                }
+            }
+        }
+        // a box whose halo cannot fit: no plan (the caller keeps the libtorch path)
+        assert!(plan_box([1, 8, 4, 4], [4000, 4000], [3, 3], [0, 0], [3000, 3000], false, false, 4).is_none());
+    }
+
+    #[test]
+    fn repr_c_layout_matches_the_kernel() {
+        // 19 ints, 4 bytes of padding, 4 x 32-byte stride blocks (the C struct, natural alignment)
+        assert_eq!(std::mem::size_of::<IcBoxParams>(), 80 + 4 * 32);
+        assert_eq!(std::mem::size_of::<IcBoxsumParams>(), 64 + 2 * 32);
+        assert_eq!(std::mem::size_of::<IcReduceParams>(), 20);
+    }
+}

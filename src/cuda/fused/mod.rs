@@ -1,0 +1,469 @@
+//! Fused CUDA kernels for the memory-bound part of the IC layer (opt-in; see docs/cuda-kernels.md).
+//!
+//! The kernels (`src/cuda/kernels/collision.cu`) are compiled at run time by NVRTC and launched
+//! through the CUDA driver API, both loaded dynamically by `cudarc`: nothing CUDA at build or link
+//! time, so one build works with CPU-only torch, and on machines without a driver
+//! [`available`] is simply `false`.
+//!
+//! The switch: the libtorch path stays the default on CUDA; the fused path is used only when
+//! `IC_NETWORKS_CUDA_KERNELS=1` is set (read at the first call; [`set_enabled`] overrides it) and
+//! [`available`] holds. Every op returns `Ok(None)` when it does not apply (CPU tensors, other
+//! dtypes, sizes beyond the kernels' int32 indexing, a halo too large for shared memory), and the
+//! caller keeps its libtorch path.
+//!
+//! Composition (what the caller does around these ops, mirrored by tests/test_cuda_kernels.py):
+//!
+//! * stride 1: `q = conv1x1(x, W')`; [`box_forward`]`(y, q)` -> `out` (in `y`), `relu_z`;
+//!   backward: [`box_backward`] -> `gy`, `G = boxsum^T(gz)`, db1, db2, d alpha; then
+//!   `dx = conv_input_grad(gy) - W'^T G` (a GEMM with beta = 1), `dW = conv_weight_grad(gy)`,
+//!   `dW' = -G x^T`;
+//! * other strides: `S =` [`boxsum`]`(x)`, `P = conv1x1(S, W')`, [`collision_forward`]`(y, P)`;
+//!   backward: [`collision_backward`] -> `gy`, `gz`, sums; `dS = W'^T gz`, `dW' = -gz S^T`
+//!   (S recomputed), `dx -= boxsum^T(dS)` by [`boxsum_t_`] with [`BoxsumMode::Subtract`].
+//!
+//! Every op takes `stream`: the raw `cudaStream_t` the caller's framework runs on (in Python
+//! `torch.cuda.current_stream().cuda_stream`), borrowed. The tensors allocated here come from
+//! PyTorch's caching allocator on its current stream, so that must be the same stream.
+pub mod launch;
+pub mod layer;
+pub mod nvrtc;
+pub mod py;
+
+use crate::error::{Error, Result};
+use cudarc::driver::sys;
+use launch::{CtxGuard, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+/// A borrowed `cudaStream_t` / `CUstream` handle (0: the legacy default stream).
+pub type RawStream = usize;
+
+/// Why the fused path cannot run here, `None` when it can (libcuda with a device, and NVRTC).
+/// Checked once; never panics.
+pub fn unavailable_reason() -> Option<String> {
+    static R: OnceLock<Option<String>> = OnceLock::new();
+    R.get_or_init(|| {
+        if let Some(p) = launch::driver_problem() {
+            return Some(p);
+        }
+        if !nvrtc::nvrtc_available() {
+            return Some("libnvrtc is not loadable (torch with CUDA ships it; or put it on LD_LIBRARY_PATH)".into());
+        }
+        None
+    })
+    .clone()
+}
+
+/// libcuda (with at least one device) and NVRTC are present. Checked once, never panics.
+pub fn available() -> bool {
+    unavailable_reason().is_none()
+}
+
+static ENABLED: AtomicU8 = AtomicU8::new(2); // 0 off, 1 on, 2 not read yet
+
+/// The switch: `IC_NETWORKS_CUDA_KERNELS=1` (read once) or [`set_enabled`], and [`available`].
+pub fn enabled() -> bool {
+    let mut v = ENABLED.load(Ordering::Relaxed);
+    if v == 2 {
+        let on = std::env::var("IC_NETWORKS_CUDA_KERNELS").map(|s| s.trim() == "1").unwrap_or(false);
+        v = on as u8;
+        ENABLED.store(v, Ordering::Relaxed);
+    }
+    v == 1 && available()
+}
+
+/// Overrides `IC_NETWORKS_CUDA_KERNELS` for this process (benchmarks, tests).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on as u8, Ordering::Relaxed);
+}
+
+/// What [`warm_up`] did.
+#[derive(Debug, Clone)]
+pub struct WarmUp {
+    /// Compute capability (e.g. 90).
+    pub cc: i32,
+    /// The module is a CUBIN (else PTX, JIT-compiled by the driver).
+    pub cubin: bool,
+    /// Read from the disk cache rather than compiled now.
+    pub from_cache: bool,
+}
+
+/// Compiles (or reads from the disk cache) and loads the kernels for CUDA device `ordinal`. Call it
+/// before capturing a CUDA graph; the first op on a device otherwise does it.
+pub fn warm_up(ordinal: usize) -> Result<WarmUp> {
+    if let Some(r) = unavailable_reason() {
+        return Err(Error::Runtime(format!("fused CUDA kernels unavailable: {r}")));
+    }
+    let g = CtxGuard::new(ordinal)?;
+    let m = launch::module(ordinal, g.dev, None)?;
+    Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache })
+}
+
+/// Test hook: `IC_NETWORKS_CUDA_EMULATION=1` treats CPU tensors as CUDA device 0. Only meaningful
+/// with the stand-in libcuda of tests/cuda_emu/fake_libcuda.cpp on the loader path, which runs the
+/// kernels under the host emulation: that way the launch code, the parameter packing and the layer
+/// composition are tested end to end without a GPU. Read once.
+pub(crate) fn emulation() -> bool {
+    static E: OnceLock<bool> = OnceLock::new();
+    *E.get_or_init(|| std::env::var("IC_NETWORKS_CUDA_EMULATION").map(|v| v.trim() == "1").unwrap_or(false))
+}
+
+/// (entry suffix, accumulation kind) for the kernels' dtypes.
+fn dtype(k: Kind) -> Option<(&'static str, Kind)> {
+    match k {
+        Kind::Float => Some(("f32", Kind::Float)),
+        Kind::Double => Some(("f64", Kind::Double)),
+        Kind::Half => Some(("f16", Kind::Float)),
+        Kind::BFloat16 => Some(("bf16", Kind::Float)),
+        _ => None,
+    }
+}
+
+fn acc_bytes(k: Kind) -> usize {
+    if k == Kind::Double { 8 } else { 4 }
+}
+
+/// The CUDA ordinal and dtype shared by 4-D tensors `ts`, or `None`.
+fn common(ts: &[&Tensor]) -> Option<(usize, Kind)> {
+    let d = ts[0].device();
+    let k = ts[0].kind();
+    let ordinal = match d {
+        Device::Cuda(i) => i,
+        Device::Cpu if emulation() => 0,
+        _ => return None,
+    };
+    if ts.iter().any(|t| t.device() != d || t.kind() != k || t.dim() != 4) {
+        return None;
+    }
+    dtype(k)?;
+    Some((ordinal, k))
+}
+
+/// Channel-fastest thread order (channels_last tensors).
+fn is_cl(t: &Tensor) -> bool {
+    let (s, z) = (t.stride(), t.size());
+    z[1] > 1 && s[1] == 1
+}
+
+/// Dense (NCHW- or NHWC-contiguous): safe to write in place.
+fn dense(t: &Tensor) -> bool {
+    let (z, s) = (t.size(), t.stride());
+    let (c, h, w) = (z[1], z[2], z[3]);
+    t.is_contiguous() || (s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c)
+}
+
+/// An empty tensor shaped `shape`, in `like`'s memory format (NCHW or channels_last).
+fn empty_as(shape: [i64; 4], like: &Tensor) -> Result<Tensor> {
+    let opts = (like.kind(), like.device());
+    if is_cl(like) {
+        let [n, c, h, w] = shape;
+        Ok(Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?)
+    } else {
+        Ok(Tensor::f_empty(shape, opts)?)
+    }
+}
+
+fn ptr(t: &Tensor) -> u64 {
+    t.data_ptr() as u64
+}
+
+/// A device scalar in the accumulation dtype (capture-safe when `alpha` is already on the device).
+fn scalar_on(alpha: &Tensor, acc: Kind, dev: Device) -> Result<Tensor> {
+    if alpha.numel() != 1 {
+        return Err(Error::Value(format!("alpha: expected one element, got shape {:?}", alpha.size())));
+    }
+    Ok(alpha.f_to_device(dev)?.f_to_kind(acc)?.f_reshape([1])?.f_contiguous()?)
+}
+
+struct Launcher {
+    _ctx: CtxGuard,
+    module: &'static launch::Module,
+    stream: sys::CUstream,
+}
+
+impl Launcher {
+    fn new(ordinal: usize, stream: RawStream) -> Result<Self> {
+        let ctx = CtxGuard::new(ordinal)?;
+        let s = stream as sys::CUstream;
+        let module = launch::module(ordinal, ctx.dev, Some(s))?;
+        Ok(Self { _ctx: ctx, module, stream: s })
+    }
+
+    fn run(&self, name: &str, grid: [u32; 3], smem: usize, args: &mut [*mut c_void]) -> Result<()> {
+        launch::launch(self.module, name, grid, THREADS, smem as u32, self.stream, args)
+    }
+}
+
+fn arg<T>(v: &mut T) -> *mut c_void {
+    v as *mut T as *mut c_void
+}
+
+/// Stride-1 forward with the box sum fused: `y` = conv(x, W) + b2 (N, C, Ho, Wo) becomes
+/// `out = y + alpha * relu(y - boxsum(q) + shift)` in place; `q` = conv1x1(x, W') (N, C, H, W) on
+/// x's grid; `shift` = b1 - b2 (C). Returns `(out, relu_z)` (`relu_z` only with `keep_relu_z`), or
+/// `None` when the fused path does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn box_forward(
+    y: &Tensor,
+    q: &Tensor,
+    shift: &Tensor,
+    alpha: &Tensor,
+    k: [i64; 2],
+    padding: [i64; 2],
+    dilation: [i64; 2],
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    let Some((ordinal, kind)) = common(&[y, q]) else { return Ok(None) };
+    if !available() || !dense(y) {
+        return Ok(None);
+    }
+    let (ys, qs) = (y.size(), q.size());
+    if qs[0] != ys[0] || qs[1] != ys[1] || shift.numel() as i64 != ys[1] {
+        return Err(Error::Value(format!("fused forward: q {qs:?} / shift {:?} do not match y {ys:?}", shift.size())));
+    }
+    let (suffix, acc) = dtype(kind).unwrap();
+    let Some((mut p, smem)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
+    else {
+        return Ok(None);
+    };
+    let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
+    if y.numel() == 0 {
+        return Ok(Some((y.shallow_clone(), rz)));
+    }
+    let sh = shift.f_to_device(y.device())?.f_to_kind(acc)?.f_contiguous()?;
+    let al = scalar_on(alpha, acc, y.device())?;
+    p.s_box = IcStrides::of(&q.stride());
+    p.s_a = IcStrides::of(&y.stride());
+    p.s_b = p.s_a;
+    p.s_r = rz.as_ref().map(|r| IcStrides::of(&r.stride())).unwrap_or_default();
+    let l = Launcher::new(ordinal, stream)?;
+    let (mut py, mut pq, mut po) = (ptr(y), ptr(q), ptr(y));
+    let mut pr = rz.as_ref().map(ptr).unwrap_or(0);
+    let (mut ps, mut pa) = (ptr(&sh), ptr(&al));
+    let grid = [(p.tiles_h * p.tiles_w) as u32, p.tiles_c as u32, p.n as u32];
+    l.run(&format!("ic_fwd_box_{suffix}"), grid, smem, &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), arg(&mut pa), arg(&mut p)])?;
+    Ok(Some((y.shallow_clone(), rz)))
+}
+
+/// The plain collision forward (any stride): `y` becomes `y + alpha * relu(y - p + shift)` in
+/// place, `p` = conv1x1(boxsum(x), W') on the same grid. [`box_forward`] with a 1 x 1 box.
+pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor, keep_relu_z: bool, stream: RawStream) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    if y.size() != p.size() {
+        return Ok(None);
+    }
+    box_forward(y, p, shift, alpha, [1, 1], [0, 0], [1, 1], keep_relu_z, stream)
+}
+
+/// Outputs of the fused backward. The sums are in the accumulation dtype (float32, or float64 for
+/// float64 inputs) on the device; the caller casts them to the parameters' dtypes.
+pub struct FusedGrads {
+    /// `grad + gz` (the conv's output gradient), when asked for.
+    pub gy: Option<Tensor>,
+    /// [`box_backward`]: `G = boxsum^T(gz)` on x's grid (N, C, H, W), alpha included.
+    /// [`collision_backward`]: `gz = alpha * grad * [relu_z > 0]` itself.
+    pub g: Tensor,
+    /// (C): sum over N, H, W of gz (db1).
+    pub db1: Tensor,
+    /// (C): sum of grad (db2).
+    pub db2: Tensor,
+    /// (): sum of grad * relu_z (d alpha).
+    pub dalpha: Tensor,
+}
+
+/// Stride-1 backward with the transposed box sum fused, for an input of spatial size `in_hw`:
+/// reads `grad` and `relu_z` (N, C, Ho, Wo) once (plus halo). Deterministic: the per-block partial
+/// sums are added in a fixed order by a second kernel, no atomics. `None` when it does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn box_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    in_hw: [i64; 2],
+    k: [i64; 2],
+    padding: [i64; 2],
+    dilation: [i64; 2],
+    need_gy: bool,
+    stream: RawStream,
+) -> Result<Option<FusedGrads>> {
+    let Some((ordinal, kind)) = common(&[grad, relu_z]) else { return Ok(None) };
+    if !available() || grad.size() != relu_z.size() {
+        return Ok(None);
+    }
+    let gs = grad.size();
+    let (suffix, acc) = dtype(kind).unwrap();
+    let Some((mut p, smem)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
+        return Ok(None);
+    };
+    let (n, c) = (gs[0], gs[1]);
+    let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
+    let mut g = empty_as([n, c, in_hw[0], in_hw[1]], grad)?;
+    let tiles_sp = (p.tiles_h as i64) * (p.tiles_w as i64);
+    let n_part = n * p.tiles_c as i64 * tiles_sp * p.tc as i64 * 3;
+    let opts = (acc, grad.device());
+    let sums = Tensor::f_zeros([c + 1, 2], opts)?;
+    if n > 0 {
+        let part = Tensor::f_empty([n_part], opts)?;
+        let al = scalar_on(alpha, acc, grad.device())?;
+        p.s_box = IcStrides::of(&g.stride());
+        p.s_a = IcStrides::of(&grad.stride());
+        p.s_b = gy.as_ref().map(|t| IcStrides::of(&t.stride())).unwrap_or_default();
+        p.s_r = IcStrides::of(&relu_z.stride());
+        let l = Launcher::new(ordinal, stream)?;
+        let (mut pg, mut pr, mut pgy, mut pgg) = (ptr(grad), ptr(relu_z), gy.as_ref().map(ptr).unwrap_or(0), ptr(&g));
+        let (mut pa, mut pp) = (ptr(&al), ptr(&part));
+        let grid = [tiles_sp as u32, p.tiles_c as u32, p.n as u32];
+        l.run(
+            &format!("ic_bwd_box_{suffix}"),
+            grid,
+            smem,
+            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), arg(&mut pa), arg(&mut pp), arg(&mut p)],
+        )?;
+        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32 };
+        if tiles_sp > i32::MAX as i64 {
+            return Err(Error::Runtime("fused backward: too many tiles".into()));
+        }
+        let (mut pp2, mut ps) = (ptr(&part), ptr(&sums));
+        let red_name = if acc == Kind::Double { "ic_reduce_f64" } else { "ic_reduce_f32" };
+        l.run(red_name, [(c + 1) as u32, 1, 1], 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
+    } else {
+        // nothing to launch; G is all zeros
+        let _ = g.f_zero_()?;
+    }
+    Ok(Some(FusedGrads {
+        gy,
+        g,
+        db1: sums.f_narrow(0, 0, c)?.f_select(1, 0)?,
+        db2: sums.f_narrow(0, 0, c)?.f_select(1, 1)?,
+        dalpha: sums.f_select(0, c)?.f_select(0, 0)?,
+    }))
+}
+
+/// The plain collision backward (any stride): `gz`, `gy` and the sums on the output grid.
+/// [`box_backward`] with a 1 x 1 box.
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
+    let s = grad.size();
+    if s.len() != 4 {
+        return Ok(None);
+    }
+    box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, stream)
+}
+
+/// Box geometry of the strided kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct Box2 {
+    pub k: [i64; 2],
+    pub stride: [i64; 2],
+    pub padding: [i64; 2],
+    pub dilation: [i64; 2],
+}
+
+impl Box2 {
+    fn out(&self, d: usize, n: i64) -> i64 {
+        (n + 2 * self.padding[d] - self.dilation[d] * (self.k[d] - 1) - 1).div_euclid(self.stride[d]) + 1
+    }
+
+    fn params(&self, x: [i64; 4], ho: i64, wo: i64, mode: i32, cl: bool) -> Option<IcBoxsumParams> {
+        let all = [x[0], x[1], x[2], x[3], ho, wo, self.k[0], self.k[1], self.stride[0], self.stride[1], self.padding[0], self.padding[1], self.dilation[0], self.dilation[1]];
+        if ho < 1 || wo < 1 || all.iter().any(|&v| v < 0 || v > i32::MAX as i64) || x.iter().product::<i64>() > i64::MAX / 2 {
+            return None;
+        }
+        Some(IcBoxsumParams {
+            n: x[0] as i32,
+            c: x[1] as i32,
+            h: x[2] as i32,
+            w: x[3] as i32,
+            ho: ho as i32,
+            wo: wo as i32,
+            kh: self.k[0] as i32,
+            kw: self.k[1] as i32,
+            sh: self.stride[0] as i32,
+            sw: self.stride[1] as i32,
+            ph: self.padding[0] as i32,
+            pw: self.padding[1] as i32,
+            dh: self.dilation[0] as i32,
+            dw: self.dilation[1] as i32,
+            mode,
+            cl: cl as i32,
+            ..Default::default()
+        })
+    }
+}
+
+/// Blocks of a grid-stride elementwise launch: enough for every SM, bounded.
+fn flat_blocks(total: i64) -> u32 {
+    ((total + THREADS as i64 - 1) / THREADS as i64).clamp(1, 65535 * 8) as u32
+}
+
+/// `S = boxsum(x)` on the conv's output grid (any stride), in x's memory format.
+pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>> {
+    let Some((ordinal, kind)) = common(&[x]) else { return Ok(None) };
+    if !available() {
+        return Ok(None);
+    }
+    let xs = x.size();
+    let (ho, wo) = (b.out(0, xs[2]), b.out(1, xs[3]));
+    let Some(mut p) = b.params([xs[0], xs[1], xs[2], xs[3]], ho, wo, 0, is_cl(x)) else { return Ok(None) };
+    let s = empty_as([xs[0], xs[1], ho, wo], x)?;
+    if s.numel() == 0 {
+        return Ok(Some(s));
+    }
+    p.s_in = IcStrides::of(&x.stride());
+    p.s_out = IcStrides::of(&s.stride());
+    let l = Launcher::new(ordinal, stream)?;
+    let (mut px, mut ps) = (ptr(x), ptr(&s));
+    let suffix = dtype(kind).unwrap().0;
+    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
+    Ok(Some(s))
+}
+
+/// How [`boxsum_t_`] combines `boxsum^T(ds)` with its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxsumMode {
+    Write = 0,
+    Subtract = 1,
+    Add = 2,
+}
+
+/// `out (=, -=, +=) boxsum^T(ds)` in place; `out` (N, C, H, W) on x's grid, dense; `ds` on the
+/// conv's output grid. `Ok(false)` when it does not apply (the caller uses libtorch).
+pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: RawStream) -> Result<bool> {
+    let Some((ordinal, kind)) = common(&[out, ds]) else { return Ok(false) };
+    if !available() || !dense(out) {
+        return Ok(false);
+    }
+    let (os, ss) = (out.size(), ds.size());
+    if ss[0] != os[0] || ss[1] != os[1] || ss[2] != b.out(0, os[2]) || ss[3] != b.out(1, os[3]) {
+        return Err(Error::Value(format!("boxsum_t: ds {ss:?} is not the box-sum grid of {os:?}")));
+    }
+    let Some(mut p) = b.params([os[0], os[1], os[2], os[3]], ss[2], ss[3], mode as i32, is_cl(out)) else { return Ok(false) };
+    if out.numel() == 0 {
+        return Ok(true);
+    }
+    p.s_in = IcStrides::of(&ds.stride());
+    p.s_out = IcStrides::of(&out.stride());
+    let l = Launcher::new(ordinal, stream)?;
+    let (mut pd, mut po) = (ptr(ds), ptr(out));
+    let suffix = dtype(kind).unwrap().0;
+    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_tensors_never_touch_the_driver() {
+        let y = Tensor::zeros([1, 2, 3, 3], (Kind::Float, Device::Cpu));
+        let a = Tensor::from(0.5f32);
+        let sh = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        assert!(box_forward(&y, &y, &sh, &a, [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
+        assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
+        let b = Box2 { k: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
+        assert!(boxsum(&y, &b, 0).unwrap().is_none());
+        assert!(!boxsum_t_(&y, &y, &b, BoxsumMode::Subtract, 0).unwrap());
+    }
+}

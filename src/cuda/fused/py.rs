@@ -1,0 +1,229 @@
+//! Python bindings of the fused CUDA kernels (`ic_networks._core.cuda_fused_*`): the raw ops, for
+//! the GPU validation suite (scripts/gpu_check.sh, tests/test_cuda_fused_gpu.py) and for wiring
+//! behind the switch. `stream` is `torch.cuda.current_stream().cuda_stream`.
+use super::{Box2, BoxsumMode, FusedGrads, RawStream};
+use crate::error::Error;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Value(m) => PyValueError::new_err(m),
+        Error::Type(m) => PyTypeError::new_err(m),
+        Error::Runtime(m) => PyRuntimeError::new_err(m),
+    }
+}
+
+fn pair(name: &str, v: &[i64]) -> PyResult<[i64; 2]> {
+    match v {
+        [a] if *a >= 0 => Ok([*a, *a]),
+        [a, b] if *a >= 0 && *b >= 0 => Ok([*a, *b]),
+        _ => Err(PyValueError::new_err(format!("{name}: expected 1 or 2 non-negative integers, got {v:?}"))),
+    }
+}
+
+/// `None` when libcuda (with a device) and NVRTC are present, else why not.
+#[pyfunction]
+fn cuda_fused_unavailable_reason() -> Option<String> {
+    super::unavailable_reason()
+}
+
+#[pyfunction]
+fn cuda_fused_available() -> bool {
+    super::available()
+}
+
+/// The switch (`IC_NETWORKS_CUDA_KERNELS=1`, or `cuda_fused_set_enabled`) and availability.
+#[pyfunction]
+fn cuda_fused_enabled() -> bool {
+    super::enabled()
+}
+
+#[pyfunction]
+fn cuda_fused_set_enabled(on: bool) {
+    super::set_enabled(on)
+}
+
+/// Compiles (or reads the disk cache) and loads the kernels on CUDA device `device`.
+#[pyfunction]
+fn cuda_fused_warm_up(py: Python<'_>, device: usize) -> PyResult<Bound<'_, PyDict>> {
+    let w = py.allow_threads(move || super::warm_up(device)).map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("compute_capability", w.cc)?;
+    d.set_item("cubin", w.cubin)?;
+    d.set_item("from_cache", w.from_cache)?;
+    Ok(d)
+}
+
+type Fwd = Option<(PyTensor, Option<PyTensor>)>;
+
+/// Stride-1 fused forward: `y` becomes `out` in place; returns `(out, relu_z)` or None.
+#[pyfunction]
+#[pyo3(signature = (y, q, shift, alpha, kernel_size, padding, dilation, keep_relu_z, stream))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused_box_forward(
+    py: Python<'_>,
+    y: PyTensor,
+    q: PyTensor,
+    shift: PyTensor,
+    alpha: PyTensor,
+    kernel_size: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> PyResult<Fwd> {
+    let (k, p, d) = (pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
+    let r = py.allow_threads(move || super::box_forward(&y.0, &q.0, &shift.0, &alpha.0, k, p, d, keep_relu_z, stream)).map_err(to_py)?;
+    Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
+}
+
+fn grads(g: Option<FusedGrads>) -> Option<(Option<PyTensor>, PyTensor, PyTensor, PyTensor, PyTensor)> {
+    g.map(|g| (g.gy.map(PyTensor), PyTensor(g.g), PyTensor(g.db1), PyTensor(g.db2), PyTensor(g.dalpha)))
+}
+
+type Bwd = Option<(Option<PyTensor>, PyTensor, PyTensor, PyTensor, PyTensor)>;
+
+/// Stride-1 fused backward: `(gy, G, db1, db2, dalpha)` (sums in float32/float64) or None.
+#[pyfunction]
+#[pyo3(signature = (grad, relu_z, alpha, in_hw, kernel_size, padding, dilation, need_gy, stream))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused_box_backward(
+    py: Python<'_>,
+    grad: PyTensor,
+    relu_z: PyTensor,
+    alpha: PyTensor,
+    in_hw: Vec<i64>,
+    kernel_size: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    need_gy: bool,
+    stream: RawStream,
+) -> PyResult<Bwd> {
+    let (hw, k, p, d) = (pair("in_hw", &in_hw)?, pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
+    let r = py.allow_threads(move || super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, stream)).map_err(to_py)?;
+    Ok(grads(r))
+}
+
+#[pyfunction]
+fn cuda_fused_collision_forward(py: Python<'_>, y: PyTensor, p: PyTensor, shift: PyTensor, alpha: PyTensor, keep_relu_z: bool, stream: RawStream) -> PyResult<Fwd> {
+    let r = py.allow_threads(move || super::collision_forward(&y.0, &p.0, &shift.0, &alpha.0, keep_relu_z, stream)).map_err(to_py)?;
+    Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
+}
+
+#[pyfunction]
+fn cuda_fused_collision_backward(py: Python<'_>, grad: PyTensor, relu_z: PyTensor, alpha: PyTensor, need_gy: bool, stream: RawStream) -> PyResult<Bwd> {
+    let r = py.allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, stream)).map_err(to_py)?;
+    Ok(grads(r))
+}
+
+fn box2(kernel_size: &[i64], stride: &[i64], padding: &[i64], dilation: &[i64]) -> PyResult<Box2> {
+    let b = Box2 { k: pair("kernel_size", kernel_size)?, stride: pair("stride", stride)?, padding: pair("padding", padding)?, dilation: pair("dilation", dilation)? };
+    if b.k.iter().chain(&b.stride).chain(&b.dilation).any(|&v| v < 1) {
+        return Err(PyValueError::new_err("kernel_size, stride and dilation must be positive"));
+    }
+    Ok(b)
+}
+
+#[pyfunction]
+fn cuda_fused_boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>, stream: RawStream) -> PyResult<Option<PyTensor>> {
+    let b = box2(&kernel_size, &stride, &padding, &dilation)?;
+    Ok(py.allow_threads(move || super::boxsum(&x.0, &b, stream)).map_err(to_py)?.map(PyTensor))
+}
+
+/// `out (=, -=, +=) boxsum^T(ds)` for mode "write", "sub", "add"; False if not applicable.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused_boxsum_t_(py: Python<'_>, out: PyTensor, ds: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>, mode: &str, stream: RawStream) -> PyResult<bool> {
+    let b = box2(&kernel_size, &stride, &padding, &dilation)?;
+    let m = match mode {
+        "write" => BoxsumMode::Write,
+        "sub" => BoxsumMode::Subtract,
+        "add" => BoxsumMode::Add,
+        _ => return Err(PyValueError::new_err(format!("mode: expected 'write', 'sub' or 'add', got {mode:?}"))),
+    };
+    py.allow_threads(move || super::boxsum_t_(&out.0, &ds.0, &b, m, stream)).map_err(to_py)
+}
+
+fn geometry(stride: &[i64], padding: &[i64], dilation: &[i64], groups: i64) -> PyResult<super::layer::Geometry> {
+    let g = super::layer::Geometry { stride: pair("stride", stride)?, padding: pair("padding", padding)?, dilation: pair("dilation", dilation)?, groups };
+    if g.stride.iter().chain(&g.dilation).any(|&v| v < 1) || groups < 1 {
+        return Err(PyValueError::new_err("stride, dilation and groups must be positive"));
+    }
+    Ok(g)
+}
+
+/// The whole IC forward with the fused kernels: `(out, relu_z)` or None (libtorch path).
+#[pyfunction]
+#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups, keep_relu_z, stream))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused_layer_forward(
+    py: Python<'_>,
+    x: PyTensor,
+    weight: PyTensor,
+    adjust_weight: PyTensor,
+    adjust_bias: PyTensor,
+    alpha: PyTensor,
+    bias: Option<PyTensor>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    groups: i64,
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> PyResult<Fwd> {
+    let g = geometry(&stride, &padding, &dilation, groups)?;
+    let r = py
+        .allow_threads(move || super::layer::layer_forward(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g, keep_relu_z, stream))
+        .map_err(to_py)?;
+    Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
+}
+
+type Grads6 = Option<(Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>)>;
+
+/// The whole IC backward with the fused kernels; `needs` = (x, weight, adjust_weight,
+/// adjust_bias, alpha, bias). Returns the six gradients or None (libtorch path).
+#[pyfunction]
+#[pyo3(signature = (grad, x, weight, adjust_weight, alpha, relu_z, stride, padding, dilation, groups, needs, stream))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_fused_layer_backward(
+    py: Python<'_>,
+    grad: PyTensor,
+    x: PyTensor,
+    weight: PyTensor,
+    adjust_weight: PyTensor,
+    alpha: PyTensor,
+    relu_z: PyTensor,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    groups: i64,
+    needs: [bool; 6],
+    stream: RawStream,
+) -> PyResult<Grads6> {
+    let g = geometry(&stride, &padding, &dilation, groups)?;
+    let r = py
+        .allow_threads(move || super::layer::layer_backward(&grad.0, &x.0, &weight.0, &adjust_weight.0, &alpha.0, &relu_z.0, &g, needs, stream))
+        .map_err(to_py)?;
+    Ok(r.map(|[a, b, c, d, e, f]| (a.map(PyTensor), b.map(PyTensor), c.map(PyTensor), d.map(PyTensor), e.map(PyTensor), f.map(PyTensor))))
+}
+
+/// Adds the `cuda_fused_*` functions to the extension module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cuda_fused_unavailable_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_available, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_set_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_warm_up, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_box_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_box_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_collision_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_collision_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_boxsum, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_boxsum_t_, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_layer_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_layer_backward, m)?)?;
+    Ok(())
+}

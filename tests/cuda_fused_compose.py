@@ -1,0 +1,146 @@
+"""The IC layer composed from the fused CUDA kernels (``ic_networks._core.cuda_fused_*``) and
+libtorch's convolutions, exactly as src/cuda/fused/mod.rs documents the composition that the Rust
+op will use behind ``IC_NETWORKS_CUDA_KERNELS=1``. Used by tests/test_cuda_fused_gpu.py and
+scripts/bench_cuda_fused.py (GPU only); the CPU emulation in tests/test_cuda_kernels.py composes
+the same way.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ic_networks import _core
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _pairs(v):
+    return [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]
+
+
+def fused_forward(x, w, wa, b1, b2, alpha, stride, padding, dilation, groups, keep_relu_z=True):
+    """(out, relu_z, saved) with the fused kernels; raises if they decline."""
+    st, pd, dl = _pairs(stride), _pairs(padding), _pairs(dilation)
+    k = list(w.shape[2:])
+    y = F.conv2d(x, w, b2, st, pd, dl, groups)
+    shift = b1 - b2 if b2 is not None else b1
+    if st == [1, 1]:
+        q = F.conv2d(x, wa, None, 1, 0, 1, groups)
+        r = _core.cuda_fused_box_forward(y, q, shift, alpha, k, pd, dl, keep_relu_z, _stream())
+    else:
+        s = _core.cuda_fused_boxsum(x, k, st, pd, dl, _stream())
+        assert s is not None, "fused boxsum declined"
+        p = F.conv2d(s, wa, None, 1, 0, 1, groups)
+        r = _core.cuda_fused_collision_forward(y, p, shift, alpha, keep_relu_z, _stream())
+    assert r is not None, "fused forward declined"
+    return r
+
+
+def fused_backward(grad, x, w, wa, alpha, relu_z, stride, padding, dilation, groups):
+    """(dx, dw, dwa, db1, dalpha, db2) with the fused kernels."""
+    st, pd, dl = _pairs(stride), _pairs(padding), _pairs(dilation)
+    k = list(w.shape[2:])
+    grad = grad.contiguous(memory_format=torch.channels_last) if _is_cl(relu_z) else grad.contiguous()
+    if st == [1, 1]:
+        r = _core.cuda_fused_box_backward(grad, relu_z, alpha, list(x.shape[2:]), k, pd, dl, True, _stream())
+        assert r is not None, "fused backward declined"
+        gy, G, db1, db2, da = r
+        dx = torch.nn.grad.conv2d_input(x.shape, w, gy, st, pd, dl, groups)
+        dx -= torch.nn.grad.conv2d_input(x.shape, wa, G, 1, 0, 1, groups)
+        dwa = -torch.nn.grad.conv2d_weight(x, wa.shape, G, 1, 0, 1, groups)
+    else:
+        r = _core.cuda_fused_collision_backward(grad, relu_z, alpha, True, _stream())
+        assert r is not None, "fused backward declined"
+        gy, gz, db1, db2, da = r
+        s = _core.cuda_fused_boxsum(x, k, st, pd, dl, _stream())
+        dx = torch.nn.grad.conv2d_input(x.shape, w, gy, st, pd, dl, groups)
+        ds = torch.nn.grad.conv2d_input(s.shape, wa, gz, 1, 0, 1, groups)
+        if _is_cl(x):
+            dx = dx.contiguous(memory_format=torch.channels_last)
+        else:
+            dx = dx.contiguous()
+        assert _core.cuda_fused_boxsum_t_(dx, ds, k, st, pd, dl, "sub", _stream())
+        dwa = -torch.nn.grad.conv2d_weight(s, wa.shape, gz, 1, 0, 1, groups)
+    dw = torch.nn.grad.conv2d_weight(x, w.shape, gy, st, pd, dl, groups)
+    return dx, dw, dwa, db1.to(w.dtype), da.to(alpha.dtype).reshape(alpha.shape), db2.to(w.dtype)
+
+
+def _is_cl(t: Tensor) -> bool:
+    return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1
+
+
+class FusedIcConv(torch.autograd.Function):
+    """Autograd wrapper of the fused composition (for gradcheck and the benchmark)."""
+
+    @staticmethod
+    def forward(ctx, x, w, wa, b1, alpha, b2, stride, padding, dilation, groups):
+        out, relu_z = fused_forward(x, w, wa, b1, b2, alpha, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, w, wa, alpha, relu_z)
+        ctx.geom = (stride, padding, dilation, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, wa, alpha, relu_z = ctx.saved_tensors
+        dx, dw, dwa, db1, da, db2 = fused_backward(grad, x, w, wa, alpha, relu_z, *ctx.geom)
+        return dx, dw, dwa, db1, da, db2, None, None, None, None
+
+
+def fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding=0, dilation=1, groups=1):
+    if b2 is None:
+        b2 = torch.zeros_like(b1)
+    return FusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
+
+
+class RustFusedIcConv(torch.autograd.Function):
+    """Autograd wrapper of the Rust layer functions (``cuda_fused_layer_forward/backward``): the
+    path the op takes behind the switch."""
+
+    @staticmethod
+    def forward(ctx, x, w, wa, b1, alpha, b2, stride, padding, dilation, groups):
+        st, pd, dl = _pairs(stride), _pairs(padding), _pairs(dilation)
+        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        r = _core.cuda_fused_layer_forward(x, w, wa, b1, alpha, b2, st, pd, dl, groups, keep, _stream())
+        assert r is not None, "fused layer forward declined"
+        out, relu_z = r
+        ctx.save_for_backward(x, w, wa, alpha, relu_z)
+        ctx.geom = (st, pd, dl, groups)
+        ctx.has_bias = b2 is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, wa, alpha, relu_z = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:6])
+        needs[5] = needs[5] and ctx.has_bias
+        g = _core.cuda_fused_layer_backward(grad.contiguous(memory_format=torch.channels_last) if _is_cl(relu_z) else grad.contiguous(),
+                                            x, w, wa, alpha, relu_z, *ctx.geom, needs, _stream())
+        assert g is not None, "fused layer backward declined"
+        return tuple(g) + (None, None, None, None)
+
+
+def rust_fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding=0, dilation=1, groups=1):
+    return RustFusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
+
+
+class FusedModule(torch.nn.Module):
+    """An IcConv2d's parameters run through the Rust fused layer (benchmark variant)."""
+
+    def __init__(self, ic):
+        super().__init__()
+        self.ic = ic
+
+    def forward(self, x):
+        m = self.ic
+        alpha = m.alpha if isinstance(m.alpha, Tensor) else torch.tensor(float(m.alpha), device=x.device)
+        if not torch.is_grad_enabled():
+            out, _ = _core.cuda_fused_layer_forward(x, m.weight, m.adjust_weight, m.adjust_bias, alpha.to(x.dtype), m.bias,
+                                                    _pairs(m.stride), _pairs(m.padding), _pairs(m.dilation), m.groups, False, _stream())
+            return out
+        return rust_fused_ic_conv2d(x, m.weight, m.adjust_weight, m.adjust_bias, alpha.to(x.dtype), m.bias,
+                                    m.stride, m.padding, m.dilation, m.groups)

@@ -1,0 +1,247 @@
+"""The fused CUDA kernels on a real GPU (skipped without one; run by scripts/gpu_check.sh).
+
+Parity with the float64 oracle and with today's libtorch CUDA path, gradcheck in float64,
+float16/bfloat16, channels_last, a non-default stream, CUDA-graph capture after warm-up, and
+run-to-run determinism of the reductions. The composition is tests/cuda_fused_compose.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ic_networks import _core
+from ic_networks.reference import ic_conv2d_reference
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d, rust_fused_ic_conv2d  # noqa: E402
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if not _core.cuda_fused_available():
+        pytest.fail(f"a GPU is present but the fused kernels are unavailable: {_core.cuda_fused_unavailable_reason()}")
+    # deterministic cuDNN, so that gradcheck's reentrancy check and the equality checks below see
+    # only the fused kernels' own (deterministic) behaviour
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    info = _core.cuda_fused_warm_up(torch.cuda.current_device())
+    print("warm-up:", info)
+    return info
+
+
+def case(n, c, cout, hw, k, groups, dtype, cl, seed=0, device="cuda"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x = r(n, c, *hw)
+    w = r(cout, c // groups, *k) * 0.3
+    wa = r(cout, c // groups, 1, 1) * 0.3
+    b1, b2 = r(cout) * 0.5, r(cout) * 0.5
+    alpha = torch.tensor(0.7, dtype=torch.float64)
+    t = [v.to(device, dtype) for v in (x, w, wa, b1, b2, alpha)]
+    if cl:
+        t[0] = t[0].contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad):
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, wa, b1, alpha, b2)]
+    out = ic_conv2d_reference(*leaves[:5], leaves[5], st, pd, dl, groups)
+    gs = torch.autograd.grad(out, leaves, grad.double())
+    return out.detach(), gs
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / (b.abs().max() + 1e-12)).item()
+
+
+GEOMS = [  # (k, stride, padding, dilation)
+    ((3, 3), 1, 1, 1), ((5, 5), 1, 2, 1), ((3, 3), 1, 2, 2), ((1, 1), 1, 0, 1), ((3, 5), 1, 0, 1),
+    ((3, 3), 2, 1, 1), ((5, 5), 2, 2, 1), ((1, 1), 2, 0, 1), ((3, 3), 2, 0, 2),
+]
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"k{g[0][0]}x{g[0][1]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("shape", [(2, 8, 8, (13, 11), 1), (3, 17, 17, (9, 9), 1), (2, 16, 16, (20, 20), 2), (1, 64, 64, (28, 28), 1)])
+def test_parity_float64_vs_oracle(geom, shape, cl):
+    k, s, p, d = geom
+    n, c, cout, hw, groups = shape
+    x, w, wa, b1, b2, alpha = case(n, c, cout, hw, k, groups, torch.float64, cl)
+    st, pd, dl = [s, s], [p, p], [d, d]
+    out, rz = fused_forward(x, w, wa, b1, b2, alpha, st, pd, dl, groups)
+    grad = torch.randn_like(out)
+    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad)
+    assert rel(out, ref_out) < 1e-12
+    g = fused_backward(grad, x, w, wa, alpha, rz, st, pd, dl, groups)
+    for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], g, ref_g):
+        assert rel(a.reshape(b.shape), b) < 1e-11, name
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"k{g[0][0]}x{g[0][1]}s{g[1]}p{g[2]}d{g[3]}")
+def test_parity_float32_vs_libtorch_path(geom, cl):
+    """The fused composition against today's CUDA op (the libtorch path, the default)."""
+    k, s, p, d = geom
+    x, w, wa, b1, b2, alpha = case(4, 32, 32, (16, 16), k, 1, torch.float32, cl, seed=1)
+    st, pd, dl = [s, s], [p, p], [d, d]
+    lt_out, lt_rz = _core.ic_conv2d_forward(x, w, wa, b1, alpha, b2, st, pd, dl, 1)
+    out, rz = fused_forward(x, w, wa, b1, b2, alpha, st, pd, dl, 1)
+    assert rel(out, lt_out) < 1e-5
+    grad = torch.randn_like(out)
+    lt = _core.ic_conv2d_backward(grad, x, w, wa, b1, alpha, lt_rz, True, st, pd, dl, 1, [True] * 6)
+    fu = fused_backward(grad, x, w, wa, alpha, rz, st, pd, dl, 1)
+    for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], fu, lt):
+        assert rel(a.reshape(b.shape), b) < 1e-4, name
+
+
+@pytest.mark.parametrize("stride,cl", [(1, False), (1, True), (2, False), (2, True)])
+def test_gradcheck_float64(stride, cl):
+    x, w, wa, b1, b2, alpha = case(2, 3, 4, (7, 6), (3, 3), 1, torch.float64, cl, seed=2)
+    leaves = [t.requires_grad_() for t in (x, w, wa, b1, alpha, b2)]
+    f = lambda x, w, wa, b1, a, b2: fused_ic_conv2d(x, w, wa, b1, a, b2, stride, 1, 1, 1)  # noqa: E731
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_half_types(dtype, cl, stride):
+    x, w, wa, b1, b2, alpha = case(4, 32, 32, (14, 14), (3, 3), 1, dtype, cl, seed=3)
+    st = [stride, stride]
+    out, rz = fused_forward(x, w, wa, b1, b2, alpha, st, [1, 1], [1, 1], 1)
+    assert out.dtype == dtype
+    grad = torch.randn_like(out)
+    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, [1, 1], [1, 1], 1, grad)
+    tol = 2e-2 if dtype == torch.float16 else 6e-2
+    assert rel(out, ref_out) < tol
+    g = fused_backward(grad, x, w, wa, alpha, rz, st, [1, 1], [1, 1], 1)
+    for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], g, ref_g):
+        assert rel(a.reshape(b.shape), b) < 5 * tol, name
+    # the libtorch path on the same half inputs: same ballpark
+    lt_out, _ = _core.ic_conv2d_forward(x, w, wa, b1, alpha, b2, st, [1, 1], [1, 1], 1)
+    assert rel(out, lt_out) < tol
+
+
+def test_non_default_stream():
+    x, w, wa, b1, b2, alpha = case(4, 32, 32, (28, 28), (3, 3), 1, torch.float32, False, seed=4)
+    out0, rz0 = fused_forward(x, w, wa, b1, b2, alpha, [1, 1], [1, 1], [1, 1], 1)
+    grad = torch.randn_like(out0)
+    g0 = fused_backward(grad, x, w, wa, alpha, rz0, [1, 1], [1, 1], [1, 1], 1)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        assert torch.cuda.current_stream().cuda_stream == s.cuda_stream != 0
+        # a long GEMM first, so a launch on the wrong stream would read unfinished inputs
+        big = torch.randn(4096, 4096, device="cuda")
+        for _ in range(3):
+            big = big @ big / 64
+        out1, rz1 = fused_forward(x, w, wa, b1, b2, alpha, [1, 1], [1, 1], [1, 1], 1)
+        g1 = fused_backward(grad, x, w, wa, alpha, rz1, [1, 1], [1, 1], [1, 1], 1)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    assert torch.equal(out0, out1) and torch.equal(rz0, rz1)
+    check_grads(g0, g1)
+
+
+def check_grads(a, b):
+    """(dx, dw, dw', db1, dalpha, db2): the sums are the fused kernels' own (bit-identical); the
+    rest also goes through cuDNN/cuBLAS (close)."""
+    for i, (u, v) in enumerate(zip(a, b)):
+        if i >= 3:
+            assert torch.equal(u, v), i
+        else:
+            assert rel(u, v) < 1e-6, i
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cuda_graph_capture_after_warm_up(stride):
+    x, w, wa, b1, b2, alpha = case(4, 32, 32, (28, 28), (3, 3), 1, torch.float32, False, seed=5)
+    st = [stride, stride]
+    static_x = x.clone()
+    grad = torch.randn_like(fused_forward(x, w, wa, b1, b2, alpha, st, [1, 1], [1, 1], 1)[0])
+
+    def ref_step(xx):
+        return ic_conv2d_reference(xx, w, wa, b1, alpha, b2, st, [1, 1], [1, 1], 1)
+
+    def step():
+        out, rz = fused_forward(static_x, w, wa, b1, b2, alpha, st, [1, 1], [1, 1], 1)
+        return (out,) + tuple(fused_backward(grad, static_x, w, wa, alpha, rz, st, [1, 1], [1, 1], 1))
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    new_x = torch.randn_like(x)
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = [t.clone() for t in step()]
+    assert rel(static_out[0], ref_step(new_x)) < 1e-5, "the replay did not see the new input"
+    assert torch.equal(static_out[0], eager[0])
+    check_grads(static_out[1:], eager[1:])
+
+
+def test_backward_is_deterministic():
+    x, w, wa, b1, b2, alpha = case(16, 64, 64, (56, 56), (3, 3), 1, torch.float32, True, seed=6)
+    out, rz = fused_forward(x, w, wa, b1, b2, alpha, [1, 1], [1, 1], [1, 1], 1)
+    grad = torch.randn_like(out)
+    r1 = _core.cuda_fused_box_backward(grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream)
+    r2 = _core.cuda_fused_box_backward(grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream)
+    for a, b in zip(r1, r2):
+        assert torch.equal(a, b)
+
+
+def test_inference_skips_relu_z():
+    x, w, wa, b1, b2, alpha = case(2, 8, 8, (9, 9), (3, 3), 1, torch.float32, False, seed=7)
+    y = F.conv2d(x, w, b2, 1, 1)
+    q = F.conv2d(x, wa)
+    out, rz = _core.cuda_fused_box_forward(y, q, b1 - b2, alpha, [3, 3], [1, 1], [1, 1], False, torch.cuda.current_stream().cuda_stream)
+    assert rz is None
+    ref = ic_conv2d_reference(x, w, wa, b1, alpha, b2, 1, 1, 1, 1)
+    assert rel(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"k{g[0][0]}x{g[0][1]}s{g[1]}p{g[2]}d{g[3]}")
+@pytest.mark.parametrize("shape", [(2, 8, 8, (13, 11), 1), (2, 16, 16, (20, 20), 2), (2, 8, 12, (10, 10), 1)])
+def test_rust_layer_float64_vs_oracle(geom, shape, cl):
+    """cuda_fused_layer_forward/backward (what the op calls behind the switch), incl. the
+    accumulating GEMM for dx and groups > 1."""
+    k, s, p, d = geom
+    n, c, cout, hw, groups = shape
+    x, w, wa, b1, b2, alpha = case(n, c, cout, hw, k, groups, torch.float64, cl, seed=8)
+    st, pd, dl = [s, s], [p, p], [d, d]
+    stream = torch.cuda.current_stream().cuda_stream
+    out, rz = _core.cuda_fused_layer_forward(x, w, wa, b1, alpha, b2, st, pd, dl, groups, True, stream)
+    grad = torch.randn_like(out)
+    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad)
+    assert rel(out, ref_out) < 1e-12
+    g = _core.cuda_fused_layer_backward(grad, x, w, wa, alpha, rz, st, pd, dl, groups, [True] * 6, stream)
+    for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], g, ref_g):
+        assert rel(a.reshape(b.shape), b) < 1e-11, name
+    # partial needs: only what is asked for
+    g2 = _core.cuda_fused_layer_backward(grad, x, w, wa, alpha, rz, st, pd, dl, groups, [False, False, True, False, True, False], stream)
+    assert g2[0] is None and g2[1] is None and g2[3] is None and g2[5] is None
+    assert rel(g2[2], ref_g[2]) < 1e-11 and rel(g2[4].reshape(()), ref_g[4]) < 1e-11
+
+
+@pytest.mark.parametrize("stride,cl", [(1, False), (1, True), (2, False), (2, True)])
+def test_rust_layer_gradcheck_float64(stride, cl):
+    x, w, wa, b1, b2, alpha = case(2, 3, 4, (7, 6), (3, 3), 1, torch.float64, cl, seed=9)
+    leaves = [t.requires_grad_() for t in (x, w, wa, b1, alpha, b2)]
+    f = lambda x, w, wa, b1, a, b2: rust_fused_ic_conv2d(x, w, wa, b1, a, b2, stride, 1, 1, 1)  # noqa: E731
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
