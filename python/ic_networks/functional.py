@@ -87,6 +87,13 @@ def _validate(check, tensors: Sequence[Optional[Tensor]], *rest):
     return check(*stand_ins, *rest)
 
 
+def _tensor(name: str, t, optional: bool = False) -> None:
+    """The ops' argument parser reports a non-tensor as a RuntimeError that dumps the value; this
+    is the TypeError that names the argument."""
+    if not isinstance(t, Tensor) and not (optional and t is None):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
 def _two(v: Sequence[int]) -> List[int]:
     return [v[0], v[0]] if len(v) == 1 else list(v)
 
@@ -201,15 +208,19 @@ def ic_conv2d(
     term's error is then scaled by ``|alpha|``, which is small (0.01-0.04) after WLD. See
     docs/pytorch-native.md for measured figures.
     """
+    _tensor("x", x)
+    _tensor("weight", weight)
+    _tensor("adjust_weight", adjust_weight)
+    _tensor("adjust_bias", adjust_bias)
+    _tensor("bias", bias, optional=True)
     if not isinstance(alpha, Tensor):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise TypeError(f"alpha: expected a float or a scalar tensor, got {type(alpha).__name__}")
-        floating = isinstance(x, Tensor) and x.is_floating_point()
-        alpha = torch.tensor(float(alpha), dtype=x.dtype if floating else torch.float32, device=x.device if isinstance(x, Tensor) else None)
+        alpha = torch.tensor(float(alpha), dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
     if isinstance(groups, bool):
         raise TypeError(f"groups: expected an int, got {groups!r}")
     if isinstance(padding, str):
-        if not isinstance(weight, Tensor) or weight.dim() != 4:
+        if weight.dim() != 4:
             raise ValueError("weight: expected a 4-D (Cout, Cin/groups, kh, kw) tensor with padding='same'/'valid'")
         padding, extra = resolve_padding(padding, weight.shape[2:], pair("dilation", dilation), pair("stride", stride))
         if any(extra):
@@ -231,6 +242,7 @@ def boxsum(x: Tensor, kernel_size: IntPair, stride: IntPair = 1, padding: IntPai
     ``x`` (N, C, H, W) -> (N, C, Ho, Wo). Differentiable in ``x`` (the adjoint is the transposed box
     sum); an op (``torch.ops.ic_networks.boxsum``) that ``torch.compile`` traces.
     """
+    _tensor("x", x)
     return _BOXSUM(x, pair("kernel_size", kernel_size), pair("stride", stride), pair("padding", padding), pair("dilation", dilation))
 
 
@@ -259,6 +271,9 @@ def wld_loss_parts(
     ``loss`` carries the gradient w.r.t. ``student_logits``; ``ce`` and ``kd`` are for logging
     and carry none. On CUDA the class indices are checked on the device (no host sync).
     """
+    _tensor("student_logits", student_logits)
+    _tensor("teacher_logits", teacher_logits)
+    _tensor("target", target)
     return WLDParts(*_WLD_LOSS(student_logits, teacher_logits, target, _hyper("lam", lam), _hyper("e", e), _hyper("tau", tau)))
 
 

@@ -145,6 +145,8 @@ class IcConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
         if icf._exporting():
             unbatched = x.dim() == 3
             xb = x.unsqueeze(0) if unbatched else x
