@@ -59,15 +59,20 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `f`, catching errors and panics; returns the status code for C++.
+/// Runs `f`, catching errors and panics: `Ok(())` or the status code and message for C++.
+fn catch(f: impl FnOnce() -> Result<()>) -> std::result::Result<(), (c_int, String)> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(Error::Value(m))) => Err((ICN_VALUE_ERROR, m)),
+        Ok(Err(Error::Type(m))) => Err((ICN_TYPE_ERROR, m)),
+        Ok(Err(Error::Runtime(m))) => Err((ICN_RUNTIME_ERROR, m)),
+        Err(p) => Err((ICN_RUNTIME_ERROR, format!("ic_networks core: internal error ({})", panic_message(p.as_ref())))),
+    }
+}
+
+/// Runs `f` (see [`catch`]); returns the status code for C++, the message in `sink`.
 fn run(sink: *mut c_void, f: impl FnOnce() -> Result<()>) -> c_int {
-    let (code, msg) = match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => return ICN_OK,
-        Ok(Err(Error::Value(m))) => (ICN_VALUE_ERROR, m),
-        Ok(Err(Error::Type(m))) => (ICN_TYPE_ERROR, m),
-        Ok(Err(Error::Runtime(m))) => (ICN_RUNTIME_ERROR, m),
-        Err(p) => (ICN_RUNTIME_ERROR, format!("ic_networks core: internal error ({})", panic_message(p.as_ref()))),
-    };
+    let Err((code, msg)) = catch(f) else { return ICN_OK };
     // SAFETY: the sink is the caller's `std::string*`; the message is valid UTF-8 bytes of `len`.
     unsafe { icn_error_set(sink, msg.as_ptr() as *const c_char, msg.len()) };
     code
@@ -323,4 +328,30 @@ pub fn register_ops() -> Result<()> {
         return Err(Error::Runtime(format!("ic_networks: registering the ops with libtorch failed: {msg}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_panics_become_codes() {
+        assert_eq!(catch(|| Ok(())), Ok(()));
+        assert_eq!(catch(|| Err(value_err!("x: bad"))), Err((ICN_VALUE_ERROR, "x: bad".to_string())));
+        assert_eq!(catch(|| Err(type_err!("x: dtype"))).unwrap_err().0, ICN_TYPE_ERROR);
+        let (code, msg) = catch(|| panic!("boom")).unwrap_err();
+        assert_eq!(code, ICN_RUNTIME_ERROR);
+        assert!(msg.contains("internal error") && msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
+    fn boxsum_arguments_are_checked() {
+        let g = ConvGeometry::default();
+        let x = Tensor::zeros([1, 2, 5, 5], (Kind::Float, tch::Device::Cpu));
+        assert_eq!(check_boxsum(&x, &[3], &g).unwrap(), [3, 3, 3, 3]);
+        assert!(matches!(check_boxsum(&x, &[0, 3], &g), Err(Error::Value(m)) if m.starts_with("kernel_size")));
+        assert!(matches!(check_boxsum(&x, &[6, 6], &g), Err(Error::Value(m)) if m.contains("smaller than the dilated kernel")));
+        let xi = Tensor::zeros([1, 2, 5, 5], (Kind::Int64, tch::Device::Cpu));
+        assert!(matches!(check_boxsum(&xi, &[3], &g), Err(Error::Type(m)) if m.starts_with("x:")));
+    }
 }
