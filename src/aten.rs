@@ -1,5 +1,7 @@
-//! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind.
+//! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
+//! (`at::convolution_backward`, `at::parallel_for`). Imports only `error.rs` and `geometry.rs`.
 use crate::error::{Error, Result};
+use crate::geometry::ConvGeometry;
 use std::os::raw::{c_char, c_int, c_void};
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -75,20 +77,17 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Gradients of `conv2d(input, weight)` (no bias) for a given `grad_out`, computed by
-/// `at::convolution_backward`, i.e. by the same backend (oneDNN, cuDNN, ...) as the forward.
+/// Gradients of `conv2d(input, weight)` (no bias) with geometry `g` for a given `grad_out`,
+/// computed by `at::convolution_backward`, i.e. by the same backend (oneDNN, cuDNN, ...) as the
+/// forward.
 ///
 /// Shapes: `grad_out` (N, Cout, Ho, Wo), `input` (N, Cin, H, W), `weight` (Cout, Cin/g, kh, kw).
 /// Returns `(grad_input, grad_weight)`, each `Some` only when requested.
-#[allow(clippy::too_many_arguments)]
 pub fn convolution_backward(
     grad_out: &Tensor,
     input: &Tensor,
     weight: &Tensor,
-    stride: [i64; 2],
-    padding: [i64; 2],
-    dilation: [i64; 2],
-    groups: i64,
+    g: &ConvGeometry,
     need_input: bool,
     need_weight: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -105,10 +104,10 @@ pub fn convolution_backward(
             grad_out.as_ptr(),
             input.as_ptr(),
             weight.as_ptr(),
-            stride.as_ptr(),
-            padding.as_ptr(),
-            dilation.as_ptr(),
-            groups,
+            g.stride.as_ptr(),
+            g.padding.as_ptr(),
+            g.dilation.as_ptr(),
+            g.groups,
             need_input as c_int,
             need_weight as c_int,
             &mut gi,

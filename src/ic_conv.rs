@@ -1,4 +1,5 @@
-//! The IC convolution (paper eq. 6/7), forward and backward on `tch::Tensor`s.
+//! The IC convolution (paper eq. 6/7), forward and backward on `tch::Tensor`s: the math that is
+//! the same on every device, and the one place where a call's backend is chosen ([`choose`]).
 //!
 //! For `x` (N, Cin, H, W), `weight` W (Cout, Cin/g, kh, kw), `adjust_weight` W' (Cout, Cin/g, 1, 1),
 //! `adjust_bias` b1 (Cout), optional `bias` b2 (Cout) and a scalar `alpha`:
@@ -14,218 +15,91 @@
 //! With `alpha == 0` the output is bit-identical to `conv2d(x, W, b2)`. The forward keeps only `x`
 //! and `relu(Z)` for the backward (mask and d alpha both come from it).
 //!
-//! The ops are libtorch calls, so the same code runs on CPU and CUDA; on dense CPU float tensors
-//! the box sum (`boxsum.rs`) and the elementwise collision work (`fused.rs`) run in Rust kernels
-//! and the 1x1 conv as GEMMs (`pointwise.rs`).
+//! Here, on every device: the argument checks (`validate.rs`), `Yb` and its gradients (libtorch's
+//! convolution and `at::convolution_backward`), the shift `b1 - b2`, empty batches, and the sign
+//! and scale of the P path's gradients. The rest, `S`, `P` and the collision, is the backend's:
+//!
+//! | [`Backend`]   | when                                                    | code                         |
+//! |---------------|---------------------------------------------------------|------------------------------|
+//! | `CpuFusedBox` | CPU f32/f64 dense in one order, stride 1, Cout <= 2 Cin | `cpu/collision_box.rs`, `cpu/gemm.rs` |
+//! | `CpuFused`    | CPU f32/f64 dense in one order, otherwise               | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
+//! | `Cuda`        | CUDA tensors                                            | `cuda/` (today: `libtorch/`) |
+//! | `Libtorch`    | everything else: half types, odd strides, mixed memory orders, kernels off | `libtorch/` |
+//!
+//! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
+//! layer choose independently (the backward may get its gradient in another memory order).
 use crate::aten::convolution_backward;
-use crate::boxsum::{boxsum, boxsum_backward, boxsum_backward_sub_};
-use crate::error::{Error, Result};
-use crate::fused;
-use crate::fused_box;
-use crate::pointwise;
-use crate::{type_err, value_err};
+use crate::cpu;
+use crate::cuda;
+use crate::dtype::has_kernel;
+use crate::error::Result;
+use crate::layout::{layout_of, Layout};
+use crate::libtorch;
+use crate::validate::{check_args, check_backward};
 use tch::{Device, Kind, Tensor};
 
-/// Geometry of the main convolution; the box sum shares stride, padding and dilation.
+pub use crate::geometry::{ConvGeometry, IcDims};
+pub use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, IcForward, IcGrads, NeedsGrad};
+pub use crate::validate::check_inputs;
+
+/// The implementation of the device-specific part of one call (box sum, 1x1, collision).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub stride: [i64; 2],
-    pub padding: [i64; 2],
-    pub dilation: [i64; 2],
-    pub groups: i64,
+pub enum Backend {
+    /// Rust CPU kernels with the box sum inside the collision kernel (stride 1, `cpu/collision_box.rs`).
+    CpuFusedBox(cpu::Plan),
+    /// Rust CPU kernels: box sum, 1x1 as GEMMs, fused collision (`cpu/collision.rs`).
+    CpuFused(cpu::Plan),
+    /// CUDA tensors (`cuda/`, today the libtorch ops on the GPU).
+    Cuda,
+    /// libtorch ops on any device, dtype and layout (`libtorch/`).
+    Libtorch,
 }
 
-impl Default for ConvGeometry {
-    fn default() -> Self {
-        Self { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+/// What the backend choice looks at: x's device and dtype, and the memory order the call's
+/// activation-sized tensors share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTraits {
+    pub device: Device,
+    pub kind: Kind,
+    /// x's dense layout when every tensor of the call (x and y = conv(x, W) in the forward; x,
+    /// grad and relu_z in the backward) is dense in that one order; `None` otherwise.
+    pub layout: Option<Layout>,
+    /// Whether the CPU kernels are on (`cpu::set_enabled`).
+    pub cpu_kernels: bool,
+}
+
+impl CallTraits {
+    /// The traits of a call whose first tensor is `x`.
+    pub fn of(ts: &[&Tensor]) -> Self {
+        let x = ts[0];
+        let layout = layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
+        Self { device: x.device(), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
     }
 }
 
-fn pair(name: &str, v: &[i64]) -> Result<[i64; 2]> {
-    match v {
-        [a] => Ok([*a, *a]),
-        [a, b] => Ok([*a, *b]),
-        _ => Err(value_err!("{name}: expected 1 or 2 integers, got {}", v.len())),
-    }
+/// The stride-1 box-sum fusion runs the 1x1 on x's grid with Cout outputs, against the box sum's
+/// grid with Cin inputs: it pays (no more GEMM work) when Cout <= 2 Cin.
+fn box_fusion_pays(d: &IcDims, g: &ConvGeometry) -> bool {
+    g.unit_stride() && d.cout <= 2 * d.cin
 }
 
-impl ConvGeometry {
-    /// Builds and validates a geometry from Python-style lists (one value is used for both dims).
-    pub fn from_lists(stride: &[i64], padding: &[i64], dilation: &[i64], groups: i64) -> Result<Self> {
-        let g = Self {
-            stride: pair("stride", stride)?,
-            padding: pair("padding", padding)?,
-            dilation: pair("dilation", dilation)?,
-            groups,
-        };
-        g.validate()?;
-        Ok(g)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        // Bounds keep every size computation far from i64 overflow (and match libtorch's int32 limits).
-        const MAX: i64 = i32::MAX as i64;
-        let big = self.stride.iter().chain(&self.padding).chain(&self.dilation).chain([&self.groups]).any(|&v| v > MAX);
-        if big {
-            return Err(value_err!(
-                "stride, padding, dilation and groups must be at most {MAX}, got stride={:?}, padding={:?}, dilation={:?}, groups={}",
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups
-            ));
+/// The backend of one call, from x's device, dtype and layout (shared with y, or with grad and
+/// relu_z: the CPU kernels run in one memory order, and the outputs then keep the layouts
+/// libtorch's convolution gives them), the geometry, and whether the P path runs at all (`adjust_path`: always in the forward; in the backward only when x or W' need
+/// a gradient; without it the box-sum fusion has nothing to fuse).
+pub fn choose(t: &CallTraits, d: &IcDims, g: &ConvGeometry, adjust_path: bool) -> Backend {
+    match (t.device, t.layout) {
+        (Device::Cuda(_), _) => Backend::Cuda,
+        (Device::Cpu, Some(lay)) if t.cpu_kernels && has_kernel(t.kind) => {
+            let plan = cpu::Plan::new(t.kind, lay.order(), g.groups);
+            if adjust_path && box_fusion_pays(d, g) {
+                Backend::CpuFusedBox(plan)
+            } else {
+                Backend::CpuFused(plan)
+            }
         }
-        if self.stride.iter().any(|&s| s <= 0) {
-            return Err(value_err!("stride: expected positive integers, got {:?}", self.stride));
-        }
-        if self.padding.iter().any(|&p| p < 0) {
-            return Err(value_err!("padding: expected non-negative integers, got {:?}", self.padding));
-        }
-        if self.dilation.iter().any(|&d| d <= 0) {
-            return Err(value_err!("dilation: expected positive integers, got {:?}", self.dilation));
-        }
-        if self.groups <= 0 {
-            return Err(value_err!("groups: expected a positive integer, got {}", self.groups));
-        }
-        Ok(())
+        _ => Backend::Libtorch,
     }
-
-    /// Output size of one spatial dim for input size `n` and kernel size `k`.
-    pub fn out_size(&self, dim: usize, n: i64, k: i64) -> i64 {
-        // i128: no overflow for any i64 sizes (validate() bounds the geometry, not the tensor).
-        let (n, k) = (n as i128, k as i128);
-        let (p, d, s) = (self.padding[dim] as i128, self.dilation[dim] as i128, self.stride[dim] as i128);
-        let o = (n + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1;
-        o.clamp(i64::MIN as i128, i64::MAX as i128) as i64
-    }
-}
-
-/// Sizes checked by [`check_inputs`].
-#[derive(Debug, Clone, Copy)]
-pub struct IcDims {
-    pub n: i64,
-    pub cin: i64,
-    pub cout: i64,
-    pub kh: i64,
-    pub kw: i64,
-    pub ho: i64,
-    pub wo: i64,
-}
-
-fn is_float(k: Kind) -> bool {
-    matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
-}
-
-fn dev_name(d: Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
-fn check_same(name: &str, t: &Tensor, x: &Tensor) -> Result<()> {
-    if t.kind() != x.kind() {
-        return Err(type_err!("{name}: dtype {:?} does not match x's dtype {:?}", t.kind(), x.kind()));
-    }
-    if t.device() != x.device() {
-        return Err(Error::Runtime(format!(
-            "{name}: is on device {} but x is on {}",
-            dev_name(t.device()),
-            dev_name(x.device())
-        )));
-    }
-    Ok(())
-}
-
-fn check_shape(name: &str, t: &Tensor, want: &[i64]) -> Result<()> {
-    if t.size() != want {
-        return Err(value_err!("{name}: expected shape {want:?}, got {:?}", t.size()));
-    }
-    Ok(())
-}
-
-/// Validates every argument of the IC convolution before libtorch sees it.
-pub fn check_inputs(
-    x: &Tensor,
-    weight: &Tensor,
-    adjust_weight: &Tensor,
-    adjust_bias: &Tensor,
-    alpha: &Tensor,
-    bias: Option<&Tensor>,
-    g: &ConvGeometry,
-) -> Result<IcDims> {
-    g.validate()?;
-    if x.dim() != 4 {
-        return Err(value_err!("x: expected a 4-D (N, C, H, W) tensor, got shape {:?}", x.size()));
-    }
-    if !is_float(x.kind()) {
-        return Err(type_err!("x: expected a floating-point tensor, got dtype {:?}", x.kind()));
-    }
-    if weight.dim() != 4 {
-        return Err(value_err!("weight: expected a 4-D (Cout, Cin/groups, kh, kw) tensor, got shape {:?}", weight.size()));
-    }
-    check_same("weight", weight, x)?;
-    check_same("adjust_weight", adjust_weight, x)?;
-    check_same("adjust_bias", adjust_bias, x)?;
-    if let Some(b) = bias {
-        check_same("bias", b, x)?;
-    }
-    if !is_float(alpha.kind()) {
-        return Err(type_err!("alpha: expected a floating-point tensor, got dtype {:?}", alpha.kind()));
-    }
-    if alpha.numel() != 1 {
-        return Err(value_err!("alpha: expected a scalar (one element), got shape {:?}", alpha.size()));
-    }
-    if alpha.device() != x.device() && !(alpha.device() == Device::Cpu && alpha.dim() == 0) {
-        return Err(Error::Runtime(format!(
-            "alpha: is on device {} but x is on {}",
-            dev_name(alpha.device()),
-            dev_name(x.device())
-        )));
-    }
-    let (xs, ws) = (x.size(), weight.size());
-    let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
-    if h == 0 || w == 0 {
-        // libtorch's convolutions refuse them too, less clearly
-        return Err(value_err!("x: expected a non-empty image (H, W >= 1), got shape {xs:?}"));
-    }
-    let (cout, cin_g, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
-    if kh <= 0 || kw <= 0 || cout <= 0 || cin_g <= 0 {
-        return Err(value_err!("weight: every dimension must be positive, got shape {ws:?}"));
-    }
-    if cin != cin_g * g.groups {
-        return Err(value_err!(
-            "x: has {cin} channels but weight {ws:?} with groups={} expects {}",
-            g.groups,
-            cin_g * g.groups
-        ));
-    }
-    if cout % g.groups != 0 {
-        return Err(value_err!("groups: out_channels {cout} is not divisible by groups={}", g.groups));
-    }
-    check_shape("adjust_weight", adjust_weight, &[cout, cin_g, 1, 1])?;
-    check_shape("adjust_bias", adjust_bias, &[cout])?;
-    if let Some(b) = bias {
-        check_shape("bias", b, &[cout])?;
-    }
-    let (ho, wo) = (g.out_size(0, h, kh), g.out_size(1, w, kw));
-    if ho < 1 || wo < 1 {
-        return Err(value_err!(
-            "x: spatial size ({h}, {w}) with padding {:?} is smaller than the dilated kernel ({}, {})",
-            g.padding,
-            g.dilation[0] as i128 * (kh as i128 - 1) + 1,
-            g.dilation[1] as i128 * (kw as i128 - 1) + 1
-        ));
-    }
-    Ok(IcDims { n, cin, cout, kh, kw, ho, wo })
-}
-
-/// What the forward returns: the layer output and `relu(Z)`, the one output-sized tensor the
-/// backward needs (with `x`).
-pub struct IcForward {
-    pub out: Tensor,
-    pub relu_z: Tensor,
 }
 
 /// The IC convolution forward pass. See the module docs for the formula and shapes.
@@ -238,8 +112,9 @@ pub fn forward(
     bias: Option<&Tensor>,
     g: &ConvGeometry,
 ) -> Result<IcForward> {
-    let (out, relu_z) = forward_impl(x, weight, adjust_weight, adjust_bias, alpha, bias, g, true)?;
-    let relu_z = relu_z.ok_or_else(|| Error::Runtime("forward: relu_z was not produced".into()))?;
+    let args = IcArgs { x, weight, adjust_weight, adjust_bias, alpha, bias };
+    let (out, relu_z) = run_forward(&args, g, true)?;
+    let relu_z = relu_z.ok_or_else(|| crate::error::Error::Runtime("forward: relu_z was not produced".into()))?;
     Ok(IcForward { out, relu_z })
 }
 
@@ -254,154 +129,32 @@ pub fn forward_inference(
     bias: Option<&Tensor>,
     g: &ConvGeometry,
 ) -> Result<Tensor> {
-    Ok(forward_impl(x, weight, adjust_weight, adjust_bias, alpha, bias, g, false)?.0)
+    let args = IcArgs { x, weight, adjust_weight, adjust_bias, alpha, bias };
+    Ok(run_forward(&args, g, false)?.0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward_impl(
-    x: &Tensor,
-    weight: &Tensor,
-    adjust_weight: &Tensor,
-    adjust_bias: &Tensor,
-    alpha: &Tensor,
-    bias: Option<&Tensor>,
-    g: &ConvGeometry,
-    keep_relu_z: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let d = check_inputs(x, weight, adjust_weight, adjust_bias, alpha, bias, g)?;
+/// The forward on an [`IcArgs`]: `(out, relu_z)`, `relu_z` only if `keep_relu_z` (the CPU
+/// backends return it always except CpuFusedBox without `keep_relu_z`).
+pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let d = check_args(a, g)?;
     tch::no_grad(|| {
-        let y = x.f_conv2d(weight, bias, g.stride, g.padding, g.dilation, g.groups)?;
+        let y = a.x.f_conv2d(a.weight, a.bias, g.stride, g.padding, g.dilation, g.groups)?;
         if d.n == 0 {
             let relu_z = if keep_relu_z { Some(y.f_zeros_like()?) } else { None };
             return Ok((y, relu_z));
         }
-        let shift = match bias {
-            Some(b) => adjust_bias.f_sub(b)?,
-            None => adjust_bias.shallow_clone(),
+        let shift = match a.bias {
+            Some(b) => a.adjust_bias.f_sub(b)?,
+            None => a.adjust_bias.shallow_clone(),
         };
-        // Where the fused CPU kernel cannot run (CUDA, half types, odd layouts), the shift rides in
-        // the 1x1 conv's bias, which saves the generic path a pass over Z.
-        let fold = x.device() != Device::Cpu || crate::cpu::dense(&[x]).is_none();
-        if !fold && box_fusion_pays(&d, g) {
-            // P = boxsum(conv1x1(x, W')) at stride 1: the box sum runs inside the collision kernel.
-            let q = pointwise::forward(x, adjust_weight, g.groups, None)?;
-            if let Some(r) = fused_box::collision_forward(&y, &q, &shift, alpha, d.kh, d.kw, g, keep_relu_z)? {
-                return Ok(r);
-            }
-        }
-        let s = boxsum(x, d.kh, d.kw, g)?;
-        let p = if fold {
-            pointwise::forward(&s, adjust_weight, g.groups, Some(&shift.f_neg()?))?
-        } else {
-            pointwise::forward(&s, adjust_weight, g.groups, None)?
+        let (out, relu_z) = match choose(&CallTraits::of(&[a.x, &y]), &d, g, true) {
+            Backend::CpuFusedBox(plan) => return plan.forward_box(&y, a, &shift, &d, g, keep_relu_z),
+            Backend::CpuFused(plan) => plan.forward(&y, a, &shift, &d, g)?,
+            Backend::Cuda => cuda::forward(y, a, &shift, &d, g)?,
+            Backend::Libtorch => libtorch::forward(y, a, &shift, &d, g)?,
         };
-        drop(s);
-        let (out, relu_z) = collision_forward(y, p, if fold { None } else { Some(&shift) }, alpha)?;
         Ok((out, Some(relu_z)))
     })
-}
-
-/// Whether the stride-1 box-sum fusion (`fused_box.rs`) applies and costs no more GEMM work:
-/// it runs the 1x1 on x's grid with Cout outputs, against the box sum's grid with Cin inputs.
-fn box_fusion_pays(d: &IcDims, g: &ConvGeometry) -> bool {
-    g.stride == [1, 1] && d.cout <= 2 * d.cin
-}
-
-/// `relu_z = relu(y - p + shift)`, `out = y + alpha * relu_z`. `y`, `p`: (N, C, Ho, Wo); `shift`: (C),
-/// `None` when it is already in `p` (as `-shift`). Consumes `p` (the buffer of `relu_z` on the
-/// generic path, which is three passes: `z = y - p`, `relu_`, `addcmul`).
-pub fn collision_forward(y: Tensor, p: Tensor, shift: Option<&Tensor>, alpha: &Tensor) -> Result<(Tensor, Tensor)> {
-    let c = y.size()[1];
-    let zeros;
-    let fused_shift = match shift {
-        Some(s) => s,
-        None => {
-            zeros = Tensor::f_zeros([c], (y.kind(), y.device()))?;
-            &zeros
-        }
-    };
-    if let Some(r) = fused::collision_forward(&y, &p, fused_shift, alpha)? {
-        return Ok(r);
-    }
-    let mut z = p;
-    let _ = y.f_sub_out(&z, &z)?;
-    if let Some(s) = shift {
-        let _ = z.f_add_(&s.f_view([1, c, 1, 1])?)?;
-    }
-    let _ = z.f_relu_()?;
-    let alpha = alpha.f_to_kind(y.kind())?.f_reshape([] as [i64; 0])?;
-    let out = y.f_addcmul(&z, &alpha)?;
-    Ok((out, z))
-}
-
-/// Which gradients the caller wants (autograd's `needs_input_grad`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NeedsGrad {
-    pub x: bool,
-    pub weight: bool,
-    pub adjust_weight: bool,
-    pub adjust_bias: bool,
-    pub alpha: bool,
-    pub bias: bool,
-}
-
-impl NeedsGrad {
-    pub fn all() -> Self {
-        Self { x: true, weight: true, adjust_weight: true, adjust_bias: true, alpha: true, bias: true }
-    }
-}
-
-/// Gradients of the IC convolution; `None` where not requested.
-#[derive(Default)]
-pub struct IcGrads {
-    pub x: Option<Tensor>,
-    pub weight: Option<Tensor>,
-    pub adjust_weight: Option<Tensor>,
-    pub adjust_bias: Option<Tensor>,
-    pub alpha: Option<Tensor>,
-    pub bias: Option<Tensor>,
-}
-
-/// Elementwise part of the backward: `gz = alpha * grad * [relu_z > 0]`, `gy = grad + gz`, and the
-/// reductions d alpha = sum(grad * relu_z), db1 = sum_{n,h,w} gz, db2 = sum_{n,h,w} grad.
-pub struct CollisionGrads {
-    pub gy: Option<Tensor>,
-    pub adjust: AdjustGrad,
-    pub dalpha: Option<Tensor>,
-    pub db1: Option<Tensor>,
-    pub db2: Option<Tensor>,
-}
-
-/// The gradient that flows into the P path.
-pub enum AdjustGrad {
-    /// `gz = dL/dP` (N, C, Ho, Wo), or `gz / alpha` when `scale` is `Some(alpha)`: the generic path
-    /// leaves the scaling to the small or fused ops downstream instead of a pass of its own.
-    Gz { gz: Tensor, scale: Option<Tensor> },
-    /// `boxsum^T(gz)` on x's grid (N, C, H, W), alpha included (stride 1, `fused_box.rs`).
-    OnInput(Tensor),
-}
-
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
-    let need_gy = needs.x || needs.weight;
-    if let Some(r) = fused::collision_backward(grad, relu_z, alpha, need_gy, needs)? {
-        return Ok(r);
-    }
-    let alpha_k = alpha.f_to_kind(grad.kind())?.f_reshape([] as [i64; 0])?;
-    let gz = relu_z.f_threshold_backward(grad, 0.0)?;
-    let dalpha = if needs.alpha { Some(grad.f_mul(relu_z)?.f_sum(acc_kind(grad.kind()))?) } else { None };
-    let sum_nhw = |t: &Tensor| t.f_sum_dim_intlist([0i64, 2, 3].as_slice(), false, None::<Kind>);
-    let db1 = if needs.adjust_bias { Some(sum_nhw(&gz)?.f_mul(&alpha_k)?) } else { None };
-    let db2 = if needs.bias { Some(sum_nhw(grad)?) } else { None };
-    let gy = if need_gy { Some(grad.f_addcmul(&gz, &alpha_k)?) } else { None };
-    Ok(CollisionGrads { gy, adjust: AdjustGrad::Gz { gz, scale: Some(alpha_k) }, dalpha, db1, db2 })
-}
-
-/// Accumulation dtype of d alpha: float32 for half types, else the input's own.
-fn acc_kind(k: Kind) -> Kind {
-    match k {
-        Kind::Half | Kind::BFloat16 => Kind::Float,
-        other => other,
-    }
 }
 
 /// The IC convolution backward pass.
@@ -421,20 +174,26 @@ pub fn backward(
     g: &ConvGeometry,
     needs: &NeedsGrad,
 ) -> Result<IcGrads> {
-    let d = check_inputs(x, weight, adjust_weight, adjust_bias, alpha, None, g)?;
-    let want = [d.n, d.cout, d.ho, d.wo];
-    check_shape("grad", grad, &want)?;
-    check_shape("relu_z", relu_z, &want)?;
-    check_same("grad", grad, x)?;
-    check_same("relu_z", relu_z, x)?;
+    let args = IcArgs { x, weight, adjust_weight, adjust_bias, alpha, bias: None };
+    run_backward(grad, relu_z, &args, has_bias, g, needs)
+}
+
+/// The backward on an [`IcArgs`] (its `bias` unused: `has_bias` says whether there is one).
+pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, g: &ConvGeometry, needs: &NeedsGrad) -> Result<IcGrads> {
+    let d = check_args(&IcArgs { bias: None, ..*a }, g)?;
+    let IcArgs { x, weight, alpha, .. } = *a;
+    check_backward(grad, relu_z, x, &d)?;
     let needs = NeedsGrad { bias: needs.bias && has_bias, ..*needs };
     tch::no_grad(|| {
         if d.n == 0 {
-            return zero_grads(x, weight, adjust_weight, adjust_bias, alpha, &needs, d.cout);
+            return zero_grads(a, &needs, d.cout);
         }
-        let cg = match box_collision_backward(grad, relu_z, alpha, x, &d, g, &needs)? {
-            Some(cg) => cg,
-            None => collision_backward(grad, relu_z, alpha, &needs)?,
+        let backend = choose(&CallTraits::of(&[x, grad, relu_z]), &d, g, needs.adjust_path());
+        let cg = match backend {
+            Backend::CpuFusedBox(plan) => plan.collision_box_backward(grad, relu_z, alpha, &needs, &d, g)?,
+            Backend::CpuFused(plan) => plan.collision_backward(grad, relu_z, alpha, &needs)?,
+            Backend::Cuda => cuda::collision_backward(grad, relu_z, alpha, &needs)?,
+            Backend::Libtorch => libtorch::collision_backward(grad, relu_z, alpha, &needs)?,
         };
         let mut out = IcGrads {
             alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
@@ -443,118 +202,122 @@ pub fn backward(
             ..Default::default()
         };
         let (dx_main, dw) = match &cg.gy {
-            Some(gy) => convolution_backward(gy, x, weight, g.stride, g.padding, g.dilation, g.groups, needs.x, needs.weight)?,
+            Some(gy) => convolution_backward(gy, x, weight, g, needs.x, needs.weight)?,
             None => (None, None),
         };
         drop(cg.gy);
         out.weight = dw;
-        if needs.x || needs.adjust_weight {
-            let mut dx = dx_main;
-            let (dxb, dwa, scale) = match cg.adjust {
-                AdjustGrad::OnInput(gq) => {
-                    // dx -= W'^T G straight from the GEMM where it can (no temporary, no pass).
-                    let done = match &dx {
-                        Some(dx) => pointwise::input_grad_sub_(dx, &gq, adjust_weight, g.groups)?,
-                        None => false,
-                    };
-                    let (dxb, dwa) = pointwise::backward(&gq, x, adjust_weight, g.groups, needs.x && !done, needs.adjust_weight)?;
-                    (dxb, dwa, None)
-                }
-                AdjustGrad::Gz { gz, scale } => {
-                    let (dxb, dwa) = adjust_path_backward(&gz, dx.as_ref(), x, adjust_weight, &d, g, needs.x, needs.adjust_weight, scale.is_none())?;
-                    (dxb, dwa, scale)
-                }
-            };
-            // P enters Z with a minus sign (and gz may still lack its factor alpha).
-            let neg_scale = scale.as_ref().map(|a| a.f_neg()).transpose()?;
-            out.adjust_weight = match &neg_scale {
-                Some(ns) => dwa.map(|t| t.f_mul(ns)).transpose()?,
-                None => dwa.map(|t| t.f_neg()).transpose()?,
-            };
-            if let (Some(dx), Some(dxb)) = (dx.as_mut(), dxb) {
-                let _ = match &neg_scale {
-                    Some(ns) => dx.f_addcmul_(&dxb, ns)?,
-                    None => dx.f_sub_(&dxb)?,
-                };
-            }
-            out.x = dx;
-        } else {
+        if !needs.adjust_path() {
             out.x = dx_main;
+            return Ok(out);
         }
+        let parts = match backend {
+            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => plan.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+            Backend::Cuda => cuda::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+            Backend::Libtorch => libtorch::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+        };
+        let (dx, dwa) = apply_adjust_sign(parts)?;
+        out.x = dx;
+        out.adjust_weight = dwa;
         Ok(out)
     })
 }
 
-/// The stride-1 CPU backward with the transposed box sum fused into the collision kernel
-/// (`fused_box.rs`), when it applies and the P path needs a gradient.
-fn box_collision_backward(
-    grad: &Tensor,
-    relu_z: &Tensor,
-    alpha: &Tensor,
-    x: &Tensor,
-    d: &IcDims,
-    g: &ConvGeometry,
-    needs: &NeedsGrad,
-) -> Result<Option<CollisionGrads>> {
-    if !(needs.x || needs.adjust_weight) || !box_fusion_pays(d, g) {
-        return Ok(None);
-    }
-    let xs = x.size();
-    fused_box::collision_backward(grad, relu_z, alpha, needs, [d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)
-}
-
-/// Gradients `(dx, dW')` of `P = conv1x1(boxsum(x), W')` for `dP = gz`.
-///
-/// At stride 1 the box sum and the 1x1 commute (one acts per channel, the other per pixel), so
-/// `P = boxsum(conv1x1(x, W'))` and both gradients come from one transposed box sum of `gz` on
-/// x's grid, `G = boxsum^T(gz)`: `dx = W'^T G`, `dW' = G x^T`. That is one box-sum pass instead of
-/// two (recomputing `S = boxsum(x)` for dW', then the adjoint of dS) for the same GEMM work. With a
-/// stride, G would be s^2 times larger than S, so the strided path recomputes S.
-#[allow(clippy::too_many_arguments)]
-fn adjust_path_backward(
-    gz: &Tensor,
-    dx: Option<&Tensor>,
-    x: &Tensor,
-    adjust_weight: &Tensor,
-    d: &IcDims,
-    g: &ConvGeometry,
-    need_x: bool,
-    need_w: bool,
-    may_subtract: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let xs = x.size();
-    if g.stride == [1, 1] {
-        let gq = boxsum_backward(gz, &[d.n, d.cout, xs[2], xs[3]], d.kh, d.kw, g)?;
-        return pointwise::backward(&gq, x, adjust_weight, g.groups, need_x, need_w);
-    }
-    let s = boxsum(x, d.kh, d.kw, g)?;
-    let (ds, dwa) = pointwise::backward(gz, &s, adjust_weight, g.groups, need_x, need_w)?;
-    drop(s);
-    let dxb = match (ds, dx) {
-        // dx -= boxsum^T(dS) in place where the CPU kernel can (`may_subtract`: gz carries alpha).
-        (Some(ds), Some(dx)) if may_subtract && boxsum_backward_sub_(dx, &ds, d.kh, d.kw, g)? => None,
-        (Some(ds), _) => Some(boxsum_backward(&ds, &xs, d.kh, d.kw, g)?),
-        (None, _) => None,
+/// P enters Z with a minus sign, and the libtorch path's `gz` still lacks its factor alpha
+/// (`scale`): `dW' = -scale * dwa`, `dx -= scale * dxb`. Returns `(dx, dW')`.
+fn apply_adjust_sign(p: AdjustParts) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let neg_scale = p.scale.as_ref().map(|a| a.f_neg()).transpose()?;
+    let dwa = match &neg_scale {
+        Some(ns) => p.dwa.map(|t| t.f_mul(ns)).transpose()?,
+        None => p.dwa.map(|t| t.f_neg()).transpose()?,
     };
-    Ok((dxb, dwa))
+    let mut dx = p.dx;
+    if let (Some(dx), Some(dxb)) = (dx.as_mut(), p.dxb) {
+        let _ = match &neg_scale {
+            Some(ns) => dx.f_addcmul_(&dxb, ns)?,
+            None => dx.f_sub_(&dxb)?,
+        };
+    }
+    Ok((dx, dwa))
 }
 
-fn zero_grads(
-    x: &Tensor,
-    weight: &Tensor,
-    adjust_weight: &Tensor,
-    adjust_bias: &Tensor,
-    alpha: &Tensor,
-    needs: &NeedsGrad,
-    cout: i64,
-) -> Result<IcGrads> {
+/// Gradients of an empty batch: zeros of each argument's shape.
+fn zero_grads(a: &IcArgs, needs: &NeedsGrad, cout: i64) -> Result<IcGrads> {
     let z = |on: bool, t: &Tensor| -> Result<Option<Tensor>> { if on { Ok(Some(t.f_zeros_like()?)) } else { Ok(None) } };
     Ok(IcGrads {
-        x: z(needs.x, x)?,
-        weight: z(needs.weight, weight)?,
-        adjust_weight: z(needs.adjust_weight, adjust_weight)?,
-        adjust_bias: z(needs.adjust_bias, adjust_bias)?,
-        alpha: z(needs.alpha, alpha)?,
-        bias: if needs.bias { Some(Tensor::f_zeros([cout], (x.kind(), x.device()))?) } else { None },
+        x: z(needs.x, a.x)?,
+        weight: z(needs.weight, a.weight)?,
+        adjust_weight: z(needs.adjust_weight, a.adjust_weight)?,
+        adjust_bias: z(needs.adjust_bias, a.adjust_bias)?,
+        alpha: z(needs.alpha, a.alpha)?,
+        bias: if needs.bias { Some(Tensor::f_zeros([cout], (a.x.kind(), a.x.device()))?) } else { None },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Order;
+
+    fn dims(cin: i64, cout: i64) -> IcDims {
+        IcDims { n: 2, cin, cout, h: 9, w: 8, kh: 3, kw: 3, ho: 9, wo: 8 }
+    }
+
+    fn traits(device: Device, kind: Kind, layout: Option<Layout>, cpu_kernels: bool) -> CallTraits {
+        CallTraits { device, kind, layout, cpu_kernels }
+    }
+
+    #[test]
+    fn backend_choice_covers_every_case() {
+        let nchw = Some(Layout::Nchw { c: 4, hw: 72 });
+        let nhwc = Some(Layout::Nhwc { c: 4 });
+        let s1 = ConvGeometry { padding: [1, 1], ..Default::default() };
+        let s2 = ConvGeometry { stride: [2, 2], padding: [1, 1], ..Default::default() };
+        let s1g2 = ConvGeometry { groups: 2, ..s1 };
+        let plan = |kind, order, gemm| cpu::Plan { kind, order, gemm };
+        use Backend::*;
+        let cases = [
+            // (device, dtype, layout, kernels on, cin, cout, geometry, adjust path) -> backend
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
+            (Device::Cpu, Kind::Double, nhwc, true, 4, 8, s1, true, CpuFusedBox(plan(Kind::Double, Order::Nhwc, true))),
+            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s1g2, true, CpuFusedBox(plan(Kind::Float, Order::Nhwc, false))),
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1g2, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
+            // expanding channels: the box sum first, then the 1x1
+            (Device::Cpu, Kind::Float, nchw, true, 2, 8, s1, true, CpuFused(plan(Kind::Float, Order::Nchw, true))),
+            // strided
+            (Device::Cpu, Kind::Double, nchw, true, 4, 6, s2, true, CpuFused(plan(Kind::Double, Order::Nchw, true))),
+            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s2, true, CpuFused(plan(Kind::Float, Order::Nhwc, true))),
+            // backward without dx or dW': no P path to fuse
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, false, CpuFused(plan(Kind::Float, Order::Nchw, true))),
+            // half types, odd strides, kernels off: libtorch ops
+            (Device::Cpu, Kind::Half, nchw, true, 4, 6, s1, true, Libtorch),
+            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s2, true, Libtorch),
+            (Device::Cpu, Kind::Float, None, true, 4, 6, s1, true, Libtorch),
+            (Device::Cpu, Kind::Double, nchw, false, 4, 6, s1, true, Libtorch),
+            // CUDA, any dtype and layout
+            (Device::Cuda(0), Kind::Float, nchw, true, 4, 6, s1, true, Cuda),
+            (Device::Cuda(1), Kind::Half, None, false, 4, 6, s2, false, Cuda),
+            (Device::Mps, Kind::Float, nchw, true, 4, 6, s1, true, Libtorch),
+        ];
+        for (dev, kind, lay, on, cin, cout, g, adjust, want) in cases {
+            let got = choose(&traits(dev, kind, lay, on), &dims(cin, cout), &g, adjust);
+            assert_eq!(got, want, "{dev:?} {kind:?} {lay:?} kernels={on} {cin}->{cout} {g:?} adjust={adjust}");
+        }
+    }
+
+    #[test]
+    fn traits_of_a_tensor() {
+        let x = Tensor::zeros([2, 4, 9, 8], (Kind::Float, Device::Cpu));
+        let t = CallTraits::of(&[&x]);
+        assert_eq!((t.device, t.kind, t.layout), (Device::Cpu, Kind::Float, Some(Layout::Nchw { c: 4, hw: 72 })));
+        assert_eq!(CallTraits::of(&[&x.transpose(2, 3)]).layout, None);
+        // one memory order for all, or none
+        let cl = crate::layout::conform(&x, crate::layout::Order::Nhwc).unwrap();
+        let y = crate::layout::conform(&Tensor::zeros([2, 6, 7, 6], (Kind::Float, Device::Cpu)), crate::layout::Order::Nhwc).unwrap();
+        assert_eq!(CallTraits::of(&[&cl, &y]).layout, Some(Layout::Nhwc { c: 4 }));
+        // a channel slice of an NHWC tensor is not dense
+        assert_eq!(CallTraits::of(&[&cl, &cl.narrow(1, 0, 2)]).layout, None);
+        assert_eq!(CallTraits::of(&[&x, &cl]).layout, None);
+        assert_eq!(CallTraits::of(&[&x, &x.narrow(0, 0, 1).expand([3, 4, 9, 8], false)]).layout, None);
+    }
 }

@@ -7,13 +7,17 @@
 pub mod aten;
 pub mod boxsum;
 pub mod cpu;
+pub mod cuda;
+pub mod dtype;
 pub mod error;
 pub mod ffi;
-pub mod fused;
-pub mod fused_box;
+pub mod geometry;
 pub mod ic_conv;
+pub mod layout;
+pub mod libtorch;
 pub mod neuron;
-pub mod pointwise;
+pub mod types;
+pub mod validate;
 pub mod wld;
 
 use error::Error;

@@ -1,5 +1,6 @@
 //! Rust tests of the IC convolution kernels against libtorch's own autograd on the plain formula,
-//! on small tensors, for the generic (libtorch ops) and fused (CPU f32/f64, NCHW/NHWC) paths.
+//! on small tensors, for the CPU backends (f32/f64, NCHW/NHWC, with and without the box-sum
+//! fusion) and the libtorch backend (half types, mixed memory orders).
 use _core::ic_conv::{self, ConvGeometry, NeedsGrad};
 use _core::{cpu, wld};
 use tch::{Device, Kind, Tensor};
@@ -24,7 +25,22 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// Memory layout of the output gradient handed to the backward.
+#[derive(Clone, Copy, Debug)]
+enum GradLayout {
+    /// The output's own layout.
+    Same,
+    /// The other memory order (NHWC for an NCHW output and back).
+    Other,
+    /// One value broadcast (stride 0), as `out.sum().backward()` hands it.
+    Expanded,
+}
+
 fn check_case(kind: Kind, nhwc: bool, g: ConvGeometry, k: i64) {
+    check_case_with(kind, nhwc, g, k, GradLayout::Same)
+}
+
+fn check_case_with(kind: Kind, nhwc: bool, g: ConvGeometry, k: i64, grad_layout: GradLayout) {
     tch::manual_seed(0);
     let opts = (kind, Device::Cpu);
     let (cin, cout) = (4, 6);
@@ -44,7 +60,12 @@ fn check_case(kind: Kind, nhwc: bool, g: ConvGeometry, k: i64) {
     let tol = if kind == Kind::Double { 1e-10 } else { 1e-4 };
     assert!(max_diff(&fwd.out, &r) < tol, "forward differs: {}", max_diff(&fwd.out, &r));
 
-    let go = Tensor::randn(r.size(), opts);
+    let go = match grad_layout {
+        GradLayout::Same => Tensor::randn(r.size(), opts),
+        GradLayout::Other if nhwc => Tensor::randn(r.size(), opts).contiguous(),
+        GradLayout::Other => channels_last(&Tensor::randn(r.size(), opts)),
+        GradLayout::Expanded => Tensor::randn([1, 1, 1, 1], opts).expand(r.size(), false),
+    };
     let want = Tensor::run_backward(&[(&r * &go).sum(kind)], &leaves, false, false);
     let got = ic_conv::backward(&go, &x, &w, &wa, &b1, &a, &fwd.relu_z, true, &g, &NeedsGrad::all()).unwrap();
     let got = [got.x, got.weight, got.adjust_weight, got.adjust_bias, got.alpha, got.bias];
@@ -67,6 +88,37 @@ fn matches_libtorch_autograd_f64() {
         check_case(Kind::Double, false, g, k);
         check_case(Kind::Double, true, g, k);
     }
+}
+
+#[test]
+fn mixed_memory_orders_match_autograd() {
+    // grad in another order than x and relu_z (the libtorch backend), or broadcast
+    for (g, k) in [
+        (ConvGeometry { padding: [1, 1], ..Default::default() }, 3),
+        (ConvGeometry { stride: [2, 2], padding: [1, 1], ..Default::default() }, 3),
+        (ConvGeometry { padding: [1, 1], groups: 2, ..Default::default() }, 3),
+    ] {
+        for nhwc in [false, true] {
+            for gl in [GradLayout::Other, GradLayout::Expanded] {
+                check_case_with(Kind::Double, nhwc, g, k, gl);
+            }
+        }
+    }
+}
+
+#[test]
+fn half_types_take_the_libtorch_backend() {
+    // no CPU kernel for bfloat16: the libtorch ops, checked against the float64 result
+    tch::manual_seed(4);
+    let opts = (Kind::Double, Device::Cpu);
+    let g = ConvGeometry { padding: [1, 1], ..Default::default() };
+    let (x, w, wa, b1) = (Tensor::randn([2, 4, 7, 6], opts), Tensor::randn([6, 4, 3, 3], opts) * 0.3, Tensor::randn([6, 4, 1, 1], opts) * 0.3, Tensor::randn([6], opts));
+    let a = Tensor::from(0.5f64);
+    let want = ic_conv::forward(&x, &w, &wa, &b1, &a, None, &g).unwrap().out;
+    let bf = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    let got = ic_conv::forward(&bf(&x), &bf(&w), &bf(&wa), &bf(&b1), &a, None, &g).unwrap();
+    assert_eq!(got.out.kind(), Kind::BFloat16);
+    assert!(max_diff(&got.out.to_kind(Kind::Double), &want) < 0.2 * (1.0 + want.abs().max().double_value(&[])));
 }
 
 #[test]

@@ -371,12 +371,21 @@ def _ddp_data():
     return TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 6, (32,), generator=g))
 
 
-def _ddp_worker(rank, world, port, out):
-    import torch.distributed as dist
+def _engine_env(rank, world, port):
+    """The environment torchrun gives a worker, so the engine's own init_distributed runs."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+def _ddp_worker(rank, world, port, out):
+    from ic_networks.training import watchdog
+    from ic_networks.training.engine import init_distributed, shutdown_distributed
+
+    watchdog.arm(out)
+    _engine_env(rank, world, port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_distributed()
+    ok = False
     try:
         torch.manual_seed(0)
         model = Flat()
@@ -384,8 +393,44 @@ def _ddp_worker(rank, world, port, out):
         t = Trainer(model, recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True)
         summary = t.fit()
         torch.save({"state": model.state_dict(), "summary": summary}, os.path.join(out, f"rank{rank}.pt"))
+        ok = True
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed(ok)  # t (and its DDP wrapper) still alive here: the case that used to hang
+
+
+def _dying_peer_worker(rank, world, port, out):
+    """Rank 1 dies (os._exit) in its second training step; rank 0 must fail with an error naming
+    its rank, not hang."""
+    from ic_networks.training import watchdog
+    from ic_networks.training.engine import init_distributed, shutdown_distributed
+
+    watchdog.arm(out)
+    _engine_env(rank, world, port)
+    os.environ["IC_NETWORKS_DIST_TIMEOUT"] = "30"
+    torch.set_num_threads(1)
+    init_distributed()
+    ok = False
+    try:
+        torch.manual_seed(0)
+        recipe = get_recipe("scratch-fmnist", epochs=2, batch_size=8, lr=0.1, weight_decay=0.0, lr_schedule="constant")
+        t = Trainer(Flat(), recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True)
+        step = t._train_step
+
+        def dying_step(x, y):
+            if rank == 1 and t.step == 1:
+                os._exit(3)
+            step(x, y)
+
+        t._train_step = dying_step
+        try:
+            t.fit()
+        except RuntimeError as exc:
+            with open(os.path.join(out, f"error{rank}.txt"), "w") as fh:
+                fh.write(str(exc))
+            return
+        ok = True
+    finally:
+        shutdown_distributed(ok)
 
 
 def _free_port():
@@ -397,9 +442,10 @@ def _free_port():
 def test_ddp_two_processes_gloo(tmp_path):
     import torch.multiprocessing as mp
 
-    t0 = time.perf_counter()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    assert time.perf_counter() - t0 < 120
+    from ic_networks.training import watchdog
+
+    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    watchdog.join(ctx, 150, dump_dir=tmp_path, what="DDP trainer workers")  # a hang fails with every worker's stacks
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r0["summary"]["step"] == 2
     for k in r0["state"]:
@@ -498,3 +544,25 @@ def test_fmnist_ic_cnn_reaches_80_percent(fmnist, tmp_path):
     elapsed = time.process_time() - t0
     assert s["val_top1"] >= 80.0, s
     assert elapsed < 90, elapsed
+
+
+def test_ddp_dead_peer_gives_an_error_naming_the_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    from ic_networks.training import watchdog
+
+    ctx = mp.start_processes(_dying_peer_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    p0, p1 = ctx.processes
+    try:
+        p0.join(150)  # rank 0 must notice the dead peer by itself (not ctx.join: it would kill rank 0)
+        if p0.is_alive():
+            pytest.fail("rank 0 still running 150 s after its peer died\n" + watchdog.stack_report([p0.pid], tmp_path))
+        p1.join(30)
+    finally:
+        for p in (p0, p1):
+            if p.is_alive():
+                p.kill()
+    assert p1.exitcode == 3 and p0.exitcode == 0, (p0.exitcode, p1.exitcode)
+    msg = (tmp_path / "error0.txt").read_text()
+    assert msg.startswith("rank 0 of 2") and "collective failed" in msg, msg

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -93,8 +94,11 @@ def register(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .engine import dist_info, train
+    from . import watchdog
+    from .engine import dist_info, shutdown_distributed, train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        watchdog.arm()  # `kill -USR1 PID` (or a stuck-run watchdog) dumps this rank's Python stacks
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     recipe = get_recipe(args.recipe)
@@ -103,6 +107,7 @@ def _cmd_train(args) -> int:
     if args.lr_step:
         changes.update(lr_schedule="step", lr_milestones=milestones_every(args.lr_step, args.epochs or recipe.epochs))
     recipe = recipe.replace(**changes)
+    ok = False
     try:
         summary = train(
             recipe, data=args.data, out_dir=args.out, teacher_weights=args.teacher, resume=args.resume,
@@ -111,9 +116,9 @@ def _cmd_train(args) -> int:
         )
         if dist_info()[0] == 0:
             print(json.dumps(summary, indent=1))
+        ok = True
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        shutdown_distributed(ok)
     return 0
 
 

@@ -3,8 +3,9 @@
 * Fashion-MNIST: the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist/``; ``.gz`` or uncompressed), read by :func:`read_idx`.
 * CIFAR-10: the "python version" pickle batches (``data_batch_1`` ... ``data_batch_5``,
-  ``test_batch``) in ``cifar-10-batches-py/`` or the folder given. Pickle files can run code when
-  loaded: only point this at batches you trust, as with any CIFAR loader.
+  ``test_batch``) in ``cifar-10-batches-py/`` or the folder given. They are read by a restricted
+  unpickler that admits only what real batches hold (dicts, lists, bytes, str, numbers, numpy
+  arrays), so a crafted file is refused with a ``ValueError`` instead of running its code.
 * ImageFolder trees (ImageNet style): ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG``.
 
 Images are normalised with the dataset's channel mean/std. Training augmentation (when enabled):
@@ -107,6 +108,36 @@ def _cifar_dir(root: Path) -> Path:
     )
 
 
+# What CIFAR-10's python batches hold: a dict of bytes/str keys to a uint8 ndarray, lists of ints and
+# bytes. Unpickling them needs numpy's array reconstruction and nothing else (``_codecs.encode`` is how
+# Python 3 writes bytes at pickle protocol 2; ``_frombuffer`` is numpy's array at protocol 5).
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that admits only what real CIFAR-10 batches hold (dict, list, bytes, str, int,
+    float, numpy arrays and dtypes): any other global (a function to call, a class to build) is
+    refused before it is looked up, so a crafted batch cannot run code."""
+
+    def __init__(self, fh) -> None:
+        super().__init__(fh, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it references {module}.{name}, which a CIFAR-10 batch never holds (refused: unpickling it could run code)"
+            )
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it uses persistent ids, which a CIFAR-10 batch never holds")
+
+
 def load_cifar10(root, train: bool = True) -> Tuple[Tensor, Tensor]:
     """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` from CIFAR-10's python pickle batches.
 
@@ -123,7 +154,9 @@ def load_cifar10(root, train: bool = True) -> Tuple[Tensor, Tensor]:
     for f in files:
         try:
             with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _CifarUnpickler(fh).load()
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"data: {f} is not a CIFAR-10 pickle batch: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
             raise ValueError(f"data: {f} is not a CIFAR-10 pickle batch ({type(exc).__name__}: {exc})") from exc
         if not isinstance(batch, dict):

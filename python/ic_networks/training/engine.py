@@ -31,6 +31,8 @@ Conventions and decisions:
 """
 from __future__ import annotations
 
+import datetime
+import gc
 import math
 import os
 import sys
@@ -52,7 +54,7 @@ from .schedules import AlphaRamp, LambdaSchedule, LrFactor, ic_layers
 
 __all__ = [
     "Trainer", "evaluate", "build_model", "load_weights", "make_student", "dist_info", "init_distributed",
-    "default_device", "models_for_recipe", "train",
+    "default_device", "models_for_recipe", "train", "shutdown_distributed", "release_ddp_reducers", "dist_timeout",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -132,15 +134,87 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+DIST_TIMEOUT_ENV = "IC_NETWORKS_DIST_TIMEOUT"
+
+
+def dist_timeout() -> datetime.timedelta:
+    """How long a collective may wait for the other ranks before it fails (seconds in
+    ``$IC_NETWORKS_DIST_TIMEOUT``, default 1800, torch's own default)."""
+    raw = os.environ.get(DIST_TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{DIST_TIMEOUT_ENV}: expected a positive number of seconds, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed() -> torch.device:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1) joins the process group (nccl on CUDA, gloo on CPU)
-    and returns this process's device; otherwise just the default device."""
+    with the collective timeout of :func:`dist_timeout`, and returns this process's device;
+    otherwise just the default device."""
     device = default_device()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=dist_timeout())
     return device
+
+
+def release_ddp_reducers() -> int:
+    """Drops the C++ reducer (and its logger) of every live ``DistributedDataParallel`` wrapper in
+    this process; returns how many wrappers were found. The wrappers are unusable afterwards.
+
+    Why: a DDP reducer holds a reference to the process group, and Python frees a reducer while
+    holding the GIL. If the reducer drops the *last* reference (the group was already destroyed),
+    ``~ProcessGroupGloo`` joins gloo's worker threads with the GIL held, while a worker thread that
+    is releasing a tensor Python knows (a finished broadcast's parameters) waits for the GIL: the
+    process hangs forever at teardown. Released while the group is still registered, the reducer
+    never holds the last reference; the registry's own references release the GIL when dropped."""
+    gc.collect()  # wrappers only reachable through reference cycles
+    found = 0
+    ddp = nn.parallel.DistributedDataParallel
+    for obj in gc.get_objects():
+        if issubclass(type(obj), ddp):  # type(), not isinstance: no __class__ lookups on foreign objects
+            found += 1
+            for name in ("logger", "reducer"):
+                if name in obj.__dict__:
+                    obj.__dict__[name] = None
+    gc.collect()
+    return found
+
+
+def shutdown_distributed(ok: bool = True) -> None:
+    """Leaves the process group, if one is initialised: ``barrier`` (with ``ok``: every rank has
+    finished its collectives, and rank 0, which hosts the rendezvous store, outlives the others'
+    use of it), :func:`release_ddp_reducers`, then ``destroy_process_group``. Pass ``ok=False``
+    on an error path, where a peer may be gone and a barrier would only wait for the timeout."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        release_ddp_reducers()
+        dist.destroy_process_group()
+
+
+def rank_error(exc: BaseException) -> BaseException:
+    """``exc`` with this process's rank in front, for an error under DDP (a collective that timed
+    out or lost its peer says neither which rank saw it nor why)."""
+    rank, world = dist_info()
+    if world <= 1:
+        return exc
+    where = f"rank {rank} of {world}"
+    if isinstance(exc, RuntimeError):
+        hint = ""
+        if isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "timed out" in str(exc).lower():
+            hint = " (a collective failed: another rank died, hangs or lost its connection)"
+        return RuntimeError(f"{where}{hint}: {type(exc).__name__}: {exc}")
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"raised on {where}")
+    return exc
 
 
 def _all_reduce(t: Tensor) -> Tensor:
@@ -466,7 +540,22 @@ class Trainer:
     def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> Dict[str, Any]:
         """Trains to ``recipe.epochs`` (or stops, with a checkpoint, once ``max_steps`` global steps
         are done: ``summary["interrupted"]`` is then True). Returns a summary dict with the final
-        validation metrics (``val_top1``, ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked)."""
+        validation metrics (``val_top1``, ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked).
+        Under DDP an error names the rank that saw it (see :func:`rank_error`)."""
+        try:
+            return self._fit(resume, max_steps)
+        except Exception as exc:
+            err = rank_error(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def close(self) -> None:
+        """Drops the DDP wrapper (its reducer holds the process group; see
+        :func:`release_ddp_reducers`). The trainer can still evaluate, not train, afterwards."""
+        self.net = self.model
+
+    def _fit(self, resume: bool, max_steps: Optional[int]) -> Dict[str, Any]:
         if resume and self.checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
@@ -591,6 +680,9 @@ def train(
         device=device, amp=amp, workers=workers, seed=seed, ckpt_every=ckpt_every, overwrite=overwrite,
         progress=progress, log=log,
     )
-    summary = trainer.fit(resume=resume, max_steps=max_steps)
+    try:
+        summary = trainer.fit(resume=resume, max_steps=max_steps)
+    finally:
+        trainer.close()
     summary["out_dir"] = str(out_dir)
     return summary

@@ -1,4 +1,5 @@
-//! Fused single-pass CPU kernels for the elementwise "collision" work of the IC layer.
+//! The collision of the IC layer on dense CPU tensors: its forward and backward as fused
+//! single-pass kernels (the elementwise work after the two convolutions).
 //!
 //! Forward, per element (c = channel):
 //! ```text
@@ -12,14 +13,15 @@
 //! are kept per fixed block of work and added in block order (f64 accumulators), so the result
 //! does not depend on the number of threads.
 //!
-//! The kernels run on CPU float32/float64 tensors that are dense in NCHW or NHWC (channels_last)
-//! order with identical strides; every other case returns `Ok(None)` and the caller uses libtorch
-//! ops. NaN behaves as in `torch.relu` / `threshold_backward`: relu(NaN) = NaN, and NaN is not
-//! masked.
+//! Tensors: CPU float32/float64, (N, C, Ho, Wo), all dense in one memory order (NCHW or
+//! channels_last), as the backend choice in `ic_conv.rs` plans. NaN behaves as in `torch.relu` /
+//! `threshold_backward`: relu(NaN) = NaN, and NaN is not masked.
+use super::dense::{require, shared, view, Layout, Order};
 use crate::aten::{parallel_for, SharedMut};
-use crate::cpu::{self, Elem, Layout};
-use crate::error::Result;
-use crate::ic_conv::{AdjustGrad, CollisionGrads, NeedsGrad};
+use crate::dispatch_float;
+use crate::dtype::Elem;
+use crate::error::{Error, Result};
+use crate::types::{AdjustGrad, CollisionGrads, NeedsGrad};
 use tch::{Kind, Tensor};
 
 /// Elements per parallel task (NCHW tasks are whole channel planes; NHWC tasks whole pixels).
@@ -39,14 +41,14 @@ pub(crate) fn scalar(alpha: &Tensor) -> Result<f64> {
     Ok(alpha.f_reshape([-1])?.f_double_value(&[0])?)
 }
 
-/// Same dtype, shape and strides for every tensor, and a dense layout the kernels know.
-fn eligible(ts: &[&Tensor]) -> Option<(Kind, Layout)> {
-    let (kind, lay) = cpu::dense(ts)?;
-    let (size, stride) = (ts[0].size(), ts[0].stride());
-    if ts[0].numel() == 0 || ts[1..].iter().any(|t| t.size() != size || t.stride() != stride) {
-        return None;
+/// The layout of `ts`, which must be dense in `order` with one shape and at least one element.
+fn require_same(ts: &[&Tensor], kind: Kind, order: Order) -> Result<Layout> {
+    let lay = require(ts, kind, order)?;
+    let size = ts[0].size();
+    if ts[0].numel() == 0 || ts[1..].iter().any(|t| t.size() != size) {
+        return Err(Error::Runtime(format!("internal: collision kernel on shapes {:?}", ts.iter().map(|t| t.size()).collect::<Vec<_>>())));
     }
-    Some((kind, lay))
+    Ok(lay)
 }
 
 /// (unit length, channel of a unit start, channels per unit): NCHW units are channel planes,
@@ -59,16 +61,13 @@ fn units(lay: Layout) -> (usize, usize) {
 }
 
 /// Fused forward on the conv temporaries `y` and `p` (N, C, Ho, Wo), which it overwrites; returns
-/// `(out, relu_z)` sharing their storage, or `None` when the fused path does not apply.
-pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-    let Some((kind, lay)) = eligible(&[y, p]) else { return Ok(None) };
+/// `(out, relu_z)` sharing their storage. `shift`: (C).
+pub fn forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor, kind: Kind, order: Order) -> Result<(Tensor, Tensor)> {
+    let lay = require_same(&[y, p], kind, order)?;
     let a = scalar(alpha)?;
     let shift = shift.f_to_kind(kind)?.f_contiguous()?;
-    match kind {
-        Kind::Float => fwd::<f32>(y, p, &shift, f32::from_f64(a), lay)?,
-        _ => fwd::<f64>(y, p, &shift, a, lay)?,
-    }
-    Ok(Some((y.shallow_clone(), p.shallow_clone())))
+    dispatch_float!(kind, T => fwd::<T>(y, p, &shift, T::from_f64(a), lay))?;
+    Ok((y.shallow_clone(), p.shallow_clone()))
 }
 
 fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -> Result<()> {
@@ -76,7 +75,7 @@ fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -
     let c = shift.numel();
     // SAFETY: y and p are fresh conv outputs owned by the caller, dense with equal strides (checked);
     // each task writes only its own units.
-    let (ys, ps, sh) = unsafe { (cpu::shared::<T>(y), cpu::shared::<T>(p), cpu::view::<T>(shift)) };
+    let (ys, ps, sh) = unsafe { (shared::<T>(y), shared::<T>(p), view::<T>(shift)) };
     let n_units = y.numel() / len;
     parallel_for(n_units, (GRAIN / len).max(1), |lo, hi| {
         for u in lo..hi {
@@ -97,25 +96,17 @@ fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -
     })
 }
 
-/// Fused backward of the collision term; `None` when the fused path does not apply.
-pub fn collision_backward(
-    grad: &Tensor,
-    relu_z: &Tensor,
-    alpha: &Tensor,
-    need_gy: bool,
-    needs: &NeedsGrad,
-) -> Result<Option<CollisionGrads>> {
-    let Some((kind, lay)) = eligible(&[grad, relu_z]) else { return Ok(None) };
+/// Fused backward of the collision term for `grad` and `relu_z` (N, C, Ho, Wo): `gy` (when x or
+/// W need it), `gz` with alpha included, and the reductions `needs` asks for.
+pub fn backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, kind: Kind, order: Order) -> Result<CollisionGrads> {
+    let lay = require_same(&[grad, relu_z], kind, order)?;
     let a = scalar(alpha)?;
     let gz = relu_z.f_empty_like()?;
     let gy = relu_z.f_empty_like()?;
     let c = grad.size()[1] as usize;
-    let sums = match kind {
-        Kind::Float => bwd::<f32>(grad, relu_z, &gy, &gz, f32::from_f64(a), lay, c)?,
-        _ => bwd::<f64>(grad, relu_z, &gy, &gz, a, lay, c)?,
-    };
-    let gy = if need_gy { Some(gy) } else { None };
-    Ok(Some(sums.into_grads(kind, needs, gy, AdjustGrad::Gz { gz, scale: None })?))
+    let sums = dispatch_float!(kind, T => bwd::<T>(grad, relu_z, &gy, &gz, T::from_f64(a), lay, c))?;
+    let gy = if needs.main_path() { Some(gy) } else { None };
+    sums.into_grads(kind, needs, gy, AdjustGrad::Gz { gz, scale: None })
 }
 
 /// NHWC pixels per flush of the per-channel running sums.
@@ -206,8 +197,8 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
     let mut part_a = vec![0.0f64; n_blocks];
     // SAFETY: grad/relu_z are dense with equal strides and only read; gy/gz are fresh with the same
     // strides; every block writes its own unit ranges and its own partial-sum slots.
-    let (gs, rs) = unsafe { (cpu::view::<T>(grad), cpu::view::<T>(relu_z)) };
-    let (gys, gzs) = unsafe { (cpu::shared::<T>(gy), cpu::shared::<T>(gz)) };
+    let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
+    let (gys, gzs) = unsafe { (shared::<T>(gy), shared::<T>(gz)) };
     let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(n_blocks, 1, |lo, hi| {
         let mut acc = if per == 1 { Vec::new() } else { vec![T::ZERO; 3 * c] };

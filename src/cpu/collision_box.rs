@@ -1,61 +1,61 @@
-//! The collision kernels of `fused.rs` with the box sum folded in, for stride 1 on CPU.
+//! The collision kernels of `collision.rs` with the box sum folded in, for stride 1 on CPU.
 //!
 //! At stride 1 the box sum and the 1x1 conv commute, `P = conv1x1(boxsum(x), W') = boxsum(Q)` with
-//! `Q = conv1x1(x, W')` (N, C, H, W) on x's grid. So:
+//! `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid. So:
 //!
-//! * forward: from `Q` and `y` (N, C, Ho, Wo), each output row of `P` is built in L1 by the box sum
-//!   and consumed at once: `y` becomes `out = y + alpha * relu(y - P + shift)` in place and
+//! * forward: from `Q` and `y` (N, Cout, Ho, Wo), each output row of `P` is built in L1 by the box
+//!   sum and consumed at once: `y` becomes `out = y + alpha * relu(y - P + shift)` in place and
 //!   `relu_z` is written only when the backward needs it (not under `no_grad`). `S` and `P` never
 //!   exist as tensors;
 //! * backward: per channel plane (NCHW) or image (NHWC), `gz`, `gy` and the sums are computed as in
-//!   `fused.rs` into a block-local buffer, and the transposed box sum of that buffer is written
-//!   straight to `G = boxsum^T(gz)` (N, C, H, W), the input of the 1x1's GEMMs; `gz` never exists
-//!   as a tensor.
+//!   `collision.rs` into a block-local buffer, and the transposed box sum of that buffer is written
+//!   straight to `G = boxsum^T(gz)` (N, Cout, H, W), the input of the 1x1's GEMMs; `gz` never
+//!   exists as a tensor.
 //!
-//! Same numerics and determinism as `fused.rs` (partial sums per block, added in block order).
+//! Same numerics and determinism as `collision.rs` (partial sums per block, added in block order).
+use super::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
+use super::collision::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
+use super::dense::{empty, require, shared, view, Order};
 use crate::aten::{parallel_for, SharedMut};
-use crate::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
-use crate::cpu::{self, Elem, Layout};
-use crate::error::Result;
-use crate::fused::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
-use crate::ic_conv::{AdjustGrad, CollisionGrads, ConvGeometry, NeedsGrad};
+use crate::dispatch_float;
+use crate::dtype::Elem;
+use crate::error::{Error, Result};
+use crate::geometry::ConvGeometry;
+use crate::types::{AdjustGrad, CollisionGrads, NeedsGrad};
 use tch::{Kind, Tensor};
 
-/// Blocks of `q` (the box-sum input) if `q` and `y` are dense in one layout and `y` is the box
-/// sum's output grid.
-fn plan(q: &Tensor, y: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Option<(Kind, Layout, Blocks)> {
-    if g.stride != [1, 1] {
-        return None;
-    }
-    let (kind, lay) = cpu::dense(&[q, y])?;
+/// Blocks of `q` (the box-sum input, on x's grid), after checking that `q` and `y` are dense in
+/// `order` and `y` is the stride-1 box sum's output grid.
+fn plan(q: &Tensor, y: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, order: Order) -> Result<Blocks> {
+    require(&[q, y], kind, order)?;
     let (qs, ys) = (q.size(), y.size());
-    let b = Blocks::new(&qs, lay, kh, kw, g);
+    let b = Blocks::new(&qs, order, kh, kw, g);
     let same = qs[0] == ys[0] && qs[1] == ys[1] && b.h.n_out as i64 == ys[2] && b.w.n_out as i64 == ys[3];
-    (same && y.numel() > 0).then_some((kind, lay, b))
+    if !g.unit_stride() || !same || y.numel() == 0 {
+        return Err(Error::Runtime(format!("internal: fused box-sum collision on {qs:?} -> {ys:?} with stride {:?}", g.stride)));
+    }
+    Ok(b)
 }
 
-/// Forward from `q` = conv1x1(x, W') and `y` = conv(x, W) + b2, which becomes `out` in place.
-/// Returns `Some((out, relu_z))` (`relu_z` only if `keep_relu_z`), or `None` if it does not apply.
-#[allow(clippy::too_many_arguments)]
-pub fn collision_forward(
-    y: &Tensor,
-    q: &Tensor,
-    shift: &Tensor,
-    alpha: &Tensor,
-    kh: i64,
-    kw: i64,
-    g: &ConvGeometry,
-    keep_relu_z: bool,
-) -> Result<Option<(Tensor, Option<Tensor>)>> {
-    let Some((kind, _, b)) = plan(q, y, kh, kw, g) else { return Ok(None) };
+/// The fused kernel's own arguments beyond the tensors: box size, geometry, dtype and order.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxPlan<'g> {
+    pub kh: i64,
+    pub kw: i64,
+    pub g: &'g ConvGeometry,
+    pub kind: Kind,
+    pub order: Order,
+}
+
+/// Forward from `q` = conv1x1(x, W') (N, Cout, H, W) and `y` = conv(x, W) + b2 (N, Cout, Ho, Wo),
+/// which becomes `out` in place. Returns `(out, relu_z)`, `relu_z` only if `keep_relu_z`.
+pub fn forward(y: &Tensor, q: &Tensor, shift: &Tensor, alpha: &Tensor, p: &BoxPlan, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let b = plan(q, y, p.kh, p.kw, p.g, p.kind, p.order)?;
     let a = scalar(alpha)?;
-    let shift = shift.f_to_kind(kind)?.f_contiguous()?;
+    let shift = shift.f_to_kind(p.kind)?.f_contiguous()?;
     let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
-    match kind {
-        Kind::Float => fwd::<f32>(y, q, rz.as_ref(), &shift, f32::from_f64(a), &b)?,
-        _ => fwd::<f64>(y, q, rz.as_ref(), &shift, a, &b)?,
-    }
-    Ok(Some((y.shallow_clone(), rz)))
+    dispatch_float!(p.kind, T => fwd::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b))?;
+    Ok((y.shallow_clone(), rz))
 }
 
 fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alpha: T, b: &Blocks) -> Result<()> {
@@ -63,9 +63,9 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     let c = shift.numel();
     // SAFETY: q and shift are only read; y and rz are dense with the same strides (y's layout,
     // checked by `plan`; rz = empty_like(y)) and each block writes only its own range.
-    let (qs, sh) = unsafe { (cpu::view::<T>(q), cpu::view::<T>(shift)) };
-    let ys = unsafe { cpu::shared::<T>(y) };
-    let rs = rz.map(|r| unsafe { cpu::shared::<T>(r) });
+    let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
+    let ys = unsafe { shared::<T>(y) };
+    let rs = rz.map(|r| unsafe { shared::<T>(r) });
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut vp, mut prow) = (vec![T::ZERO; row_buf_len(b)], vec![T::ZERO; wo]);
         for blk in lo..hi {
@@ -104,34 +104,21 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     })
 }
 
-/// Backward of [`collision_forward`] for an input of shape `in_shape` (N, C, H, W): `gy` (when
-/// x or W need it), `boxsum^T(alpha * grad * [relu_z > 0])` on the input grid as
-/// [`AdjustGrad::OnInput`], and the requested reductions; `None` if it does not apply.
-#[allow(clippy::too_many_arguments)]
-pub fn collision_backward(
-    grad: &Tensor,
-    relu_z: &Tensor,
-    alpha: &Tensor,
-    needs: &NeedsGrad,
-    in_shape: [i64; 4],
-    kh: i64,
-    kw: i64,
-    g: &ConvGeometry,
-) -> Result<Option<CollisionGrads>> {
-    if grad.size() != relu_z.size() || grad.stride() != relu_z.stride() {
-        return Ok(None);
+/// Backward of [`forward`] for an input of shape `in_shape` (N, Cout, H, W): `gy` (when x or W
+/// need it), `G = boxsum^T(alpha * grad * [relu_z > 0])` on the input grid as
+/// [`AdjustGrad::OnInput`], and the requested reductions. `grad`, `relu_z`: (N, Cout, Ho, Wo).
+pub fn backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, in_shape: [i64; 4], p: &BoxPlan) -> Result<CollisionGrads> {
+    require(&[grad, relu_z], p.kind, p.order)?;
+    if grad.size() != relu_z.size() {
+        return Err(Error::Runtime(format!("internal: grad {:?} and relu_z {:?} differ in shape", grad.size(), relu_z.size())));
     }
-    let nhwc = matches!(cpu::layout_of(grad), Some(Layout::Nhwc { .. }));
-    let gq = cpu::empty(in_shape, grad.kind(), nhwc)?;
-    let Some((kind, _, b)) = plan(&gq, grad, kh, kw, g) else { return Ok(None) };
+    let gq = empty(in_shape, p.kind, p.order)?;
+    let b = plan(&gq, grad, p.kh, p.kw, p.g, p.kind, p.order)?;
     let a = scalar(alpha)?;
-    let gy = if needs.x || needs.weight { Some(grad.f_empty_like()?) } else { None };
+    let gy = if needs.main_path() { Some(grad.f_empty_like()?) } else { None };
     let c = grad.size()[1] as usize;
-    let sums = match kind {
-        Kind::Float => bwd::<f32>(grad, relu_z, gy.as_ref(), &gq, f32::from_f64(a), &b, c)?,
-        _ => bwd::<f64>(grad, relu_z, gy.as_ref(), &gq, a, &b, c)?,
-    };
-    Ok(Some(sums.into_grads(kind, needs, gy, AdjustGrad::OnInput(gq))?))
+    let sums = dispatch_float!(p.kind, T => bwd::<T>(grad, relu_z, gy.as_ref(), &gq, T::from_f64(a), &b, c))?;
+    sums.into_grads(p.kind, needs, gy, AdjustGrad::OnInput(gq))
 }
 
 fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor, alpha: T, b: &Blocks, c: usize) -> Result<Sums> {
@@ -141,9 +128,9 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor
     let (mut part_b1, mut part_b2, mut part_a) = (vec![0.0f64; slots], vec![0.0f64; slots], vec![0.0f64; b.count]);
     // SAFETY: grad/relu_z are dense with equal strides and only read; gy (empty_like grad) and gq
     // are fresh; each block writes only its own ranges and slots.
-    let (gs, rs) = unsafe { (cpu::view::<T>(grad), cpu::view::<T>(relu_z)) };
-    let gys = gy.map(|t| unsafe { cpu::shared::<T>(t) });
-    let gqs = unsafe { cpu::shared::<T>(gq) };
+    let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
+    let gys = gy.map(|t| unsafe { shared::<T>(t) });
+    let gqs = unsafe { shared::<T>(gq) };
     let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut gz, mut acc) = (vec![T::ZERO; ol], vec![T::ZERO; (b.w.n_out * v).max(3 * c)]);

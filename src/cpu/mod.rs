@@ -1,0 +1,178 @@
+//! The hand-written CPU kernels of the IC convolution, and the CPU pipelines that chain them.
+//!
+//! ```text
+//! cpu/
+//!   mod.rs            this file: the on/off switch, Plan (dtype, memory order, GEMM or not) and the
+//!                     two CPU pipelines, CpuFused and CpuFusedBox, forward and backward
+//!   dense.rs          which tensors the kernels read (dense f32/f64, NCHW or NHWC), raw views
+//!   boxsum.rs         the box sum S = boxsum(x) and its adjoint, separable row kernels
+//!   collision.rs      the CPU forward and backward of the collision: fused single-pass kernels
+//!   collision_box.rs  the same with the box sum folded in (stride 1)
+//!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
+//! ```
+//!
+//! Every kernel takes float32/float64 CPU tensors dense in the one memory order of the [`Plan`]:
+//! the order `ic_conv.rs` checked that x, y (forward) or x, grad, relu_z (backward) share when it
+//! chose a CPU pipeline, once per call. Nothing here falls back to another path. The outputs of
+//! the libtorch convolutions used on the way are brought into the plan's order ([`conform`], a
+//! no-op unless oneDNN picked another order).
+//!
+//! Imports the leaves, `aten.rs`, and `libtorch/pointwise.rs` for the one op it does not replace
+//! (the 1x1 convolution on channels_last with groups).
+pub mod boxsum;
+pub mod collision;
+pub mod collision_box;
+pub mod dense;
+pub mod gemm;
+
+pub use crate::layout::{layout_of, Layout, Order};
+pub use dense::dense;
+
+use crate::error::Result;
+use crate::geometry::{ConvGeometry, IcDims};
+use crate::layout::conform;
+use crate::libtorch;
+use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
+use collision_box::BoxPlan;
+use gemm::Gemm1x1;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Kind, Tensor};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the hand-written CPU kernels on or off (off: every op takes the libtorch path that CUDA
+/// uses, which is how the tests cover that path on a machine without a GPU). Returns the old value.
+pub fn set_enabled(on: bool) -> bool {
+    ENABLED.swap(on, Ordering::SeqCst)
+}
+
+/// Whether the CPU kernels are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// `Some((kind, layout))` when the kernels are on and can read `ts` ([`dense`]).
+pub fn kernel_plan(ts: &[&Tensor]) -> Option<(Kind, Layout)> {
+    if enabled() {
+        dense(ts)
+    } else {
+        None
+    }
+}
+
+/// How a CPU pipeline runs one call: element type, the memory order of every tensor it touches
+/// (x's), and whether the 1x1 convolution runs as GEMMs (`gemm.rs`) or as oneDNN's convolution
+/// (channels_last with groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub kind: Kind,
+    pub order: Order,
+    pub gemm: bool,
+}
+
+impl Plan {
+    /// The plan for dense CPU tensors of `kind` in `order`, with `groups` groups.
+    pub fn new(kind: Kind, order: Order, groups: i64) -> Self {
+        Self { kind, order, gemm: gemm::supports(order, groups) }
+    }
+
+    fn gemm(&self, groups: i64) -> Gemm1x1 {
+        Gemm1x1 { groups, kind: self.kind, order: self.order }
+    }
+
+    fn boxes<'g>(&self, d: &IcDims, g: &'g ConvGeometry) -> BoxPlan<'g> {
+        BoxPlan { kh: d.kh, kw: d.kw, g, kind: self.kind, order: self.order }
+    }
+
+    /// `conv1x1(s, W')` in the plan's order.
+    fn pointwise(&self, s: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
+        if self.gemm {
+            self.gemm(groups).forward(s, w)
+        } else {
+            conform(&libtorch::pointwise::forward(s, w, groups, None)?, self.order)
+        }
+    }
+
+    /// `(dS, dW')` of [`Self::pointwise`] for `gp`, dS in the plan's order.
+    fn pointwise_backward(&self, gp: &Tensor, s: &Tensor, w: &Tensor, groups: i64, need_s: bool, need_w: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.gemm {
+            return self.gemm(groups).backward(gp, s, w, need_s, need_w);
+        }
+        let (ds, dw) = libtorch::pointwise::backward(gp, s, w, groups, need_s, need_w)?;
+        Ok((ds.map(|t| conform(&t, self.order)).transpose()?, dw))
+    }
+
+    /// CpuFused forward after `y = conv2d(x, W) + b2` (N, Cout, Ho, Wo): `S = boxsum(x)` (N, Cin,
+    /// Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes `out` into y's buffer and
+    /// `relu_z` into p's. Returns `(out, relu_z)`.
+    pub fn forward(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+        let s = boxsum::forward(a.x, d.kh, d.kw, g, self.kind, self.order)?;
+        let p = self.pointwise(&s, a.adjust_weight, g.groups)?;
+        drop(s);
+        collision::forward(y, &p, shift, a.alpha, self.kind, self.order)
+    }
+
+    /// CpuFusedBox forward (stride 1): `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the
+    /// collision kernel box-sums Q row by row into `out` (y's buffer); `relu_z` only when
+    /// `keep_relu_z`.
+    pub fn forward_box(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let q = self.pointwise(a.x, a.adjust_weight, g.groups)?;
+        collision_box::forward(y, &q, shift, a.alpha, &self.boxes(d, g), keep_relu_z)
+    }
+
+    /// CpuFused collision backward: `gy`, `gz` (alpha included) and the reductions.
+    pub fn collision_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
+        collision::backward(grad, relu_z, alpha, needs, self.kind, self.order)
+    }
+
+    /// CpuFusedBox collision backward (stride 1): `gy`, `G = boxsum^T(gz)` on x's grid and the
+    /// reductions.
+    pub fn collision_box_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
+        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.boxes(d, g))
+    }
+
+    /// Gradients of `P = conv1x1(boxsum(x), W')` from the collision's `adjust` gradient. `dx`, the
+    /// main path's input gradient, comes back with the P path subtracted in place when it is in
+    /// the plan's order (`dx -= W'^T G` by the GEMM, `dx -= boxsum^T(dS)` by the box-sum kernel);
+    /// otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part is in `dxb`.
+    /// Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed (see
+    /// `libtorch::adjust_backward`).
+    pub fn adjust_backward(&self, adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+        let (x, adjust_weight) = (a.x, a.adjust_weight);
+        let (need_x, need_w) = (needs.x, needs.adjust_weight);
+        let dx_in_order = dx.as_ref().is_some_and(|t| layout_of(t).map(|l| l.order()) == Some(self.order));
+        match adjust {
+            AdjustGrad::OnInput(gq) if self.gemm => {
+                let gemm = self.gemm(g.groups);
+                if let (true, Some(dx)) = (dx_in_order, &dx) {
+                    gemm.input_grad_sub_(dx, &gq, adjust_weight)?;
+                }
+                let (dxb, dwa) = gemm.backward(&gq, x, adjust_weight, need_x && !dx_in_order, need_w)?;
+                Ok(AdjustParts { dx, dxb, dwa, scale: None })
+            }
+            AdjustGrad::OnInput(gq) => {
+                let (dxb, dwa) = self.pointwise_backward(&gq, x, adjust_weight, g.groups, need_x, need_w)?;
+                Ok(AdjustParts { dx, dxb, dwa, scale: None })
+            }
+            AdjustGrad::Gz { gz, scale } if g.unit_stride() => {
+                let gq = boxsum::backward(&gz, d.input_grid_out(), d.kh, d.kw, g, self.kind, self.order)?;
+                let (dxb, dwa) = self.pointwise_backward(&gq, x, adjust_weight, g.groups, need_x, need_w)?;
+                Ok(AdjustParts { dx, dxb, dwa, scale })
+            }
+            AdjustGrad::Gz { gz, scale } => {
+                let s = boxsum::forward(x, d.kh, d.kw, g, self.kind, self.order)?;
+                let (ds, dwa) = self.pointwise_backward(&gz, &s, adjust_weight, g.groups, need_x, need_w)?;
+                drop(s);
+                let dxb = match (ds, &dx) {
+                    (Some(ds), Some(dx)) if dx_in_order && scale.is_none() => {
+                        boxsum::backward_sub_(dx, &ds, d.kh, d.kw, g, self.kind, self.order)?;
+                        None
+                    }
+                    (Some(ds), _) => Some(boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, self.kind, self.order)?),
+                    (None, _) => None,
+                };
+                Ok(AdjustParts { dx, dxb, dwa, scale })
+            }
+        }
+    }
+}
