@@ -75,6 +75,8 @@ def test_opcheck_every_op():
     x, w, wa, b1, a, b2 = _args()
     leaves = [t.requires_grad_() for t in (x, w, wa, b1, a, b2)]
     torch.library.opcheck(OPS.ic_conv2d_forward.default, (*leaves, [2, 1], [1, 0], [1, 2], 2))
+    with torch.no_grad():  # the inference forward has no backward: plain tensors
+        torch.library.opcheck(OPS.ic_conv2d_inference.default, (*(t.detach() for t in leaves), [2, 1], [1, 0], [1, 2], 2))
     with torch.no_grad():  # plain tensors: the backward op has no double backward
         bargs = _backward_args(*(t.detach() for t in (x, w, wa, b1, a)), None, needs=(True, False, True, True, True, False))
     torch.library.opcheck(OPS.ic_conv2d_backward.default, bargs)
@@ -105,7 +107,8 @@ def test_fake_matches_real_for_layouts(device, dtype, x_fmt, w_fmt):
     x, w, wa, b1, a, b2 = _args(dtype=dtype, device=device, groups=1, hw=(6, 6))
     x, w = x.contiguous(memory_format=fmt[x_fmt]), w.contiguous(memory_format=fmt[w_fmt])
     fwd = (x, w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)
-    checks = [(OPS.ic_conv2d_forward.default, fwd), (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1]))]
+    checks = [(OPS.ic_conv2d_forward.default, fwd), (OPS.ic_conv2d_inference.default, fwd),
+              (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1]))]
     for gf in (torch.contiguous_format, CL):
         checks.append((OPS.ic_conv2d_backward.default, _backward_args(x, w, wa, b1, a, b2, groups=1, grad_format=gf)))
     checks.append((OPS.ic_conv2d_forward.default, (x[:0], w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)))
