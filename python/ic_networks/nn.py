@@ -130,6 +130,11 @@ class IcConv2d(nn.Conv2d):
             self._ic_padding, self._ic_extra = resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride)
         self._ic_uneven = any(e != 0 for e in self._ic_extra)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_ic_padding" not in self.__dict__:  # a module pickled before the padding was resolved
+            self._resolve_padding()
+
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
