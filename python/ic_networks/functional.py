@@ -34,7 +34,6 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.utils._mode_utils import no_dispatch
 
 from . import _core  # registers the ops
@@ -66,6 +65,8 @@ def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
     Rust validator; symbolic sizes take their hint (no guard is added)."""
     if t is None:
         return None
+    from torch.fx.experimental.symbolic_shapes import optimization_hint  # (imported by tracing anyway)
+
     shape = []
     for s in t.shape:
         if type(s) is not int:
