@@ -207,6 +207,18 @@ def test_compile_dynamic_shapes_one_graph():
     assert len(graphs) == 1
 
 
+def test_compile_no_grad_takes_the_inference_op():
+    """Under no_grad the compiled graph runs ic_conv2d_inference (no relu_z written), as eager does."""
+    torch._dynamo.reset()
+    model = _small_model().eval()
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        events = _ic_events(lambda: compiled(x))
+        torch.testing.assert_close(compiled(x), model(x))
+    assert "ic_networks::ic_conv2d_inference" in events and "ic_networks::ic_conv2d_forward" not in events, events
+
+
 def test_compile_inductor_forward_backward():
     torch._dynamo.reset()
     m = nn.Sequential(icn.IcConv2d(3, 4, 3, padding=1, alpha_mode="learnable"), nn.ReLU())
