@@ -1,7 +1,8 @@
 //! Build script.
 //!
-//! 1. Compiles `src/cpp/aten_shim.cpp`: the one libtorch entry point that tch 0.26 does not bind,
-//!    `at::convolution_backward` (the cuDNN / oneDNN weight and input gradients of a convolution).
+//! 1. Compiles `src/cpp/`: the op library (`ops.cpp` defines and registers the `ic_networks` ops,
+//!    `kernels.cpp`, `autograd.cpp`, `autocast.cpp` implement them per dispatch key) and
+//!    `aten_shim.cpp`, the libtorch entry points that tch 0.26 does not bind.
 //! 2. Gives the extension module an rpath to `torch/lib` next to it in site-packages, so that it also
 //!    loads before `import torch` has run.
 //! 3. Makes `cargo test` binaries runnable: rpath to libtorch, CUDA libs kept, and libpython linked
@@ -9,7 +10,10 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/cpp/aten_shim.cpp");
+    const CPP: [&str; 5] = ["src/cpp/aten_shim.cpp", "src/cpp/ops.cpp", "src/cpp/kernels.cpp", "src/cpp/autograd.cpp", "src/cpp/autocast.cpp"];
+    for f in CPP.iter().chain(&["src/cpp/ops.h"]) {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=IC_NETWORKS_CXX11_ABI");
     let lib_dir = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch lib dir"),
@@ -26,7 +30,7 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/cpp/aten_shim.cpp")
+        .files(CPP)
         .compile("icn_aten_shim");
 
     // The wheel installs ic_networks/_core.*.so next to site-packages/torch.

@@ -1,12 +1,16 @@
-//! Python bindings of the ic_networks core (`ic_networks._core`). Thin by design: argument
-//! conversion, GIL release, and mapping `error::Error` to Python exceptions. The math lives in
-//! `ic_conv.rs`, `fused.rs`, `wld.rs` and `neuron.rs`.
+//! The ic_networks core as a Python extension module (`ic_networks._core`).
+//!
+//! Importing it registers the `ic_networks` ops with libtorch's dispatcher (`ffi::register_ops`,
+//! the C++ in `src/cpp/`, whose kernels are the Rust functions of `ffi.rs`); Python calls them as
+//! `torch.ops.ic_networks.*`. The module itself only adds the argument checks that the fake (meta)
+//! kernels share with the real ones, the IC neuron (numpy) and a switch for the CPU kernels.
 pub mod aten;
 pub mod boxsum;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod geometry;
 pub mod ic_conv;
 pub mod layout;
@@ -32,17 +36,13 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-fn opt(t: Option<tch::Tensor>) -> Option<PyTensor> {
-    t.map(PyTensor)
-}
-
-/// IC convolution forward. Returns `(out, relu_z)`; with `keep_relu_z=False` (no backward to
-/// serve) `(out, None)`, which lets the fused CPU path skip writing `relu_z`. See `ic_conv.rs`.
+/// Argument check of the IC convolution, for the fake (meta) kernels in `functional.py`: the same
+/// validator as the real kernels (`ic_conv::check_inputs`), on stand-in tensors with the fake
+/// tensors' shapes and dtypes. Returns `(n, cout, ho, wo)`.
 #[pyfunction]
-#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups, keep_relu_z=true))]
+#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups))]
 #[allow(clippy::too_many_arguments)]
-fn ic_conv2d_forward(
-    py: Python<'_>,
+fn check_ic_conv2d(
     x: PyTensor,
     weight: PyTensor,
     adjust_weight: PyTensor,
@@ -53,94 +53,29 @@ fn ic_conv2d_forward(
     padding: Vec<i64>,
     dilation: Vec<i64>,
     groups: i64,
-    keep_relu_z: bool,
-) -> PyResult<(PyTensor, Option<PyTensor>)> {
+) -> PyResult<(i64, i64, i64, i64)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
-    let r = py.allow_threads(move || {
-        let b = bias.as_ref().map(|b| &b.0);
-        let (x, w, wa, ba, a) = (&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0);
-        if keep_relu_z {
-            ic_conv::forward(x, w, wa, ba, a, b, &g).map(|r| (r.out, Some(r.relu_z)))
-        } else {
-            ic_conv::forward_inference(x, w, wa, ba, a, b, &g).map(|out| (out, None))
-        }
-    });
-    let (out, relu_z) = r.map_err(to_py)?;
-    Ok((PyTensor(out), opt(relu_z)))
+    let d = ic_conv::check_inputs(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g)
+        .map_err(to_py)?;
+    Ok((d.n, d.cout, d.ho, d.wo))
 }
 
-type Grads6 = (Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>);
-
-/// IC convolution backward. `needs` = which of (x, weight, adjust_weight, adjust_bias, alpha, bias)
-/// need a gradient. Returns the six gradients in that order (`None` where not needed).
+/// Argument check of the box sum (see [`check_ic_conv2d`]). Returns `(kh, kw, ho, wo)`.
 #[pyfunction]
-#[pyo3(signature = (grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation, groups, needs))]
-#[allow(clippy::too_many_arguments)]
-fn ic_conv2d_backward(
-    py: Python<'_>,
-    grad: PyTensor,
-    x: PyTensor,
-    weight: PyTensor,
-    adjust_weight: PyTensor,
-    adjust_bias: PyTensor,
-    alpha: PyTensor,
-    relu_z: PyTensor,
-    has_bias: bool,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
-    groups: i64,
-    needs: Vec<bool>,
-) -> PyResult<Grads6> {
-    let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
-    let [nx, nw, nwa, nb1, na, nb2] = needs[..] else {
-        return Err(PyValueError::new_err(format!("needs: expected 6 booleans, got {}", needs.len())));
-    };
-    let needs = ic_conv::NeedsGrad { x: nx, weight: nw, adjust_weight: nwa, adjust_bias: nb1, alpha: na, bias: nb2 };
-    let r = py.allow_threads(move || {
-        ic_conv::backward(&grad.0, &x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, &relu_z.0, has_bias, &g, &needs)
-    });
-    let r = r.map_err(to_py)?;
-    Ok((opt(r.x), opt(r.weight), opt(r.adjust_weight), opt(r.adjust_bias), opt(r.alpha), opt(r.bias)))
-}
-
-/// Box sum of `x` over kh x kw windows on the conv's output grid (used by tests and profiling).
-#[pyfunction]
-#[pyo3(name = "boxsum", signature = (x, kernel_size, stride, padding, dilation))]
-fn boxsum_py(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<PyTensor> {
+#[pyo3(signature = (x, kernel_size, stride, padding, dilation))]
+fn check_boxsum(x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<(i64, i64, i64, i64)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, 1).map_err(to_py)?;
-    let [kh, kw] = match kernel_size[..] {
-        [k] => [k, k],
-        [a, b] => [a, b],
-        _ => return Err(PyValueError::new_err("kernel_size: expected 1 or 2 integers")),
-    };
-    if x.dim() != 4 {
-        return Err(PyValueError::new_err(format!("x: expected a 4-D tensor, got shape {:?}", x.size())));
-    }
-    if kh <= 0 || kw <= 0 {
-        return Err(PyValueError::new_err("kernel_size: expected positive integers"));
-    }
-    let r = py.allow_threads(move || boxsum::boxsum(&x.0, kh, kw, &g));
-    Ok(PyTensor(r.map_err(to_py)?))
+    let [kh, kw, ho, wo] = ffi::check_boxsum(&x.0, &kernel_size, &g).map_err(to_py)?;
+    Ok((kh, kw, ho, wo))
 }
 
-/// WLD loss forward: returns `(loss, ce, kd)`.
+/// Argument check of the WLD loss (shapes, dtypes, hyper-parameters; see [`check_ic_conv2d`]).
 #[pyfunction]
-#[pyo3(signature = (student, teacher, target, lam, e, tau))]
-fn wld_forward(py: Python<'_>, student: PyTensor, teacher: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<(PyTensor, PyTensor, PyTensor)> {
-    let cfg = wld::WldConfig { lam, e, tau };
-    let r = py.allow_threads(move || wld::forward(&student.0, &teacher.0, &target.0, &cfg)).map_err(to_py)?;
-    Ok((PyTensor(r.loss), PyTensor(r.ce), PyTensor(r.kd)))
-}
-
-/// WLD loss backward w.r.t. the student logits.
-#[pyfunction]
-#[pyo3(signature = (grad, student, teacher, target, lam, e, tau))]
-#[allow(clippy::too_many_arguments)]
-fn wld_backward(py: Python<'_>, grad: PyTensor, student: PyTensor, teacher: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<PyTensor> {
-    let cfg = wld::WldConfig { lam, e, tau };
-    let r = py.allow_threads(move || wld::backward(&grad.0, &student.0, &teacher.0, &target.0, &cfg)).map_err(to_py)?;
-    Ok(PyTensor(r))
+#[pyo3(signature = (student_logits, teacher_logits, target, lam, e, tau))]
+fn check_wld(student_logits: PyTensor, teacher_logits: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<()> {
+    wld::WldConfig { lam, e, tau }.validate().map_err(to_py)?;
+    wld::check_args(&student_logits.0, &teacher_logits.0, &target.0).map_err(to_py)?;
+    Ok(())
 }
 
 /// A float32 or float64 numpy array (ints and others are rejected by the Python wrapper).
@@ -257,11 +192,11 @@ fn set_cpu_kernels(enabled: bool) -> bool {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(ic_conv2d_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(ic_conv2d_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(boxsum_py, m)?)?;
-    m.add_function(wrap_pyfunction!(wld_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(wld_backward, m)?)?;
+    // The ops themselves (torch.ops.ic_networks.*) are registered with libtorch's dispatcher here.
+    ffi::register_ops().map_err(to_py)?;
+    m.add_function(wrap_pyfunction!(check_ic_conv2d, m)?)?;
+    m.add_function(wrap_pyfunction!(check_boxsum, m)?)?;
+    m.add_function(wrap_pyfunction!(check_wld, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_forward, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_grad, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;

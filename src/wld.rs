@@ -1,4 +1,4 @@
-//! Weak logit distillation loss (paper eq. 8-10, with the hinge on L_kd; see SPEC §4).
+//! Weak logit distillation loss (paper eq. 8-10, with the hinge on L_kd on the batch's mean).
 //!
 //! For student logits `s` and teacher logits `t`, both (B, K), integer targets `y` (B):
 //! ```text
@@ -12,11 +12,20 @@
 //! dL/ds = (1 - lam) * (softmax(s) - onehot(y)) / B  +  lam * [L_kd > e] * tau * (p_s - p_t) / B
 //! ```
 //! Log-softmax is libtorch's (max-shifted), so large logits do not overflow.
+//!
+//! The class indices are checked on the host for CPU targets (a clear `ValueError`), and on the
+//! device for CUDA targets (`at::_assert_async`: no device-to-host copy, so no sync per step; a bad
+//! index fails the stream with a device-side assertion).
 use crate::error::{Error, Result};
 use crate::{type_err, value_err};
-use tch::{Kind, Tensor};
+use std::os::raw::{c_char, c_int};
+use tch::{Device, Kind, Tensor};
 
-/// Hyper-parameters of the loss; defaults are the paper's `e` and our `tau` (SPEC §4 decision).
+extern "C" {
+    fn icn_assert_async(cond: *const torch_sys::C_tensor, msg: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+/// Hyper-parameters of the loss; defaults are the paper's `e` and a temperature of 4.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WldConfig {
     pub lam: f64,
@@ -52,7 +61,9 @@ pub struct WldOutput {
     pub kd: Tensor,
 }
 
-fn check(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i64)> {
+/// Validates the logits' and the target's shapes, dtypes and devices (no data is read); returns
+/// `(batch, classes)`. The fake (meta) kernels call this too.
+pub fn check_args(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i64)> {
     if student.dim() != 2 {
         return Err(value_err!("student_logits: expected a 2-D (batch, classes) tensor, got shape {:?}", student.size()));
     }
@@ -81,10 +92,34 @@ fn check(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i6
     if teacher.device() != student.device() || target.device() != student.device() {
         return Err(Error::Runtime("teacher_logits and target must be on the student_logits' device".into()));
     }
-    let (lo, hi) = (target.f_min()?.f_int64_value(&[])?, target.f_max()?.f_int64_value(&[])?);
-    if lo < 0 || hi >= k {
-        return Err(value_err!("target: class indices must lie in [0, {k}), got values in [{lo}, {hi}]"));
+    Ok((b, k))
+}
+
+/// Checks that every class index lies in `[0, k)`: on the host for CPU tensors, on the device
+/// otherwise (no read-back).
+fn check_classes(target: &Tensor, k: i64) -> Result<()> {
+    if target.device() == Device::Cpu {
+        let (lo, hi) = (target.f_min()?.f_int64_value(&[])?, target.f_max()?.f_int64_value(&[])?);
+        if lo < 0 || hi >= k {
+            return Err(value_err!("target: class indices must lie in [0, {k}), got values in [{lo}, {hi}]"));
+        }
+        return Ok(());
     }
+    let ok = target.f_ge(0)?.f_logical_and(&target.f_lt(k)?)?.f_all()?;
+    let msg = std::ffi::CString::new(format!("target: class indices must lie in [0, {k})")).expect("no NUL in the message");
+    let mut err = vec![0 as c_char; 1024];
+    // SAFETY: ok is a live tensor; msg and err outlive the call; the shim NUL-terminates err.
+    let rc = unsafe { icn_assert_async(ok.as_ptr(), msg.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if rc != 0 {
+        let m = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        return Err(Error::Runtime(format!("libtorch: {}", crate::error::short_torch_message(&m))));
+    }
+    Ok(())
+}
+
+fn check(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i64)> {
+    let (b, k) = check_args(student, teacher, target)?;
+    check_classes(target, k)?;
     Ok((b, k))
 }
 

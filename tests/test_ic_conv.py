@@ -325,11 +325,20 @@ CUDA_CASES = [(k, s, p, d, GROUPS[i % 3], BIASES[i % 2], ALPHAS[i % 4]) for i, (
 @pytest.mark.parametrize("k,s,p,d,groups,bias,alpha", CUDA_CASES)
 def test_cuda_matches_oracle(k, s, p, d, groups, bias, alpha):
     """The same op on CUDA: forward and every gradient against the float64 oracle on the GPU, and
-    against the CPU result."""
+    against the CPU op: the output and all six gradients (x, W, W', b1, alpha, b2)."""
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha, device="cuda")
     out = _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g, tol=1e-9, grad_tol=1e-8)
-    cpu = ic_conv2d(*(t.detach().cpu() if t is not None else None for t in (x, w, wa, b1, a, b2)), s, p, d, g)
-    torch.testing.assert_close(out.detach().cpu(), cpu, rtol=1e-9, atol=1e-9)
+    go = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for dev in ("cuda", "cpu"):
+        leaves = [t.detach().to(dev).requires_grad_() if t is not None else None for t in (x, w, wa, b1, a, b2)]
+        o = ic_conv2d(*leaves, s, p, d, g)
+        grads = torch.autograd.grad(o, [t for t in leaves if t is not None], go.to(dev))
+        results[dev] = [o.detach().cpu()] + [t.cpu() for t in grads]
+    assert len(results["cpu"]) == (7 if bias else 6)
+    names = ["out", "x", "weight", "adjust_weight", "adjust_bias", "alpha", "bias"]
+    for name, got, want in zip(names, results["cuda"], results["cpu"]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"CUDA vs CPU: {name}")
 
 
 @pytest.mark.cuda
@@ -341,6 +350,31 @@ def test_cuda_low_precision_close_to_float64(dtype):
     assert low.dtype == dtype
     tol = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 2e-1}[dtype]
     torch.testing.assert_close(low.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_low_precision_gradients_close_to_cpu(dtype, layout, monkeypatch):
+    """CUDA vs CPU parity of all six gradients in float32 and half types, against the CPU op in
+    float64 (relative error in norm: a relu mask that flips in half precision moves a few entries)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    x, w, wa, b1, a, b2, g = _make((3, 3), "2", True, "learnable", device="cuda", n=2, cin=8, cout=8, hw=(12, 12))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    go = torch.randn(2, 8, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    cuda = [t.detach().to(dtype) for t in (x, w, wa, b1, a, b2)]
+    cuda[0] = cuda[0].contiguous(memory_format=fmt)
+    cuda = [t.requires_grad_() for t in cuda]
+    out = ic_conv2d(*cuda, 1, 1, 1, g)
+    got = torch.autograd.grad(out, cuda, go.to("cuda", dtype).contiguous(memory_format=fmt))
+    cpu = [t.detach().cpu().requires_grad_() for t in (x, w, wa, b1, a, b2)]
+    want = torch.autograd.grad(ic_conv2d(*cpu, 1, 1, 1, g), cpu, go)
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    for name, gg, ww in zip(["x", "weight", "adjust_weight", "adjust_bias", "alpha", "bias"], got, want):
+        assert gg.dtype == dtype and gg.shape == ww.shape, name
+        err = (gg.double().cpu() - ww).norm() / ww.norm().clamp_min(1e-6)
+        assert err <= tol, (name, float(err))
 
 
 @pytest.mark.cuda

@@ -1,5 +1,6 @@
-"""IcConv2d as a first-class PyTorch op: opcheck, torch.compile, autocast, channels_last, ONNX,
-TorchScript, torch.export, DDP and thread safety (issue 8)."""
+"""IcConv2d as a first-class PyTorch op: registration by the native library, opcheck,
+torch.compile, autocast, channels_last, ONNX, TorchScript, torch.export, AOTInductor, DDP and
+thread safety."""
 import copy
 import datetime
 import os
@@ -74,6 +75,8 @@ def test_opcheck_every_op():
     x, w, wa, b1, a, b2 = _args()
     leaves = [t.requires_grad_() for t in (x, w, wa, b1, a, b2)]
     torch.library.opcheck(OPS.ic_conv2d_forward.default, (*leaves, [2, 1], [1, 0], [1, 2], 2))
+    with torch.no_grad():  # the inference forward has no backward: plain tensors
+        torch.library.opcheck(OPS.ic_conv2d_inference.default, (*(t.detach() for t in leaves), [2, 1], [1, 0], [1, 2], 2))
     with torch.no_grad():  # plain tensors: the backward op has no double backward
         bargs = _backward_args(*(t.detach() for t in (x, w, wa, b1, a)), None, needs=(True, False, True, True, True, False))
     torch.library.opcheck(OPS.ic_conv2d_backward.default, bargs)
@@ -104,7 +107,8 @@ def test_fake_matches_real_for_layouts(device, dtype, x_fmt, w_fmt):
     x, w, wa, b1, a, b2 = _args(dtype=dtype, device=device, groups=1, hw=(6, 6))
     x, w = x.contiguous(memory_format=fmt[x_fmt]), w.contiguous(memory_format=fmt[w_fmt])
     fwd = (x, w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)
-    checks = [(OPS.ic_conv2d_forward.default, fwd), (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1]))]
+    checks = [(OPS.ic_conv2d_forward.default, fwd), (OPS.ic_conv2d_inference.default, fwd),
+              (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1]))]
     for gf in (torch.contiguous_format, CL):
         checks.append((OPS.ic_conv2d_backward.default, _backward_args(x, w, wa, b1, a, b2, groups=1, grad_format=gf)))
     checks.append((OPS.ic_conv2d_forward.default, (x[:0], w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)))
@@ -203,6 +207,18 @@ def test_compile_dynamic_shapes_one_graph():
     assert len(graphs) == 1
 
 
+def test_compile_no_grad_takes_the_inference_op():
+    """Under no_grad the compiled graph runs ic_conv2d_inference (no relu_z written), as eager does."""
+    torch._dynamo.reset()
+    model = _small_model().eval()
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        events = _ic_events(lambda: compiled(x))
+        torch.testing.assert_close(compiled(x), model(x))
+    assert "ic_networks::ic_conv2d_inference" in events and "ic_networks::ic_conv2d_forward" not in events, events
+
+
 def test_compile_inductor_forward_backward():
     torch._dynamo.reset()
     m = nn.Sequential(icn.IcConv2d(3, 4, 3, padding=1, alpha_mode="learnable"), nn.ReLU())
@@ -290,14 +306,12 @@ def test_channels_last_layouts_follow_conv2d(device, x_fmt, w_fmt):
         assert out.is_contiguous(memory_format=CL) and xs[0].grad.is_contiguous(memory_format=CL)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "op-path"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_channels_last_hot_path_has_no_activation_copies(device, fast, monkeypatch):
-    """Forward + backward on channels_last input copy nothing larger than a parameter, on the eager
-    fast path and through the registered ops."""
+def test_channels_last_hot_path_has_no_activation_copies(device):
+    """Forward + backward on channels_last input, through the registered ops, copy nothing larger
+    than a parameter."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(icn.functional, "_FAST_PATH", fast)
     torch.manual_seed(0)
     m = icn.IcConv2d(8, 16, 3, padding=1, alpha=0.5, alpha_mode="learnable").to(device)
     x = torch.randn(4, 8, 16, 16, device=device).contiguous(memory_format=CL).requires_grad_()
@@ -306,11 +320,7 @@ def test_channels_last_hot_path_has_no_activation_copies(device, fast, monkeypat
         out = m(x)
         out.backward(torch.ones_like(out))
     names = {e.name for e in prof.events()}
-    if fast:
-        assert "_IcConv2dFunction" in names and "_IcConv2dFunctionBackward" in names
-        assert not any(n.startswith("ic_networks::") for n in names)
-    else:
-        assert "ic_networks::ic_conv2d_forward" in names and "ic_networks::ic_conv2d_backward" in names
+    assert "ic_networks::ic_conv2d_forward" in names and "ic_networks::ic_conv2d_backward" in names
     largest_param = max(p.numel() for p in m.parameters())
     copies = [(e.name, e.input_shapes[0]) for e in prof.events() if e.name in COPIES and e.input_shapes and e.input_shapes[0]]
     big = [(n, s) for n, s in copies if torch.Size(s).numel() > largest_param]
@@ -350,7 +360,7 @@ def test_onnx_export_standard_ops_and_onnxruntime(tmp_path, dynamo):
             assert (got3 - model(x3)).abs().max() < 1e-4
 
 
-def test_jit_trace_uses_reference_and_script_raises_clearly():
+def test_jit_trace_uses_reference():
     model = _small_model().eval()
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
@@ -360,8 +370,58 @@ def test_jit_trace_uses_reference_and_script_raises_clearly():
         for shape in [(2, 3, 12, 12), (1, 3, 9, 10)]:
             xi = torch.randn(shape)
             torch.testing.assert_close(traced(xi), model(xi), rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="torch.jit.script.*torch.jit.trace"):
-        torch.jit.script(model)
+
+
+def test_jit_script_calls_the_op_and_round_trips(tmp_path):
+    """torch.jit.script compiles IcConv2d.forward to a call of ic_networks::ic_conv2d (the op of
+    the native library); the scripted model trains, saves and loads like the eager one."""
+    model = _small_model()
+    scripted = torch.jit.script(model)
+    graph = str(scripted.inlined_graph)
+    assert graph.count("ic_networks::ic_conv2d") == 3, graph
+    x = torch.randn(2, 3, 12, 12)
+    torch.testing.assert_close(scripted(x), model(x))
+    names, params = zip(*model.named_parameters())  # (the scripted model shares them)
+    got = torch.autograd.grad(scripted(x).square().sum(), params)
+    want = torch.autograd.grad(model(x).square().sum(), params)
+    for n, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, msg=n)
+    path = str(tmp_path / "ic.pt")
+    torch.jit.save(scripted, path)
+    loaded = torch.jit.load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    layer = icn.IcConv2d(3, 5, 3, padding="same", padding_mode="reflect", alpha=0.5)
+    with torch.no_grad():  # unbatched (C, H, W) input, a non-zero padding mode
+        torch.testing.assert_close(torch.jit.script(layer)(x[0]), layer(x[0]))
+
+
+def test_onnx_export_of_the_functional_api(tmp_path):
+    """A model that calls functional.ic_conv2d (not IcConv2d) exports to ONNX with standard ops."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ic = icn.IcConv2d(3, 4, 3, alpha=0.4)
+
+        def forward(self, x):
+            m = self.ic
+            return icn.functional.ic_conv2d(x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, 2, "valid", 1, 1)
+
+    model = Functional().eval()
+    x = torch.randn(2, 3, 11, 11)
+    path = str(tmp_path / "f.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"])
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    op_types = {node.op_type for node in proto.graph.node}
+    assert "Conv" in op_types and op_types <= STANDARD_ONNX_OPS, op_types
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    with torch.no_grad():
+        assert (got - model(x)).abs().max() < 1e-4
 
 
 def test_torch_export_keeps_the_custom_op():
@@ -512,45 +572,67 @@ def _ic_events(fn):
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return {e.name for e in prof.events() if e.name.startswith("ic_networks::") or "IcConv2dFunction" in e.name}
+    return {e.name for e in prof.events() if e.name.startswith("ic_networks::")}
+
+
+# --------------------------------------------------------------------------------------------------
+# The native op library
+# --------------------------------------------------------------------------------------------------
+OP_NAMES = ["ic_conv2d_forward", "ic_conv2d_inference", "ic_conv2d_backward", "boxsum", "wld_loss", "wld_loss_backward"]
+
+
+def test_ops_are_registered_by_the_native_library():
+    """Every op is defined in C++ with a kernel per dispatch key (no Python kernel but the fake)."""
+    for name in OP_NAMES + ["ic_conv2d"]:
+        op = getattr(OPS, name).default
+        assert not op._defined_in_python, name
+        assert "ops.cpp" in op._handle.debug(), (name, op._handle.debug())
+    for name in OP_NAMES:
+        for key in ("CPU", "CUDA", "Autograd"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ic_networks::{name}", key), (name, key)
+    for name in ("ic_conv2d_forward", "ic_conv2d_inference"):
+        for key in ("AutocastCPU", "AutocastCUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ic_networks::{name}", key), (name, key)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("ic_networks::ic_conv2d", "CompositeImplicitAutograd")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
-def test_eager_fast_path_matches_the_op_path(device, fmt, monkeypatch):
-    """The eager fast path (a plain autograd.Function around the Rust core) gives the op path's
-    output and gradients bit for bit, with learnable alpha, bias and groups."""
+def test_eager_calls_take_the_registered_ops(device, fmt):
+    """Training calls run ic_conv2d -> ic_conv2d_forward / ic_conv2d_backward; no_grad calls run
+    ic_conv2d_inference (which writes no relu_z), with the training forward's output bit for bit."""
     torch.manual_seed(0)
     m = icn.IcConv2d(8, 12, 3, stride=2, padding=1, groups=2, alpha=0.3, alpha_mode="learnable").to(device)
+    x = torch.randn(3, 8, 11, 9, device=device).contiguous(memory_format=fmt).requires_grad_()
+    events = _ic_events(lambda: m(x).square().sum().backward())
+    assert {"ic_networks::ic_conv2d", "ic_networks::ic_conv2d_forward", "ic_networks::ic_conv2d_backward"} <= events, events
+    assert "ic_networks::ic_conv2d_inference" not in events
     with torch.no_grad():
-        m.adjust_bias.normal_()
-    x0 = torch.randn(3, 8, 11, 9, device=device).contiguous(memory_format=fmt)
-    results = {}
-    for fast in (True, False):
-        monkeypatch.setattr(icn.functional, "_FAST_PATH", fast)
-        m.zero_grad()
-        x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
-        events = _ic_events(lambda: m(x).square().sum().backward())
-        if fast:
-            assert "_IcConv2dFunction" in events and not any(e.startswith("ic_networks::") for e in events), events
-        else:
-            assert "ic_networks::ic_conv2d_forward" in events and "ic_networks::ic_conv2d_backward" in events, events
-        out = m(x)
-        results[fast] = [out.detach(), x.grad] + [p.grad for p in m.parameters()]
-        assert out.stride() == m(x0).stride()
-    for a, b in zip(results[True], results[False]):
-        assert torch.equal(a, b)
+        events = _ic_events(lambda: m(x))
+        infer = m(x)
+    assert "ic_networks::ic_conv2d_inference" in events and "ic_networks::ic_conv2d_forward" not in events, events
+    train = m(x)
+    assert torch.equal(train.detach(), infer) and train.stride() == infer.stride()
 
 
-def test_eager_fast_path_steps_aside_for_autocast_and_modes():
-    """Autocast, FakeTensorMode and torch.compile go through the registered ops (they need its
-    casting rules and fake kernels); plain eager calls do not."""
+def test_inference_op_and_double_backward_refuse_clearly():
+    x, w, wa, b1, a, b2 = _args()
+    x.requires_grad_()
+    out = OPS.ic_conv2d_inference(x, w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 2)
+    with pytest.raises(RuntimeError, match="ic_conv2d_inference keeps nothing for a backward"):
+        out.sum().backward()
+    out = icn.functional.ic_conv2d(x, w, wa, b1, a, b2, 1, 1, 1, 2)
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_autocast_and_fake_mode_go_through_the_op():
     m = icn.IcConv2d(4, 4, 3, padding=1)
     x = torch.randn(2, 4, 6, 6)
-    assert "_IcConv2dFunction" in _ic_events(lambda: m(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         events = _ic_events(lambda: m(x))
-    assert "ic_networks::ic_conv2d_forward" in events and "_IcConv2dFunction" not in events
+    assert "ic_networks::ic_conv2d_forward" in events, events
     params = [m.weight.detach(), m.adjust_weight.detach(), m.adjust_bias.detach(), m.alpha.detach()]
     mode = FakeTensorMode()
     fx, *fparams = [mode.from_tensor(t) for t in (x, *params)]
@@ -559,8 +641,8 @@ def test_eager_fast_path_steps_aside_for_autocast_and_modes():
     assert out.shape == (2, 4, 6, 6)
 
 
-def test_eager_fast_path_errors_name_the_argument():
-    """Bad input on the fast path still gets the core's clear exceptions, not a panic."""
+def test_eager_errors_name_the_argument():
+    """Bad input gets the core's clear exceptions, not a panic."""
     m = icn.IcConv2d(4, 4, 3, padding=1)
     with pytest.raises(TypeError, match="dtype"):
         m(torch.randn(1, 4, 5, 5, dtype=torch.float64))
@@ -568,3 +650,26 @@ def test_eager_fast_path_errors_name_the_argument():
         m(torch.randn(1, 3, 5, 5))
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         icn.functional.ic_conv2d(torch.randn(1, 4, 2, 2), m.weight, m.adjust_weight, m.adjust_bias, m.alpha)
+    with pytest.raises(TypeError, match="x"):
+        m([[1.0]])
+
+
+# --------------------------------------------------------------------------------------------------
+# AOTInductor
+# --------------------------------------------------------------------------------------------------
+def test_aoti_package_runs_the_op_from_cpp(tmp_path):
+    """torch.export + AOTInductor: the package calls ic_networks::ic_conv2d_inference through the
+    proxy executor; scripts/aoti/demo.py checks it from Python, then builds scripts/aoti/runner.cpp
+    and runs it from C++ with the op library loaded by the runner."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("needs a C++ compiler")
+    demo = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "aoti", "demo.py")
+    r = subprocess.run([sys.executable, demo, str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "ic_networks.ic_conv2d.default" in r.stdout
+    assert "Python aoti_load_package: matches eager" in r.stdout
+    assert "max |C++ - Python eager| = 0" in r.stdout or "C++ runner exit code 0" in r.stdout, r.stdout

@@ -12,7 +12,7 @@ from ic_networks.functional import wld_loss, wld_loss_parts
 
 
 def formula(s, t, y, lam, e=0.005, tau=4.0):
-    """SPEC §4 with torch's built-ins: batchmean KL, tau^2, hinge on L_kd."""
+    """The loss with torch's built-ins: batchmean KL, tau^2, hinge on L_kd."""
     kd = tau**2 * F.kl_div(F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), log_target=True, reduction="batchmean")
     ce = F.cross_entropy(s, y)
     return (1 - lam) * ce + lam * torch.clamp(kd - e, min=0), ce, kd
@@ -59,6 +59,44 @@ def test_parts_and_module():
     assert not loss.requires_grad
     mod = icn.WLDLoss(e=0.01, tau=2.0)
     torch.testing.assert_close(mod(s, t, y, 0.3), want, rtol=1e-12, atol=1e-12)
+
+
+def test_parts_in_one_call_with_the_gradient():
+    """wld_loss_parts gives (loss, ce, kd) from one op call; loss carries the student's gradient,
+    ce and kd carry none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s, t, y = batch(seed=5)
+    s.requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss, ce, kd = wld_loss_parts(s, t, y, 0.4, e=0.01, tau=2.0)
+    calls = [e.name for e in prof.events() if e.name.startswith("ic_networks::")]
+    assert calls.count("ic_networks::wld_loss") == 1, calls
+    assert loss.requires_grad and not ce.requires_grad and not kd.requires_grad
+    want, want_ce, want_kd = formula(s.detach(), t, y, 0.4, 0.01, 2.0)
+    for a, b in ((loss, want), (ce, want_ce), (kd, want_kd)):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    s2 = s.detach().clone().requires_grad_(True)
+    wld_loss(s2, t, y, 0.4, e=0.01, tau=2.0).backward()
+    torch.testing.assert_close(s.grad, s2.grad, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_checks_targets_without_a_host_sync():
+    """On CUDA the class-index check runs on the device: a training step's loss and backward do
+    not synchronise with the host."""
+    s, t, y = (u.cuda() for u in batch(seed=6))
+    s.requires_grad_(True)
+    wld_loss(s, t, y, 0.5).backward()  # warm-up (allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, ce, kd = wld_loss_parts(s, t, y, 0.5)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(loss.detach().cpu(), formula(s.detach().cpu(), t.cpu(), y.cpu(), 0.5)[0], rtol=1e-10, atol=1e-12)
 
 
 def test_hinge_on_kd_not_ce():

@@ -1,4 +1,5 @@
-"""Small argument helpers shared by the functional API and the modules."""
+"""Small argument helpers shared by the functional API and the modules: type normalisation only
+(the values are checked by the Rust core)."""
 from __future__ import annotations
 
 import numbers
@@ -6,14 +7,10 @@ from typing import List, Sequence, Tuple, Union
 
 IntPair = Union[int, Sequence[int]]
 
-#: Largest stride, padding or dilation accepted: libtorch's pooling kernels index with 32-bit ints,
-#: and it keeps every output-size computation far from int64 overflow.
-INT_LIMIT = 2**31 - 1
-
 
 def pair(name: str, value: IntPair) -> List[int]:
     """``3 -> [3, 3]``, ``(1, 2) -> [1, 2]``; anything else raises a clear error."""
-    if type(value) is int:  # fast paths (this runs on every call of the op)
+    if type(value) is int:  # fast paths
         return [value, value]
     if type(value) in (list, tuple) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
         return [value[0], value[1]]
@@ -26,19 +23,6 @@ def pair(name: str, value: IntPair) -> List[int]:
     ):
         return [int(v) for v in value] * (2 // len(value))
     raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-
-
-def bounded_pair(name: str, value: IntPair, low: int) -> List[int]:
-    """:func:`pair`, then a ``ValueError`` unless both values are in ``[low, INT_LIMIT]``."""
-    v = pair(name, value)
-    if not all(low <= e <= INT_LIMIT for e in v):
-        raise ValueError(f"{name}: expected integers in [{low}, {INT_LIMIT}], got {value!r}")
-    return v
-
-
-def conv_out_size(n: int, k: int, s: int, p: int, d: int) -> int:
-    """Output length of a convolution along one axis (exact Python ints, no overflow)."""
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def resolve_padding(
@@ -61,4 +45,4 @@ def resolve_padding(
                 extra.append(total - 2 * left)
             return sym, [0, extra[1], 0, extra[0]]
         raise ValueError(f"padding: expected 'same', 'valid', an int or a pair of ints, got {padding!r}")
-    return bounded_pair("padding", padding, 0), [0, 0, 0, 0]
+    return pair("padding", padding), [0, 0, 0, 0]

@@ -9,20 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as icf
-from ._utils import IntPair, bounded_pair, resolve_padding
+from ._utils import IntPair, resolve_padding
 from .reference import ic_conv2d_reference
 
 __all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES"]
 
 ALPHA_MODES = ("fixed", "learnable")
-
-
-def _exporting() -> bool:
-    """True while torch.onnx / torch.jit tracing runs: formats that cannot hold the custom op."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 
 class IcConv2d(nn.Conv2d):
@@ -44,12 +36,12 @@ class IcConv2d(nn.Conv2d):
     b1 with zeros. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
     IC keys as missing.
 
-    The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``), which
-    ``torch.compile(fullgraph=True)``, ``torch.export`` and autocast handle like a built-in op.
-    Only while an ONNX export or ``torch.jit.trace`` is running does it use the plain-PyTorch
-    formula (``ic_networks.reference``), which those formats can hold; it gives the same outputs
-    up to float rounding. ``torch.jit.script`` is not supported and raises a ``RuntimeError`` that
-    says so (use ``torch.jit.trace``, ``torch.onnx.export`` or ``torch.export``).
+    The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``, an op of the
+    native library), which ``torch.compile(fullgraph=True)``, ``torch.export``, autocast and
+    ``torch.jit.script`` handle like a built-in op (a scripted model calls the op, so it needs
+    ``ic_networks`` loaded to run). Only while an ONNX export or ``torch.jit.trace`` is running
+    does it use the plain-PyTorch formula (``ic_networks.reference``), which those formats can
+    hold; it gives the same outputs up to float rounding.
     """
 
     def __init__(
@@ -76,10 +68,7 @@ class IcConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
         )
-        bounded_pair("stride", self.stride, 1)
-        bounded_pair("dilation", self.dilation, 1)
-        if not isinstance(self.padding, str):
-            bounded_pair("padding", self.padding, 0)
+        self._resolve_padding()
         factory = {"device": device, "dtype": dtype}
         self.alpha_mode = alpha_mode
         self.adjust_weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
@@ -132,42 +121,48 @@ class IcConv2d(nn.Conv2d):
         with torch.no_grad():
             self.alpha.fill_(float(value))
 
-    def _explicit_padding(self, x: Tensor):
-        """Returns (input, symmetric padding) with non-zero padding modes and uneven 'same' padding
-        applied to the input, as nn.Conv2d does."""
+    def _resolve_padding(self) -> None:
+        """The op's symmetric padding, and the extra right/bottom zero padding of an uneven 'same'
+        (as nn.Conv2d pads it); non-zero padding modes pad the input in full instead."""
         if self.padding_mode != "zeros":
-            return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), [0, 0]
-        sym, extra = resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride)
-        if any(extra):
-            x = F.pad(x, extra)
-        return x, sym
+            self._ic_padding, self._ic_extra = [0, 0], [0, 0, 0, 0]
+        else:
+            self._ic_padding, self._ic_extra = resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride)
+        self._ic_uneven = any(e != 0 for e in self._ic_extra)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_ic_padding" not in self.__dict__:  # a module pickled before the padding was resolved
+            self._resolve_padding()
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        if x.dim() not in (3, 4):
-            raise ValueError(f"x: expected a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        x, padding = self._explicit_padding(x)
-        if _exporting():
-            out = ic_conv2d_reference(
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        elif self._ic_uneven:
+            x = F.pad(x, self._ic_extra)
+        if torch.jit.is_scripting():
+            return torch.ops.ic_networks.ic_conv2d(
                 x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-                self.stride, padding, self.dilation, self.groups,
+                self.stride, self._ic_padding, self.dilation, self.groups,
             )
         else:
-            out = icf._ic_conv2d_call(
-                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-                list(self.stride), list(padding), list(self.dilation), self.groups,
-            )
-        return out.squeeze(0) if unbatched else out
+            return self._eager_forward(x)
 
-    def __prepare_scriptable__(self):
-        raise RuntimeError(
-            "IcConv2d does not support torch.jit.script: its op is a Python-registered custom op that "
-            "TorchScript cannot compile or serialise. Use torch.jit.trace (it records the plain-PyTorch "
-            "formula of ic_networks.reference), torch.onnx.export, torch.export or torch.compile."
+    @torch.jit.unused
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if icf._exporting():
+            unbatched = x.dim() == 3
+            xb = x.unsqueeze(0) if unbatched else x
+            out = ic_conv2d_reference(
+                xb, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+                self.stride, self._ic_padding, self.dilation, self.groups,
+            )
+            return out.squeeze(0) if unbatched else out
+        return icf._IC_CONV2D(
+            x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+            self.stride, self._ic_padding, self.dilation, self.groups,
         )
 
     def extra_repr(self) -> str:

@@ -1,8 +1,8 @@
 """A plain-PyTorch copy of the IC convolution.
 
-It is the test oracle, and the documented path for export formats that cannot hold a custom op
-(ONNX, ``torch.jit.trace``): ``IcConv2d`` switches to it only while such an export is running
-(see ``nn.IcConv2d.forward``). It never stands in for the Rust op otherwise.
+It is the test oracle, and the documented path for export formats that cannot hold the op
+(ONNX, ``torch.jit.trace``): ``IcConv2d`` and ``functional.ic_conv2d`` switch to it only while such
+an export is running (``functional._exporting``). It never stands in for the Rust op otherwise.
 
 The box sum is a depthwise convolution with an all-ones kernel, so it exports as a standard Conv.
 """

@@ -64,4 +64,19 @@ int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, 
   return failed.load();
 }
 
+// at::_assert_async(cond, msg): a device-side check of a one-element boolean tensor (no host sync on
+// CUDA). Returns 0, or 1 with a message in `err` when the call itself fails.
+int icn_assert_async(const at::Tensor* cond, const char* msg, char* err, size_t err_len) {
+  try {
+    at::_assert_async(*cond, msg);
+    return 0;
+  } catch (const std::exception& e) {
+    if (err_len > 0) {
+      std::strncpy(err, e.what(), err_len - 1);
+      err[err_len - 1] = '\0';
+    }
+    return 1;
+  }
+}
+
 }  // extern "C"

@@ -1,0 +1,207 @@
+// CPU and CUDA kernels of the ic_networks ops: the Rust functions of src/ffi.rs. The same Rust
+// code serves both devices (it picks its CPU kernels or libtorch's device ops per call), so both
+// keys register the same functions; the CUDA ones run under a device guard for x's device.
+//
+// Rust validates every argument and reports errors as (kind, message); they are raised here as
+// c10::ValueError / c10::TypeError / c10::Error, i.e. Python ValueError / TypeError / RuntimeError.
+#include "ops.h"
+
+#include <c10/core/DeviceGuard.h>
+
+#include <string>
+
+extern "C" {
+
+struct IcnIntList {
+  const int64_t* data;
+  size_t len;
+};
+
+int icn_rs_ic_conv2d_forward(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* adjust_weight,
+                             const at::Tensor* adjust_bias, const at::Tensor* alpha, const at::Tensor* bias,
+                             IcnIntList stride, IcnIntList padding, IcnIntList dilation, int64_t groups,
+                             int keep_relu_z, at::Tensor** out, at::Tensor** relu_z, void* sink);
+int icn_rs_ic_conv2d_backward(const at::Tensor* grad, const at::Tensor* x, const at::Tensor* weight,
+                              const at::Tensor* adjust_weight, const at::Tensor* adjust_bias, const at::Tensor* alpha,
+                              const at::Tensor* relu_z, int has_bias, IcnIntList stride, IcnIntList padding,
+                              IcnIntList dilation, int64_t groups, const uint8_t* needs, at::Tensor** grads,
+                              void* sink);
+int icn_rs_boxsum(const at::Tensor* x, IcnIntList kernel_size, IcnIntList stride, IcnIntList padding,
+                  IcnIntList dilation, at::Tensor** out, void* sink);
+int icn_rs_wld_forward(const at::Tensor* student, const at::Tensor* teacher, const at::Tensor* target, double lam,
+                       double e, double tau, at::Tensor** loss, at::Tensor** ce, at::Tensor** kd, void* sink);
+int icn_rs_wld_backward(const at::Tensor* grad, const at::Tensor* student, const at::Tensor* teacher,
+                        const at::Tensor* target, double lam, double e, double tau, at::Tensor** out, void* sink);
+
+// Called by Rust to hand over an error message (sink is a std::string*).
+void icn_error_set(void* sink, const char* msg, size_t len) { static_cast<std::string*>(sink)->assign(msg, len); }
+
+}  // extern "C"
+
+namespace icn {
+
+namespace {
+
+constexpr int kValueError = 1;
+constexpr int kTypeError = 2;
+
+[[noreturn]] void raise(int code, const std::string& msg) {
+  if (code == kValueError) TORCH_CHECK_VALUE(false, msg);
+  if (code == kTypeError) TORCH_CHECK_TYPE(false, msg);
+  TORCH_CHECK(false, msg);
+  __builtin_unreachable();
+}
+
+inline void check(int rc, const std::string& err) {
+  if (rc != 0) raise(rc, err);
+}
+
+// Takes ownership of a tensor that Rust allocated; an undefined tensor for null.
+Tensor take(at::Tensor* p) {
+  if (p == nullptr) return Tensor();
+  Tensor t = std::move(*p);
+  delete p;
+  return t;
+}
+
+IcnIntList list(IntArrayRef a) { return {a.data(), a.size()}; }
+
+const Tensor* opt(const OptTensor& t) { return t.has_value() && t->defined() ? &*t : nullptr; }
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> ic_conv2d_forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                                    const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
+                                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                                    int64_t groups) {
+  at::Tensor *out = nullptr, *relu_z = nullptr;
+  std::string err;
+  check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
+                                 list(padding), list(dilation), groups, 1, &out, &relu_z, &err),
+        err);
+  return {take(out), take(relu_z)};
+}
+
+Tensor ic_conv2d_inference_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                  const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
+                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  at::Tensor *out = nullptr, *relu_z = nullptr;
+  std::string err;
+  check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
+                                 list(padding), list(dilation), groups, 0, &out, &relu_z, &err),
+        err);
+  take(relu_z);
+  return take(out);
+}
+
+Tensor6 ic_conv2d_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                  const Tensor& adjust_bias, const Tensor& alpha, const Tensor& relu_z, bool has_bias,
+                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                  std::array<bool, 6> needs) {
+  std::array<uint8_t, 6> flags{};
+  for (size_t i = 0; i < 6; ++i) flags[i] = needs[i] ? 1 : 0;
+  std::array<at::Tensor*, 6> g{};
+  std::string err;
+  check(icn_rs_ic_conv2d_backward(&grad, &x, &weight, &adjust_weight, &adjust_bias, &alpha, &relu_z, has_bias ? 1 : 0,
+                                  list(stride), list(padding), list(dilation), groups, flags.data(), g.data(), &err),
+        err);
+  // A gradient that was not asked for comes back as an empty tensor (op outputs cannot be None).
+  auto get = [&](size_t i) {
+    Tensor t = take(g[i]);
+    return t.defined() ? t : at::empty({0}, x.options());
+  };
+  return {get(0), get(1), get(2), get(3), get(4), get(5)};
+}
+
+Tensor boxsum_kernel(const Tensor& x, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
+                     IntArrayRef dilation) {
+  at::Tensor* out = nullptr;
+  std::string err;
+  check(icn_rs_boxsum(&x, list(kernel_size), list(stride), list(padding), list(dilation), &out, &err), err);
+  return take(out);
+}
+
+std::tuple<Tensor, Tensor, Tensor> wld_loss_kernel(const Tensor& student_logits, const Tensor& teacher_logits,
+                                                   const Tensor& target, double lam, double e, double tau) {
+  at::Tensor *loss = nullptr, *ce = nullptr, *kd = nullptr;
+  std::string err;
+  check(icn_rs_wld_forward(&student_logits, &teacher_logits, &target, lam, e, tau, &loss, &ce, &kd, &err), err);
+  return {take(loss), take(ce), take(kd)};
+}
+
+Tensor wld_loss_backward_kernel(const Tensor& grad, const Tensor& student_logits, const Tensor& teacher_logits,
+                                const Tensor& target, double lam, double e, double tau) {
+  at::Tensor* out = nullptr;
+  std::string err;
+  check(icn_rs_wld_backward(&grad, &student_logits, &teacher_logits, &target, lam, e, tau, &out, &err), err);
+  return take(out);
+}
+
+namespace {
+
+// CUDA: the same kernels, with x's device made current (streams and handles are per device).
+std::tuple<Tensor, Tensor> ic_conv2d_forward_cuda(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                                  const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
+                                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                                  int64_t groups) {
+  c10::OptionalDeviceGuard guard(x.device());
+  return ic_conv2d_forward_kernel(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
+                                  groups);
+}
+
+Tensor ic_conv2d_inference_cuda(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
+                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  c10::OptionalDeviceGuard guard(x.device());
+  return ic_conv2d_inference_kernel(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
+                                    groups);
+}
+
+Tensor6 ic_conv2d_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
+                                const Tensor& adjust_bias, const Tensor& alpha, const Tensor& relu_z, bool has_bias,
+                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                std::array<bool, 6> needs) {
+  c10::OptionalDeviceGuard guard(x.device());
+  return ic_conv2d_backward_kernel(grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride,
+                                   padding, dilation, groups, needs);
+}
+
+Tensor boxsum_cuda(const Tensor& x, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
+                   IntArrayRef dilation) {
+  c10::OptionalDeviceGuard guard(x.device());
+  return boxsum_kernel(x, kernel_size, stride, padding, dilation);
+}
+
+std::tuple<Tensor, Tensor, Tensor> wld_loss_cuda(const Tensor& student_logits, const Tensor& teacher_logits,
+                                                 const Tensor& target, double lam, double e, double tau) {
+  c10::OptionalDeviceGuard guard(student_logits.device());
+  return wld_loss_kernel(student_logits, teacher_logits, target, lam, e, tau);
+}
+
+Tensor wld_loss_backward_cuda(const Tensor& grad, const Tensor& student_logits, const Tensor& teacher_logits,
+                              const Tensor& target, double lam, double e, double tau) {
+  c10::OptionalDeviceGuard guard(student_logits.device());
+  return wld_loss_backward_kernel(grad, student_logits, teacher_logits, target, lam, e, tau);
+}
+
+}  // namespace
+
+void register_cpu(torch::Library& m) {
+  m.impl("ic_conv2d_forward", TORCH_FN(ic_conv2d_forward_kernel));
+  m.impl("ic_conv2d_inference", TORCH_FN(ic_conv2d_inference_kernel));
+  m.impl("ic_conv2d_backward", TORCH_FN(ic_conv2d_backward_kernel));
+  m.impl("boxsum", TORCH_FN(boxsum_kernel));
+  m.impl("wld_loss", TORCH_FN(wld_loss_kernel));
+  m.impl("wld_loss_backward", TORCH_FN(wld_loss_backward_kernel));
+}
+
+void register_cuda(torch::Library& m) {
+  m.impl("ic_conv2d_forward", TORCH_FN(ic_conv2d_forward_cuda));
+  m.impl("ic_conv2d_inference", TORCH_FN(ic_conv2d_inference_cuda));
+  m.impl("ic_conv2d_backward", TORCH_FN(ic_conv2d_backward_cuda));
+  m.impl("boxsum", TORCH_FN(boxsum_cuda));
+  m.impl("wld_loss", TORCH_FN(wld_loss_cuda));
+  m.impl("wld_loss_backward", TORCH_FN(wld_loss_backward_cuda));
+}
+
+}  // namespace icn
