@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..functional import wld_loss
+from ..functional import wld_loss_parts
 from ..io import atomic_save
 from ..layers import ic_layers
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
@@ -58,21 +58,6 @@ __all__ = ["Trainer", "CHECKPOINT", "FINAL_WEIGHTS"]
 CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "model.pt"
 _COMPAT_IGNORE = {"epochs", "description", "ten_crop"}  # recipe fields a resumed run may change
-
-
-def _wld_loss_and_ce(student: Tensor, teacher: Tensor, target: Tensor, lam: float, e: float,
-                     tau: float) -> Tuple[Tensor, Tensor]:
-    """The WLD loss (with gradient) and its cross-entropy term (detached, for logging), from one
-    evaluation of the loss.
-
-    ``functional.wld_loss`` returns ``(loss, ce, kd)`` from one call into Rust, so ``ce`` comes with
-    the loss. Where it returns the loss alone, the CE term is the plain cross-entropy of the
-    detached logits; the teacher's softmax and the KL term are never evaluated a second time.
-    """
-    result = wld_loss(student, teacher, target, lam, e, tau)
-    if isinstance(result, tuple):
-        return result[0], result[1].detach()
-    return result, F.cross_entropy(student.detach(), target)
 
 
 class Trainer:
@@ -262,7 +247,8 @@ class Trainer:
                     t_out = self.teacher(x)
         out = out.float()
         if t_out is not None:
-            loss, ce = _wld_loss_and_ce(out, t_out.float(), y, self.lam(self.step), r.e, r.tau)
+            # one call: the loss (with gradient) and its cross-entropy term for the logs
+            loss, ce, _ = wld_loss_parts(out, t_out.float(), y, self.lam(self.step), r.e, r.tau)
         else:
             loss = F.cross_entropy(out, y, label_smoothing=r.label_smoothing)
             ce = F.cross_entropy(out.detach(), y) if r.label_smoothing else loss.detach()
