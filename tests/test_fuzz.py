@@ -19,9 +19,12 @@ BUDGET = int(os.environ.get("IC_FUZZ_EXAMPLES", "300"))
 SUMMARY = re.compile(r"FUZZ SUMMARY examples=(\d+) matched=(\d+) raised=(\d+)")
 
 
-def test_fuzz_sweep_in_subprocess():
+def test_fuzz_sweep_in_subprocess(tmp_path):
     pytest.importorskip("hypothesis")
-    r = subprocess.run([sys.executable, __file__, str(BUDGET)], capture_output=True, text=True, timeout=900)
+    from ic_networks.training import watchdog
+
+    # a hang fails with the sweep's stacks (the sweep arms the dump handler), not a bare timeout
+    r = watchdog.run([sys.executable, __file__, str(BUDGET)], 900, dump_dir=tmp_path, merge_stderr=False, what="fuzz sweep")
     out = r.stdout + r.stderr
     # the last "CASE" line names the input that crashed the process, if it did
     assert r.returncode == 0, f"exit code {r.returncode}\n{out[-6000:]}"

@@ -300,8 +300,11 @@ BAD_INPUTS = textwrap.dedent(
 )
 
 
-def test_bad_inputs_raise_clear_errors_in_subprocess():
-    r = subprocess.run([sys.executable, "-c", BAD_INPUTS], capture_output=True, text=True, timeout=300)
+def test_bad_inputs_raise_clear_errors_in_subprocess(tmp_path):
+    from ic_networks.training import watchdog
+
+    r = watchdog.run([sys.executable, "-X", "faulthandler", "-c", BAD_INPUTS], 300, dump_dir=tmp_path,
+                     merge_stderr=False, what="bad-input sweep")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SURVIVED" in r.stdout
     lines = dict(l.split("\t", 1) for l in r.stdout.splitlines() if "\t" in l)

@@ -229,8 +229,10 @@ def test_every_verb_has_help(capsys):
 
 def test_python_dash_m_ic_networks():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-m", "ic_networks", "bench", "--help"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=120)
+    from ic_networks.training import watchdog
+
+    out = watchdog.run([sys.executable, "-X", "faulthandler", "-m", "ic_networks", "bench", "--help"], 300, env=env,
+                       cwd=ROOT, merge_stderr=False, what="python -m ic_networks")
     assert out.returncode == 0, out.stderr
     assert "usage: ic-networks bench" in out.stdout and "--channels-last" in out.stdout
 

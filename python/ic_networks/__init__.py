@@ -8,7 +8,9 @@
 ``icn.convert`` and ``icn.profile`` are functions; their modules are :mod:`ic_networks.conversion`
 and :mod:`ic_networks.profiling`. Importing ic-networks registers nothing anywhere: call
 :func:`ic_networks.integrations.torchvision.register` to make the IC models known to
-``torchvision.models.get_model``.
+``torchvision.models.get_model``. (One opt-in exception: with ``$IC_NETWORKS_STACK_DIR`` set,
+as :func:`ic_networks.training.watchdog.run` sets it for the processes it supervises, the import
+registers a ``SIGUSR1`` handler that dumps every thread's Python stack into that folder.)
 """
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
@@ -23,6 +25,11 @@ from . import conversion, profiling  # noqa: F401
 from . import detection, integrations, models, neuron, training  # noqa: F401
 
 __version__ = _core.__version__
+
+from .training import watchdog as _watchdog
+
+if _watchdog.armed_by_env():  # started under a watchdog: dump stacks on SIGUSR1 (see the docstring)
+    _watchdog.arm()
 
 __all__ = [
     "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile", "is_ic_layer", "ic_layers",

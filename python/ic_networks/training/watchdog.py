@@ -4,7 +4,8 @@ A multi-process run (DDP under ``torch.multiprocessing`` or ``torchrun``) that h
 by itself. The helpers here turn a hang into a report:
 
 * in each worker, :func:`arm` registers a ``faulthandler`` dump of every thread's Python stack on
-  ``SIGUSR1``, into ``DIR/stacks-<pid>.txt``;
+  ``SIGUSR1``, into ``DIR/stacks-<pid>.txt``; ``import ic_networks`` does it by itself in a process
+  started with ``$IC_NETWORKS_STACK_DIR`` set (as :func:`run` starts its command);
 * in the parent, :func:`join` (for ``torch.multiprocessing`` contexts) and :func:`run` (for a
   command such as ``torchrun``) wait up to a deadline; past it they signal the workers, collect
   the Python stacks and, where ``gdb`` is installed, the native stacks of every thread, kill the
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
-__all__ = ["WorkerHang", "arm", "join", "run", "stack_report", "DUMP_DIR_ENV"]
+__all__ = ["WorkerHang", "arm", "armed_by_env", "join", "run", "stack_report", "DUMP_DIR_ENV"]
 
 DUMP_SIGNAL = signal.SIGUSR1
 DUMP_DIR_ENV = "IC_NETWORKS_STACK_DIR"
@@ -47,6 +48,11 @@ def arm(dump_dir: Optional[os.PathLike] = None) -> Optional[Path]:
     _armed.append(fh)
     faulthandler.register(DUMP_SIGNAL, file=fh, all_threads=True)
     return path
+
+
+def armed_by_env() -> bool:
+    """Whether this process was started with ``$IC_NETWORKS_STACK_DIR`` set."""
+    return bool(os.environ.get(DUMP_DIR_ENV))
 
 
 def _children(pid: int) -> List[int]:
@@ -82,10 +88,11 @@ def stack_report(pids: Iterable[int], dump_dir: Optional[os.PathLike] = None, na
     returns a report with those stacks and, with ``native=True``, gdb's backtrace of every thread."""
     pids = [p for p in pids if _alive(p)]
     for p in pids:
-        try:
-            os.kill(p, DUMP_SIGNAL)
-        except OSError:
-            pass
+        if _catches(p, DUMP_SIGNAL):  # uncaught, SIGUSR1 would kill the process before gdb looks
+            try:
+                os.kill(p, DUMP_SIGNAL)
+            except OSError:
+                pass
     time.sleep(1.0)  # let faulthandler write (it runs in the signal handler, at once)
     parts = []
     for p in pids:
@@ -97,6 +104,18 @@ def stack_report(pids: Iterable[int], dump_dir: Optional[os.PathLike] = None, na
         if native:
             parts.append("--- native stacks ---\n" + _native_stacks(p)[-12000:])
     return "\n".join(parts) if parts else "(no live worker left to inspect)"
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether ``pid`` has a handler for ``sig`` (the SigCgt mask in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -126,27 +145,31 @@ def join(ctx, timeout: float, dump_dir: Optional[os.PathLike] = None, what: str 
 
 
 def run(cmd: Sequence[str], timeout: float, dump_dir: Optional[os.PathLike] = None, env=None, cwd=None,
-        what: Optional[str] = None) -> subprocess.CompletedProcess:
-    """Runs ``cmd`` (for example ``torchrun ...``) with a deadline; its output is captured. Past
-    the deadline the stacks of the command and all its descendants are collected, the process
-    group killed, and :class:`WorkerHang` raised."""
+        what: Optional[str] = None, merge_stderr: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` (for example ``torchrun ...``) with a deadline; its output is captured
+    (stderr into stdout unless ``merge_stderr=False``). Past the deadline the stacks of the command
+    and all its descendants are collected (a Python child dumps its own stacks when it called
+    :func:`arm`, or runs with ``python -X faulthandler``), the process group is killed, and
+    :class:`WorkerHang` raised."""
     env = dict(os.environ if env is None else env)
     if dump_dir is not None:
         env[DUMP_DIR_ENV] = str(dump_dir)
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    err = subprocess.STDOUT if merge_stderr else subprocess.PIPE
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err, text=True, env=env,
                             cwd=cwd, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, errs = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         pids = [proc.pid] + _children(proc.pid)
-        report = stack_report(pids[1:] or pids, dump_dir)
+        report = stack_report(pids, dump_dir)
         _kill_group(proc)
-        out = proc.communicate()[0]
-        raise WorkerHang(f"{what or cmd[0]} still running after {timeout:.0f} s\n{report}\n--- output ---\n{out[-4000:]}")
+        out, errs = proc.communicate()
+        tail = (out or "")[-4000:] + ("\n--- stderr ---\n" + errs[-4000:] if errs else "")
+        raise WorkerHang(f"{what or cmd[0]} still running after {timeout:.0f} s\n{report}\n--- output ---\n{tail}")
     finally:
         if proc.poll() is None:
             _kill_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, errs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
