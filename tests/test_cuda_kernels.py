@@ -340,12 +340,13 @@ def _core():
 @pytest.mark.parametrize("stride,cl", [(1, False), (1, True), (2, False), (2, True)])
 @pytest.mark.parametrize("k,pad,dil", [((3, 3), 1, 1), ((5, 5), 2, 1), ((3, 3), 2, 2), ((1, 1), 0, 1)])
 def test_emulated_float32_matches_cpu_kernels(emu, stride, cl, k, pad, dil):
-    core = _core()
+    _core()  # the registered ops load with it
     x, w, wa, b1, b2, alpha = make_case(2, 8, 8, (11, 10), k, (pad, pad), (dil, dil), (stride, stride), 1, torch.float32, cl, seed=11)
     st, pd, dl = [stride, stride], [pad, pad], [dil, dil]
-    cpu_out, cpu_rz = core.ic_conv2d_forward(x, w, wa, b1, alpha, b2, st, pd, dl, 1)
+    ops = torch.ops.ic_networks  # the CPU kernels behind the registered ops
+    cpu_out, cpu_rz = ops.ic_conv2d_forward(x, w, wa, b1, alpha, b2, st, pd, dl, 1)
     grad = torch.randn_like(cpu_out)
-    cpu_g = core.ic_conv2d_backward(grad, x, w, wa, b1, alpha, cpu_rz, True, st, pd, dl, 1, [True] * 6)
+    cpu_g = ops.ic_conv2d_backward(grad, x, w, wa, b1, alpha, cpu_rz, True, st, pd, dl, 1, [True] * 6)
     out, rz, g = emu_layer(emu, x, w, wa, b1, b2, alpha, st, pd, dl, 1, grad)
     assert maxrel(out, cpu_out) < 2e-6
     assert maxrel(rz, cpu_rz) < 2e-5
