@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 fn main() {
     const CPP: [&str; 5] = ["src/cpp/aten_shim.cpp", "src/cpp/ops.cpp", "src/cpp/kernels.cpp", "src/cpp/autograd.cpp", "src/cpp/autocast.cpp"];
-    for f in CPP.iter().chain(&["src/cpp/ops.h"]) {
+    for f in CPP.iter().chain(&["src/cpp/ops.h", "src/cpp/error_buf.h"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=IC_NETWORKS_CXX11_ABI");

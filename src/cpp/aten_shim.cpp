@@ -2,6 +2,7 @@
 // It selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on CUDA),
 // which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
 // only forwards arguments and turns C++ exceptions into an error string.
+#include "error_buf.h"
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
@@ -31,11 +32,7 @@ int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input
     if (need_weight) *grad_weight = new at::Tensor(std::get<1>(res));
     return 0;
   } catch (const std::exception& e) {
-    if (err_len > 0) {
-      std::strncpy(err, e.what(), err_len - 1);
-      err[err_len - 1] = '\0';
-    }
-    return 1;
+    return icn::write_error(err, err_len, e.what());
   }
 }
 
@@ -51,16 +48,9 @@ int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, 
       if (f(ctx, b, e) != 0) failed.store(1);
     });
   } catch (const std::exception& e) {
-    if (err_len > 0) {
-      std::strncpy(err, e.what(), err_len - 1);
-      err[err_len - 1] = '\0';
-    }
-    return 1;
+    return icn::write_error(err, err_len, e.what());
   }
-  if (failed.load() && err_len > 0) {
-    std::strncpy(err, "a parallel kernel task failed", err_len - 1);
-    err[err_len - 1] = '\0';
-  }
+  if (failed.load()) icn::write_error(err, err_len, "a parallel kernel task failed");
   return failed.load();
 }
 
@@ -71,11 +61,7 @@ int icn_assert_async(const at::Tensor* cond, const char* msg, char* err, size_t 
     at::_assert_async(*cond, msg);
     return 0;
   } catch (const std::exception& e) {
-    if (err_len > 0) {
-      std::strncpy(err, e.what(), err_len - 1);
-      err[err_len - 1] = '\0';
-    }
-    return 1;
+    return icn::write_error(err, err_len, e.what());
   }
 }
 

@@ -10,6 +10,7 @@
 // (src/lib.rs) or by a C++ program that loads the library. Static registrars (TORCH_LIBRARY at
 // namespace scope) would live in object files that nothing references, and the linker drops those
 // from the static archive that `cc` builds.
+#include "error_buf.h"
 #include "ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -161,11 +162,7 @@ int icn_register_ops(char* err, size_t err_len) {
     done = true;
     return 0;
   } catch (const std::exception& e) {
-    if (err_len > 0) {
-      std::strncpy(err, e.what(), err_len - 1);
-      err[err_len - 1] = '\0';
-    }
-    return 1;
+    return icn::write_error(err, err_len, e.what());
   }
 }
 
