@@ -99,13 +99,13 @@ def test_alpha_ramp_and_logging_see_depthwise_separable_ic_layers(tmp_path, monk
     assert ramp(2) == 0.02 and float(model.block.alpha) == pytest.approx(0.02)
     # A WLD run with this student: accepted, alpha ramped and logged per epoch.
     calls = []
-    real = trainer_mod.wld_loss
+    real = trainer_mod.wld_loss_parts
 
     def counting(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "wld_loss", counting)
+    monkeypatch.setattr(trainer_mod, "wld_loss_parts", counting)
     torch.manual_seed(0)
     student, teacher = TinyMobile(), nn.Sequential(nn.Flatten(), nn.Linear(64, 6))
     recipe = get_recipe("wld-fmnist", epochs=1, batch_size=16, alpha="ramp", alpha_start=0.0, alpha_end=0.02)
