@@ -46,6 +46,13 @@ fi
 echo "== [$VERSION] build + install took $build_s s; torch is still $after"
 python -c "import ic_networks as icn, torch; print('ic_networks', icn.__version__, 'built against torch', icn._core.built_torch_version(), 'running', torch.__version__)"
 
+# Right after the install, so that maturin's second run only repackages (cargo test's build
+# environment differs and reruns build.rs).
+echo "== [$VERSION] the wheel, for tests/test_install.py"
+wheels=$(mktemp -d)
+python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
+export IC_TEST_WHEEL
+IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
 echo "== [$VERSION] cargo test"
 TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 log=$(mktemp)
@@ -55,15 +62,11 @@ fi
 grep -E "^(running|test result)" "$log"
 rust_tests=$(awk '/^test result/ { for (i = 1; i < NF; i++) if ($(i + 1) == "passed;") n += $i } END { print n + 0 }' "$log")
 
-echo "== [$VERSION] the wheel, for tests/test_install.py"
-wheels=$(mktemp -d)
-python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
-export IC_TEST_WHEEL
-IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
 # The default environment's torch, when it is another minor: the real cross-version import check.
-if [ -x .venv/bin/python ]; then
+OTHER=${IC_COMPAT_OTHER_VENV:-.venv}
+if [ -x "$OTHER/bin/python" ]; then
   export IC_TEST_OTHER_TORCH_SITE
-  IC_TEST_OTHER_TORCH_SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  IC_TEST_OTHER_TORCH_SITE=$("$OTHER/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 fi
 
 tests=(tests/test_ic_conv.py tests/test_native.py tests/test_wld.py tests/test_install.py)

@@ -74,9 +74,11 @@ def wheel(tmp_path_factory):
 
 
 def _venv_beside(tmp_path, site_packages):
-    """A fresh venv (own pip) whose sys.path ends with `site_packages`: its torch, its other deps."""
+    """A fresh venv whose sys.path ends with `site_packages`: its torch, its other deps, its pip.
+
+    No pip or setuptools of its own (they would shadow newer ones that torch requires)."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
@@ -90,25 +92,35 @@ def _run(py, code, **kw):
                           cwd="/", env={**os.environ, "PYTHONPATH": ""}, **kw)
 
 
-def _pip_install(py, wheel, *extra):
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-index", *extra, str(wheel)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+def _pip(py, *args):
+    proc = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
-def _installed_core(py):
+def _pip_install(py, wheel):
+    """Install the wheel into the fresh venv (--force-reinstall: an ic-networks of the same version in
+    the outer environment would otherwise count as installed), with no index: nothing downloads."""
+    return _pip(py, "install", "--no-index", "--no-deps", "--force-reinstall", str(wheel))
+
+
+def _installed_core(py, tmp_path):
     out = _run(py, "import importlib.util as u; print(u.find_spec('ic_networks').submodule_search_locations[0])")
     assert out.returncode == 0, out.stderr
     (core,) = glob.glob(os.path.join(out.stdout.strip(), "_core*.so"))
+    # Never touch the environment the tests run in.
+    assert Path(core).resolve().is_relative_to(Path(tmp_path).resolve()), f"{core} is not in the fresh venv"
     return Path(core)
 
 
 def test_wheel_installs_beside_the_current_torch_and_imports(tmp_path, wheel):
     py = _venv_beside(tmp_path, sysconfig.get_path("purelib"))
-    # Dependencies included: all of them must already be satisfied by the environment (--no-index).
-    proc = _pip_install(py, wheel)
+    _pip_install(py, wheel)
+    # Its dependencies, torch included, are satisfied by what is installed: no index, no change.
+    proc = _pip(py, "install", "--no-index", str(wheel))
     assert not re.search(r"Uninstalling torch|Successfully installed.*\btorch-", proc.stdout), proc.stdout
+    assert _installed_core(py, tmp_path)
     out = _run(py, """
         import torch, ic_networks as icn
         from ic_networks.reference import ic_conv2d_reference
@@ -131,8 +143,8 @@ def test_wheel_installs_beside_the_current_torch_and_imports(tmp_path, wheel):
 def test_wheel_beside_another_torch_minor_fails_clearly_simulated(tmp_path, wheel):
     """The stamp of the installed library is rewritten to a torch minor that is not installed."""
     py = _venv_beside(tmp_path, sysconfig.get_path("purelib"))
-    _pip_install(py, wheel, "--no-deps")
-    core = _installed_core(py)
+    _pip_install(py, wheel)
+    core = _installed_core(py, tmp_path)
     data = core.read_bytes()
     at = data.index(_torch_check.MARKER) + len(_torch_check.MARKER)
     old = data[at:data.index(b"\0", at)]
@@ -156,10 +168,10 @@ def test_wheel_beside_another_torch_minor_fails_clearly(tmp_path, wheel):
     other = other.stdout.strip()
     if _torch_check.major_minor(other) == _torch_check.major_minor(torch.__version__):
         pytest.skip(f"{site} has torch {other}, the same minor as this one")
-    _pip_install(py, wheel, "--no-deps")
+    _pip_install(py, wheel)
     out = _run(py, "import ic_networks")
     assert out.returncode != 0
     assert "ImportError" in out.stderr, out.stderr[-2000:]
-    built = _torch_check.read_stamp(str(_installed_core(py)))
+    built = _torch_check.read_stamp(str(_installed_core(py, tmp_path)))
     assert f"built against torch {built}, but torch {other} is installed" in out.stderr
     assert _torch_check.REBUILD_COMMAND in out.stderr
