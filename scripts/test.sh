@@ -15,6 +15,13 @@ if [ "${IC_SKIP_MMDET:-0}" != 1 ]; then
     echo "== not installing mmdetection: mmcv 2.1.0 does not build against torch $(python -c 'import torch; print(torch.__version__)') (C++20 headers); it works with torch 2.13 (docs/detection.md)"
   fi
 fi
+# The wheel for tests/test_install.py, built now, while maturin's build environment still matches
+# the set-up's (cargo test's differs and reruns build.rs).
+echo "== the wheel (maturin, via pip wheel)"
+wheels=$(mktemp -d)
+python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
+export IC_TEST_WHEEL
+IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
 echo "== cargo test"
 # unit-test binaries in src/ find libtorch through LD_LIBRARY_PATH (tests/*.rs get an rpath, build.rs)
 TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
