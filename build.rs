@@ -62,6 +62,7 @@ fn torch_build(torch_root: &Path) -> &'static str {
     let version_py = torch_root.join("version.py");
     let version_h = torch_root.join("include/torch/version.h");
     println!("cargo:rerun-if-changed={}", version_py.display());
+    println!("cargo:rerun-if-changed=src/cpp/compat/ic_networks_torch_compat.h");
     let from_py = std::fs::read_to_string(&version_py).ok().and_then(|text| {
         text.lines()
             .find_map(|l| l.strip_prefix("__version__ = "))
