@@ -60,7 +60,11 @@ const TORCH_TESTED: ((u32, u32), (u32, u32)) = ((2, 13), (2, 15));
 /// was installed, and returns the C++ standard for our own C++ (torch >= 2.14's headers need C++20).
 fn torch_build(torch_root: &Path) -> &'static str {
     let version_py = torch_root.join("version.py");
-    let version_h = torch_root.join("include/torch/version.h");
+    let version_h = ["include/torch/headeronly/version.h", "include/torch/csrc/api/include/torch/version.h"]
+        .iter()
+        .map(|p| torch_root.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| torch_root.join("include/torch/version.h"));
     println!("cargo:rerun-if-changed={}", version_py.display());
     println!("cargo:rerun-if-changed=src/cpp/compat/ic_networks_torch_compat.h");
     let from_py = std::fs::read_to_string(&version_py).ok().and_then(|text| {

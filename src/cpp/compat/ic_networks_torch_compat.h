@@ -42,6 +42,63 @@ inline std::tuple<at::Tensor &, at::Tensor &> qr_out(at::Tensor &Q, at::Tensor &
 } // namespace torch
 #endif
 
+// Ops that tch's wrapper calls but an older torch (2.11) does not have yet: defined as functions that
+// throw, which tch reports as an error naming the op. ic-networks never calls them.
+#include <ATen/core/Tensor.h>
+#include <stdexcept>
+#include <tuple>
+using ic_networks_tensor_pair = std::tuple<at::Tensor, at::Tensor>;
+#define IC_NETWORKS_TORCH_MISSING(ret, name)                                                       \
+  namespace torch {                                                                               \
+  template <class... Args> inline ret name(Args &&...) {                                          \
+    throw std::runtime_error("torch::" #name " does not exist in the torch that ic-networks was "  \
+                             "built against (it is newer); see docs/install.md");                 \
+  }                                                                                               \
+  }
+#if !__has_include(<ATen/ops/_flash_attention_forward_no_dropout_inplace.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _flash_attention_forward_no_dropout_inplace)
+#endif
+#if !__has_include(<ATen/ops/_philox_key_fold_in.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_key_fold_in)
+#endif
+#if !__has_include(<ATen/ops/_philox_key_split.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_key_split)
+#endif
+#if !__has_include(<ATen/ops/_philox_normal.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_normal)
+#endif
+#if !__has_include(<ATen/ops/_philox_normal.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_normal_)
+#endif
+#if !__has_include(<ATen/ops/_philox_normal.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_normal_out)
+#endif
+#if !__has_include(<ATen/ops/_philox_uniform.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_uniform)
+#endif
+#if !__has_include(<ATen/ops/_philox_uniform.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_uniform_)
+#endif
+#if !__has_include(<ATen/ops/_philox_uniform.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _philox_uniform_out)
+#endif
+#if !__has_include(<ATen/ops/_upsample_lanczos2d_aa.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _upsample_lanczos2d_aa)
+#endif
+#if !__has_include(<ATen/ops/_upsample_lanczos2d_aa_backward.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _upsample_lanczos2d_aa_backward)
+#endif
+#if !__has_include(<ATen/ops/_upsample_lanczos2d_aa_backward.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _upsample_lanczos2d_aa_backward_out)
+#endif
+#if !__has_include(<ATen/ops/_upsample_lanczos2d_aa.h>)
+IC_NETWORKS_TORCH_MISSING(at::Tensor, _upsample_lanczos2d_aa_out)
+#endif
+// torch 2.12 added `enable_gqa` to this MPS-only op: the wrapper passes it, older torches do not take it.
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 12
+IC_NETWORKS_TORCH_MISSING(ic_networks_tensor_pair, _scaled_dot_product_attention_math_for_mps)
+#endif
+
 #endif // torch headers visible
 #endif // C++ with __has_include
 
