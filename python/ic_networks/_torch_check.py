@@ -58,9 +58,8 @@ def read_stamp(path: str) -> str | None:
 
 def mismatch_message(built: str, running: str) -> str:
     return (
-        f"ic_networks' Rust core was built against torch {built}, but torch {running} is installed; "
-        f"the two torch {major_minor(built)[0]}.{major_minor(built)[1]} and "
-        f"{major_minor(running)[0]}.{major_minor(running)[1]} C++ APIs are not compatible. Rebuild "
+        f"ic_networks' Rust core was built against torch {built}, but torch {running} is installed "
+        "(another major.minor: libtorch's C++ API differs, loading it would fail or crash). Rebuild "
         f"ic-networks against this torch, in its source directory: `{REBUILD_COMMAND}` "
         "(supported torch versions and other builds: docs/install.md)"
     )

@@ -5,8 +5,9 @@
 // release. Later torches removed some of them; this header defines each removed op, in namespace
 // torch, in terms of its replacement, with the old arguments and results. Each definition is guarded
 // by the op's own per-operator header: it is compiled only when the torch being built against has
-// no `ATen/ops/<op>.h` but has the replacement's. With torch 2.13, or in a compile that does not see
-// torch's headers at all, this file is empty.
+// no `ATen/ops/<op>.h` but has the replacement's. Ops that an older torch does not have yet become
+// functions that throw (tch turns that into an error naming the op). With torch 2.13, or in a
+// compile that does not see torch's headers at all, this file defines nothing that is used.
 #ifndef IC_NETWORKS_TORCH_COMPAT_H
 #define IC_NETWORKS_TORCH_COMPAT_H
 
