@@ -6,8 +6,10 @@
 //! 2. Gives the extension module an rpath to `torch/lib` next to it in site-packages, so that it also
 //!    loads before `import torch` has run.
 //! 3. Makes `cargo test` binaries runnable: rpath to libtorch, CUDA libs kept, and libpython linked
-//!    (pyo3's `extension-module` feature leaves it out). See shared BUILD.md.
-use std::path::PathBuf;
+//!    (pyo3's `extension-module` feature leaves it out); docs/design.md has the build facts.
+//! 4. Records the torch version it builds against (`_core.built_torch_version()`, checked at import
+//!    by python/ic_networks/_torch_check.py) and picks the C++ standard from it; see `torch_build`.
+use std::path::{Path, PathBuf};
 
 fn main() {
     const CPP: [&str; 5] = ["src/cpp/aten_shim.cpp", "src/cpp/ops.cpp", "src/cpp/kernels.cpp", "src/cpp/autograd.cpp", "src/cpp/autocast.cpp"];
@@ -20,6 +22,7 @@ fn main() {
     );
     let torch_root = lib_dir.parent().expect("libtorch lib dir has a parent").to_path_buf();
     let abi = std::env::var("IC_NETWORKS_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    let cxx_std = torch_build(&torch_root);
 
     cc::Build::new()
         .cpp(true)
@@ -27,7 +30,7 @@ fn main() {
         .warnings(false)
         .include(torch_root.join("include"))
         .include(torch_root.join("include/torch/csrc/api/include"))
-        .flag("-std=c++17")
+        .flag(cxx_std)
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .files(CPP)
@@ -50,5 +53,74 @@ fn main() {
         println!("cargo:rustc-link-arg-tests=-L{dir}");
         println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{dir}");
         println!("cargo:rustc-link-arg-tests=-l{name}");
+    }
+}
+
+/// The tested torch range (docs/install.md); others get a warning, not an error.
+const TORCH_TESTED: ((u32, u32), (u32, u32)) = ((2, 13), (2, 15));
+
+/// Reads the version of the torch that torch-sys links (`<torch>/version.py`, else the C++ header),
+/// embeds it as `IC_NETWORKS_BUILT_TORCH_VERSION`, refuses a tch wrapper compiled before that torch
+/// was installed, and returns the C++ standard for our own C++ (torch >= 2.14's headers need C++20).
+fn torch_build(torch_root: &Path) -> &'static str {
+    let version_py = torch_root.join("version.py");
+    let version_h = ["include/torch/headeronly/version.h", "include/torch/csrc/api/include/torch/version.h"]
+        .iter()
+        .map(|p| torch_root.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| torch_root.join("include/torch/version.h"));
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    println!("cargo:rerun-if-changed=src/cpp/compat/ic_networks_torch_compat.h");
+    let from_py = std::fs::read_to_string(&version_py).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("__version__ = "))
+            .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+    });
+    let version = from_py.or_else(|| {
+        let text = std::fs::read_to_string(&version_h).ok()?;
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("#define TORCH_VERSION_{name} "))).map(str::trim)
+        };
+        Some(format!("{}.{}.{}", field("MAJOR")?, field("MINOR")?, field("PATCH")?))
+    });
+    let version = version.unwrap_or_else(|| {
+        panic!("cannot read the torch version from {} or {}", version_py.display(), version_h.display())
+    });
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let major_minor = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    println!("cargo:rustc-env=IC_NETWORKS_BUILT_TORCH_VERSION={version}");
+    let (lo, hi) = TORCH_TESTED;
+    if major_minor < lo || major_minor > hi {
+        println!(
+            "cargo:warning=building against torch {version}, outside the tested range {}.{}-{}.{} (docs/install.md)",
+            lo.0, lo.1, hi.0, hi.1
+        );
+    }
+    // torch-sys only re-runs its build when its environment variables change, not when another torch
+    // is installed in the same environment: its wrapper would then still be compiled against the old
+    // torch's headers. Refuse that (pip rewrites version.py when it installs a torch).
+    let installed = std::fs::metadata(&version_py).and_then(|m| m.modified()).ok();
+    let build_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("../..");
+    let newest_wrapper = std::fs::read_dir(&build_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("torch-sys-"))
+        .filter_map(|e| std::fs::metadata(e.path().join("out/libtch.a")).and_then(|m| m.modified()).ok())
+        .max();
+    if let (Some(installed), Some(wrapper)) = (installed, newest_wrapper) {
+        if wrapper < installed {
+            panic!(
+                "tch's C++ wrapper in {} was compiled before torch {version} was installed at {}: \
+                 run `cargo clean -p torch-sys` (with the same CARGO_TARGET_DIR) and build again",
+                build_dir.display(),
+                torch_root.display()
+            );
+        }
+    }
+    if major_minor >= (2, 14) {
+        "-std=c++20"
+    } else {
+        "-std=c++17"
     }
 }

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Set-up of a fresh machine, idempotent: the Fashion-MNIST Debian package, a virtualenv (.venv)
-# with torch==2.13.0 (the libtorch that tch 0.26 links), and a release build of the Rust core,
-# installed editable. Re-running it only rebuilds what changed.
+# with torch==$IC_TORCH (default 2.15.0, the newest torch that passes the whole suite; the tested
+# range is 2.13-2.15, docs/install.md) and its torchvision, and a release build of the Rust core
+# against that torch, installed editable. Re-running it only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${IC_VENV:-.venv}
+TORCH=${IC_TORCH:-2.15.0}
+case "$TORCH" in   # the torchvision that goes with it (0.29.2 declares torch>=2.14.0; checked on 2.15)
+  2.13.*) TORCHVISION=0.28.0 ;;
+  2.14.* | 2.15.*) TORCHVISION=0.29.2 ;;
+  *) TORCHVISION=${IC_TORCHVISION:?IC_TORCHVISION: the torchvision version for torch $TORCH} ;;
+esac
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -26,11 +33,21 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-echo "== installing torch==2.13.0, torchvision==0.28.0 and the build/test tools"
-python -m pip install -q "torch==2.13.0" "torchvision==0.28.0" "maturin>=1.7,<2"
+echo "== installing torch==$TORCH, torchvision==$TORCHVISION and the build/test tools"
+python -m pip install -q "torch==$TORCH" "torchvision==$TORCHVISION" "maturin>=1.7,<2"
+# torch-sys does not rebuild tch's C++ wrapper when another torch is installed into the same
+# environment (build.rs refuses such a stale wrapper): clean it when the torch changed.
+TARGET=${CARGO_TARGET_DIR:-target}
+built_for="$TARGET/.ic-networks-torch"
+now=$(python -c "import torch; print(torch.__version__)")
+if [ -d "$TARGET" ] && [ "$(cat "$built_for" 2>/dev/null)" != "$now" ]; then
+  echo "== $TARGET was built for torch $(cat "$built_for" 2>/dev/null || echo '(unknown)'), now $now: cargo clean -p torch-sys"
+  cargo clean -q -p torch-sys
+fi
 echo "== building the Rust core (release) and installing ic-networks (editable)"
 # --no-build-isolation: the build must see this env's torch (see README, "Install from source").
 start=$(date +%s)
 python -m pip install -q --no-build-isolation -e ".[test]"
+mkdir -p "$TARGET" && echo "$now" > "$built_for"
 echo "== build + install took $(( $(date +%s) - start )) s"
 python -c "import ic_networks, torch; print('ic_networks', ic_networks.__version__, 'on torch', torch.__version__)"

@@ -14,6 +14,10 @@ VENV=${IC_VENV:-.venv}
 WHEELS=${IC_WHEEL_DIR:-$PWD/.whl}
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+if ! python -c "import sys, torch; sys.exit(tuple(int(p) for p in torch.__version__.split('.')[:2]) >= (2, 14))"; then
+  echo "error: mmcv 2.1.0 compiles its ops with -std=c++17, which torch $(python -c 'import torch; print(torch.__version__)') refuses (C++20 headers); mmdetection needs torch 2.13.0 (docs/detection.md)" >&2
+  exit 1
+fi
 
 if python -c "import mmcv._ext, mmdet" >/dev/null 2>&1; then
   echo "== mmdetection already installed: $(python -c 'import mmcv, mmdet; print("mmcv", mmcv.__version__, "mmdet", mmdet.__version__)')"

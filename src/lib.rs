@@ -190,6 +190,14 @@ fn set_cpu_kernels(enabled: bool) -> bool {
     cpu::set_enabled(enabled)
 }
 
+/// The torch version this extension was compiled against (build.rs). Stored with a marker so that
+/// python/ic_networks/_torch_check.py can read it from the file before loading the library.
+#[pyfunction]
+fn built_torch_version() -> &'static str {
+    const STAMP: &str = concat!("ic-networks-built-against-torch=", env!("IC_NETWORKS_BUILT_TORCH_VERSION"), "\0");
+    &STAMP["ic-networks-built-against-torch=".len()..STAMP.len() - 1]
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The ops themselves (torch.ops.ic_networks.*) are registered with libtorch's dispatcher here.
@@ -202,6 +210,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
     cuda::fused::py::register(m)?;
+    m.add_function(wrap_pyfunction!(built_torch_version, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("mmdet")
+pytest.importorskip("mmdet", reason="mmdetection is not installed (bash scripts/setup_mmdet.sh; its mmcv 2.1.0 builds against torch 2.13.0 only, not 2.14+: docs/detection.md)")
 pytest.importorskip("mmcv._ext", reason="mmcv was built without its ops (MMCV_WITH_OPS=1)")
 
 import torchvision  # noqa: E402

@@ -14,6 +14,7 @@ registers a ``SIGUSR1`` handler that dumps every thread's Python stack into that
 """
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
+from . import _torch_check  # noqa: F401  -- ImportError if _core was built against another torch
 from . import _core  # noqa: F401
 from . import functional, io, layers, reference  # noqa: F401
 from .functional import ic_conv2d, wld_loss  # noqa: F401

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds and tests ic-networks against another torch, in its own virtualenv and cargo target dir:
+#   bash scripts/compat.sh 2.14.1
+# 1. a venv .venv-VERSION with torch==VERSION and the torchvision that goes with it (pip's cache is
+#    shared, so a second run downloads nothing);
+# 2. `pip install --no-build-isolation ".[test]"` into it (the install a user does), checking that it
+#    leaves that torch in place; cargo target dir target/torch-VERSION (IC_COMPAT_TARGET_DIR);
+# 3. the core tests: cargo test, tests/test_ic_conv.py, tests/test_native.py, tests/test_wld.py,
+#    and tests/test_install.py with this build's wheel (installed into a fresh venv beside this
+#    torch, and beside the default .venv's torch when that is another minor: the import must fail
+#    with the clear mismatch error).
+# Extra arguments go to pytest. Prints one line "compat torch=... build_s=... tests=... result=...".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=${1:?usage: scripts/compat.sh TORCH_VERSION [pytest args]}
+shift
+minor=$(echo "$VERSION" | cut -d. -f2)
+case "$VERSION" in
+  2.15.*) TV=0.29.2 ;;   # 0.29.2 declares torch>=2.14.0; checked on 2.15.0 (ops and models)
+  2.*) TV="0.$((minor + 15)).*" ;;   # torchvision 0.N goes with torch 2.(N-15)
+  *) echo "error: unsupported torch version $VERSION" >&2; exit 2 ;;
+esac
+TV=${IC_COMPAT_TORCHVISION:-$TV}
+VENV=${IC_COMPAT_VENV:-.venv-$VERSION}
+export CARGO_TARGET_DIR=${IC_COMPAT_TARGET_DIR:-$PWD/target/torch-$VERSION}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+PY=${PYTHON:-python3}
+start=$(date +%s)
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+echo "== [$VERSION] installing torch==$VERSION torchvision==$TV into $VENV"
+python -m pip install -q "torch==$VERSION" "torchvision==$TV" "maturin>=1.7,<2"
+before=$(python -c "import torch; print(torch.__version__)")
+
+echo "== [$VERSION] pip install --no-build-isolation .[test] (target dir $CARGO_TARGET_DIR)"
+b=$(date +%s)
+python -m pip install -q --no-build-isolation ".[test]"
+build_s=$(( $(date +%s) - b ))
+after=$(python -c "import torch; print(torch.__version__)")
+if [ "$before" != "$after" ]; then
+  echo "error: installing ic-networks replaced torch $before with $after" >&2; exit 1
+fi
+echo "== [$VERSION] build + install took $build_s s; torch is still $after"
+python -c "import ic_networks as icn, torch; print('ic_networks', icn.__version__, 'built against torch', icn._core.built_torch_version(), 'running', torch.__version__)"
+
+# Right after the install, so that maturin's second run only repackages (cargo test's build
+# environment differs and reruns build.rs).
+echo "== [$VERSION] the wheel, for tests/test_install.py"
+wheels=$(mktemp -d)
+python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
+export IC_TEST_WHEEL
+IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
+echo "== [$VERSION] cargo test"
+TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+log=$(mktemp)
+if ! LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release >"$log" 2>&1; then
+  cat "$log"; echo "cargo test failed on torch $VERSION" >&2; exit 1
+fi
+grep -E "^(running|test result)" "$log"
+rust_tests=$(awk '/^test result/ { for (i = 1; i < NF; i++) if ($(i + 1) == "passed;") n += $i } END { print n + 0 }' "$log")
+
+# The default environment's torch, when it is another minor: the real cross-version import check.
+OTHER=${IC_COMPAT_OTHER_VENV:-.venv}
+if [ -x "$OTHER/bin/python" ]; then
+  export IC_TEST_OTHER_TORCH_SITE
+  IC_TEST_OTHER_TORCH_SITE=$("$OTHER/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+fi
+
+tests=(tests/test_ic_conv.py tests/test_native.py tests/test_wld.py tests/test_install.py)
+if [ "${IC_COMPAT_MMDET:-0}" = 1 ]; then   # mmdetection too (mmcv 2.1.0 builds against torch 2.13)
+  IC_VENV=$VENV bash scripts/setup_mmdet.sh
+  tests+=(tests/test_mmdet.py)
+fi
+
+echo "== [$VERSION] pytest ${tests[*]}"
+# From the repository root the tests import the installed ic_networks (python/ is not on sys.path).
+plog=$(mktemp)
+set +e
+python -m pytest -q -ra "${tests[@]}" "$@" 2>&1 | tee "$plog"
+rc=${PIPESTATUS[0]}
+set -e
+summary=$(tail -1 "$plog")
+result=$([ "$rc" = 0 ] && echo pass || echo FAIL)
+echo "compat torch=$after build_s=$build_s cargo_tests=$rust_tests pytest=\"$summary\" total_s=$(( $(date +%s) - start )) result=$result"
+exit "$rc"
