@@ -118,7 +118,7 @@ fn torch_build(torch_root: &Path) -> &'static str {
         } else {
             panic!(
                 "tch's C++ wrapper in {} was compiled before torch {version} was installed at {}: \
-                 run `cargo clean -p torch-sys` (with the same CARGO_TARGET_DIR) and build again",
+                 run `cargo clean --release -p torch-sys` (with the same CARGO_TARGET_DIR) and build again",
                 build_dir.display(),
                 torch_root.display()
             );
