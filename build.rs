@@ -108,11 +108,21 @@ fn torch_build(torch_root: &Path) -> &'static str {
         .filter(|e| e.file_name().to_string_lossy().starts_with("torch-sys-"))
         .filter_map(|e| std::fs::metadata(e.path().join("out/libtch.a")).and_then(|m| m.modified()).ok())
         .max();
+    // The wrapper this build script last accepted, with its torch: a reinstall of the same torch
+    // version (newer version.py, same wrapper) is fine.
+    let stamp = build_dir.join("ic-networks-tch-wrapper-torch");
+    let key = |t: std::time::SystemTime| {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("{}.{:09} {version}", d.as_secs(), d.subsec_nanos())
+    };
     if let (Some(installed), Some(wrapper)) = (installed, newest_wrapper) {
-        if wrapper < installed {
+        let accepted = std::fs::read_to_string(&stamp).map(|s| s.trim() == key(wrapper)).unwrap_or(false);
+        if wrapper >= installed || accepted {
+            let _ = std::fs::write(&stamp, key(wrapper));
+        } else {
             panic!(
                 "tch's C++ wrapper in {} was compiled before torch {version} was installed at {}: \
-                 run `cargo clean -p torch-sys` (with the same CARGO_TARGET_DIR) and build again",
+                 run `cargo clean --release -p torch-sys` (with the same CARGO_TARGET_DIR) and build again",
                 build_dir.display(),
                 torch_root.display()
             );

@@ -37,7 +37,15 @@ before=$(python -c "import torch; print(torch.__version__)")
 
 echo "== [$VERSION] pip install --no-build-isolation .[test] (target dir $CARGO_TARGET_DIR)"
 b=$(date +%s)
-python -m pip install -q --no-build-isolation ".[test]"
+if [ "$minor" -lt 13 ]; then
+  # Below the declared range (torch>=2.13) pip would replace this torch: install without
+  # dependencies, then the others (a torch outside the range is for trying, docs/install.md).
+  python -m pip install -q --no-build-isolation --no-deps ".[test]"
+  python -m pip install -q numpy tqdm matplotlib "captum>=0.7" "torchmetrics>=1.0" "pycocotools>=2.0.7" \
+    pytest hypothesis onnx onnxruntime onnxscript
+else
+  python -m pip install -q --no-build-isolation ".[test]"
+fi
 build_s=$(( $(date +%s) - b ))
 after=$(python -c "import torch; print(torch.__version__)")
 if [ "$before" != "$after" ]; then

@@ -41,8 +41,8 @@ TARGET=${CARGO_TARGET_DIR:-target}
 built_for="$TARGET/.ic-networks-torch"
 now=$(python -c "import torch; print(torch.__version__)")
 if [ -d "$TARGET" ] && [ "$(cat "$built_for" 2>/dev/null)" != "$now" ]; then
-  echo "== $TARGET was built for torch $(cat "$built_for" 2>/dev/null || echo '(unknown)'), now $now: cargo clean -p torch-sys"
-  cargo clean -q -p torch-sys
+  echo "== $TARGET was built for torch $(cat "$built_for" 2>/dev/null || echo '(unknown)'), now $now: cargo clean --release -p torch-sys"
+  cargo clean --release -q -p torch-sys
 fi
 echo "== building the Rust core (release) and installing ic-networks (editable)"
 # --no-build-isolation: the build must see this env's torch (see README, "Install from source").

@@ -18,7 +18,7 @@ import torch
 MARKER = b"ic-networks-built-against-torch="
 REBUILD = "pip install --no-build-isolation --no-deps --force-reinstall ."
 # torch-sys does not notice a new torch in the same environment, hence the `cargo clean`.
-REBUILD_COMMAND = f"cargo clean -p torch-sys && {REBUILD}"
+REBUILD_COMMAND = f"cargo clean --release -p torch-sys && {REBUILD}"
 
 
 def major_minor(version: str) -> tuple[int, int]:
