@@ -186,7 +186,7 @@ mod tests {
             }
             let wa = Tensor::randn([cout, cin, 1, 1], opts);
             let x = Tensor::zeros([n, cin, h, w], opts);
-            let (adj, _) = convolution_backward(&g, &x, &wa, [1, 1], [0, 0], [1, 1], 1, true, false).unwrap();
+            let (adj, _) = convolution_backward(&g, &x, &wa, &Geometry::pointwise(1), true, false).unwrap();
             let want = &dx - adj.unwrap();
             assert!(sub_adjoint_gemm(&dx, &g, &wa, 1).unwrap());
             let err = (&dx - &want).abs().max().double_value(&[]);
