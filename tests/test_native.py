@@ -498,7 +498,7 @@ def test_ddp_gloo_two_processes_alpha_zero_no_unused_parameters(tmp_path):
     from ic_networks.training import watchdog
 
     ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    watchdog.join(ctx, 150, dump_dir=tmp_path, what="DDP workers")  # a hang fails with every worker's stacks
+    watchdog.join(ctx, 300, dump_dir=tmp_path, what="DDP workers")  # a hang fails with every worker's stacks
 
 
 # --------------------------------------------------------------------------------------------------

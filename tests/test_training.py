@@ -488,7 +488,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     from ic_networks.training import watchdog
 
     ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    watchdog.join(ctx, 150, dump_dir=tmp_path, what="DDP trainer workers")  # a hang fails with every worker's stacks
+    watchdog.join(ctx, 300, dump_dir=tmp_path, what="DDP trainer workers")  # a hang fails with every worker's stacks
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r0["summary"]["step"] == 2
     for k in r0["state"]:
@@ -598,9 +598,9 @@ def test_ddp_dead_peer_gives_an_error_naming_the_rank(tmp_path):
                              start_method="spawn")
     p0, p1 = ctx.processes
     try:
-        p0.join(150)  # rank 0 must notice the dead peer by itself (not ctx.join: it would kill rank 0)
+        p0.join(300)  # rank 0 must notice the dead peer by itself (not ctx.join: it would kill rank 0)
         if p0.is_alive():
-            pytest.fail("rank 0 still running 150 s after its peer died\n" + watchdog.stack_report([p0.pid], tmp_path))
+            pytest.fail("rank 0 still running 300 s after its peer died\n" + watchdog.stack_report([p0.pid], tmp_path))
         p1.join(30)
     finally:
         for p in (p0, p1):
