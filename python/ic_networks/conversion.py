@@ -17,7 +17,7 @@ import numbers
 from torch import nn
 
 from .layers import is_ic_layer
-from .nn import ALPHA_MODES, IcConv2d
+from .nn import ALPHA_MODES, IcConv2d, _check_adjust_init
 from ._utils import pair
 
 __all__ = ["convert"]
@@ -44,6 +44,9 @@ def convert(
     alpha: float = 0.0,
     alpha_mode: str = "learnable",
     inplace: bool = False,
+    *,
+    adjust_init: str = "like_weight",
+    adjust_bias_init: float = 0.0,
 ) -> nn.Module:
     """Replaces the matching ``nn.Conv2d`` modules of ``model`` with :class:`IcConv2d`.
 
@@ -61,9 +64,11 @@ def convert(
             the from-scratch layer (eq. 6).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is left
             untouched.
+        adjust_init, adjust_bias_init: initialisation of W' and b1 (see :class:`IcConv2d`).
 
     Each new layer keeps the conv's device, dtype, ``requires_grad`` flags and train/eval mode; its
-    W' is random (kaiming uniform like W) and b1 is zero. A conv module shared by several parents
+    W' is drawn by ``adjust_init`` (default: kaiming uniform like W) and b1 is ``adjust_bias_init``
+    (default 0). A conv module shared by several parents
     stays shared (one ``IcConv2d``). Forward hooks of a replaced conv are not carried over.
     """
     if not isinstance(model, nn.Module):
@@ -75,6 +80,7 @@ def convert(
         raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
     if alpha_mode not in ALPHA_MODES:
         raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
+    _check_adjust_init(adjust_init, adjust_bias_init)
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
     if not inplace:
@@ -93,7 +99,8 @@ def convert(
         if id(module) in replaced:
             return replaced[id(module)]
         if matches(prefix, module):
-            new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode)
+            new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode, adjust_init=adjust_init,
+                                     adjust_bias_init=adjust_bias_init)
             replaced[id(module)] = new
             return new
         if is_ic_layer(module):

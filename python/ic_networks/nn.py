@@ -12,9 +12,12 @@ from . import functional as icf
 from ._utils import IntPair, resolve_padding
 from .reference import ic_conv2d_reference
 
-__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES"]
+__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES", "ADJUST_INITS"]
 
 ALPHA_MODES = ("fixed", "learnable")
+#: initialisations of W' (``adjust_init``): W's kaiming-uniform distribution; the same divided by
+#: k*k (the box sum adds k*k pixels); zeros; a normal with std 0.01.
+ADJUST_INITS = ("like_weight", "scaled", "zeros", "normal")
 
 
 class IcConv2d(nn.Conv2d):
@@ -32,8 +35,9 @@ class IcConv2d(nn.Conv2d):
 
     Parameters: ``weight`` (W, the name kept from ``nn.Conv2d`` so plain checkpoints load),
     ``bias`` (b2), ``adjust_weight`` (W', shape ``(out, in/groups, 1, 1)``), ``adjust_bias`` (b1),
-    ``alpha``. W' is initialised like W (same kaiming-uniform bound, fan-in of the full kernel) and
-    b1 with zeros. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
+    ``alpha``. W' is initialised by ``adjust_init`` (default ``'like_weight'``: W's kaiming-uniform
+    bound, fan-in of the full kernel; see :data:`ADJUST_INITS`) and b1 with ``adjust_bias_init``
+    (default 0). docs/fidelity.md measures these choices from scratch. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
     IC keys as missing.
 
     The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``, an op of the
@@ -59,11 +63,15 @@ class IcConv2d(nn.Conv2d):
         alpha_mode: str = "fixed",
         device=None,
         dtype=None,
+        *,
+        adjust_init: str = "like_weight",
+        adjust_bias_init: float = 0.0,
     ) -> None:
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+        _check_adjust_init(adjust_init, adjust_bias_init)
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
@@ -71,6 +79,7 @@ class IcConv2d(nn.Conv2d):
         self._resolve_padding()
         factory = {"device": device, "dtype": dtype}
         self.alpha_mode = alpha_mode
+        self.adjust_init, self.adjust_bias_init = adjust_init, float(adjust_bias_init)
         self.adjust_weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
         self.adjust_bias = nn.Parameter(torch.empty(out_channels, **factory))
         a = torch.tensor(float(alpha), **factory)
@@ -81,12 +90,23 @@ class IcConv2d(nn.Conv2d):
         self.reset_adjust_parameters()
 
     def reset_adjust_parameters(self) -> None:
-        """Random W' with W's distribution (kaiming uniform, a=sqrt(5), fan-in of W), b1 = 0."""
-        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        """W' by ``self.adjust_init`` and b1 = ``self.adjust_bias_init``. ``'like_weight'`` draws W'
+        from W's distribution (kaiming uniform, a=sqrt(5), fan-in of W), ``'scaled'`` the same
+        divided by kh*kw, ``'zeros'`` zeros, ``'normal'`` N(0, 0.01^2)."""
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        fan_in = self.in_channels // self.groups * kk
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        init = getattr(self, "adjust_init", "like_weight")
         with torch.no_grad():
-            self.adjust_weight.uniform_(-bound, bound)
-            self.adjust_bias.zero_()
+            if init == "zeros":
+                self.adjust_weight.zero_()
+            elif init == "normal":
+                self.adjust_weight.normal_(0.0, 0.01)
+            else:
+                self.adjust_weight.uniform_(-bound, bound)
+                if init == "scaled":
+                    self.adjust_weight.div_(kk)
+            self.adjust_bias.fill_(getattr(self, "adjust_bias_init", 0.0))
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -94,8 +114,10 @@ class IcConv2d(nn.Conv2d):
             self.reset_adjust_parameters()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, alpha: float = 0.0, alpha_mode: str = "learnable") -> "IcConv2d":
-        """An ``IcConv2d`` with ``conv``'s configuration and a copy of its weights.
+    def from_conv(cls, conv: nn.Conv2d, alpha: float = 0.0, alpha_mode: str = "learnable", *,
+                  adjust_init: str = "like_weight", adjust_bias_init: float = 0.0) -> "IcConv2d":
+        """An ``IcConv2d`` with ``conv``'s configuration and a copy of its weights (W' and b1 are
+        initialised by ``adjust_init`` / ``adjust_bias_init``).
 
         With ``alpha == 0`` its output is bit-identical to ``conv``'s (eq. 7 of the paper).
         """
@@ -105,7 +127,7 @@ class IcConv2d(nn.Conv2d):
         ic = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             conv.groups, conv.bias is not None, conv.padding_mode, alpha=alpha, alpha_mode=alpha_mode,
-            device=w.device, dtype=w.dtype,
+            device=w.device, dtype=w.dtype, adjust_init=adjust_init, adjust_bias_init=adjust_bias_init,
         )
         with torch.no_grad():
             ic.weight.copy_(w)
@@ -136,10 +158,7 @@ class IcConv2d(nn.Conv2d):
             self._resolve_padding()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-        elif self._ic_uneven:
-            x = F.pad(x, self._ic_extra)
+        x = self.op_input(x)
         if torch.jit.is_scripting():
             return torch.ops.ic_networks.ic_conv2d(
                 x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
@@ -167,6 +186,20 @@ class IcConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={float(self.alpha.detach()):g}, alpha_mode={self.alpha_mode}"
+
+    def op_input(self, x: Tensor) -> Tensor:
+        """``x`` padded as :meth:`forward` pads it before the op (non-zero ``padding_mode``, uneven
+        ``'same'``); the op then applies ``self._ic_padding``."""
+        if self.padding_mode != "zeros":
+            return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        return F.pad(x, self._ic_extra) if self._ic_uneven else x
+
+
+def _check_adjust_init(adjust_init, adjust_bias_init) -> None:
+    if adjust_init not in ADJUST_INITS:
+        raise ValueError(f"adjust_init: expected one of {ADJUST_INITS}, got {adjust_init!r}")
+    if isinstance(adjust_bias_init, bool) or not isinstance(adjust_bias_init, (int, float)) or not math.isfinite(adjust_bias_init):
+        raise TypeError(f"adjust_bias_init: expected a finite float, got {adjust_bias_init!r}")
 
 
 class WLDLoss(nn.Module):
