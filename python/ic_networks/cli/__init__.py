@@ -2,8 +2,8 @@
 
 Verbs, by family (one module each, every one exposing ``register(subparsers)``):
 
-* :mod:`.training`: ``train``, ``eval``, ``demo``;
-* :mod:`.models`: ``flops``, ``convert``;
+* :mod:`.training`: ``train``, ``eval``, ``demo``, ``study``;
+* :mod:`.models`: ``flops``, ``convert``, ``diagnose``;
 * :mod:`.bench`: ``bench``;
 * :mod:`.viz`: ``figures``, ``gradcam`` (``gradcam`` needs the ``[viz]`` extra);
 * :mod:`.detection`: ``train-det``, ``eval-det`` (the mAP needs the ``[detection]`` extra).

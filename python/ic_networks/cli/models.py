@@ -8,6 +8,11 @@
   state_dict file, e.g. torchvision's ``resnet50-0676ba61.pth``) into the IC model, with W' random,
   b1 = 0 and alpha = 0 (learnable), and writes the IC state_dict atomically
   (:func:`ic_networks.io.atomic_save`). The result loads with ``ic_networks.models.<ic name>(weights=OUT)``.
+* ``ic-networks diagnose NAME [--weights PATH]``: per IC layer, the ratio
+  std(alpha relu(Z)) / std(conv) on a probe batch (:func:`ic_networks.diagnostics.branch_ratios`):
+  Fashion-MNIST test images (resized and repeated to the model's input; the default) or Gaussian
+  noise. The model runs in train mode on a copy (batch statistics; its weights are not changed)
+  unless ``--eval``.
 """
 import argparse
 
@@ -64,6 +69,36 @@ def _convert(args) -> int:
     return 0
 
 
+def _probe(kind: str, size, data) -> torch.Tensor:
+    n, c, h, w = size
+    if kind == "noise":
+        return torch.randn(size, generator=torch.Generator().manual_seed(0))
+    from ..training.data import load_fashion_mnist
+
+    x, _ = load_fashion_mnist(data, train=False)
+    x = x[:n].float().div(255.0) if x.dtype == torch.uint8 else x[:n].float()
+    x = (x - x.mean()) / x.std()
+    if (h, w) != tuple(x.shape[-2:]):
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x.expand(-1, c, -1, -1).contiguous()
+
+
+def _diagnose(args) -> int:
+    import copy
+
+    from ..diagnostics import branch_ratios, format_branch_ratios
+
+    entry = lookup(args.name)
+    size = _input_size(args.input_size, entry.input_size)
+    size = (args.batch,) + tuple(size[1:])
+    model = load_local(entry.ic(alpha=args.alpha) if args.alpha is not None else entry.ic(), resolve_weights(args.weights))
+    model = copy.deepcopy(model).train(not args.eval)
+    stats = branch_ratios(model, _probe(args.probe, size, args.data))
+    print(f"{entry.name}, {'eval' if args.eval else 'train'} mode, probe: {args.probe} {tuple(size)}")
+    print(format_branch_ratios(stats))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     names = ", ".join(sorted(ZOO))
     p = sub.add_parser("flops", help="params and multiply-adds of a plain model against its IC version",
@@ -79,3 +114,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
     add_out_argument(p, "where to write the IC state_dict", required=True, metavar="PATH")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("diagnose", help="per IC layer: std(alpha relu(Z)) / std(conv) on a probe batch",
+                       description=f"Models: {names} (or their plain names).")
+    p.add_argument("name", help="zoo model, plain or IC name (e.g. ic_resnet50)")
+    p.add_argument("--weights", help="local state_dict of the IC model (default: random initialisation)")
+    p.add_argument("--alpha", type=float, help="alpha of every IC layer (default: the builder's, 1 from scratch)")
+    p.add_argument("--probe", choices=("fmnist", "noise"), default="fmnist",
+                   help="Fashion-MNIST test images resized to the input (default) or Gaussian noise")
+    p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--batch", type=positive_int, default=16, help="probe batch size (default 16)")
+    p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="S or H W (default: the model's)")
+    p.add_argument("--eval", action="store_true", help="eval mode (running BatchNorm statistics)")
+    p.set_defaults(func=_diagnose)
