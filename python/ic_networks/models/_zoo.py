@@ -42,6 +42,7 @@ def _entries():
         for n in names:
             yield n, getattr(module, n), getattr(module, f"ic_{n}"), CIFAR
     yield "fmnist_cnn", cnn.fmnist_cnn, cnn.ic_fmnist_cnn, FMNIST
+    yield "fmnist_resnet", cnn.fmnist_resnet, cnn.ic_fmnist_resnet, FMNIST
 
 
 ZOO: Dict[str, ZooEntry] = {
