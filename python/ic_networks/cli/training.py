@@ -1,4 +1,4 @@
-"""Verbs ``ic-networks train``, ``ic-networks eval`` and ``ic-networks demo``.
+"""Verbs ``ic-networks train``, ``ic-networks eval``, ``ic-networks demo`` and ``ic-networks study``.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m ic_networks train --recipe ...`` (DDP;
 gloo on CPU, nccl on GPU). Only local files are read; nothing is downloaded.
@@ -43,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--subset", type=positive_int, help="train on a fixed random subset of N images")
     p.add_argument("--alpha", choices=("learn", "ramp", "fixed"), help="WLD: learn alpha or ramp it by hand")
     p.add_argument("--alpha-end", type=float, help="WLD with --alpha ramp: final alpha (default 0.02)")
+    p.add_argument("--ic-lr-mult", type=float, metavar="M",
+                   help="learning rate of the IC branch's parameters (W', b1, alpha) = lr * M (default 1)")
     p.add_argument("--ten-crop", action="store_true", default=None, help="also report 10-crop accuracy at the end")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
@@ -82,9 +84,49 @@ def register(sub) -> None:
                    help=f"training images used (default {DEFAULTS['subset']}; 0 = all 60,000)")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="epochs of the scratch runs")
     p.add_argument("--wld-epochs", type=positive_int, default=DEFAULTS["wld_epochs"], help="epochs of WLD fine-tuning")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="first seed (default 0)")
+    p.add_argument("--seeds", type=positive_int, default=DEFAULTS["seeds"],
+                   help=f"number of seeds, reported as mean ± std (default {DEFAULTS['seeds']})")
     add_workers_argument(p)
     p.set_defaults(func=_cmd_demo)
+
+    from ..training.study import NETS, PARTS, StudyConfig
+
+    d = StudyConfig()
+    p = sub.add_parser(
+        "study", help="Fashion-MNIST ablations over seeds: IC from scratch and WLD (docs/fidelity.md)",
+        description="Trains every cell of the from-scratch ablation (W' init, alpha, b1, network; plain with the "
+        "same lr grid) and of the WLD ablation (branch lr, alpha start, e, tau; CE control) over seeds, chooses on "
+        "a validation split held out of the training set, and reports mean ± std, paired differences and the "
+        "test accuracy. Finished runs in OUT are reused, so an interrupted study resumes.",
+    )
+    p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    add_out_argument(p, "output folder (default runs/study)", default="runs/study")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(d.parts), help="parts to run (default both)")
+    p.add_argument("--nets", nargs="+", choices=NETS, default=list(d.nets), help="networks of the scratch part")
+    p.add_argument("--seeds", type=positive_int, default=len(d.seeds), help=f"seeds 0..N-1 (default {len(d.seeds)})")
+    p.add_argument("--train-images", type=positive_int, default=d.train_images)
+    p.add_argument("--val-images", type=positive_int, default=d.val_images)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs from scratch")
+    p.add_argument("--wld-epochs", type=positive_int, default=d.wld_epochs)
+    p.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs), help="learning-rate grid (plain and IC)")
+    p.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes, one torch thread each (default: min(2, CPUs))")
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args) -> int:
+    from ..training.demo import missing_dataset_message
+    from ..training.study import StudyConfig, run_study
+
+    cfg = StudyConfig(train_images=args.train_images, val_images=args.val_images, epochs=args.epochs,
+                      wld_epochs=args.wld_epochs, seeds=tuple(range(args.seeds)), nets=tuple(args.nets),
+                      lrs=tuple(args.lrs), parts=tuple(args.parts))
+    try:
+        run_study(cfg, args.out, args.data, jobs=args.jobs)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(missing_dataset_message(exc)) from exc
+    return 0
 
 
 def _cmd_train(args) -> int:
@@ -98,7 +140,8 @@ def _cmd_train(args) -> int:
         torch.use_deterministic_algorithms(True)
     recipe = get_recipe(args.recipe)
     changes = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   train_subset=args.subset, alpha=args.alpha, alpha_end=args.alpha_end, ten_crop=args.ten_crop)
+                   train_subset=args.subset, alpha=args.alpha, alpha_end=args.alpha_end, ten_crop=args.ten_crop,
+                   ic_lr_mult=args.ic_lr_mult)
     if args.lr_step:
         changes.update(lr_schedule="step", lr_milestones=milestones_every(args.lr_step, args.epochs or recipe.epochs))
     recipe = recipe.replace(**changes)
@@ -160,7 +203,7 @@ def _cmd_demo(args) -> int:
 
     try:
         run_demo(args.data, args.out, subset=args.subset or None, epochs=args.epochs, wld_epochs=args.wld_epochs,
-                 seed=args.seed, workers=args.workers)
+                 seed=args.seed, seeds=args.seeds, workers=args.workers)
     except FileNotFoundError as exc:
         print(missing_dataset_message(exc), file=sys.stderr)
         return 1

@@ -15,7 +15,8 @@ the teacher) and train it with the WLD loss, lambda 0.9 -> 0.1 (cosine, see ``sc
 Decisions where the paper is silent: CIFAR uses the standard augmentation (pad-4 random crop and
 flip); ``wld-cifar`` reuses the ImageNet WLD schedule (30 epochs, lr 0.001 divided by 10 after 15);
 EfficientNets in the paper drop the lr every 10 epochs (``--lr-step 10``). Weight decay applies to
-every parameter except alpha.
+every parameter except alpha. ``ic_lr_mult`` (default 1, ``--ic-lr-mult``) gives the IC branch's
+parameters (W', b1, alpha) their own learning rate, ``lr * ic_lr_mult``.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Recipe:
     ten_crop: bool = False  # also report 10-crop accuracy at the end
     train_subset: Optional[int] = None  # keep a fixed random subset of the training set
     label_smoothing: float = 0.0
+    ic_lr_mult: float = 1.0  # lr of the IC branch's parameters (W', b1, alpha) = lr * ic_lr_mult
     # WLD only
     lam_start: float = 0.9
     lam_end: float = 0.1
@@ -67,6 +69,8 @@ class Recipe:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected > 0, got {self.lr!r}")
+        if not self.ic_lr_mult > 0:
+            raise ValueError(f"ic_lr_mult: expected > 0, got {self.ic_lr_mult!r}")
 
     def replace(self, **changes) -> "Recipe":
         """A copy with ``changes`` (None values are ignored, so CLI defaults pass through)."""

@@ -22,7 +22,8 @@ Conventions and decisions:
   :func:`ic_networks.functional.wld_loss` on float32 logits, evaluated once per step (its CE term
   is logged), with lambda from :class:`~.schedules.LambdaSchedule`. Alpha is learnt, ramped
   (:class:`~.schedules.AlphaRamp`, on every IC layer that :func:`ic_networks.layers.is_ic_layer`
-  accepts) or left fixed, as the recipe says. Weight decay skips the ``alpha`` parameters.
+  accepts) or left fixed, as the recipe says. Weight decay skips the ``alpha`` parameters; the IC
+  branch's parameters learn at ``lr * recipe.ic_lr_mult`` (:func:`param_groups`).
 * **AMP** (``amp=True``): autocast in bfloat16 on CPU, float16 with a ``GradScaler`` on CUDA.
   Losses are computed on float32 logits.
 * **Evaluation**: :func:`~.evaluate.evaluate` (top-1/top-5 accuracy in percent, mean
@@ -45,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..functional import wld_loss_parts
 from ..io import atomic_save
-from ..layers import ic_layers
+from ..layers import IC_PARAM_NAMES, ic_layers, is_ic_layer
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .distributed import all_reduce, default_device, dist_info, rank_error
 from .evaluate import autocast, evaluate, show_progress
@@ -58,6 +59,20 @@ __all__ = ["Trainer", "CHECKPOINT", "FINAL_WEIGHTS"]
 CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "model.pt"
 _COMPAT_IGNORE = {"epochs", "description", "ten_crop"}  # recipe fields a resumed run may change
+
+
+def param_groups(model: nn.Module, recipe: Recipe) -> list:
+    """SGD parameter groups: weight decay on every parameter except alpha; the IC branch's
+    parameters (W', b1, alpha) at ``recipe.lr * recipe.ic_lr_mult``. Empty groups are left out."""
+    ic_names = {f"{n}.{p}" if n else p for n, m in model.named_modules() if is_ic_layer(m)
+                for p, _ in m.named_parameters(recurse=False) if p in IC_PARAM_NAMES}
+    buckets: Dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            alpha = name.rsplit(".", 1)[-1] == "alpha"
+            key = (0.0 if alpha else recipe.weight_decay, recipe.lr * (recipe.ic_lr_mult if name in ic_names else 1.0))
+            buckets.setdefault(key, []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr": lr} for (wd, lr), ps in buckets.items()]
 
 
 class Trainer:
@@ -139,14 +154,7 @@ class Trainer:
             )
         self.total_steps = recipe.epochs * self.steps_per_epoch
 
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.rsplit(".", 1)[-1] == "alpha" else decay).append(p)
-        groups = [{"params": decay, "weight_decay": recipe.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        self.optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+        self.optimizer = torch.optim.SGD(param_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum)
         self.lr_factor = LrFactor(
             recipe.lr_schedule, self.steps_per_epoch, self.total_steps, recipe.lr_milestones, recipe.lr_gamma,
             int(round(recipe.warmup_epochs * self.steps_per_epoch)),
