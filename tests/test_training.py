@@ -2,6 +2,7 @@
 real Fashion-MNIST run that must reach a stated accuracy."""
 import gzip
 import json
+import math
 import os
 import pickle
 import socket
@@ -521,16 +522,28 @@ def test_cli_demo_without_dataset(tmp_path, capsys):
 def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
     from ic_networks.training.demo import run_demo
 
-    res = run_demo(tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, progress=False)
+    res = run_demo(tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, seeds=2,
+                   progress=False)
     assert [r["run"] for r in res["runs"]] == ["plain", "ic", "wld", "plain+ce"]
-    assert res["converted_top1_at_alpha0"] == res["runs"][0]["top1"]  # conversion keeps the plain model's function
+    assert res["seeds"] == [0, 1] and [p["seed"] for p in res["per_seed"]] == [0, 1]
+    for p in res["per_seed"]:  # conversion keeps the plain model's function
+        assert p["converted_top1_at_alpha0"] == p["runs"]["plain"]["top1"]
     assert res["train_images"] == 384 and res["test_images"] == 256
+    plain = [p["runs"]["plain"]["top1"] for p in res["per_seed"]]
+    ic = [p["runs"]["ic"]["top1"] for p in res["per_seed"]]
+    assert res["runs"][0]["top1"] == pytest.approx(sum(plain) / 2) and res["runs"][0]["seeds"] == 2
+    assert res["runs"][0]["top1_std"] == pytest.approx(abs(plain[0] - plain[1]) / math.sqrt(2))
+    comp = {c["name"]: c for c in res["comparisons"]}
+    assert comp["IC from scratch vs plain"]["mean"] == pytest.approx((ic[0] - plain[0] + ic[1] - plain[1]) / 2)
+    assert len(res["ic_epochs_to_plain_final"]) == 2
     printed = capsys.readouterr().out
     assert res["table"] in printed and "| plain | plain CNN, from scratch | 29,178 | 1 |" in printed
+    assert res["comparison_table"] in printed and ("within seed noise" in printed or "exceeds seed noise" in printed)
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["table"] == res["table"]
     assert (tmp_path / "demo" / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    for run in ("plain", "ic", "wld", "plain+ce"):
-        assert (tmp_path / "demo" / run / "metrics.csv").is_file()
+    for seed in (0, 1):
+        for run in ("plain", "ic", "wld", "plain+ce"):
+            assert (tmp_path / "demo" / f"seed{seed}" / run / "metrics.csv").is_file()
 
 
 def test_cli_errors(tmp_path, capsys):

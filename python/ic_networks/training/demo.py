@@ -11,14 +11,21 @@ Three runs of the small CNN of :mod:`ic_networks.models.cnn`, on the same traini
    steps with the same learning-rate schedule and plain cross-entropy, so that the WLD gain is
    not just "more epochs".
 
+The four runs are repeated for ``seeds`` seeds (initialisation and shuffling; the training images
+are the same for every seed), and the demo reports each run's mean ± std over seeds and the paired
+differences ``ic - plain``, ``wld - plain+ce`` and ``wld - plain`` with their 95 % interval
+(:mod:`.stats`): a difference whose interval holds 0 is "within seed noise". It chooses nothing,
+so it reports the test set; settings are chosen on a validation split by ``ic-networks study``.
+
 It reads the Debian package's IDX files only, installs and downloads nothing, and by default trains
-on a fixed random subset of the training set (``--subset``) so that it finishes in a few minutes
-on two CPU cores; the accuracies are measured on the full 10,000-image test set. It prints a
-table (accuracy and time per run) and writes ``results.json``, ``curves.png`` and one run folder
-per run under ``--out``.
+on a fixed random subset of the training set (``--subset``) so that three seeds finish in about
+ten minutes on two CPU cores; the accuracies are measured on the full 10,000-image test set. It
+prints the tables and writes ``results.json``, ``curves.png`` (curves averaged over seeds) and one
+folder per seed and run (``seed<k>/<run>``) under ``--out``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -36,10 +43,15 @@ from .model_factory import make_student
 from .trainer import Trainer
 from .metrics import plot_curves
 from .recipes import get_recipe
+from .stats import mean_std, paired_diff
 
-__all__ = ["run_demo", "format_table", "DEFAULTS"]
+__all__ = ["run_demo", "format_table", "format_comparisons", "DEFAULTS", "RUNS"]
 
-DEFAULTS = {"subset": 20000, "epochs": 4, "wld_epochs": 2, "seed": 0}
+DEFAULTS = {"subset": 10000, "epochs": 3, "wld_epochs": 1, "seed": 0, "seeds": 3}
+RUNS = ("plain", "ic", "wld", "plain+ce")
+#: (name, a, b): the paired differences b - a the demo reports
+COMPARISONS = (("IC from scratch vs plain", "plain", "ic"), ("WLD vs CE control", "plain+ce", "wld"),
+               ("WLD vs its plain start", "plain", "wld"))
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -47,15 +59,34 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    """A Markdown table of the demo's runs."""
+    """A Markdown table of the demo's runs (mean ± std over seeds when a row has ``top1_std``)."""
     head = "| run | model | params | epochs | test top-1 | test top-5 | time |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        pm = (lambda k: f"{r[k]:.2f} ± {r[k + '_std']:.2f}%") if "top1_std" in r else (lambda k: f"{r[k]:.2f}%")
         lines.append(
-            f"| {r['run']} | {r['model']} | {r['params']:,} | {r['epochs']} | {r['top1']:.2f}% | {r['top5']:.2f}% "
+            f"| {r['run']} | {r['model']} | {r['params']:,} | {r['epochs']} | {pm('top1')} | {pm('top5')} "
             f"| {r['time_s']:.0f} s |"
         )
     return "\n".join(lines)
+
+
+def format_comparisons(comparisons: List[Dict[str, Any]]) -> str:
+    """A Markdown table of the paired differences (percentage points)."""
+    lines = ["| comparison | difference (top-1) | 95 % interval | seeds better | verdict |", "|---|---:|---|---:|---|"]
+    for c in comparisons:
+        ci = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        lines.append(f"| {c['name']} | {c['mean']:+.2f} ± {c['std']:.2f} | {ci} | {c['wins']}/{c['n']} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
+def _mean_curves(per_seed: List[Dict[str, Any]], offset: int) -> Dict[str, Any]:
+    """Epoch rows and step losses averaged over seeds (same number of steps for every seed)."""
+    n = len(per_seed)
+    epochs = [{"epoch": rows[0]["epoch"], "val_top1": sum(r["val_top1"] for r in rows) / n}
+              for rows in zip(*(c["epochs"] for c in per_seed))]
+    steps = [{"epoch": ss[0]["epoch"], "ce": sum(s["ce"] for s in ss) / n} for ss in zip(*(c["steps"] for c in per_seed))]
+    return {"epochs": epochs, "steps": steps, "offset": offset}
 
 
 def run_demo(
@@ -66,12 +97,16 @@ def run_demo(
     epochs: int = DEFAULTS["epochs"],
     wld_epochs: int = DEFAULTS["wld_epochs"],
     seed: int = DEFAULTS["seed"],
+    seeds: int = DEFAULTS["seeds"],
     workers: int = 0,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
-    """Runs the demo (module docstring) and returns ``{"runs": [...], "table": str, ...}``.
+    """Runs the demo (module docstring) for seeds ``seed .. seed + seeds - 1`` and returns
+    ``{"runs": [...], "per_seed": [...], "comparisons": [...], "table": str, ...}``.
     Raises ``FileNotFoundError`` (naming the apt command) when the dataset is missing."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds: expected an int >= 1, got {seeds!r}")
     t_start = time.perf_counter()
     out = Path(out_dir)
     bundle = build_datasets("fmnist", data, augment=False, train_subset=subset, seed=seed)
@@ -80,56 +115,81 @@ def run_demo(
     log(
         f"Fashion-MNIST: training on {n_train:,} of the {n_all:,} training images"
         f"{' (a fixed random subset, to fit the time budget)' if subset else ''}; "
-        f"testing on all {len(bundle.val):,} test images. torch threads: {torch.get_num_threads()}."
+        f"testing on all {len(bundle.val):,} test images; {seeds} seed(s). torch threads: {torch.get_num_threads()}."
     )
     scratch = get_recipe("scratch-fmnist", epochs=epochs)
     wld = get_recipe("wld-fmnist", epochs=wld_epochs)
-    common = dict(workers=workers, seed=seed, overwrite=True, progress=progress, log=log)
-    rows: List[Dict[str, Any]] = []
-    curves: Dict[str, Dict[str, list]] = {}
+    descs = {"plain": "plain CNN, from scratch", "ic": "IC CNN (alpha=1), from scratch",
+             "wld": "plain -> IC, WLD fine-tuned", "plain+ce": "plain, fine-tuned with CE (control)"}
+    per_seed: List[Dict[str, Any]] = []
+    curves: Dict[str, List[Dict[str, Any]]] = {name: [] for name in RUNS}
+    first: Dict[str, Dict[str, Any]] = {}
 
-    def run(name: str, desc: str, model, recipe, teacher=None, offset: int = 0) -> Trainer:
-        log(f"\n== {name}: {desc}")
-        trainer = Trainer(model, recipe, bundle.train, bundle.val, out / name, teacher=teacher, **common)
-        summary = trainer.fit()
-        rows.append({
-            "run": name, "model": desc, "params": _params(model), "epochs": recipe.epochs,
-            "top1": summary["val_top1"], "top5": summary["val_top5"], "time_s": summary["time_s"],
-        })
-        curves[name] = {**trainer.metrics.state(), "offset": offset}
-        return trainer
+    for s in range(seed, seed + seeds):
+        common = dict(workers=workers, seed=s, overwrite=True, progress=progress, log=log)
+        rows: Dict[str, Dict[str, Any]] = {}
 
-    torch.manual_seed(seed)
-    plain = fmnist_cnn()
-    run("plain", "plain CNN, from scratch", plain, scratch.replace(model="fmnist_cnn"))
-    torch.manual_seed(seed)
-    run("ic", "IC CNN (alpha=1), from scratch", ic_fmnist_cnn(), scratch.replace(model="ic_fmnist_cnn"))
+        def run(name: str, model, recipe, teacher=None) -> None:
+            log(f"\n== seed {s}, {name}: {descs[name]}")
+            trainer = Trainer(model, recipe, bundle.train, bundle.val, out / f"seed{s}" / name, teacher=teacher, **common)
+            summary = trainer.fit()
+            rows[name] = {"top1": summary["val_top1"], "top5": summary["val_top5"], "time_s": summary["time_s"],
+                          "alpha": trainer.metrics.epochs[-1].get("alpha"),
+                          "curve": [r["val_top1"] for r in trainer.metrics.epochs]}
+            first.setdefault(name, {"run": name, "model": descs[name], "params": _params(model), "epochs": recipe.epochs})
+            curves[name].append(trainer.metrics.state())
 
-    teacher = plain.eval()
-    torch.manual_seed(seed)
-    student = make_student(teacher, wld)
-    probe = torch.stack([bundle.val[i][0] for i in range(256)])
-    with torch.no_grad():
-        if not torch.equal(student.eval()(probe), teacher(probe)):
-            raise RuntimeError("the converted model's logits differ from the plain model's at alpha=0")
-    before = evaluate(student, bundle.val)
-    log(f"\nconverted plain -> IC at alpha=0: logits bit-identical to the plain model's; test top-1 {before['top1']:.2f}%")
-    run("wld", "plain -> IC, WLD fine-tuned", student, wld, teacher=teacher, offset=epochs)
+        torch.manual_seed(s)
+        plain = fmnist_cnn()
+        run("plain", plain, scratch.replace(model="fmnist_cnn"))
+        torch.manual_seed(s)
+        run("ic", ic_fmnist_cnn(), scratch.replace(model="ic_fmnist_cnn"))
 
-    control = fmnist_cnn()
-    control.load_state_dict(teacher.state_dict())
-    run("plain+ce", "plain, fine-tuned with CE (control)", control, wld.replace(mode="scratch", name="ce-fmnist"), offset=epochs)
+        teacher = plain.eval()
+        torch.manual_seed(s)
+        student = make_student(teacher, wld)
+        probe = torch.stack([bundle.val[i][0] for i in range(min(256, len(bundle.val)))])
+        with torch.no_grad():
+            if not torch.equal(student.eval()(probe), teacher(probe)):
+                raise RuntimeError("the converted model's logits differ from the plain model's at alpha=0")
+        before = evaluate(student, bundle.val)
+        log(f"\nconverted plain -> IC at alpha=0: logits bit-identical to the plain model's; test top-1 {before['top1']:.2f}%")
+        run("wld", student, wld, teacher=teacher)
 
+        control = fmnist_cnn()
+        control.load_state_dict(teacher.state_dict())
+        run("plain+ce", control, wld.replace(mode="scratch", name="ce-fmnist"))
+        per_seed.append({"seed": s, "converted_top1_at_alpha0": before["top1"], "runs": rows})
+
+    table_rows = []
+    for name in RUNS:
+        t1 = mean_std([p["runs"][name]["top1"] for p in per_seed])
+        t5 = mean_std([p["runs"][name]["top5"] for p in per_seed])
+        tm = mean_std([p["runs"][name]["time_s"] for p in per_seed])
+        table_rows.append({**first[name], "top1": t1.mean, "top1_std": t1.std, "top5": t5.mean, "top5_std": t5.std,
+                           "time_s": tm.mean, "seeds": t1.n})
+    comparisons = []
+    for cname, a, b in COMPARISONS:
+        d = paired_diff([p["runs"][a]["top1"] for p in per_seed], [p["runs"][b]["top1"] for p in per_seed])
+        comparisons.append({"name": cname, "a": a, "b": b, **dataclasses.asdict(d), "verdict": d.verdict()})
+    # epochs until the IC run reaches the plain run's final test accuracy (per seed; None: never)
+    reach = [next((i + 1 for i, v in enumerate(p["runs"]["ic"]["curve"]) if v >= p["runs"]["plain"]["top1"]), None)
+             for p in per_seed]
     total = time.perf_counter() - t_start
-    table = format_table(rows)
-    wld_row = rows[2]
+    table, comp = format_table(table_rows), format_comparisons(comparisons)
+    alpha_wld = mean_std([p["runs"]["wld"]["alpha"] for p in per_seed])
     result = {
-        "runs": rows,
+        "runs": table_rows,
+        "per_seed": per_seed,
+        "comparisons": comparisons,
         "table": table,
+        "comparison_table": comp,
+        "ic_epochs_to_plain_final": reach,
+        "wld_alpha_end": alpha_wld.mean,
+        "seeds": list(range(seed, seed + seeds)),
         "train_images": n_train,
         "test_images": len(bundle.val),
-        "converted_top1_at_alpha0": before["top1"],
-        "wld_gain_top1": wld_row["top1"] - rows[0]["top1"],
+        "converted_top1_at_alpha0": [p["converted_top1_at_alpha0"] for p in per_seed],
         "total_time_s": total,
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -137,11 +197,18 @@ def run_demo(
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "results.json")
-    plot_curves(curves, out / "curves.png", title=f"Fashion-MNIST, {n_train:,} training images")
+    mean_curves = {name: _mean_curves(curves[name], epochs if name in ("wld", "plain+ce") else 0) for name in RUNS}
+    plot_curves(mean_curves, out / "curves.png",
+                title=f"Fashion-MNIST, {n_train:,} training images, mean of {seeds} seed(s)")
+    reach_txt = ", ".join("never" if e is None else str(e) for e in reach)
     log(
-        f"\nFashion-MNIST demo: {n_train:,} training images, all {len(bundle.val):,} test images. WLD and the "
-        f"control continue from the plain run for {wld_epochs} more epoch(s). Time: training plus a test-set "
-        f"evaluation after each epoch, {torch.get_num_threads()} torch thread(s).\n\n{table}\n\n"
+        f"\nFashion-MNIST demo: {n_train:,} training images, all {len(bundle.val):,} test images, seeds "
+        f"{seed}..{seed + seeds - 1}. WLD and the control continue from the plain run for {wld_epochs} more "
+        f"epoch(s). Top-1 as mean ± std over seeds; time per run (training plus a test-set evaluation after "
+        f"each epoch, {torch.get_num_threads()} torch thread(s)).\n\n{table}\n\nPaired differences (same seed), "
+        f"percentage points; 'within seed noise' when the 95 % interval holds 0:\n\n{comp}\n\n"
+        f"Epochs until IC reached plain's final accuracy, per seed: {reach_txt}. WLD's learnt alpha at the end: "
+        f"{alpha_wld.mean:.4f} (mean over layers and seeds).\n\n"
         f"total {total:.0f} s. Wrote {out / 'results.json'}, {out / 'curves.png'} and the run folders."
     )
     return result
