@@ -546,6 +546,17 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
             assert (tmp_path / "demo" / f"seed{seed}" / run / "metrics.csv").is_file()
 
 
+def test_demo_mean_curves_plot(tmp_path):
+    from ic_networks.training.demo import _mean_curves
+    from ic_networks.training.metrics import plot_curves
+
+    seeds = [{"epochs": [{"epoch": 1, "val_top1": v}], "steps": [{"step": 10, "epoch": 0.5, "loss": l, "ce": l / 2}]}
+             for v, l in ((80.0, 1.0), (82.0, 3.0))]
+    mean = _mean_curves(seeds, offset=2)
+    assert mean == {"epochs": [{"epoch": 1, "val_top1": 81.0}], "steps": [{"epoch": 0.5, "loss": 2.0, "ce": 1.0}], "offset": 2}
+    assert plot_curves({"wld": mean}, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_errors(tmp_path, capsys):
     assert icn.cli.main(["train", "--recipe", "wld-fmnist", "--out", str(tmp_path)]) == 1
     assert "--teacher" in capsys.readouterr().err

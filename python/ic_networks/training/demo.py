@@ -85,7 +85,8 @@ def _mean_curves(per_seed: List[Dict[str, Any]], offset: int) -> Dict[str, Any]:
     n = len(per_seed)
     epochs = [{"epoch": rows[0]["epoch"], "val_top1": sum(r["val_top1"] for r in rows) / n}
               for rows in zip(*(c["epochs"] for c in per_seed))]
-    steps = [{"epoch": ss[0]["epoch"], "ce": sum(s["ce"] for s in ss) / n} for ss in zip(*(c["steps"] for c in per_seed))]
+    steps = [{"epoch": ss[0]["epoch"], "loss": sum(s["loss"] for s in ss) / n, "ce": sum(s["ce"] for s in ss) / n}
+             for ss in zip(*(c["steps"] for c in per_seed))]
     return {"epochs": epochs, "steps": steps, "offset": offset}
 
 
