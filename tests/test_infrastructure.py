@@ -209,7 +209,8 @@ def test_convert_and_profile_are_functions_and_their_modules_have_other_names():
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-VERBS = ["train", "eval", "demo", "flops", "convert", "bench", "figures", "gradcam", "train-det", "eval-det"]
+VERBS = ["train", "eval", "demo", "study", "flops", "convert", "diagnose", "bench", "figures", "gradcam", "train-det",
+         "eval-det"]
 
 
 def test_every_verb_has_help(capsys):
