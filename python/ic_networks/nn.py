@@ -96,7 +96,7 @@ class IcConv2d(nn.Conv2d):
         kk = self.kernel_size[0] * self.kernel_size[1]
         fan_in = self.in_channels // self.groups * kk
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-        init = getattr(self, "adjust_init", "like_weight")
+        init = self.adjust_init
         with torch.no_grad():
             if init == "zeros":
                 self.adjust_weight.zero_()
@@ -106,7 +106,7 @@ class IcConv2d(nn.Conv2d):
                 self.adjust_weight.uniform_(-bound, bound)
                 if init == "scaled":
                     self.adjust_weight.div_(kk)
-            self.adjust_bias.fill_(getattr(self, "adjust_bias_init", 0.0))
+            self.adjust_bias.fill_(self.adjust_bias_init)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -156,6 +156,8 @@ class IcConv2d(nn.Conv2d):
         super().__setstate__(state)
         if "_ic_padding" not in self.__dict__:  # a module pickled before the padding was resolved
             self._resolve_padding()
+        self.__dict__.setdefault("adjust_init", "like_weight")  # pickled before the init options
+        self.__dict__.setdefault("adjust_bias_init", 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.op_input(x)

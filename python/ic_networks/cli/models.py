@@ -11,8 +11,8 @@
 * ``ic-networks diagnose NAME [--weights PATH]``: per IC layer, the ratio
   std(alpha relu(Z)) / std(conv) on a probe batch (:func:`ic_networks.diagnostics.branch_ratios`):
   Fashion-MNIST test images (resized and repeated to the model's input; the default) or Gaussian
-  noise. The model runs in train mode on a copy (batch statistics; its weights are not changed)
-  unless ``--eval``.
+  noise. The model, built afresh (and loaded from ``--weights``), runs in train mode (batch
+  statistics) unless ``--eval``; nothing is written.
 """
 import argparse
 
@@ -84,15 +84,13 @@ def _probe(kind: str, size, data) -> torch.Tensor:
 
 
 def _diagnose(args) -> int:
-    import copy
-
     from ..diagnostics import branch_ratios, format_branch_ratios
 
     entry = lookup(args.name)
     size = _input_size(args.input_size, entry.input_size)
     size = (args.batch,) + tuple(size[1:])
     model = load_local(entry.ic(alpha=args.alpha) if args.alpha is not None else entry.ic(), resolve_weights(args.weights))
-    model = copy.deepcopy(model).train(not args.eval)
+    model.train(not args.eval)
     stats = branch_ratios(model, _probe(args.probe, size, args.data))
     print(f"{entry.name}, {'eval' if args.eval else 'train'} mode, probe: {args.probe} {tuple(size)}")
     print(format_branch_ratios(stats))

@@ -25,7 +25,6 @@ folder per seed and run (``seed<k>/<run>``) under ``--out``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import time
@@ -122,6 +121,7 @@ def run_demo(
     wld = get_recipe("wld-fmnist", epochs=wld_epochs)
     descs = {"plain": "plain CNN, from scratch", "ic": "IC CNN (alpha=1), from scratch",
              "wld": "plain -> IC, WLD fine-tuned", "plain+ce": "plain, fine-tuned with CE (control)"}
+    probe = torch.stack([bundle.val[i][0] for i in range(min(256, len(bundle.val)))])  # bit-identity check
     per_seed: List[Dict[str, Any]] = []
     curves: Dict[str, List[Dict[str, Any]]] = {name: [] for name in RUNS}
     first: Dict[str, Dict[str, Any]] = {}
@@ -149,7 +149,6 @@ def run_demo(
         teacher = plain.eval()
         torch.manual_seed(s)
         student = make_student(teacher, wld)
-        probe = torch.stack([bundle.val[i][0] for i in range(min(256, len(bundle.val)))])
         with torch.no_grad():
             if not torch.equal(student.eval()(probe), teacher(probe)):
                 raise RuntimeError("the converted model's logits differ from the plain model's at alpha=0")
@@ -172,7 +171,7 @@ def run_demo(
     comparisons = []
     for cname, a, b in COMPARISONS:
         d = paired_diff([p["runs"][a]["top1"] for p in per_seed], [p["runs"][b]["top1"] for p in per_seed])
-        comparisons.append({"name": cname, "a": a, "b": b, **dataclasses.asdict(d), "verdict": d.verdict()})
+        comparisons.append({"name": cname, "a": a, "b": b, **d.as_dict()})
     # epochs until the IC run reaches the plain run's final test accuracy (per seed; None: never)
     reach = [next((i + 1 for i, v in enumerate(p["runs"]["ic"]["curve"]) if v >= p["runs"]["plain"]["top1"]), None)
              for p in per_seed]

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..io import atomic_write, atomic_write_text
 
-__all__ = ["MetricsLog", "plot_curves"]
+__all__ = ["MetricsLog", "plot_curves", "save_figure"]
 
 
 def _clean(v: Any) -> Any:
@@ -86,6 +86,11 @@ def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str =
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """``fig`` (a matplotlib Figure with a canvas) laid out and written to ``path`` as PNG, atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

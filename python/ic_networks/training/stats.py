@@ -7,6 +7,7 @@ for up to 30 degrees of freedom are tabulated below.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -73,6 +74,10 @@ class PairedDiff:
 
     def __str__(self) -> str:
         return f"{self.mean:+.2f} ± {self.std:.2f}"
+
+    def as_dict(self) -> dict:
+        """The fields plus ``verdict``, for JSON."""
+        return {**dataclasses.asdict(self), "verdict": self.verdict()}
 
 
 def paired_diff(a: Sequence[float], b: Sequence[float]) -> PairedDiff:

@@ -33,8 +33,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Subset
 
+from .._checks import positive_int
 from ..io import atomic_write_text
 from .stats import mean_std, paired_diff
 
@@ -68,9 +67,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images", "epochs", "wld_epochs", "batch_size", "probe_images"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            positive_int(name, getattr(self, name))
         if self.train_images + self.val_images > 60_000:
             raise ValueError(f"train_images + val_images: at most 60000 (the training set), got "
                              f"{self.train_images + self.val_images}")
@@ -196,7 +193,8 @@ def _ratios(model, probe, train_mode: bool) -> Optional[dict]:
 
     if not ic_layers(model):
         return None
-    m = copy.deepcopy(model).train(train_mode)
+    # train mode moves BatchNorm's running statistics: measure a copy then
+    m = copy.deepcopy(model).train() if train_mode else model.eval()
     stats = branch_ratios(m, probe)
     return {"mean": sum(s.ratio for s in stats) / len(stats), "layers": [s.as_dict() for s in stats]}
 
@@ -276,8 +274,12 @@ def _cached(job: dict) -> Optional[dict]:
 
 
 def _run_all(jobs: List[dict], workers: int, log: Callable[[str], None]) -> List[dict]:
-    todo = [j for j in jobs if _cached(j) is None]
-    done = {j["out"]: _cached(j) for j in jobs if j not in todo}
+    done = {}
+    for j in jobs:  # finished runs of an earlier study, read once
+        r = _cached(j)
+        if r is not None:
+            done[j["out"]] = r
+    todo = [j for j in jobs if j["out"] not in done]
     if done:
         log(f"  {len(done)} run(s) reused from an earlier study")
     if todo:
@@ -401,7 +403,7 @@ def _cell_summary(rs: List[dict], ref: Optional[List[dict]]) -> dict:
         if pairs:
             for split in ("val", "test"):
                 d = paired_diff([a[f"{split}_top1"] for a, _ in pairs], [b[f"{split}_top1"] for _, b in pairs])
-                s[f"d_{split}"] = {**dataclasses.asdict(d), "verdict": d.verdict()}
+                s[f"d_{split}"] = d.as_dict()
             reach = [_epochs_to(b["curve"], a["val_top1"]) for a, b in pairs]
             s["epochs_to_ref_final"] = reach
     return s
@@ -430,7 +432,7 @@ def summarize(runs: List[dict], cfg: StudyConfig) -> Dict[str, Any]:
                 d = paired_diff([r["test_top1"] for r in cells[bp]], [r["test_top1"] for r in cells[bi]]) \
                     if [r["seed"] for r in cells[bp]] == [r["seed"] for r in cells[bi]] else None
                 chosen[net] = {"plain": bp, "plain_candidates": len(plain), "ic": bi, "ic_candidates": len(ic),
-                               "d_test": None if d is None else {**dataclasses.asdict(d), "verdict": d.verdict()}}
+                               "d_test": None if d is None else d.as_dict()}
         out["scratch"] = {"cells": part, "chosen_on_val": chosen}
     cells = _by_cell(runs, "wld")
     if cells:
@@ -516,8 +518,7 @@ def plot_study(summary: Dict[str, Any], runs: List[dict], path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ..io import atomic_write
-    import io
+    from .metrics import save_figure
 
     fig = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(fig)
@@ -548,7 +549,4 @@ def plot_study(summary: Dict[str, Any], runs: List[dict], path) -> Path:
         ax_curve.grid(alpha=0.3)
         if ax_curve.lines:
             ax_curve.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_figure(fig, path)

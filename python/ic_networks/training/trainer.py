@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..functional import wld_loss_parts
 from ..io import atomic_save
-from ..layers import IC_PARAM_NAMES, ic_layers, is_ic_layer
+from ..layers import ic_keys, ic_layers
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .distributed import all_reduce, default_device, dist_info, rank_error
 from .evaluate import autocast, evaluate, show_progress
@@ -64,8 +64,7 @@ _COMPAT_IGNORE = {"epochs", "description", "ten_crop"}  # recipe fields a resume
 def param_groups(model: nn.Module, recipe: Recipe) -> list:
     """SGD parameter groups: weight decay on every parameter except alpha; the IC branch's
     parameters (W', b1, alpha) at ``recipe.lr * recipe.ic_lr_mult``. Empty groups are left out."""
-    ic_names = {f"{n}.{p}" if n else p for n, m in model.named_modules() if is_ic_layer(m)
-                for p, _ in m.named_parameters(recurse=False) if p in IC_PARAM_NAMES}
+    ic_names = ic_keys(model)
     buckets: Dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
