@@ -1,6 +1,6 @@
 """Layer benchmark of the fused CUDA kernels (GPU only): nn.Conv2d, the IC op on its default
 CUDA path (libtorch ops), the IC layer through the fused kernels (tests/cuda_fused_compose.py, the
-composition the Rust op uses behind IC_NETWORKS_CUDA_KERNELS=1), and the plain-PyTorch reference,
+composition of src/cuda/fused/layer.rs, which the op does not call yet), and the plain-PyTorch reference,
 at the stages of `ic-networks bench`. Prints fwd, fwd+bwd and inference times and each one's
 ratio to the conv, and the fused path's speed-up over the reference.
 

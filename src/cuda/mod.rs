@@ -15,6 +15,6 @@
 //! Imports only `libtorch/` (and, with the kernels, the leaves).
 pub use crate::libtorch::{adjust_backward, collision_backward, forward};
 
-/// The fused kernels (opt-in with `IC_NETWORKS_CUDA_KERNELS=1` until validated on a GPU; see
-/// docs/cuda-kernels.md).
+/// The fused kernels (not yet routed from the op: reached through the `_core.cuda_fused_*`
+/// bindings until validated on a GPU; see docs/cuda-kernels.md).
 pub mod fused;

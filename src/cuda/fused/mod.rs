@@ -5,9 +5,10 @@
 //! time, so one build works with CPU-only torch, and on machines without a driver
 //! [`available`] is simply `false`.
 //!
-//! The switch: the libtorch path stays the default on CUDA; the fused path is used only when
-//! `IC_NETWORKS_CUDA_KERNELS=1` is set (read at the first call; [`set_enabled`] overrides it) and
-//! [`available`] holds. Every op returns `Ok(None)` when it does not apply (CPU tensors, other
+//! The switch: the libtorch path stays the default on CUDA, and the op does not call into this
+//! module yet ([`enabled`], `IC_NETWORKS_CUDA_KERNELS=1` or [`set_enabled`], is reported to Python
+//! but not consulted by `ic_conv.rs`); the layer functions in `layer.rs` are reached through the
+//! `_core.cuda_fused_*` bindings until a GPU run validates them. Every op returns `Ok(None)` when it does not apply (CPU tensors, other
 //! dtypes, sizes beyond the kernels' int32 indexing, a halo too large for shared memory), and the
 //! caller keeps its libtorch path.
 //!
