@@ -17,7 +17,6 @@ Exit status 1 if any run hung or failed.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import tempfile
@@ -64,25 +63,13 @@ def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_tea
     watchdog.join(ctx, timeout, dump_dir=tmp, what=f"{name} workers")
 
 
-def _write_idx(path: Path, arr) -> None:
-    import numpy as np
-
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + arr.tobytes())
-
-
 def tiny_fmnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:
-    """A Fashion-MNIST-shaped IDX data set of random images (for plumbing, not accuracy)."""
-    import numpy as np
+    """A Fashion-MNIST-shaped IDX data set of random images (for plumbing, not accuracy): the
+    test suite's ``tiny_fmnist_dir``."""
+    from test_training import tiny_fmnist_dir
 
-    rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
-    return root
+    return tiny_fmnist_dir(root, n_train, n_test)
 
 
 def _engine_case(timeout: float, tmp: Path) -> None:

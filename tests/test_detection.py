@@ -1,7 +1,6 @@
 """torchvision IC detectors, VOC reading, VOC mAP and the train-det / eval-det commands (CPU, small)."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +16,7 @@ from ic_networks import detection as det
 from ic_networks.cli import main as cli_main
 from ic_networks.detection.voc import VOC_CLASSES, VOCDataset, voc_map
 from ic_networks.integrations.torchvision import register
+from ic_networks.training import watchdog
 
 SMALL = dict(min_size=128, max_size=128)
 
@@ -168,7 +168,7 @@ def test_weights_backbone_errors(tmp_path):
         det.retinanet_ic_resnet50_fpn(trainable_backbone_layers=6)
 
 
-def test_import_registers_nothing_in_torchvision():
+def test_import_registers_nothing_in_torchvision(tmp_path):
     """Importing ic_networks (detection included) leaves torchvision's registry alone; register() fills it."""
     code = (
         "import ic_networks, ic_networks.detection, ic_networks.integrations.torchvision\n"
@@ -178,7 +178,9 @@ def test_import_registers_nothing_in_torchvision():
         "ic_networks.integrations.torchvision.register()\n"
         "print(sorted(n for n in names if n in _api.BUILTIN_MODELS))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
+    out = watchdog.run([sys.executable, "-X", "faulthandler", "-c", code], 300, dump_dir=tmp_path, merge_stderr=False,
+                       what="import check")
+    assert out.returncode == 0, out.stderr
     before, after = out.stdout.splitlines()
     assert before == "[]"
     assert after == "['fasterrcnn_ic_resnet50_fpn', 'ic_resnet50', 'retinanet_ic_resnet50_fpn']"

@@ -1,6 +1,5 @@
 """The IC convolution op (Rust) against the plain-PyTorch oracle: forward, backward, gradcheck."""
 import itertools
-import subprocess
 import sys
 import textwrap
 

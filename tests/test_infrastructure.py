@@ -3,7 +3,6 @@ IC-layer predicate, the command line package, optional dependencies (extras), an
 public names (``convert``/``profile`` are functions, their modules have their own names)."""
 import importlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -60,6 +60,14 @@ class _NoHint(Exception):
     pass
 
 
+def _export_reference(x: Tensor, *args) -> Tensor:
+    """The plain-PyTorch formula (``reference.ic_conv2d_reference``), unbatched input included:
+    what an ONNX export or ``torch.jit.trace`` records instead of the op."""
+    unbatched = x.dim() == 3
+    out = ic_conv2d_reference(x.unsqueeze(0) if unbatched else x, *args)
+    return out.squeeze(0) if unbatched else out
+
+
 def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
     """A CPU tensor with ``t``'s shape and dtype on one element of storage (zero strides), for the
     Rust validator; symbolic sizes take their hint (no guard is added)."""
@@ -227,10 +235,7 @@ def ic_conv2d(
         if any(extra):
             x = F.pad(x, extra)
     if _exporting():
-        unbatched = x.dim() == 3
-        xb = x.unsqueeze(0) if unbatched else x
-        out = ic_conv2d_reference(xb, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
-        return out.squeeze(0) if unbatched else out
+        return _export_reference(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
     return _IC_CONV2D(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
 
 

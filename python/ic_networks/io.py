@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -133,11 +133,12 @@ def _strip_prefixes(keys):
     return keys
 
 
-def unwrap_state_dict(obj: Any, what: str = "weights") -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any, what: str = "weights", source: Optional[PathLike] = None) -> Dict[str, torch.Tensor]:
     """The state_dict inside ``obj``: ``obj["model"]`` or ``obj["state_dict"]`` when present (a
     training checkpoint), with a ``module.`` / ``_orig_mod.`` prefix that every key carries removed.
 
-    Raises a ``RuntimeError`` naming ``what`` unless the result is a dict of tensors.
+    Raises a ``RuntimeError`` naming ``what`` (and the file ``source`` it came from, if given)
+    unless the result is a dict of tensors.
     """
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
@@ -145,8 +146,9 @@ def unwrap_state_dict(obj: Any, what: str = "weights") -> Dict[str, torch.Tensor
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        where = f"{os.fspath(source)!r} " if source is not None else ""
         raise RuntimeError(
-            f"{what}: does not hold a state_dict (a dict of tensors, or a checkpoint with one under "
+            f"{what}: {where}does not hold a state_dict (a dict of tensors, or a checkpoint with one under "
             f"{' or '.join(repr(k) for k in WRAPPER_KEYS)}), got {type(obj).__name__}"
         )
     return dict(zip(_strip_prefixes(obj.keys()), obj.values()))
@@ -155,12 +157,7 @@ def unwrap_state_dict(obj: Any, what: str = "weights") -> Dict[str, torch.Tensor
 def read_state_dict(source: Union[PathLike, Mapping[str, Any]], what: str = "weights") -> Dict[str, torch.Tensor]:
     """:func:`unwrap_state_dict` of a path (read with :func:`load`) or of a mapping."""
     if isinstance(source, (str, os.PathLike)):
-        try:
-            return unwrap_state_dict(load(source, what), what)
-        except RuntimeError as exc:
-            if str(exc).startswith(f"{what}: does not hold"):
-                raise RuntimeError(f"{what}: {os.fspath(source)!r} " + str(exc)[len(what) + 2:]) from None
-            raise
+        return unwrap_state_dict(load(source, what), what, source)
     if isinstance(source, Mapping):
         return unwrap_state_dict(source, what)
     raise TypeError(f"{what}: expected a path or a state_dict, got {type(source).__name__}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from . import functional as icf
 from ._utils import IntPair, resolve_padding
-from .reference import ic_conv2d_reference
 
 __all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES", "ADJUST_INITS"]
 
@@ -174,13 +173,10 @@ class IcConv2d(nn.Conv2d):
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
         if icf._exporting():
-            unbatched = x.dim() == 3
-            xb = x.unsqueeze(0) if unbatched else x
-            out = ic_conv2d_reference(
-                xb, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+            return icf._export_reference(
+                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
                 self.stride, self._ic_padding, self.dilation, self.groups,
             )
-            return out.squeeze(0) if unbatched else out
         return icf._IC_CONV2D(
             x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
             self.stride, self._ic_padding, self.dilation, self.groups,

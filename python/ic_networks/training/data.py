@@ -34,6 +34,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
+from .._checks import positive_int
+
 __all__ = [
     "FMNIST_DIR", "FMNIST_APT", "FMNIST_CLASSES", "DATASETS", "read_idx", "load_fashion_mnist", "load_cifar10",
     "TensorImages", "Seeded", "DataBundle", "build_datasets",
@@ -279,8 +281,7 @@ class DataBundle:
 def _subset(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
     if n is None or n >= len(ds):
         return ds
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"train_subset: expected an int >= 1, got {n!r}")
+    positive_int("train_subset", n)
     g = torch.Generator().manual_seed(seed)
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch.utils.data import Subset
 
+from .._checks import positive_int
 from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ..io import atomic_write_text
 from .data import FMNIST_APT, build_datasets
@@ -105,8 +106,7 @@ def run_demo(
     """Runs the demo (module docstring) for seeds ``seed .. seed + seeds - 1`` and returns
     ``{"runs": [...], "per_seed": [...], "comparisons": [...], "table": str, ...}``.
     Raises ``FileNotFoundError`` (naming the apt command) when the dataset is missing."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds: expected an int >= 1, got {seeds!r}")
+    positive_int("seeds", seeds)
     t_start = time.perf_counter()
     out = Path(out_dir)
     bundle = build_datasets("fmnist", data, augment=False, train_subset=subset, seed=seed)

@@ -24,6 +24,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from .._checks import positive_int
+
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
 
@@ -64,9 +66,7 @@ class Recipe:
         if self.alpha not in ("learn", "ramp", "fixed"):
             raise ValueError(f"alpha: expected 'learn', 'ramp' or 'fixed', got {self.alpha!r}")
         for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            positive_int(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr: expected > 0, got {self.lr!r}")
         if not self.ic_lr_mult > 0:

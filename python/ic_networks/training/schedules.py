@@ -24,6 +24,7 @@ from typing import List, Sequence
 
 from torch import nn
 
+from .._checks import positive_int
 from ..layers import ic_layers
 
 __all__ = ["progress", "LambdaSchedule", "AlphaRamp", "LrFactor", "ic_layers", "milestones_every", "SHAPES"]
@@ -32,9 +33,7 @@ SHAPES = ("cosine", "linear")
 
 
 def _check_total(total_steps) -> int:
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps: expected an int >= 1, got {total_steps!r}")
-    return total_steps
+    return positive_int("total_steps", total_steps)
 
 
 def progress(step: int, total_steps: int) -> float:

@@ -315,8 +315,7 @@ def run_study(
 ) -> Dict[str, Any]:
     """Runs the parts of ``cfg`` (module docstring) and returns ``{"runs", "summary", "report"}``.
     Raises ``FileNotFoundError`` (naming the apt command) when Fashion-MNIST is missing."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs: expected an int >= 1, got {jobs!r}")
+    positive_int("jobs", jobs)
     from .data import load_fashion_mnist
 
     load_fashion_mnist(data, train=False)  # a missing dataset fails here, not in a worker

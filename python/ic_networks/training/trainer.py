@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .._checks import nonnegative_int
 from ..functional import wld_loss_parts
 from ..io import atomic_save
 from ..layers import ic_keys, ic_layers
@@ -120,8 +121,7 @@ class Trainer:
         if recipe.mode == "wld" and not ic_layers(model):
             raise ValueError("model: the WLD student has no IC layer (IcConv2d, ...): convert the teacher first")
         for name, v in (("workers", workers), ("ckpt_every", ckpt_every), ("log_every", log_every)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+            nonnegative_int(name, v)
         self.recipe, self.out_dir = recipe, Path(out_dir)
         self.rank, self.world = dist_info()
         if recipe.batch_size % self.world:
@@ -267,7 +267,8 @@ class Trainer:
         n = y.numel()
         correct = (out.detach().argmax(1) == y).sum()
         ld, cd = loss.detach().double() * n, ce.double() * n
-        self.acc += torch.stack([ld, cd, correct.double(), ld.new_tensor(n), ld, cd, ld.new_tensor(n)])
+        nt = ld.new_tensor(n)
+        self.acc += torch.stack([ld, cd, correct.double(), nt, ld, cd, nt])
 
     def _log_window(self) -> Optional[float]:
         w = all_reduce(self.acc[4:].clone()).tolist()

@@ -38,12 +38,15 @@ class WorkerHang(RuntimeError):
 def arm(dump_dir: Optional[os.PathLike] = None) -> Optional[Path]:
     """In a worker process: on ``SIGUSR1`` write every thread's Python stack to
     ``dump_dir/stacks-<pid>.txt`` (``dump_dir`` defaults to ``$IC_NETWORKS_STACK_DIR``; without
-    either, to stderr). Returns the file's path, or None for stderr."""
+    either, to stderr). Returns the file's path, or None for stderr. Arming again with the same
+    file does nothing."""
     dump_dir = dump_dir or os.environ.get(DUMP_DIR_ENV)
     if not dump_dir:
         faulthandler.register(DUMP_SIGNAL, all_threads=True)
         return None
     path = Path(dump_dir) / f"stacks-{os.getpid()}.txt"
+    if _armed and _armed[-1].name == str(path):
+        return path  # armed already (at import, by $IC_NETWORKS_STACK_DIR): keep that file
     fh = open(path, "w")  # noqa: SIM115 -- must outlive this call: faulthandler writes to its fd
     _armed.append(fh)
     faulthandler.register(DUMP_SIGNAL, file=fh, all_threads=True)
