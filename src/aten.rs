@@ -1,6 +1,7 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
-//! (`at::convolution_backward`, `at::parallel_for`). Imports only `error.rs` and `geometry.rs`.
-use crate::error::{Error, Result};
+//! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`). Imports only `error.rs`
+//! and `geometry.rs`.
+use crate::error::{c_message, short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
 use std::os::raw::{c_char, c_int, c_void};
 use tch::Tensor;
@@ -32,6 +33,21 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+
+    fn icn_assert_async(cond: *const C_tensor, msg: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+/// `at::_assert_async(cond, msg)`: fails the stream with `msg` when the one-element bool tensor
+/// `cond` is false, without a device-to-host copy (no sync).
+pub fn assert_async(cond: &Tensor, msg: &str) -> Result<()> {
+    let msg = std::ffi::CString::new(msg).map_err(|_| Error::Runtime("assert_async: NUL in the message".into()))?;
+    let mut err = vec![0 as c_char; 1024];
+    // SAFETY: cond is a live tensor; msg and err outlive the call; the shim NUL-terminates err.
+    let rc = unsafe { icn_assert_async(cond.as_ptr(), msg.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if rc != 0 {
+        return Err(Error::Runtime(format!("libtorch: {}", short_torch_message(&c_message(&err)))));
+    }
+    Ok(())
 }
 
 /// Runs `f(begin, end)` over sub-ranges of `0..n` on libtorch's intra-op thread pool
@@ -55,8 +71,7 @@ pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) ->
         icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err.as_mut_ptr(), err.len())
     };
     if rc != 0 {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        return Err(Error::Runtime(format!("parallel kernel: {msg}")));
+        return Err(Error::Runtime(format!("parallel kernel: {}", c_message(&err))));
     }
     Ok(())
 }
@@ -117,12 +132,7 @@ pub fn convolution_backward(
         )
     };
     if rc != 0 {
-        // SAFETY: the shim always NUL-terminates within err_len.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        return Err(Error::Runtime(format!(
-            "libtorch convolution_backward: {}",
-            crate::error::short_torch_message(&msg)
-        )));
+        return Err(Error::Runtime(format!("libtorch convolution_backward: {}", short_torch_message(&c_message(&err)))));
     }
     // SAFETY: non-null pointers were allocated by the shim with `new at::Tensor`, which tch frees.
     let wrap = |p: *mut C_tensor| if p.is_null() { None } else { Some(unsafe { Tensor::from_ptr(p) }) };

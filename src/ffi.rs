@@ -12,11 +12,12 @@
 //! reported as a `RuntimeError`: it never unwinds into C++.
 use crate::error::{Error, Result};
 use crate::ic_conv::{self, ConvGeometry, NeedsGrad};
-use crate::{boxsum, type_err, value_err, wld};
+use crate::validate::check_boxsum;
+use crate::{boxsum, wld};
 use std::mem::ManuallyDrop;
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use torch_sys::C_tensor;
 
 pub const ICN_OK: c_int = 0;
@@ -106,44 +107,6 @@ fn give(t: Tensor) -> *mut C_tensor {
 /// `slot` must be a writable pointer slot.
 unsafe fn put(slot: *mut *mut C_tensor, t: Option<Tensor>) {
     *slot = t.map(give).unwrap_or(std::ptr::null_mut());
-}
-
-fn is_float(k: Kind) -> bool {
-    matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
-}
-
-/// Validates the box sum's arguments; returns `(kh, kw, ho, wo)`.
-pub fn check_boxsum(x: &Tensor, kernel_size: &[i64], g: &ConvGeometry) -> Result<[i64; 4]> {
-    let [kh, kw] = match kernel_size {
-        [k] => [*k, *k],
-        [a, b] => [*a, *b],
-        _ => return Err(value_err!("kernel_size: expected 1 or 2 integers, got {}", kernel_size.len())),
-    };
-    if kh <= 0 || kw <= 0 || kh > i32::MAX as i64 || kw > i32::MAX as i64 {
-        return Err(value_err!("kernel_size: expected integers in [1, {}], got {kernel_size:?}", i32::MAX));
-    }
-    if x.dim() != 4 {
-        return Err(value_err!("x: expected a 4-D (N, C, H, W) tensor, got shape {:?}", x.size()));
-    }
-    if !is_float(x.kind()) {
-        return Err(type_err!("x: expected a floating-point tensor (float16/bfloat16/float32/float64), got dtype {:?}", x.kind()));
-    }
-    let s = x.size();
-    if s[1] == 0 || s[2] == 0 || s[3] == 0 {
-        return Err(value_err!("x: expected channels and a non-empty image (C, H, W >= 1), got shape {s:?}"));
-    }
-    let (ho, wo) = (g.out_size(0, s[2], kh), g.out_size(1, s[3], kw));
-    if ho < 1 || wo < 1 {
-        return Err(value_err!(
-            "x: spatial size ({}, {}) with padding {:?} is smaller than the dilated kernel ({}, {})",
-            s[2],
-            s[3],
-            g.padding,
-            g.dilation[0] as i128 * (kh as i128 - 1) + 1,
-            g.dilation[1] as i128 * (kw as i128 - 1) + 1
-        ));
-    }
-    Ok([kh, kw, ho, wo])
 }
 
 unsafe fn geometry(stride: IcnIntList, padding: IcnIntList, dilation: IcnIntList, groups: i64) -> Result<ConvGeometry> {
@@ -324,8 +287,10 @@ pub fn register_ops() -> Result<()> {
     // SAFETY: err is writable for err.len() bytes; the C++ side NUL-terminates.
     let rc = unsafe { icn_register_ops(err.as_mut_ptr(), err.len()) };
     if rc != 0 {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        return Err(Error::Runtime(format!("ic_networks: registering the ops with libtorch failed: {msg}")));
+        return Err(Error::Runtime(format!(
+            "ic_networks: registering the ops with libtorch failed: {}",
+            crate::error::c_message(&err)
+        )));
     }
     Ok(())
 }
@@ -333,6 +298,7 @@ pub fn register_ops() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{type_err, value_err};
 
     #[test]
     fn errors_and_panics_become_codes() {
@@ -342,16 +308,5 @@ mod tests {
         let (code, msg) = catch(|| panic!("boom")).unwrap_err();
         assert_eq!(code, ICN_RUNTIME_ERROR);
         assert!(msg.contains("internal error") && msg.contains("boom"), "{msg}");
-    }
-
-    #[test]
-    fn boxsum_arguments_are_checked() {
-        let g = ConvGeometry::default();
-        let x = Tensor::zeros([1, 2, 5, 5], (Kind::Float, tch::Device::Cpu));
-        assert_eq!(check_boxsum(&x, &[3], &g).unwrap(), [3, 3, 3, 3]);
-        assert!(matches!(check_boxsum(&x, &[0, 3], &g), Err(Error::Value(m)) if m.starts_with("kernel_size")));
-        assert!(matches!(check_boxsum(&x, &[6, 6], &g), Err(Error::Value(m)) if m.contains("smaller than the dilated kernel")));
-        let xi = Tensor::zeros([1, 2, 5, 5], (Kind::Int64, tch::Device::Cpu));
-        assert!(matches!(check_boxsum(&xi, &[3], &g), Err(Error::Type(m)) if m.starts_with("x:")));
     }
 }

@@ -28,7 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
-fn to_py(e: Error) -> PyErr {
+pub(crate) fn to_py(e: Error) -> PyErr {
     match e {
         Error::Value(m) => PyValueError::new_err(m),
         Error::Type(m) => PyTypeError::new_err(m),
@@ -65,7 +65,7 @@ fn check_ic_conv2d(
 #[pyo3(signature = (x, kernel_size, stride, padding, dilation))]
 fn check_boxsum(x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<(i64, i64, i64, i64)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, 1).map_err(to_py)?;
-    let [kh, kw, ho, wo] = ffi::check_boxsum(&x.0, &kernel_size, &g).map_err(to_py)?;
+    let [kh, kw, ho, wo] = validate::check_boxsum(&x.0, &kernel_size, &g).map_err(to_py)?;
     Ok((kh, kw, ho, wo))
 }
 

@@ -111,6 +111,13 @@ pub fn check_args(a: &IcArgs, g: &ConvGeometry) -> Result<IcDims> {
     if let Some(b) = bias {
         check_shape("bias", b, &[cout])?;
     }
+    let (ho, wo) = output_size(g, h, w, kh, kw)?;
+    Ok(IcDims { n, cin, cout, h, w, kh, kw, ho, wo })
+}
+
+/// The output size `(ho, wo)` of a `kh x kw` window over an `h x w` image with geometry `g`, or
+/// the error naming `x` when the image is smaller than the dilated window.
+pub fn output_size(g: &ConvGeometry, h: i64, w: i64, kh: i64, kw: i64) -> Result<(i64, i64)> {
     let (ho, wo) = (g.out_size(0, h, kh), g.out_size(1, w, kw));
     if ho < 1 || wo < 1 {
         return Err(value_err!(
@@ -120,7 +127,31 @@ pub fn check_args(a: &IcArgs, g: &ConvGeometry) -> Result<IcDims> {
             g.dilation[1] as i128 * (kw as i128 - 1) + 1
         ));
     }
-    Ok(IcDims { n, cin, cout, h, w, kh, kw, ho, wo })
+    Ok((ho, wo))
+}
+
+/// Validates the box sum's arguments; returns `(kh, kw, ho, wo)`.
+pub fn check_boxsum(x: &Tensor, kernel_size: &[i64], g: &ConvGeometry) -> Result<[i64; 4]> {
+    let [kh, kw] = match kernel_size {
+        [k] => [*k, *k],
+        [a, b] => [*a, *b],
+        _ => return Err(value_err!("kernel_size: expected 1 or 2 integers, got {}", kernel_size.len())),
+    };
+    if kh <= 0 || kw <= 0 || kh > i32::MAX as i64 || kw > i32::MAX as i64 {
+        return Err(value_err!("kernel_size: expected integers in [1, {}], got {kernel_size:?}", i32::MAX));
+    }
+    if x.dim() != 4 {
+        return Err(value_err!("x: expected a 4-D (N, C, H, W) tensor, got shape {:?}", x.size()));
+    }
+    if !is_float(x.kind()) {
+        return Err(type_err!("x: expected a floating-point tensor (float16/bfloat16/float32/float64), got dtype {:?}", x.kind()));
+    }
+    let s = x.size();
+    if s[1] == 0 || s[2] == 0 || s[3] == 0 {
+        return Err(value_err!("x: expected channels and a non-empty image (C, H, W >= 1), got shape {s:?}"));
+    }
+    let (ho, wo) = output_size(g, s[2], s[3], kh, kw)?;
+    Ok([kh, kw, ho, wo])
 }
 
 /// The backward's own tensors: `grad` and `relu_z` are (N, Cout, Ho, Wo) with x's dtype and device.
@@ -130,4 +161,21 @@ pub fn check_backward(grad: &Tensor, relu_z: &Tensor, x: &Tensor, d: &IcDims) ->
     check_shape("relu_z", relu_z, &want)?;
     check_same("grad", grad, x)?;
     check_same("relu_z", relu_z, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn boxsum_arguments_are_checked() {
+        let g = ConvGeometry::default();
+        let x = Tensor::zeros([1, 2, 5, 5], (Kind::Float, tch::Device::Cpu));
+        assert_eq!(check_boxsum(&x, &[3], &g).unwrap(), [3, 3, 3, 3]);
+        assert!(matches!(check_boxsum(&x, &[0, 3], &g), Err(Error::Value(m)) if m.starts_with("kernel_size")));
+        assert!(matches!(check_boxsum(&x, &[6, 6], &g), Err(Error::Value(m)) if m.contains("smaller than the dilated kernel")));
+        let xi = Tensor::zeros([1, 2, 5, 5], (Kind::Int64, tch::Device::Cpu));
+        assert!(matches!(check_boxsum(&xi, &[3], &g), Err(Error::Type(m)) if m.starts_with("x:")));
+    }
 }

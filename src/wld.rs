@@ -16,14 +16,10 @@
 //! The class indices are checked on the host for CPU targets (a clear `ValueError`), and on the
 //! device for CUDA targets (`at::_assert_async`: no device-to-host copy, so no sync per step; a bad
 //! index fails the stream with a device-side assertion).
+use crate::aten::assert_async;
 use crate::error::{Error, Result};
 use crate::{type_err, value_err};
-use std::os::raw::{c_char, c_int};
 use tch::{Device, Kind, Tensor};
-
-extern "C" {
-    fn icn_assert_async(cond: *const torch_sys::C_tensor, msg: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
-}
 
 /// Hyper-parameters of the loss; defaults are the paper's `e` and a temperature of 4.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,15 +102,7 @@ fn check_classes(target: &Tensor, k: i64) -> Result<()> {
         return Ok(());
     }
     let ok = target.f_ge(0)?.f_logical_and(&target.f_lt(k)?)?.f_all()?;
-    let msg = std::ffi::CString::new(format!("target: class indices must lie in [0, {k})")).expect("no NUL in the message");
-    let mut err = vec![0 as c_char; 1024];
-    // SAFETY: ok is a live tensor; msg and err outlive the call; the shim NUL-terminates err.
-    let rc = unsafe { icn_assert_async(ok.as_ptr(), msg.as_ptr(), err.as_mut_ptr(), err.len()) };
-    if rc != 0 {
-        let m = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        return Err(Error::Runtime(format!("libtorch: {}", crate::error::short_torch_message(&m))));
-    }
-    Ok(())
+    assert_async(&ok, &format!("target: class indices must lie in [0, {k})"))
 }
 
 fn check(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i64)> {

@@ -177,11 +177,7 @@ std::tuple<Tensor, Tensor> ic_conv2d_forward_autograd(const Tensor& x, const Ten
 Tensor ic_conv2d_inference_autograd(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                     const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const bool recording = c10::GradMode::is_enabled() &&
-                         (x.requires_grad() || weight.requires_grad() || adjust_weight.requires_grad() ||
-                          adjust_bias.requires_grad() || alpha.requires_grad() ||
-                          (bias.has_value() && bias->defined() && bias->requires_grad()));
-  if (!recording) {  // the usual case (ic_conv2d calls it only then): no graph node to build
+  if (!wants_grad({&x, &weight, &adjust_weight, &adjust_bias, &alpha, bias.has_value() ? &*bias : nullptr})) {  // the usual case (ic_conv2d calls it only then): no graph node to build
     at::AutoDispatchBelowADInplaceOrView below;
     return call_ic_conv2d_inference(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
                                     groups);

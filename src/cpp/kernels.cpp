@@ -8,7 +8,9 @@
 
 #include <c10/core/DeviceGuard.h>
 
+#include <cstddef>
 #include <string>
+#include <tuple>
 
 extern "C" {
 
@@ -139,50 +141,18 @@ Tensor wld_loss_backward_kernel(const Tensor& grad, const Tensor& student_logits
 
 namespace {
 
-// CUDA: the same kernels, with x's device made current (streams and handles are per device).
-std::tuple<Tensor, Tensor> ic_conv2d_forward_cuda(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
-                                                  const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
-                                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                                  int64_t groups) {
-  c10::OptionalDeviceGuard guard(x.device());
-  return ic_conv2d_forward_kernel(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
-                                  groups);
-}
+// CUDA: the same kernels, with the device of argument I made current (streams and handles are
+// per device): OnDevice<&kernel, I>::call has the kernel's signature.
+template <auto Kernel, size_t I>
+struct OnDevice;
 
-Tensor ic_conv2d_inference_cuda(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
-                                const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
-                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  c10::OptionalDeviceGuard guard(x.device());
-  return ic_conv2d_inference_kernel(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
-                                    groups);
-}
-
-Tensor6 ic_conv2d_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
-                                const Tensor& adjust_bias, const Tensor& alpha, const Tensor& relu_z, bool has_bias,
-                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                std::array<bool, 6> needs) {
-  c10::OptionalDeviceGuard guard(x.device());
-  return ic_conv2d_backward_kernel(grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride,
-                                   padding, dilation, groups, needs);
-}
-
-Tensor boxsum_cuda(const Tensor& x, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
-                   IntArrayRef dilation) {
-  c10::OptionalDeviceGuard guard(x.device());
-  return boxsum_kernel(x, kernel_size, stride, padding, dilation);
-}
-
-std::tuple<Tensor, Tensor, Tensor> wld_loss_cuda(const Tensor& student_logits, const Tensor& teacher_logits,
-                                                 const Tensor& target, double lam, double e, double tau) {
-  c10::OptionalDeviceGuard guard(student_logits.device());
-  return wld_loss_kernel(student_logits, teacher_logits, target, lam, e, tau);
-}
-
-Tensor wld_loss_backward_cuda(const Tensor& grad, const Tensor& student_logits, const Tensor& teacher_logits,
-                              const Tensor& target, double lam, double e, double tau) {
-  c10::OptionalDeviceGuard guard(student_logits.device());
-  return wld_loss_backward_kernel(grad, student_logits, teacher_logits, target, lam, e, tau);
-}
+template <typename R, typename... A, R (*Kernel)(A...), size_t I>
+struct OnDevice<Kernel, I> {
+  static R call(A... a) {
+    c10::OptionalDeviceGuard guard(std::get<I>(std::forward_as_tuple(a...)).device());
+    return Kernel(a...);
+  }
+};
 
 }  // namespace
 
@@ -195,13 +165,13 @@ void register_cpu(torch::Library& m) {
   m.impl("wld_loss_backward", TORCH_FN(wld_loss_backward_kernel));
 }
 
-void register_cuda(torch::Library& m) {
-  m.impl("ic_conv2d_forward", TORCH_FN(ic_conv2d_forward_cuda));
-  m.impl("ic_conv2d_inference", TORCH_FN(ic_conv2d_inference_cuda));
-  m.impl("ic_conv2d_backward", TORCH_FN(ic_conv2d_backward_cuda));
-  m.impl("boxsum", TORCH_FN(boxsum_cuda));
-  m.impl("wld_loss", TORCH_FN(wld_loss_cuda));
-  m.impl("wld_loss_backward", TORCH_FN(wld_loss_backward_cuda));
+void register_cuda(torch::Library& m) {  // the device of x (student_logits for the losses)
+  m.impl("ic_conv2d_forward", TORCH_FN((OnDevice<&ic_conv2d_forward_kernel, 0>::call)));
+  m.impl("ic_conv2d_inference", TORCH_FN((OnDevice<&ic_conv2d_inference_kernel, 0>::call)));
+  m.impl("ic_conv2d_backward", TORCH_FN((OnDevice<&ic_conv2d_backward_kernel, 1>::call)));
+  m.impl("boxsum", TORCH_FN((OnDevice<&boxsum_kernel, 0>::call)));
+  m.impl("wld_loss", TORCH_FN((OnDevice<&wld_loss_kernel, 0>::call)));
+  m.impl("wld_loss_backward", TORCH_FN((OnDevice<&wld_loss_backward_kernel, 1>::call)));
 }
 
 }  // namespace icn

@@ -29,14 +29,6 @@ c10::TypedOperatorHandle<Sig> handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-bool wants_grad(std::initializer_list<const Tensor*> ts) {
-  if (!c10::GradMode::is_enabled()) return false;
-  for (const Tensor* t : ts) {
-    if (t != nullptr && t->defined() && t->requires_grad()) return true;
-  }
-  return false;
-}
-
 // The public op: the training forward when a gradient may be needed (its relu_z output is kept for
 // the backward), else the inference forward (no relu_z is written). An unbatched (C, H, W) input is
 // treated as a batch of one, as nn.Conv2d does.

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <torch/library.h>
 
 #include <array>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 
@@ -54,6 +56,16 @@ std::tuple<Tensor, Tensor, Tensor> call_wld_loss(const Tensor& student_logits, c
                                                  const Tensor& target, double lam, double e, double tau);
 Tensor call_wld_loss_backward(const Tensor& grad, const Tensor& student_logits, const Tensor& teacher_logits,
                               const Tensor& target, double lam, double e, double tau);
+
+// Whether autograd records a call on these tensors (grad mode on, one of them requires grad;
+// null or undefined entries are skipped).
+inline bool wants_grad(std::initializer_list<const Tensor*> ts) {
+  if (!c10::GradMode::is_enabled()) return false;
+  for (const Tensor* t : ts) {
+    if (t != nullptr && t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
 
 // Registration bodies, one per dispatch key (each file registers its own).
 void define_ops(torch::Library& m);          // ops.cpp: schemas + CompositeImplicitAutograd ic_conv2d

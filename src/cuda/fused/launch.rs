@@ -219,12 +219,12 @@ pub(crate) fn launch(
     }
     // SAFETY: args point at live values of the kernel's parameter types (see the #[repr(C)]
     // structs below); the stream is the caller's.
-    unsafe {
-        cu_check(
-            &format!("launch {name}"),
-            sys::cuLaunchKernel(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()),
-        )
+    let status =
+        unsafe { sys::cuLaunchKernel(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()) };
+    if status == sys::CUresult::CUDA_SUCCESS {
+        return Ok(()); // no message to format on the hot path
     }
+    cu_check(&format!("launch {name}"), status)
 }
 
 // ------------------------------------------------------------------ parameters (collision.cu)

@@ -129,17 +129,17 @@ pub fn layer_backward(
         };
         let mut dwa = None;
         if g.stride == [1, 1] {
-            // G = boxsum^T(gz) on x's grid: dx -= W'^T G, dW' = -G x^T
-            if let Some(d) = dx.as_mut() {
-                if !sub_adjoint_gemm(d, &fg.g, adjust_weight, g.groups)? {
-                    let (dxb, _) = convolution_backward(&fg.g, x, adjust_weight, &one, true, false)?;
-                    if let Some(b) = dxb {
-                        let _ = d.f_sub_(&b)?;
-                    }
+            // G = boxsum^T(gz) on x's grid: dx -= W'^T G (one GEMM into dx where the layouts
+            // allow), dW' = -G x^T; whatever is left takes one convolution_backward call
+            let need_dxb = match dx.as_mut() {
+                Some(d) => !sub_adjoint_gemm(d, &fg.g, adjust_weight, g.groups)?,
+                None => false,
+            };
+            if need_dxb || nwa {
+                let (dxb, w) = convolution_backward(&fg.g, x, adjust_weight, &one, need_dxb, nwa)?;
+                if let (Some(d), Some(b)) = (dx.as_mut(), dxb) {
+                    let _ = d.f_sub_(&b)?;
                 }
-            }
-            if nwa {
-                let (_, w) = convolution_backward(&fg.g, x, adjust_weight, &one, false, true)?;
                 dwa = w.map(|t| t.f_neg()).transpose()?;
             }
         } else if nx || nwa {

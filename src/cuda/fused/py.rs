@@ -2,19 +2,11 @@
 //! the GPU validation suite (scripts/gpu_check.sh, tests/test_cuda_fused_gpu.py) and for wiring
 //! behind the switch. `stream` is `torch.cuda.current_stream().cuda_stream`.
 use super::{Box2, BoxsumMode, FusedGrads, RawStream};
-use crate::error::Error;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use crate::to_py;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
-
-fn to_py(e: Error) -> PyErr {
-    match e {
-        Error::Value(m) => PyValueError::new_err(m),
-        Error::Type(m) => PyTypeError::new_err(m),
-        Error::Runtime(m) => PyRuntimeError::new_err(m),
-    }
-}
 
 fn pair(name: &str, v: &[i64]) -> PyResult<[i64; 2]> {
     match v {
