@@ -12,6 +12,8 @@
 # Extra arguments go to pytest. Prints one line "compat torch=... build_s=... tests=... result=...".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 VERSION=${1:?usage: scripts/compat.sh TORCH_VERSION [pytest args]}
 shift
 minor=$(echo "$VERSION" | cut -d. -f2)
@@ -57,17 +59,10 @@ python -c "import ic_networks as icn, torch; print('ic_networks', icn.__version_
 # Right after the install, so that maturin's second run only repackages (cargo test's build
 # environment differs and reruns build.rs).
 echo "== [$VERSION] the wheel, for tests/test_install.py"
-wheels=$(mktemp -d)
-python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
-export IC_TEST_WHEEL
-IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
+build_test_wheel
 echo "== [$VERSION] cargo test"
-TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 log=$(mktemp)
-if ! LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release >"$log" 2>&1; then
-  cat "$log"; echo "cargo test failed on torch $VERSION" >&2; exit 1
-fi
-grep -E "^(running|test result)" "$log"
+cargo_test_release "$log" "torch $VERSION"
 rust_tests=$(awk '/^test result/ { for (i = 1; i < NF; i++) if ($(i + 1) == "passed;") n += $i } END { print n + 0 }' "$log")
 
 # The default environment's torch, when it is another minor: the real cross-version import check.

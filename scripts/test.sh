@@ -3,6 +3,8 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k ic_conv`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 bash scripts/setup.sh
 . "${IC_VENV:-.venv}/bin/activate"
 # mmdetection for tests/test_mmdet.py (compiles mmcv once, ~10 min; IC_SKIP_MMDET=1 skips it and
@@ -18,17 +20,8 @@ fi
 # The wheel for tests/test_install.py, built now, while maturin's build environment still matches
 # the set-up's (cargo test's differs and reruns build.rs).
 echo "== the wheel (maturin, via pip wheel)"
-wheels=$(mktemp -d)
-python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
-export IC_TEST_WHEEL
-IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
+build_test_wheel
 echo "== cargo test"
-# unit-test binaries in src/ find libtorch through LD_LIBRARY_PATH (tests/*.rs get an rpath, build.rs)
-TORCH_LIB=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
-log=$(mktemp)
-if ! LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release >"$log" 2>&1; then
-  cat "$log"; echo "cargo test failed" >&2; exit 1
-fi
-grep -E "^(running|test result)" "$log"
+cargo_test_release "$(mktemp)"
 echo "== pytest"
 python -m pytest -q -ra "$@"
