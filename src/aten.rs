@@ -1,5 +1,6 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
-//! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`). Imports only `error.rs`
+//! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
+//! stream). Imports only `error.rs`
 //! and `geometry.rs`.
 use crate::error::{c_message, short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
@@ -35,6 +36,21 @@ extern "C" {
     ) -> c_int;
 
     fn icn_assert_async(cond: *const C_tensor, msg: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
+
+    fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+/// PyTorch's current stream on CUDA device `index` (`torch.cuda.current_stream(index)`), as the
+/// raw `cudaStream_t` value; borrowed, never destroyed here. An error with CPU-only torch.
+pub fn current_cuda_stream(index: usize) -> Result<usize> {
+    let mut err = vec![0 as c_char; 1024];
+    let mut stream: *mut c_void = std::ptr::null_mut();
+    // SAFETY: the out pointer and the error buffer outlive the call; the shim NUL-terminates err.
+    let rc = unsafe { icn_current_cuda_stream(index as i64, &mut stream, err.as_mut_ptr(), err.len()) };
+    if rc != 0 {
+        return Err(Error::Runtime(format!("libtorch: current CUDA stream: {}", short_torch_message(&c_message(&err)))));
+    }
+    Ok(stream as usize)
 }
 
 /// `at::_assert_async(cond, msg)`: fails the stream with `msg` when the one-element bool tensor

@@ -117,3 +117,16 @@ fn without_a_driver_nothing_is_available_and_nothing_panics() {
         assert!(e.contains("unavailable"), "{e}");
     }
 }
+
+#[test]
+fn the_current_stream_comes_from_pytorch_or_as_an_error() {
+    // The op takes PyTorch's current CUDA stream through c10's device-guard interface: on a GPU a
+    // handle (the default stream is 0), without one an error, never an abort.
+    let r = _core::aten::current_cuda_stream(0);
+    if tch::Cuda::is_available() {
+        r.unwrap();
+    } else {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("current CUDA stream"), "{e}");
+    }
+}

@@ -1,11 +1,12 @@
-// The single ATen call that tch 0.26 does not expose: at::convolution_backward.
-// It selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on CUDA),
+// The libtorch entry points that tch 0.26 does not expose: at::convolution_backward,
+// at::parallel_for, at::_assert_async, and PyTorch's current CUDA stream. convolution_backward selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on CUDA),
 // which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
 // only forwards arguments and turns C++ exceptions into an error string.
 #include "error_buf.h"
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <atomic>
 #include <array>
 #include <cstring>
@@ -59,6 +60,21 @@ int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, 
 int icn_assert_async(const at::Tensor* cond, const char* msg, char* err, size_t err_len) {
   try {
     at::_assert_async(*cond, msg);
+    return 0;
+  } catch (const std::exception& e) {
+    return icn::write_error(err, err_len, e.what());
+  }
+}
+
+// PyTorch's current stream on CUDA device `index` as a raw cudaStream_t (borrowed), through the
+// device-guard interface that torch's CUDA library registers in c10: no CUDA header or library is
+// needed at build time. Returns 0, or 1 with a message (CPU-only torch: CUDA is not registered).
+int icn_current_cuda_stream(int64_t index, void** stream, char* err, size_t err_len) {
+  *stream = nullptr;
+  try {
+    const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+    *stream = impl->getStreamNativeHandle(impl->getStream(device));
     return 0;
   } catch (const std::exception& e) {
     return icn::write_error(err, err_len, e.what());
