@@ -23,7 +23,7 @@
 //! |---------------|---------------------------------------------------------|------------------------------|
 //! | `CpuFusedBox` | CPU f32/f64 dense in one order, stride 1, Cout <= 2 Cin | `cpu/collision_box.rs`, `cpu/gemm.rs` |
 //! | `CpuFused`    | CPU f32/f64 dense in one order, otherwise               | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
-//! | `Cuda`        | CUDA tensors                                            | `cuda/` (today: `libtorch/`) |
+//! | `Cuda`        | CUDA tensors                                            | `cuda/`: fused kernels when switched on, else `libtorch/` |
 //! | `Libtorch`    | everything else: half types, odd strides, mixed memory orders, kernels off | `libtorch/` |
 //!
 //! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
@@ -49,7 +49,7 @@ pub enum Backend {
     CpuFusedBox(cpu::Plan),
     /// Rust CPU kernels: box sum, 1x1 as GEMMs, fused collision (`cpu/collision.rs`).
     CpuFused(cpu::Plan),
-    /// CUDA tensors (`cuda/`, today the libtorch ops on the GPU).
+    /// CUDA tensors (`cuda/`: the fused kernels when switched on, else the libtorch ops).
     Cuda,
     /// libtorch ops on any device, dtype and layout (`libtorch/`).
     Libtorch,
@@ -73,7 +73,7 @@ impl CallTraits {
     pub fn of(ts: &[&Tensor]) -> Self {
         let x = ts[0];
         let layout = layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
-        Self { device: x.device(), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
+        Self { device: cuda::backend_device(x), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
     }
 }
 
@@ -133,8 +133,8 @@ pub fn forward_inference(
     Ok(run_forward(&args, g, false)?.0)
 }
 
-/// The forward on an [`IcArgs`]: `(out, relu_z)`, `relu_z` only if `keep_relu_z` (the CPU
-/// backends return it always except CpuFusedBox without `keep_relu_z`).
+/// The forward on an [`IcArgs`]: `(out, relu_z)`, `relu_z` only if `keep_relu_z` (the libtorch
+/// and CpuFused backends return it always).
 pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
     let d = check_args(a, g)?;
     tch::no_grad(|| {
@@ -150,7 +150,7 @@ pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(T
         let (out, relu_z) = match choose(&CallTraits::of(&[a.x, &y]), &d, g, true) {
             Backend::CpuFusedBox(plan) => return plan.forward_box(&y, a, &shift, &d, g, keep_relu_z),
             Backend::CpuFused(plan) => plan.forward(&y, a, &shift, &d, g)?,
-            Backend::Cuda => cuda::forward(y, a, &shift, &d, g)?,
+            Backend::Cuda => return cuda::forward(y, a, &shift, &d, g, keep_relu_z),
             Backend::Libtorch => libtorch::forward(y, a, &shift, &d, g)?,
         };
         Ok((out, Some(relu_z)))
@@ -192,7 +192,7 @@ pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, 
         let cg = match backend {
             Backend::CpuFusedBox(plan) => plan.collision_box_backward(grad, relu_z, alpha, &needs, &d, g)?,
             Backend::CpuFused(plan) => plan.collision_backward(grad, relu_z, alpha, &needs)?,
-            Backend::Cuda => cuda::collision_backward(grad, relu_z, alpha, &needs)?,
+            Backend::Cuda => cuda::collision_backward(grad, relu_z, alpha, &needs, &d, g)?,
             Backend::Libtorch => libtorch::collision_backward(grad, relu_z, alpha, &needs)?,
         };
         let mut out = IcGrads {

@@ -1,20 +1,85 @@
 //! The CUDA backend of the IC convolution: `Backend::Cuda` in `ic_conv.rs` runs these three
 //! functions for CUDA tensors.
 //!
-//! Today the CUDA route is the libtorch implementation (`libtorch/`): cuDNN for the 1x1 and the
-//! depthwise box-sum convolutions, libtorch's CUDA kernels for the elementwise collision (three
-//! passes forward, a few backward). The re-exports below are that route, not placeholders: every
-//! CUDA call runs them.
+//! Two routes, chosen per call:
 //!
-//! This directory is where the fused CUDA kernels go, the counterparts of `cpu/collision.rs` and
-//! `cpu/collision_box.rs` (one pass over the output forward and backward, the box sum inside the
-//! collision at stride 1), written in CUDA C, compiled at run time with NVRTC and launched
-//! through `cudarc` on libtorch's current stream, with one `.rs` file per kernel family as in
-//! `cpu/`. A kernel replaces its re-export here; `ic_conv.rs` does not change.
+//! * the fused kernels (`fused/`): CUDA C compiled at run time by NVRTC and launched through
+//!   `cudarc` on PyTorch's current stream, one pass over the output forward and backward, the box
+//!   sum inside the collision at stride 1. Taken when the switch is on ([`fused::enabled`]:
+//!   `IC_NETWORKS_CUDA_KERNELS=1` or `_core.cuda_fused_set_enabled(True)`, and libcuda + NVRTC
+//!   present) and the kernels take the call;
+//! * the libtorch ops (`libtorch/`): cuDNN for the 1x1 and the depthwise box-sum convolutions,
+//!   libtorch's CUDA kernels for the elementwise collision. The default, and the fallback for
+//!   every call the kernels decline.
 //!
-//! Imports only `libtorch/` (and, with the kernels, the leaves).
-pub use crate::libtorch::{adjust_backward, collision_backward, forward};
-
-/// The fused kernels (not yet routed from the op: reached through the `_core.cuda_fused_*`
-/// bindings until validated on a GPU; see docs/cuda-kernels.md).
+//! The switch is off by default until the fused route has passed the GPU suite
+//! (docs/cuda-kernels.md).
+//!
+//! Imports `libtorch/`, `aten.rs` (the current stream) and the leaves.
 pub mod fused;
+
+use crate::error::Result;
+use crate::geometry::{ConvGeometry, IcDims};
+use crate::libtorch;
+use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
+use tch::{Device, Tensor};
+
+/// The device a call's backend is chosen for: x's, except that the test hook
+/// `IC_NETWORKS_CUDA_EMULATION=1` makes CPU tensors count as CUDA device 0 (with the stand-in
+/// driver of tests/cuda_emu, the whole CUDA route then runs without a GPU).
+pub fn backend_device(x: &Tensor) -> Device {
+    match x.device() {
+        Device::Cpu if fused::emulation() => Device::Cuda(0),
+        d => d,
+    }
+}
+
+/// PyTorch's current stream for `t`'s device when the fused route is on, `None` when it is off.
+fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
+    if !fused::enabled() {
+        return Ok(None);
+    }
+    match t.device() {
+        Device::Cuda(i) => Ok(Some(crate::aten::current_cuda_stream(i)?)),
+        _ => Ok(Some(0)), // the emulation: the stand-in driver ignores streams
+    }
+}
+
+/// The forward after `y = conv(x, W) + b2`: `(out, relu_z)`, `relu_z` only with `keep_relu_z`
+/// on the fused route (the libtorch route always returns it).
+pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+    if let Some(stream) = fused_stream(&y)? {
+        if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
+            return Ok(r);
+        }
+    }
+    let (out, relu_z) = libtorch::forward(y, a, shift, d, g)?;
+    Ok((out, Some(relu_z)))
+}
+
+/// The collision backward (`gy`, the P path's gradient, the sums).
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
+    if let Some(stream) = fused_stream(grad)? {
+        if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
+            return Ok(r);
+        }
+    }
+    libtorch::collision_backward(grad, relu_z, alpha, needs)
+}
+
+/// The P path's gradients, for the route [`collision_backward`] took (its [`AdjustGrad`] says
+/// which).
+pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+    match adjust {
+        AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs),
+        AdjustGrad::Gz { gz, scale: None } => {
+            if let Some(stream) = fused_stream(a.x)? {
+                if let Some(r) = fused::layer::adjust_strided(&gz, dx.as_ref().map(|t| t.shallow_clone()), a, d, g, needs, stream)? {
+                    return Ok(r);
+                }
+            }
+            libtorch::adjust_backward(AdjustGrad::Gz { gz, scale: None }, dx, a, d, g, needs)
+        }
+        adjust => libtorch::adjust_backward(adjust, dx, a, d, g, needs),
+    }
+}

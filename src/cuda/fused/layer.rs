@@ -1,69 +1,127 @@
-//! The whole IC layer on CUDA with the fused kernels: what the op calls behind the switch.
+//! The device-specific steps of the IC convolution on the fused kernels: what `Backend::Cuda`
+//! (`src/cuda/mod.rs`) runs when the switch is on. The same three steps as every backend
+//! (`ic_conv.rs` does the main convolution, its gradients and the signs):
 //!
-//! `layer_forward` / `layer_backward` take the op's arguments (already validated by the op's
-//! input checks) and return `Ok(None)` when the fused path does not apply, so the caller keeps
-//! its libtorch path. The convolutions stay with cuDNN/cuBLAS. At stride 1 the 1x1 input gradient
-//! is subtracted by one GEMM that accumulates into the conv's dx (beta = 1), with no temporary.
-use super::{box_backward, box_forward, boxsum, boxsum_t_, collision_backward, collision_forward, Box2, BoxsumMode, RawStream};
+//! * [`forward`]: after `y = conv(x, W) + b2`, the P path and the collision, `y` overwritten by
+//!   `out`;
+//! * [`collision_backward`]: `gy`, the gradient into the P path, db1, db2, d alpha;
+//! * [`adjust_on_input`] / [`adjust_strided`]: the P path's gradients (dx, dW').
+//!
+//! Each returns `Ok(None)` when the kernels do not apply (dtype, int32 indexing, halo too large
+//! for shared memory) before it has written anything, and the caller takes the libtorch path.
+//! The convolutions stay with cuDNN/cuBLAS. At stride 1 the 1x1 input gradient is subtracted by
+//! one GEMM that accumulates into the conv's dx (beta = 1), with no temporary.
+use super::{box_backward, box_forward, boxsum, boxsum_t_, collision_backward as fused_collision_backward, collision_forward, Box2, BoxsumMode, RawStream};
 use crate::aten::convolution_backward;
 use crate::error::Result;
-use tch::{Device, Tensor};
+use crate::geometry::{ConvGeometry, IcDims};
+use crate::layout::{layout_of, Layout};
+use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
+use tch::Tensor;
 
-/// Geometry of the main convolution (the box sum shares stride, padding and dilation).
-pub use crate::geometry::ConvGeometry as Geometry;
-
-fn on_cuda(x: &Tensor) -> bool {
-    (matches!(x.device(), Device::Cuda(_)) || (x.device() == Device::Cpu && super::emulation())) && super::available()
-}
-
-/// Forward: `(out, relu_z)` (`relu_z` only with `keep_relu_z`), or `None`.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_forward(
-    x: &Tensor,
-    weight: &Tensor,
-    adjust_weight: &Tensor,
-    adjust_bias: &Tensor,
-    alpha: &Tensor,
-    bias: Option<&Tensor>,
-    g: &Geometry,
-    keep_relu_z: bool,
-    stream: RawStream,
-) -> Result<Option<(Tensor, Option<Tensor>)>> {
-    if !on_cuda(x) || x.dim() != 4 || weight.dim() != 4 {
-        return Ok(None);
+impl Box2 {
+    /// The box of a layer: the main kernel's size, with its stride, padding and dilation.
+    pub fn of(d: &IcDims, g: &ConvGeometry) -> Self {
+        Box2 { k: [d.kh, d.kw], stride: g.stride, padding: g.padding, dilation: g.dilation }
     }
-    tch::no_grad(|| {
-        let k = [weight.size()[2], weight.size()[3]];
-        let y = x.f_conv2d(weight, bias, g.stride, g.padding, g.dilation, g.groups)?;
-        if y.numel() == 0 {
-            let rz = if keep_relu_z { Some(y.f_zeros_like()?) } else { None };
-            return Ok(Some((y, rz)));
-        }
-        let shift = match bias {
-            Some(b) => adjust_bias.f_sub(b)?,
-            None => adjust_bias.shallow_clone(),
-        };
-        if g.stride == [1, 1] {
-            let q = x.f_conv2d(adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
-            return box_forward(&y, &q, &shift, alpha, k, g.padding, g.dilation, keep_relu_z, stream);
-        }
-        let b = Box2 { k, stride: g.stride, padding: g.padding, dilation: g.dilation };
-        let Some(s) = boxsum(x, &b, stream)? else { return Ok(None) };
-        let p = s.f_conv2d(adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
-        drop(s);
-        collision_forward(&y, &p, &shift, alpha, keep_relu_z, stream)
-    })
 }
 
-/// Which gradients are wanted, in the op's order: x, weight, adjust_weight, adjust_bias, alpha, bias.
-pub type Needs = [bool; 6];
-/// The gradients in that order.
-pub type Grads = [Option<Tensor>; 6];
+/// Forward after `y = conv(x, W) + b2` (N, Cout, Ho, Wo), `shift = b1 - b2`: `(out, relu_z)`
+/// (`relu_z` only with `keep_relu_z`), `out` written over `y`; or `None`.
+///
+/// Stride 1: `Q = conv1x1(x, W')` on x's grid, then one kernel does the box sum of `Q` (box and
+/// 1x1 commute) and the collision. Other strides: `S = boxsum(x)`, `P = conv1x1(S, W')`, then the
+/// collision kernel.
+pub fn forward(y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool, stream: RawStream) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    if g.unit_stride() {
+        let q = a.x.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
+        return counted(box_forward(y, &q, shift, a.alpha, [d.kh, d.kw], g.padding, g.dilation, keep_relu_z, stream)?);
+    }
+    let Some(s) = boxsum(a.x, &Box2::of(d, g), stream)? else { return Ok(None) };
+    let p = s.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
+    drop(s);
+    counted(collision_forward(y, &p, shift, a.alpha, keep_relu_z, stream)?)
+}
+
+/// Passes `r` through, counting it in [`super::calls`] when the kernels ran.
+fn counted<T>(r: Option<T>) -> Result<Option<T>> {
+    if r.is_some() {
+        super::record_call();
+    }
+    Ok(r)
+}
+
+/// The collision backward for `grad`, `relu_z` (N, Cout, Ho, Wo), or `None`. At stride 1 with the
+/// P path needed, the transposed box sum is fused in: the gradient into the P path comes back as
+/// `G = boxsum^T(gz)` on x's grid ([`AdjustGrad::OnInput`], for [`adjust_on_input`]); otherwise as
+/// `gz` itself ([`AdjustGrad::Gz`] without `scale`, for [`adjust_strided`]). The sums are
+/// deterministic (no atomics).
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry, stream: RawStream) -> Result<Option<CollisionGrads>> {
+    let need_gy = needs.main_path();
+    let on_input = g.unit_stride() && needs.adjust_path();
+    let fg = if on_input {
+        box_backward(grad, relu_z, alpha, [d.h, d.w], [d.kh, d.kw], g.padding, g.dilation, need_gy, stream)?
+    } else {
+        fused_collision_backward(grad, relu_z, alpha, need_gy, stream)?
+    };
+    let Some(fg) = fg else { return Ok(None) };
+    super::record_call();
+    let kind = grad.kind();
+    Ok(Some(CollisionGrads {
+        gy: fg.gy,
+        adjust: if on_input { AdjustGrad::OnInput(fg.g) } else { AdjustGrad::Gz { gz: fg.g, scale: None } },
+        dalpha: if needs.alpha { Some(fg.dalpha) } else { None },
+        db1: if needs.adjust_bias { Some(fg.db1.f_to_kind(kind)?) } else { None },
+        db2: if needs.bias { Some(fg.db2.f_to_kind(kind)?) } else { None },
+    }))
+}
+
+/// The P path's gradients from `G = boxsum^T(gz)` on x's grid (stride 1): `dx -= W'^T G` (one
+/// GEMM into `dx` where the layouts allow, else returned as `dxb`) and `dW' = G x^T`, before the
+/// sign (`ic_conv.rs` applies it). Plain libtorch calls: never declines.
+pub fn adjust_on_input(gq: &Tensor, dx: Option<Tensor>, a: &IcArgs, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+    let mut dx = dx;
+    let subtracted = match dx.as_mut() {
+        Some(d) if needs.x => sub_adjoint_gemm(d, gq, a.adjust_weight, g.groups)?,
+        _ => false,
+    };
+    let need_dxb = needs.x && !subtracted;
+    let (dxb, dwa) = if need_dxb || needs.adjust_weight {
+        convolution_backward(gq, a.x, a.adjust_weight, &ConvGeometry::pointwise(g.groups), need_dxb, needs.adjust_weight)?
+    } else {
+        (None, None)
+    };
+    Ok(AdjustParts { dx, dxb, dwa, scale: None })
+}
+
+/// The P path's gradients from `gz` (N, Cout, Ho, Wo) on the output grid, alpha included (any
+/// stride): `S = boxsum(x)` recomputed, `dS = W'^T gz`, `dW' = gz S^T`, and `dx -= boxsum^T(dS)`
+/// in place, before the sign of dW'. `None` when the box-sum kernel does not apply.
+pub fn adjust_strided(gz: &Tensor, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad, stream: RawStream) -> Result<Option<AdjustParts>> {
+    let b = Box2::of(d, g);
+    let Some(s) = boxsum(a.x, &b, stream)? else { return Ok(None) };
+    let (ds, dwa) = convolution_backward(gz, &s, a.adjust_weight, &ConvGeometry::pointwise(g.groups), needs.x, needs.adjust_weight)?;
+    drop(s);
+    let mut dx = dx;
+    let mut dxb = None;
+    if let (Some(dxm), Some(ds)) = (dx.as_mut(), ds) {
+        if !boxsum_t_(dxm, &ds, &b, BoxsumMode::Subtract, stream)? {
+            let dense = dxm.f_contiguous()?;
+            if boxsum_t_(&dense, &ds, &b, BoxsumMode::Subtract, stream)? {
+                *dxm = dense;
+            } else {
+                let nhwc = matches!(layout_of(&ds), Some(Layout::Nhwc { .. }));
+                dxb = Some(crate::libtorch::boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, nhwc)?);
+            }
+        }
+    }
+    counted(Some(AdjustParts { dx, dxb, dwa, scale: None }))
+}
 
 /// `dx -= W'^T G` (1x1, groups 1) as one GEMM accumulating into `dx`, when `dx` and `g` share a
 /// dense layout; `false` if not (the caller subtracts a separately computed product).
 fn sub_adjoint_gemm(dx: &Tensor, g: &Tensor, adjust_weight: &Tensor, groups: i64) -> Result<bool> {
-    if groups != 1 {
+    if groups != 1 || dx.kind() != g.kind() || adjust_weight.kind() != g.kind() {
         return Ok(false);
     }
     let (xs, gs) = (dx.size(), g.size());
@@ -92,84 +150,10 @@ fn sub_adjoint_gemm(dx: &Tensor, g: &Tensor, adjust_weight: &Tensor, groups: i64
     Ok(false)
 }
 
-/// Backward: the gradients `needs` asks for, or `None`.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_backward(
-    grad: &Tensor,
-    x: &Tensor,
-    weight: &Tensor,
-    adjust_weight: &Tensor,
-    alpha: &Tensor,
-    relu_z: &Tensor,
-    g: &Geometry,
-    needs: Needs,
-    stream: RawStream,
-) -> Result<Option<Grads>> {
-    if !on_cuda(x) || x.dim() != 4 || weight.dim() != 4 {
-        return Ok(None);
-    }
-    if x.size()[0] == 0 {
-        return Ok(None); // the op's zero-batch path
-    }
-    let [nx, nw, nwa, nb1, na, nb2] = needs;
-    tch::no_grad(|| {
-        let k = [weight.size()[2], weight.size()[3]];
-        let xs = x.size();
-        let need_gy = nx || nw;
-        let one = Geometry::pointwise(g.groups);
-        let fg = if g.stride == [1, 1] {
-            box_backward(grad, relu_z, alpha, [xs[2], xs[3]], k, g.padding, g.dilation, need_gy, stream)?
-        } else {
-            collision_backward(grad, relu_z, alpha, need_gy, stream)?
-        };
-        let Some(fg) = fg else { return Ok(None) };
-        let (mut dx, dw) = match &fg.gy {
-            Some(gy) => convolution_backward(gy, x, weight, g, nx, nw)?,
-            None => (None, None),
-        };
-        let mut dwa = None;
-        if g.stride == [1, 1] {
-            // G = boxsum^T(gz) on x's grid: dx -= W'^T G (one GEMM into dx where the layouts
-            // allow), dW' = -G x^T; whatever is left takes one convolution_backward call
-            let need_dxb = match dx.as_mut() {
-                Some(d) => !sub_adjoint_gemm(d, &fg.g, adjust_weight, g.groups)?,
-                None => false,
-            };
-            if need_dxb || nwa {
-                let (dxb, w) = convolution_backward(&fg.g, x, adjust_weight, &one, need_dxb, nwa)?;
-                if let (Some(d), Some(b)) = (dx.as_mut(), dxb) {
-                    let _ = d.f_sub_(&b)?;
-                }
-                dwa = w.map(|t| t.f_neg()).transpose()?;
-            }
-        } else if nx || nwa {
-            // gz on the output grid: dS = W'^T gz, dW' = -gz S^T (S recomputed), dx -= boxsum^T(dS)
-            let b = Box2 { k, stride: g.stride, padding: g.padding, dilation: g.dilation };
-            let Some(s) = boxsum(x, &b, stream)? else { return Ok(None) };
-            let (ds, w) = convolution_backward(&fg.g, &s, adjust_weight, &one, nx, nwa)?;
-            dwa = w.map(|t| t.f_neg()).transpose()?;
-            if let (Some(d), Some(ds)) = (dx.as_mut(), ds) {
-                if !boxsum_t_(d, &ds, &b, BoxsumMode::Subtract, stream)? {
-                    let dense = d.f_contiguous()?;
-                    if !boxsum_t_(&dense, &ds, &b, BoxsumMode::Subtract, stream)? {
-                        return Ok(None);
-                    }
-                    *d = dense;
-                }
-            }
-        }
-        let kind = weight.kind();
-        let db1 = if nb1 { Some(fg.db1.f_to_kind(kind)?) } else { None };
-        let db2 = if nb2 { Some(fg.db2.f_to_kind(kind)?) } else { None };
-        let da = if na { Some(fg.dalpha.f_to_kind(alpha.kind())?.f_reshape(alpha.size())?) } else { None };
-        Ok(Some([if nx { dx } else { None }, if nw { dw } else { None }, dwa, db1, da, db2]))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
+    use tch::{Device, Kind};
 
     /// The accumulating GEMM equals dx - conv1x1^T(G, W') in NCHW and NHWC (CPU: pure tch code).
     #[test]
@@ -186,18 +170,19 @@ mod tests {
             }
             let wa = Tensor::randn([cout, cin, 1, 1], opts);
             let x = Tensor::zeros([n, cin, h, w], opts);
-            let (adj, _) = convolution_backward(&g, &x, &wa, &Geometry::pointwise(1), true, false).unwrap();
+            let (adj, _) = convolution_backward(&g, &x, &wa, &ConvGeometry::pointwise(1), true, false).unwrap();
             let want = &dx - adj.unwrap();
             assert!(sub_adjoint_gemm(&dx, &g, &wa, 1).unwrap());
             let err = (&dx - &want).abs().max().double_value(&[]);
             assert!(err < 1e-12, "nhwc={nhwc}: {err}");
         }
-        // groups or mixed layouts: declined
+        // groups, mixed layouts or mixed dtypes: declined
         let opts = (Kind::Float, Device::Cpu);
         let dx = Tensor::zeros([1, 4, 3, 3], opts);
         let g = Tensor::zeros([1, 4, 3, 3], opts);
         assert!(!sub_adjoint_gemm(&dx, &g, &Tensor::zeros([4, 2, 1, 1], opts), 2).unwrap());
         let g_nhwc = g.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
         assert!(!sub_adjoint_gemm(&dx, &g_nhwc, &Tensor::zeros([4, 4, 1, 1], opts), 1).unwrap());
+        assert!(!sub_adjoint_gemm(&dx, &g, &Tensor::zeros([4, 4, 1, 1], (Kind::Double, Device::Cpu)), 1).unwrap());
     }
 }

@@ -5,12 +5,11 @@
 //! time, so one build works with CPU-only torch, and on machines without a driver
 //! [`available`] is simply `false`.
 //!
-//! The switch: the libtorch path stays the default on CUDA, and the op does not call into this
-//! module yet ([`enabled`], `IC_NETWORKS_CUDA_KERNELS=1` or [`set_enabled`], is reported to Python
-//! but not consulted by `ic_conv.rs`); the layer functions in `layer.rs` are reached through the
-//! `_core.cuda_fused_*` bindings until a GPU run validates them. Every op returns `Ok(None)` when it does not apply (CPU tensors, other
-//! dtypes, sizes beyond the kernels' int32 indexing, a halo too large for shared memory), and the
-//! caller keeps its libtorch path.
+//! The switch: the libtorch path stays the default on CUDA. With [`enabled`]
+//! (`IC_NETWORKS_CUDA_KERNELS=1` or [`set_enabled`]) the op's `Backend::Cuda` (`src/cuda/mod.rs`)
+//! runs the steps in `layer.rs` on these kernels. Every op returns `Ok(None)` when it does not
+//! apply (CPU tensors, other dtypes, sizes beyond the kernels' int32 indexing, a halo too large
+//! for shared memory), and the caller keeps its libtorch path.
 //!
 //! Composition (what the caller does around these ops, mirrored by tests/test_cuda_kernels.py):
 //!
@@ -22,8 +21,8 @@
 //!   backward: [`collision_backward`] -> `gy`, `gz`, sums; `dS = W'^T gz`, `dW' = -gz S^T`
 //!   (S recomputed), `dx -= boxsum^T(dS)` by [`boxsum_t_`] with [`BoxsumMode::Subtract`].
 //!
-//! Every op takes `stream`: the raw `cudaStream_t` the caller's framework runs on (in Python
-//! `torch.cuda.current_stream().cuda_stream`), borrowed. The tensors allocated here come from
+//! Every op takes `stream`: the raw `cudaStream_t` the caller's framework runs on (for the op,
+//! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed. The tensors allocated here come from
 //! PyTorch's caching allocator on its current stream, so that must be the same stream.
 pub mod launch;
 pub mod layer;
@@ -34,7 +33,7 @@ use crate::error::{Error, Result};
 use cudarc::driver::sys;
 use launch::{CtxGuard, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
@@ -78,6 +77,19 @@ pub fn enabled() -> bool {
 /// Overrides `IC_NETWORKS_CUDA_KERNELS` for this process (benchmarks, tests).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on as u8, Ordering::Relaxed);
+}
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one step of the op that ran on the fused kernels (see [`calls`]).
+pub(crate) fn record_call() {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Steps of the op that ran on the fused kernels in this process (forwards, collision backwards,
+/// strided P-path backwards).
+pub fn calls() -> u64 {
+    CALLS.load(Ordering::Relaxed)
 }
 
 /// What [`warm_up`] did.

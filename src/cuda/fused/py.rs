@@ -1,6 +1,7 @@
-//! Python bindings of the fused CUDA kernels (`ic_networks._core.cuda_fused_*`): the raw ops, for
-//! the GPU validation suite (scripts/gpu_check.sh, tests/test_cuda_fused_gpu.py) and for wiring
-//! behind the switch. `stream` is `torch.cuda.current_stream().cuda_stream`.
+//! Python bindings of the fused CUDA kernels (`ic_networks._core.cuda_fused_*`): the switch, the
+//! warm-up, a count of the op's fused steps, and the raw kernels for the GPU validation suite
+//! (scripts/gpu_check.sh, tests/test_cuda_fused_gpu.py). The op itself takes the fused route
+//! through `Backend::Cuda`. `stream` is `torch.cuda.current_stream().cuda_stream`.
 use super::{Box2, BoxsumMode, FusedGrads, RawStream};
 use crate::to_py;
 use pyo3::exceptions::PyValueError;
@@ -14,6 +15,13 @@ fn pair(name: &str, v: &[i64]) -> PyResult<[i64; 2]> {
         [a, b] if *a >= 0 && *b >= 0 => Ok([*a, *b]),
         _ => Err(PyValueError::new_err(format!("{name}: expected 1 or 2 non-negative integers, got {v:?}"))),
     }
+}
+
+/// How many steps of the op (a forward, a collision backward, a P-path backward) ran on the
+/// fused kernels in this process: tells a test or a benchmark that the route was taken.
+#[pyfunction]
+fn cuda_fused_calls() -> u64 {
+    super::calls()
 }
 
 /// `None` when libcuda (with a device) and NVRTC are present, else why not.
@@ -139,69 +147,6 @@ fn cuda_fused_boxsum_t_(py: Python<'_>, out: PyTensor, ds: PyTensor, kernel_size
     py.allow_threads(move || super::boxsum_t_(&out.0, &ds.0, &b, m, stream)).map_err(to_py)
 }
 
-fn geometry(stride: &[i64], padding: &[i64], dilation: &[i64], groups: i64) -> PyResult<super::layer::Geometry> {
-    let g = super::layer::Geometry { stride: pair("stride", stride)?, padding: pair("padding", padding)?, dilation: pair("dilation", dilation)?, groups };
-    if g.stride.iter().chain(&g.dilation).any(|&v| v < 1) || groups < 1 {
-        return Err(PyValueError::new_err("stride, dilation and groups must be positive"));
-    }
-    Ok(g)
-}
-
-/// The whole IC forward with the fused kernels: `(out, relu_z)` or None (libtorch path).
-#[pyfunction]
-#[pyo3(signature = (x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups, keep_relu_z, stream))]
-#[allow(clippy::too_many_arguments)]
-fn cuda_fused_layer_forward(
-    py: Python<'_>,
-    x: PyTensor,
-    weight: PyTensor,
-    adjust_weight: PyTensor,
-    adjust_bias: PyTensor,
-    alpha: PyTensor,
-    bias: Option<PyTensor>,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
-    groups: i64,
-    keep_relu_z: bool,
-    stream: RawStream,
-) -> PyResult<Fwd> {
-    let g = geometry(&stride, &padding, &dilation, groups)?;
-    let r = py
-        .allow_threads(move || super::layer::layer_forward(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g, keep_relu_z, stream))
-        .map_err(to_py)?;
-    Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
-}
-
-type Grads6 = Option<(Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>)>;
-
-/// The whole IC backward with the fused kernels; `needs` = (x, weight, adjust_weight,
-/// adjust_bias, alpha, bias). Returns the six gradients or None (libtorch path).
-#[pyfunction]
-#[pyo3(signature = (grad, x, weight, adjust_weight, alpha, relu_z, stride, padding, dilation, groups, needs, stream))]
-#[allow(clippy::too_many_arguments)]
-fn cuda_fused_layer_backward(
-    py: Python<'_>,
-    grad: PyTensor,
-    x: PyTensor,
-    weight: PyTensor,
-    adjust_weight: PyTensor,
-    alpha: PyTensor,
-    relu_z: PyTensor,
-    stride: Vec<i64>,
-    padding: Vec<i64>,
-    dilation: Vec<i64>,
-    groups: i64,
-    needs: [bool; 6],
-    stream: RawStream,
-) -> PyResult<Grads6> {
-    let g = geometry(&stride, &padding, &dilation, groups)?;
-    let r = py
-        .allow_threads(move || super::layer::layer_backward(&grad.0, &x.0, &weight.0, &adjust_weight.0, &alpha.0, &relu_z.0, &g, needs, stream))
-        .map_err(to_py)?;
-    Ok(r.map(|[a, b, c, d, e, f]| (a.map(PyTensor), b.map(PyTensor), c.map(PyTensor), d.map(PyTensor), e.map(PyTensor), f.map(PyTensor))))
-}
-
 /// Adds the `cuda_fused_*` functions to the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_fused_unavailable_reason, m)?)?;
@@ -215,7 +160,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_fused_collision_backward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum_t_, m)?)?;
-    m.add_function(wrap_pyfunction!(cuda_fused_layer_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(cuda_fused_layer_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_calls, m)?)?;
     Ok(())
 }
