@@ -237,6 +237,30 @@ def test_python_dash_m_ic_networks():
     assert "usage: ic-networks bench" in out.stdout and "--channels-last" in out.stdout
 
 
+def test_bench_tables_with_the_fused_rows():
+    """The tables' ratios by hand, with the fused-route rows a CUDA machine adds (ic-fused layer
+    rows get their own speed-up column; ic_*-fused model rows are divided by the plain model)."""
+    from ic_networks import bench
+
+    def row(variant, fb):
+        return {"shape": "64@56", "variant": variant, "fwd_ms": fb / 2, "fwdbwd_ms": fb, "infer_ms": fb / 4,
+                "saved_mb": 1.0, "out_mb": 1.0}
+
+    layers = [row("conv", 2.0), row("ic", 5.0), row("ic-fused", 2.5), row("reference", 5.5)]
+    models = [{"model": "resnet50", "step_ms": 100.0}, {"model": "ic_resnet50", "step_ms": 122.0},
+              {"model": "ic_resnet50-fused", "step_ms": 108.0}]
+    text = bench.format_tables(layers, models, torch.device("cpu"), 8)
+    lines = {ln.split(" | ")[1] if ln.startswith("| 64@56") else ln.split(" | ")[0]: ln for ln in text.splitlines()}
+    assert "ref / ic-fused (fwd+bwd) |" in text
+    # fwd+bwd 2.5 / 2 of conv; the libtorch route's column: 2.5 / 5; its own column blank
+    assert lines["ic-fused"].endswith("| 1.25x | 1.25x | +0.00 | 0.50x |  |")
+    assert lines["reference"].endswith("| +0.00 | 1.10x | 2.20x |")  # 5.5 / 5 and 5.5 / 2.5
+    assert lines["| ic_resnet50-fused"] == "| ic_resnet50-fused | 108.0 | 1.08x |"
+    # without fused rows the table keeps its old columns
+    assert "ic-fused" not in bench.format_tables(layers[:2], [], torch.device("cpu"), 8)
+    assert not bench.fused_available(torch.device("cpu"))
+
+
 def test_shared_parsers_reject_bad_values(capsys):
     for argv, msg in (
         (["train", "--recipe", "scratch-fmnist", "--epochs", "0"], "--epochs: expected an int >= 1, got '0'"),

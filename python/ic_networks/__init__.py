@@ -22,7 +22,7 @@ from .nn import IcConv2d, WLDLoss  # noqa: F401
 from .layers import ic_layers, is_ic_layer  # noqa: F401
 from .conversion import convert  # noqa: F401
 from .profiling import profile  # noqa: F401
-from . import conversion, diagnostics, profiling  # noqa: F401
+from . import conversion, cuda_kernels, diagnostics, profiling  # noqa: F401
 from . import detection, integrations, models, neuron, training  # noqa: F401
 
 __version__ = _core.__version__
@@ -34,6 +34,6 @@ if _watchdog.armed_by_env():  # started under a watchdog: dump stacks on SIGUSR1
 
 __all__ = [
     "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile", "is_ic_layer", "ic_layers",
-    "functional", "reference", "io", "layers", "conversion", "diagnostics", "profiling", "models", "neuron", "integrations",
+    "functional", "reference", "io", "layers", "conversion", "cuda_kernels", "diagnostics", "profiling", "models", "neuron", "integrations",
     "training", "detection", "__version__",
 ]

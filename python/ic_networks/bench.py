@@ -7,7 +7,9 @@ and reported as medians with ratios, so slow drifts of the machine hit all varia
 Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, alpha = 0.03):
 
 * ``conv``      - ``nn.Conv2d``, the floor;
-* ``ic``        - ``IcConv2d`` (the Rust op);
+* ``ic``        - ``IcConv2d`` (the Rust op; on CUDA its default route, the libtorch ops);
+* ``ic-fused``  - the same layer on the fused CUDA kernels (``IC_NETWORKS_CUDA_KERNELS=1``;
+  CUDA only, when libcuda and NVRTC are present);
 * ``reference`` - the plain-PyTorch formula (``ic_networks.reference``), what a user would write;
 * ``compiled``  - ``torch.compile`` of the reference (skipped with ``--no-compile``).
 
@@ -15,7 +17,7 @@ Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, e
 ``saved`` = bytes kept for the backward (unique storages, parameters excluded) in MB.
 
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
-against IC-ResNet-18/50 (alpha = 1).
+against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``.
 
 Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's plus one
 output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50. The
@@ -27,7 +29,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +97,25 @@ class _Reference(nn.Module):
         return ic_conv2d_reference(x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
+def fused_available(device: torch.device) -> bool:
+    """Whether the fused CUDA kernels can run for ``device`` (a CUDA device with libcuda and NVRTC)."""
+    from . import cuda_kernels
+
+    return device.type == "cuda" and cuda_kernels.available()
+
+
+def _routed(fn: Callable[[], object], on: Optional[bool]) -> Callable[[], object]:
+    """``fn`` run on the fused route (``on``), the libtorch route (``not on``) or as it is (None)."""
+    if on is None:
+        return fn
+    from .cuda_kernels import enabled_route
+
+    def run():
+        with enabled_route(on):
+            return fn()
+    return run
+
+
 def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bool, stages=STAGES, channels_last: bool = False, dtype=torch.float32):
     from .nn import IcConv2d
 
@@ -106,6 +127,10 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed")
         ref = _Reference(ic)
         variants = {"conv": conv, "ic": ic, "reference": ref}
+        routes = {}  # variant -> fused route on/off for the IcConv2d variants on CUDA
+        if fused_available(device):
+            variants["ic-fused"] = ic
+            routes = {"ic": False, "ic-fused": True}
         if compile_ref:
             variants["compiled"] = torch.compile(ref)
         x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
@@ -129,12 +154,12 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
                     m(x)
             return run
 
-        t_f = _interleaved({k: fwd(m) for k, m in variants.items()}, device, repeats)
-        t_fb = _interleaved({k: fwdbwd(m) for k, m in variants.items()}, device, repeats)
-        t_i = _interleaved({k: infer(m) for k, m in variants.items()}, device, repeats)
+        t_f = _interleaved({k: _routed(fwd(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
+        t_fb = _interleaved({k: _routed(fwdbwd(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
+        t_i = _interleaved({k: _routed(infer(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
         # each variant's own parameters and buffers (the reference's are the IC layer's) and x are kept anyway
         saved = {
-            k: _saved_bytes(lambda m=m: m(x), list(m.parameters()) + list(m.buffers()) + [x])
+            k: _saved_bytes(_routed(lambda m=m: m(x), routes.get(k)), list(m.parameters()) + list(m.buffers()) + [x])
             for k, m in variants.items()
             if k != "compiled"
         }
@@ -157,6 +182,10 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
     for name in names:
         torch.manual_seed(0)
         pair = {name: getattr(torchvision.models, name)(), f"ic_{name}": getattr(icm, f"ic_{name}")()}
+        routes = {}
+        if fused_available(device):
+            pair[f"ic_{name}-fused"] = pair[f"ic_{name}"]  # the same model on the fused route
+            routes = {f"ic_{name}": False, f"ic_{name}-fused": True}
         x = torch.randn(batch, 3, size, size, device=device)
         y = torch.randint(0, 1000, (batch,), device=device)
         steps = {}
@@ -168,7 +197,7 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
-            steps[k] = step
+            steps[k] = _routed(step, routes.get(k))
         t = _interleaved(steps, device, repeats, warmup=1)
         for k in pair:
             rows.append({"model": k, "step_ms": t[k] * 1e3})
@@ -185,26 +214,32 @@ def machine_description(device: torch.device) -> str:
 def format_tables(layer_rows, model_rows, device, batch) -> str:
     out = [f"Device: {machine_description(device)}; layer batch N={batch}, float32.", ""]
     if layer_rows:
+        fused = any(r["variant"] == "ic-fused" for r in layer_rows)
         out += [
-            "| shape | variant | fwd ms | fwd+bwd ms | infer ms | saved MB | fwd / conv | fwd+bwd / conv | infer / conv | saved - conv (outputs) | ref / ic (fwd+bwd) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| shape | variant | fwd ms | fwd+bwd ms | infer ms | saved MB | fwd / conv | fwd+bwd / conv | infer / conv | saved - conv (outputs) | ref / ic (fwd+bwd) |"
+            + (" ref / ic-fused (fwd+bwd) |" if fused else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if fused else ""),
         ]
         by = {(r["shape"], r["variant"]): r for r in layer_rows}
+
+        def speed(r, of):  # r's fwd+bwd time over variant `of`'s: the speed-up of `of` over r
+            o = by.get((r["shape"], of))
+            return "" if o is None or r["variant"] in ("conv", of) else f"{r['fwdbwd_ms'] / o['fwdbwd_ms']:.2f}x"
+
         for r in layer_rows:
-            base, ic = by[(r["shape"], "conv")], by.get((r["shape"], "ic"))
+            base = by[(r["shape"], "conv")]
             extra = (r["saved_mb"] - base["saved_mb"]) / r["out_mb"] if r["saved_mb"] == r["saved_mb"] else float("nan")
-            speed = r["fwdbwd_ms"] / ic["fwdbwd_ms"] if ic and r["variant"] != "conv" else float("nan")
             out.append(
                 f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} | {r['saved_mb']:.1f} | "
                 f"{r['fwd_ms'] / base['fwd_ms']:.2f}x | {r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['infer_ms'] / base['infer_ms']:.2f}x | "
-                f"{extra:+.2f} | {'' if speed != speed else f'{speed:.2f}x'} |"
+                f"{extra:+.2f} | {speed(r, 'ic')} |" + (f" {speed(r, 'ic-fused')} |" if fused else "")
             )
         out.append("")
     if model_rows:
         out += ["| model | train step ms | / plain |", "|---|---:|---:|"]
         by = {r["model"]: r for r in model_rows}
         for r in model_rows:
-            plain = by[r["model"].removeprefix("ic_")]
+            plain = by[r["model"].removeprefix("ic_").removesuffix("-fused")]
             out.append(f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x |")
         out.append("")
     return "\n".join(out)
