@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU validation of the opt-in fused CUDA kernels (src/cuda/fused, docs/cuda-kernels.md).
+# GPU validation of the opt-in fused CUDA kernels and of the op on them (src/cuda/fused, docs/cuda-kernels.md).
 # Sized for about 8 minutes on one H200 (build excluded when a built _core is carried: IC_SKIP_BUILD=1).
 #
 #   bash scripts/gpu_check.sh [OUTDIR]        (default $OUT or /tmp/gpu_check)
@@ -13,13 +13,15 @@
 # Steps (each logged to OUTDIR/<step>.log, a one-line summary printed):
 #   info        driver, NVRTC, cold compile (warm-up) time, then a second process's disk-cache hit
 #   rust        cargo test of the NVRTC/cache/availability tests (skipped with IC_SKIP_BUILD=1)
-#   gpu-tests   tests/test_cuda_fused_gpu.py: float64 parity vs the oracle, float32 parity vs the
-#               libtorch CUDA path, gradcheck (float64), fp16/bf16, channels_last, non-default
+#   gpu-tests   tests/test_cuda_fused_gpu.py: each kernel (Python composition), then the op with
+#               the switch on: float64 parity vs the oracle, float32 parity vs the libtorch CUDA
+#               route, gradcheck (float64), fp16/bf16 and autocast, channels_last, non-default
 #               stream, CUDA-graph capture after warm-up, determinism
 #   bench-*     scripts/bench_cuda_fused.py at N=32 and N=256 (float32 NCHW; N=256 also
-#               channels_last and bf16): fwd+bwd / conv for conv, ic (libtorch path), fused, reference
-#   cli-*       ic-networks bench --device cuda at N=32 and N=256 with the model rows, with
-#               IC_NETWORKS_CUDA_KERNELS=1 (identical to the default until the op is wired to it)
+#               channels_last and bf16): fwd+bwd / conv for conv, ic (libtorch route), fused (the
+#               op with the switch on), reference
+#   cli-*       ic-networks bench --device cuda at N=32 and N=256 with the model rows (it adds the
+#               ic-fused rows itself when the kernels are available)
 # Time: the whole run stops starting steps once GPU_CHECK_DEADLINE seconds (default 540, under the
 # device tool's 600 s per command) have passed, and each step's limit is cut to what is left;
 # correctness steps run first. STEPS="info gpu-tests bench-n256" runs a subset (default: all).
@@ -79,8 +81,8 @@ step bench-n32 120 0 python scripts/bench_cuda_fused.py --batch 32 --json "$OUTD
 step bench-n256 150 0 python scripts/bench_cuda_fused.py --batch 256 --json "$OUTDIR/bench-n256.json"
 step bench-n256-cl 150 0 python scripts/bench_cuda_fused.py --batch 256 --channels-last --json "$OUTDIR/bench-n256-cl.json"
 step bench-n256-bf16 150 0 python scripts/bench_cuda_fused.py --batch 256 --dtype bf16 --json "$OUTDIR/bench-n256-bf16.json"
-step cli-n32 150 0 env IC_NETWORKS_CUDA_KERNELS=1 python -m ic_networks bench --device cuda --batch 32 --model-batch 32 --no-compile --json "$OUTDIR/cli-n32.json"
-step cli-n256 240 0 env IC_NETWORKS_CUDA_KERNELS=1 python -m ic_networks bench --device cuda --batch 256 --model-batch 128 --no-compile --json "$OUTDIR/cli-n256.json"
+step cli-n32 150 0 python -m ic_networks bench --device cuda --batch 32 --model-batch 32 --no-compile --json "$OUTDIR/cli-n32.json"
+step cli-n256 240 0 python -m ic_networks bench --device cuda --batch 256 --model-batch 128 --no-compile --json "$OUTDIR/cli-n256.json"
 grep -h "speed-up" "$OUTDIR"/bench-n256*.log 2>/dev/null | sed 's/^/   /'
 echo "gpu_check: $([ $fail = 0 ] && echo PASSED || echo FAILED) (logs in $OUTDIR)"
 exit $fail

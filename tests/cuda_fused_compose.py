@@ -1,8 +1,8 @@
-"""The IC layer composed from the fused CUDA kernels (``ic_networks._core.cuda_fused_*``) and
-libtorch's convolutions, exactly as src/cuda/fused/mod.rs documents the composition that the Rust
-op will use behind ``IC_NETWORKS_CUDA_KERNELS=1``. Used by tests/test_cuda_fused_gpu.py and
-scripts/bench_cuda_fused.py (GPU only); the CPU emulation in tests/test_cuda_kernels.py composes
-the same way.
+"""The IC layer composed in Python from the raw fused CUDA kernels (``ic_networks._core.cuda_fused_*``)
+and libtorch's convolutions, as src/cuda/fused/mod.rs documents the composition. The op itself
+takes that route behind ``IC_NETWORKS_CUDA_KERNELS=1`` (src/cuda/fused/layer.rs); this independent
+copy lets tests/test_cuda_fused_gpu.py (GPU only) check each kernel on its own. The CPU emulation
+in tests/test_cuda_kernels.py composes the same way.
 """
 from __future__ import annotations
 
@@ -95,52 +95,3 @@ def fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding
     if b2 is None:
         b2 = torch.zeros_like(b1)
     return FusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
-
-
-class RustFusedIcConv(torch.autograd.Function):
-    """Autograd wrapper of the Rust layer functions (``cuda_fused_layer_forward/backward``): the
-    path the op takes behind the switch."""
-
-    @staticmethod
-    def forward(ctx, x, w, wa, b1, alpha, b2, stride, padding, dilation, groups):
-        st, pd, dl = _pairs(stride), _pairs(padding), _pairs(dilation)
-        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        r = _core.cuda_fused_layer_forward(x, w, wa, b1, alpha, b2, st, pd, dl, groups, keep, _stream())
-        assert r is not None, "fused layer forward declined"
-        out, relu_z = r
-        ctx.save_for_backward(x, w, wa, alpha, relu_z)
-        ctx.geom = (st, pd, dl, groups)
-        ctx.has_bias = b2 is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w, wa, alpha, relu_z = ctx.saved_tensors
-        needs = list(ctx.needs_input_grad[:6])
-        needs[5] = needs[5] and ctx.has_bias
-        g = _core.cuda_fused_layer_backward(grad.contiguous(memory_format=torch.channels_last) if _is_cl(relu_z) else grad.contiguous(),
-                                            x, w, wa, alpha, relu_z, *ctx.geom, needs, _stream())
-        assert g is not None, "fused layer backward declined"
-        return tuple(g) + (None, None, None, None)
-
-
-def rust_fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding=0, dilation=1, groups=1):
-    return RustFusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
-
-
-class FusedModule(torch.nn.Module):
-    """An IcConv2d's parameters run through the Rust fused layer (benchmark variant)."""
-
-    def __init__(self, ic):
-        super().__init__()
-        self.ic = ic
-
-    def forward(self, x):
-        m = self.ic
-        alpha = m.alpha if isinstance(m.alpha, Tensor) else torch.tensor(float(m.alpha), device=x.device)
-        if not torch.is_grad_enabled():
-            out, _ = _core.cuda_fused_layer_forward(x, m.weight, m.adjust_weight, m.adjust_bias, alpha.to(x.dtype), m.bias,
-                                                    _pairs(m.stride), _pairs(m.padding), _pairs(m.dilation), m.groups, False, _stream())
-            return out
-        return rust_fused_ic_conv2d(x, m.weight, m.adjust_weight, m.adjust_bias, alpha.to(x.dtype), m.bias,
-                                    m.stride, m.padding, m.dilation, m.groups)

@@ -1,8 +1,10 @@
 """The fused CUDA kernels on a real GPU (skipped without one; run by scripts/gpu_check.sh).
 
-Parity with the float64 oracle and with today's libtorch CUDA path, gradcheck in float64,
+Parity with the float64 oracle and with the libtorch CUDA path, gradcheck in float64,
 float16/bfloat16, channels_last, a non-default stream, CUDA-graph capture after warm-up, and
-run-to-run determinism of the reductions. The composition is tests/cuda_fused_compose.py.
+run-to-run determinism of the reductions: first for each kernel through the Python composition
+(tests/cuda_fused_compose.py), then for the op itself with the switch on (``test_op_*``), which is
+what users run.
 """
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from ic_networks import _core
+from ic_networks.cuda_kernels import enabled_route as fused_route
+from ic_networks.functional import ic_conv2d
+from ic_networks.nn import IcConv2d
 from ic_networks.reference import ic_conv2d_reference
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d, rust_fused_ic_conv2d  # noqa: E402
+from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -162,6 +167,24 @@ def check_grads(a, b):
             assert rel(u, v) < 1e-6, i
 
 
+def capture_and_replay(step, static_x, new_x):
+    """Warms `step` up on a side stream, captures it in a CUDA graph, replays it on `new_x` copied
+    into `static_x`; returns (the graph's outputs, an eager run's outputs on the same input)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    return static_out, [t.clone() for t in step()]
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_cuda_graph_capture_after_warm_up(stride):
     x, w, wa, b1, b2, alpha = case(4, 32, 32, (28, 28), (3, 3), 1, torch.float32, False, seed=5)
@@ -176,20 +199,8 @@ def test_cuda_graph_capture_after_warm_up(stride):
         out, rz = fused_forward(static_x, w, wa, b1, b2, alpha, st, [1, 1], [1, 1], 1)
         return (out,) + tuple(fused_backward(grad, static_x, w, wa, alpha, rz, st, [1, 1], [1, 1], 1))
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
     new_x = torch.randn_like(x)
-    static_x.copy_(new_x)
-    graph.replay()
-    torch.cuda.synchronize()
-    eager = [t.clone() for t in step()]
+    static_out, eager = capture_and_replay(step, static_x, new_x)
     assert rel(static_out[0], ref_step(new_x)) < 1e-5, "the replay did not see the new input"
     assert torch.equal(static_out[0], eager[0])
     check_grads(static_out[1:], eager[1:])
@@ -215,33 +226,139 @@ def test_inference_skips_relu_z():
     assert rel(out, ref) < 1e-5
 
 
+# --------------------------------------------------------------------------- the op on the fused route
+
+
+def op_grads(t, st, pd, dl, groups, grad, fused, wants=(True,) * 6):
+    """The public op (functional.ic_conv2d: autograd, the C++ op library, Backend::Cuda) with the
+    fused route on or off: (out, grads, fused steps taken)."""
+    x, w, wa, b1, b2, alpha = t
+    leaves = [v.detach().clone().requires_grad_(on) for v, on in zip((x, w, wa, b1, alpha, b2), wants)]
+    with fused_route(fused):
+        before = _core.cuda_fused_calls()
+        out = ic_conv2d(*leaves[:5], leaves[5], st, pd, dl, groups)
+        out.backward(grad)
+        torch.cuda.synchronize()
+        steps = _core.cuda_fused_calls() - before
+    return out.detach(), [v.grad for v in leaves], steps
+
+
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"k{g[0][0]}x{g[0][1]}s{g[1]}p{g[2]}d{g[3]}")
 @pytest.mark.parametrize("shape", [(2, 8, 8, (13, 11), 1), (2, 16, 16, (20, 20), 2), (2, 8, 12, (10, 10), 1)])
-def test_rust_layer_float64_vs_oracle(geom, shape, cl):
-    """cuda_fused_layer_forward/backward (what the op calls behind the switch), incl. the
-    accumulating GEMM for dx and groups > 1."""
+def test_op_float64_vs_oracle(geom, shape, cl):
+    """The op with the switch on, incl. the accumulating GEMM for dx and groups > 1; it must take
+    the fused route (counted), not fall back silently."""
     k, s, p, d = geom
     n, c, cout, hw, groups = shape
-    x, w, wa, b1, b2, alpha = case(n, c, cout, hw, k, groups, torch.float64, cl, seed=8)
+    t = case(n, c, cout, hw, k, groups, torch.float64, cl, seed=8)
     st, pd, dl = [s, s], [p, p], [d, d]
-    stream = torch.cuda.current_stream().cuda_stream
-    out, rz = _core.cuda_fused_layer_forward(x, w, wa, b1, alpha, b2, st, pd, dl, groups, True, stream)
-    grad = torch.randn_like(out)
-    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad)
+    grad = torch.randn(F.conv2d(t[0], t[1], None, st, pd, dl, groups).shape, device="cuda", dtype=torch.float64)
+    out, g, steps = op_grads(t, st, pd, dl, groups, grad, True)
+    assert steps == (2 if s == 1 else 3)
+    ref_out, ref_g = oracle(*t, st, pd, dl, groups, grad)
     assert rel(out, ref_out) < 1e-12
-    g = _core.cuda_fused_layer_backward(grad, x, w, wa, alpha, rz, st, pd, dl, groups, [True] * 6, stream)
     for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], g, ref_g):
         assert rel(a.reshape(b.shape), b) < 1e-11, name
-    # partial needs: only what is asked for
-    g2 = _core.cuda_fused_layer_backward(grad, x, w, wa, alpha, rz, st, pd, dl, groups, [False, False, True, False, True, False], stream)
+    # only some gradients asked for
+    _, g2, _ = op_grads(t, st, pd, dl, groups, grad, True, wants=(False, False, True, False, True, False))
     assert g2[0] is None and g2[1] is None and g2[3] is None and g2[5] is None
     assert rel(g2[2], ref_g[2]) < 1e-11 and rel(g2[4].reshape(()), ref_g[4]) < 1e-11
 
 
 @pytest.mark.parametrize("stride,cl", [(1, False), (1, True), (2, False), (2, True)])
-def test_rust_layer_gradcheck_float64(stride, cl):
+def test_op_gradcheck_float64(stride, cl):
     x, w, wa, b1, b2, alpha = case(2, 3, 4, (7, 6), (3, 3), 1, torch.float64, cl, seed=9)
     leaves = [t.requires_grad_() for t in (x, w, wa, b1, alpha, b2)]
-    f = lambda x, w, wa, b1, a, b2: rust_fused_ic_conv2d(x, w, wa, b1, a, b2, stride, 1, 1, 1)  # noqa: E731
-    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+    f = lambda x, w, wa, b1, a, b2: ic_conv2d(x, w, wa, b1, a, b2, stride, 1, 1, 1)  # noqa: E731
+    with fused_route(True):
+        before = _core.cuda_fused_calls()
+        assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+        assert _core.cuda_fused_calls() > before
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_op_float32_matches_libtorch_route(stride, cl):
+    t = case(8, 64, 64, (28, 28), (3, 3), 1, torch.float32, cl, seed=10)
+    st = [stride, stride]
+    grad = torch.randn(F.conv2d(t[0], t[1], None, st, 1).shape, device="cuda")
+    out1, g1, steps = op_grads(t, st, [1, 1], [1, 1], 1, grad, True)
+    out0, g0, steps0 = op_grads(t, st, [1, 1], [1, 1], 1, grad, False)
+    assert steps > 0 and steps0 == 0
+    assert rel(out1, out0) < 1e-5
+    for a, b in zip(g1, g0):
+        assert rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_op_under_autocast(dtype):
+    """IcConv2d under autocast on the fused route vs the libtorch route (the same half-precision
+    inputs, so only the kernels differ)."""
+    torch.manual_seed(11)
+    m = IcConv2d(32, 32, 3, padding=1, alpha=0.5).cuda()
+    with torch.no_grad():
+        m.adjust_bias.normal_(0, 0.3)
+    x = torch.randn(4, 32, 20, 20, device="cuda")
+    res = {}
+    for on in (True, False):
+        m.zero_grad(set_to_none=True)
+        with fused_route(on), torch.autocast("cuda", dtype=dtype):
+            before = _core.cuda_fused_calls()
+            out = m(x)
+            out.float().square().mean().backward()
+            torch.cuda.synchronize()
+            res[on] = (out.float().detach(), [p.grad.float().clone() for p in m.parameters()], _core.cuda_fused_calls() - before)
+    (o1, g1, n1), (o0, g0, n0) = res[True], res[False]
+    assert o1.dtype == torch.float32 and n1 > 0 and n0 == 0
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    assert rel(o1, o0) < tol
+    for a, b in zip(g1, g0):
+        assert rel(a, b) < 10 * tol
+
+
+def test_op_on_a_non_default_stream():
+    """The op takes PyTorch's current stream from the C++ side: on a side stream behind a long
+    GEMM it must give what it gives on the default stream."""
+    t = case(4, 32, 32, (28, 28), (3, 3), 1, torch.float32, False, seed=12)
+    grad = torch.randn(4, 32, 28, 28, device="cuda")
+    out0, g0, _ = op_grads(t, [1, 1], [1, 1], [1, 1], 1, grad, True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        big = torch.randn(4096, 4096, device="cuda")
+        for _ in range(3):
+            big = big @ big / 64
+        xs = t[0] * 1.0  # written on the side stream, right after the GEMMs
+        out1, g1, steps = op_grads([xs] + t[1:], [1, 1], [1, 1], [1, 1], 1, grad, True)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    assert steps == 2
+    assert torch.equal(out0, out1)
+    check_grads([g0[i] for i in (0, 1, 2, 3, 4, 5)], [g1[i] for i in (0, 1, 2, 3, 4, 5)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_op_cuda_graph_capture_after_warm_up(stride):
+    """A whole forward + backward of the op on the fused route captured in a CUDA graph after a
+    warm-up (the kernels compile at the first call, never during capture); the replay sees new
+    inputs and equals eager."""
+    x, w, wa, b1, b2, alpha = case(4, 32, 32, (28, 28), (3, 3), 1, torch.float32, False, seed=13)
+    params = [v.requires_grad_() for v in (w, wa, b1, alpha, b2)]
+    static_x = x.clone()
+    grad = torch.randn_like(F.conv2d(x, w, None, stride, 1))
+
+    def step():
+        out = ic_conv2d(static_x, params[0], params[1], params[2], params[3], params[4], stride, 1, 1, 1)
+        return (out,) + torch.autograd.grad(out, params, grad)
+
+    new_x = torch.randn_like(x)
+    with fused_route(True):
+        before = _core.cuda_fused_calls()
+        static_out, eager = capture_and_replay(step, static_x, new_x)
+        assert _core.cuda_fused_calls() > before
+    ref = ic_conv2d_reference(new_x, w, wa, b1, alpha, b2, stride, 1, 1, 1)
+    assert rel(static_out[0], ref) < 1e-5, "the replay did not see the new input"
+    assert torch.equal(static_out[0], eager[0])
+    for u, v in zip(static_out[1:], eager[1:]):
+        assert rel(u, v) < 1e-6

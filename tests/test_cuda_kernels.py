@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import math
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ic_networks.functional import ic_conv2d
 from ic_networks.reference import boxsum_reference, ic_conv2d_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -496,6 +496,36 @@ def test_nvrtc_compiles_every_arch(emu, arch):
     print(f"NVRTC {arch}: {dt:.2f} s, PTX {len(ptx)} chars, CUBIN {len(cubin)} bytes")
 
 
+def test_cuda_kernels_module_without_a_driver():
+    """ic_networks.cuda_kernels on a machine without a GPU: unavailable with a reason, the switch
+    cannot turn on what is not there, the route context restores it, errors name the argument."""
+    from ic_networks import cuda_kernels as ck
+
+    if torch.cuda.is_available() or ck.available():
+        pytest.skip("a CUDA driver is present")
+    assert ck.unavailable_reason() and not ck.enabled()
+    with ck.enabled_route():
+        assert not ck.enabled()  # nothing to enable
+    assert not ck.enabled() and ck.calls() == 0
+    with pytest.raises(RuntimeError, match="unavailable"):
+        ck.warm_up(0)
+    with pytest.raises(RuntimeError, match="device: no CUDA device"):
+        ck.warm_up()
+    with pytest.raises(ValueError, match="device: expected a CUDA device, got 'cpu'"):
+        ck.warm_up("cpu")
+    with pytest.raises(ValueError, match="device: expected a CUDA ordinal >= 0"):
+        ck.warm_up(-1)
+    with pytest.raises(TypeError, match="device: expected a CUDA device"):
+        ck.warm_up(1.5)
+    with pytest.raises(TypeError, match="on: expected a bool"):
+        ck.set_enabled(1)
+    # a CPU op call never counts as a fused step
+    x = torch.randn(1, 2, 5, 5)
+    with ck.enabled_route():
+        ic_conv2d(x, torch.randn(3, 2, 3, 3), torch.randn(3, 2, 1, 1), torch.zeros(3), 0.5, None, 1, 1)
+    assert ck.calls() == 0
+
+
 def test_import_without_libcuda():
     """`import ic_networks` works on a machine without a CUDA driver (this one, in CI)."""
     code = "import ic_networks, torch; print(torch.cuda.is_available())"
@@ -506,13 +536,30 @@ def test_import_without_libcuda():
 # --------------------------------------------------------------------------- the Rust launch path, emulated
 
 EMULATED_CHILD = r'''
-import ctypes, itertools, json, sys
+import ctypes, json, sys
 import torch
-from ic_networks import _core as c
+from ic_networks import cuda_kernels as ck
+from ic_networks.functional import ic_conv2d
 from ic_networks.reference import ic_conv2d_reference
-assert c.cuda_fused_available(), c.cuda_fused_unavailable_reason()
-warm = c.cuda_fused_warm_up(0)
-res = {"warm_up": warm, "cases": 0, "max_fwd": 0.0, "max_bwd": 0.0}
+assert ck.available(), ck.unavailable_reason()
+warm = ck.warm_up(0)
+res = {"warm_up": warm, "cases": 0, "max_fwd": 0.0, "max_bwd": 0.0, "max_vs_libtorch": 0.0}
+if sys.argv[1:] == ["warm-up-only"]:
+    print("RESULT " + json.dumps(res))
+    sys.exit(0)
+rel = lambda u, v: ((u.double().reshape(v.shape) - v.double()).abs().max() / v.double().abs().max()).item()
+
+
+def run_op(t, s, p, d, groups, grad, fused, wants=(True,) * 6):
+    # the public op, with the switch as asked; returns (out, grads, fused steps taken)
+    ck.set_enabled(fused)
+    leaves = [v.detach().clone().requires_grad_(w) for v, w in zip(t, wants)]
+    before = ck.calls()
+    out = ic_conv2d(*leaves[:5], leaves[5], s, p, d, groups)
+    out.backward(grad)
+    return out.detach(), [v.grad for v in leaves], ck.calls() - before
+
+
 for k, s, p, d, dt, cl, groups in [
         (3, 1, 1, 1, torch.float64, False, 1), (3, 1, 1, 1, torch.float64, True, 1), (5, 1, 2, 1, torch.float64, False, 1),
         (3, 1, 2, 2, torch.float64, True, 1), (1, 1, 0, 1, torch.float64, False, 1), (3, 2, 1, 1, torch.float64, False, 1),
@@ -525,7 +572,6 @@ for k, s, p, d, dt, cl, groups in [
     t = [v.to(dt) for v in (x, w, wa, b1, a, b2)]
     if cl:
         t[0] = t[0].contiguous(memory_format=torch.channels_last)
-    out, rz = c.cuda_fused_layer_forward(*t, [s], [p], [d], groups, True, 0)
     leaves = [v.detach().double().requires_grad_() for v in t]
     ref = ic_conv2d_reference(*leaves[:5], leaves[5], s, p, d, groups)
     grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
@@ -533,32 +579,64 @@ for k, s, p, d, dt, cl, groups in [
     gr = grad.to(dt)
     if cl:
         gr = gr.contiguous(memory_format=torch.channels_last)
-    gs = c.cuda_fused_layer_backward(gr, t[0], t[1], t[2], t[4], rz, [s], [p], [d], groups, [True] * 6, 0)
-    rel = lambda u, v: ((u.double().reshape(v.shape) - v).abs().max() / v.abs().max()).item()
+    out, gs, steps = run_op(t, s, p, d, groups, gr, True)
+    # forward + collision backward, + the strided P-path backward
+    assert steps == (2 if s == 1 else 3), (k, s, steps)
     tol = 1e-12 if dt == torch.float64 else 1e-5
     ef = rel(out, ref)
     eb = max(rel(u, v) for u, v in zip(gs, rg))
     assert ef < tol and eb < 100 * tol, (k, s, p, d, dt, cl, groups, ef, [rel(u, v) for u, v in zip(gs, rg)])
+    # the same op with the switch off: the libtorch route, no fused step
+    out0, gs0, steps0 = run_op(t, s, p, d, groups, gr, False)
+    assert steps0 == 0
+    res["max_vs_libtorch"] = max(res["max_vs_libtorch"], rel(out, out0), *(rel(u, v) for u, v in zip(gs, gs0)))
     if dt == torch.float64:
         res["max_fwd"], res["max_bwd"] = max(res["max_fwd"], ef), max(res["max_bwd"], eb)
     res["cases"] += 1
-# inference: no relu_z; fp16 through the whole layer
-out, rz = c.cuda_fused_layer_forward(*[v.half() for v in (x, w, wa, b1, a, b2)], [1], [1], [1], 1, False, 0)
-assert rz is None and out.dtype == torch.float16
+    # only some gradients asked for (W' and alpha: the P path without dx)
+    if dt == torch.float64:
+        _, gp, _ = run_op(t, s, p, d, groups, gr, True, wants=(False, False, True, False, True, False))
+        assert gp[0] is None and gp[1] is None and gp[3] is None and gp[5] is None
+        assert rel(gp[2], rg[2]) < 1e-10 and rel(gp[4], rg[4]) < 1e-10
+ck.set_enabled(True)
+# gradcheck through the public op on the fused route (float64)
+for s, cl in [(1, False), (1, True), (2, False), (2, True)]:
+    g = torch.Generator().manual_seed(90 + s)
+    r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)
+    xg = r(1, 2, 5, 6)
+    if cl:
+        xg = xg.contiguous(memory_format=torch.channels_last)
+    ts = [xg, r(3, 2, 3, 3) * 0.4, r(3, 2, 1, 1) * 0.4, r(3) * 0.3, torch.tensor(0.8, dtype=torch.float64), r(3) * 0.3]
+    ts = [v.requires_grad_() for v in ts]
+    f = lambda x, w, wa, b1, al, b2: ic_conv2d(x, w, wa, b1, al, b2, s, 1, 1, 1)
+    before = ck.calls()
+    assert torch.autograd.gradcheck(f, ts, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert ck.calls() > before
+# inference (no relu_z) and fp16 through the whole layer
+h = [v.detach().half() for v in (x, w, wa, b1, a, b2)]
+before = ck.calls()
+with torch.no_grad():
+    out = ic_conv2d(*h[:5], h[5], 1, 1, 1, 1)
+assert out.dtype == torch.float16 and ck.calls() == before + 1
+ref = ic_conv2d_reference(*[v.double() for v in h[:5]], h[5].double(), 1, 1, 1, 1)
+assert rel(out, ref) < 1e-2, rel(out, ref)
 res["launches"] = ctypes.CDLL("libcuda.so").fake_libcuda_launches()
 print("RESULT " + json.dumps(res))
 '''
 
 
 def test_rust_launch_path_under_emulated_driver(tmp_path):
-    """The Rust side end to end without a GPU: a stand-in libcuda (tests/cuda_emu/fake_libcuda.cpp)
-    runs cuLaunchKernel under the host emulation, and IC_NETWORKS_CUDA_EMULATION=1 lets CPU tensors
-    through. That covers availability, the primary-context push/pop (the stand-in refuses launches
-    without it), NVRTC compile + disk cache, kernel-parameter packing, and the layer composition
-    (accumulating GEMM, groups, strided path) against the float64 oracle."""
+    """The op's fused CUDA route end to end without a GPU: a stand-in libcuda
+    (tests/cuda_emu/fake_libcuda.cpp) runs cuLaunchKernel under the host emulation, and
+    IC_NETWORKS_CUDA_EMULATION=1 makes CPU tensors take the CUDA backend. The public op
+    (`functional.ic_conv2d`, autograd, the C++ op library) with the switch on is compared with the
+    float64 oracle and with the same op switched off (the libtorch route), gradchecked, and counted
+    (`cuda_fused_calls`) so that a silent fallback fails. That also covers availability, the
+    primary-context push/pop (the stand-in refuses launches without it), NVRTC compile + disk cache,
+    kernel-parameter packing, the accumulating GEMM, groups and the strided path."""
     core = _core()
-    if not hasattr(core, "cuda_fused_layer_forward"):
-        pytest.skip("this _core build has no fused CUDA bindings")
+    if not hasattr(core, "cuda_fused_calls"):
+        pytest.skip("this _core build has no fused CUDA route")
     if _nvrtc() is None:
         pytest.skip("libnvrtc not loadable: the emulated launch path needs NVRTC to build the module")
     cxx = shutil.which("g++")
@@ -574,13 +652,15 @@ def test_rust_launch_path_under_emulated_driver(tmp_path):
                PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), os.environ.get("PYTHONPATH", "")] if p))
     import json
     runs = []
-    for _ in range(2):  # the second process reads the CUBIN from the disk cache
-        r = subprocess.run([os.sys.executable, "-c", EMULATED_CHILD], capture_output=True, text=True, env=env, timeout=600)
+    for args in ([], ["warm-up-only"]):  # the second process reads the CUBIN from the disk cache
+        r = subprocess.run([os.sys.executable, "-c", EMULATED_CHILD, *args], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs.append(json.loads(r.stdout.split("RESULT ", 1)[1]))
     first, second = runs
     assert first["warm_up"] == {"compute_capability": 90, "cubin": True, "from_cache": False}
     assert second["warm_up"]["from_cache"] is True
     assert first["launches"] > 20
-    print(f"\nemulated driver: {first['cases']} layer cases, {first['launches']} launches; max rel. error vs float64 "
-          f"oracle: forward {first['max_fwd']:.2e}, backward {first['max_bwd']:.2e}")
+    assert first["max_vs_libtorch"] < 1e-4
+    print(f"\nemulated driver: {first['cases']} op cases, {first['launches']} launches; max rel. error vs float64 "
+          f"oracle: forward {first['max_fwd']:.2e}, backward {first['max_bwd']:.2e}; vs the libtorch route "
+          f"{first['max_vs_libtorch']:.2e}")
