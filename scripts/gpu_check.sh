@@ -21,7 +21,8 @@
 #               channels_last and bf16): fwd+bwd / conv for conv, ic (libtorch route), fused (the
 #               op with the switch on), reference
 #   cli-*       ic-networks bench --device cuda at N=32 and N=256 with the model rows (it adds the
-#               ic-fused rows itself when the kernels are available)
+#               ic-fused rows itself when the kernels are available); cli-bf16: the model rows at
+#               batch 128 under bf16 autocast
 # Time: the whole run stops starting steps once GPU_CHECK_DEADLINE seconds (default 540, under the
 # device tool's 600 s per command) have passed, and each step's limit is cut to what is left;
 # correctness steps run first. STEPS="info gpu-tests bench-n256" runs a subset (default: all).
@@ -83,6 +84,7 @@ step bench-n256-cl 150 0 python scripts/bench_cuda_fused.py --batch 256 --channe
 step bench-n256-bf16 150 0 python scripts/bench_cuda_fused.py --batch 256 --dtype bf16 --json "$OUTDIR/bench-n256-bf16.json"
 step cli-n32 150 0 python -m ic_networks bench --device cuda --batch 32 --model-batch 32 --no-compile --json "$OUTDIR/cli-n32.json"
 step cli-n256 240 0 python -m ic_networks bench --device cuda --batch 256 --model-batch 128 --no-compile --json "$OUTDIR/cli-n256.json"
+step cli-bf16 150 0 python -m ic_networks bench --device cuda --skip-layers --model-batch 128 --autocast bf16 --json "$OUTDIR/cli-bf16.json"
 grep -h "speed-up" "$OUTDIR"/bench-n256*.log 2>/dev/null | sed 's/^/   /'
 echo "gpu_check: $([ $fail = 0 ] && echo PASSED || echo FAILED) (logs in $OUTDIR)"
 exit $fail

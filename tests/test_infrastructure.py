@@ -268,6 +268,7 @@ def test_shared_parsers_reject_bad_values(capsys):
         (["eval", "--checkpoint", "x", "--batch-size", "two"], "--batch-size: expected an integer, got 'two'"),
         (["train-det", "--voc-root", "v", "--out", "o", "--limit", "0"], "--limit: expected an int >= 1"),
         (["bench", "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["bench", "--autocast", "fp8"], "--autocast: invalid choice: 'fp8'"),
         (["flops", "resnet18", "--input-size", "0"], "--input-size: expected an int >= 1"),
     ):
         with pytest.raises(SystemExit) as e:

@@ -25,6 +25,7 @@ measured numbers are in docs/benchmarks.md.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import sys
@@ -104,19 +105,29 @@ def fused_available(device: torch.device) -> bool:
     return device.type == "cuda" and cuda_kernels.available()
 
 
-def _routed(fn: Callable[[], object], on: Optional[bool]) -> Callable[[], object]:
-    """``fn`` run on the fused route (``on``), the libtorch route (``not on``) or as it is (None)."""
-    if on is None:
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _routed(fn: Callable[[], object], on: Optional[bool], autocast: Optional[torch.dtype] = None,
+            device_type: str = "cuda") -> Callable[[], object]:
+    """``fn`` run on the fused route (``on``), the libtorch route (``not on``) or as it is (None),
+    under ``torch.autocast(device_type, autocast)`` when ``autocast`` is a dtype."""
+    if on is None and autocast is None:
         return fn
     from .cuda_kernels import enabled_route
 
     def run():
-        with enabled_route(on):
+        with contextlib.ExitStack() as ctx:
+            if on is not None:
+                ctx.enter_context(enabled_route(on))
+            if autocast is not None:
+                ctx.enter_context(torch.autocast(device_type, dtype=autocast))
             return fn()
     return run
 
 
-def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bool, stages=STAGES, channels_last: bool = False, dtype=torch.float32):
+def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bool, stages=STAGES, channels_last: bool = False,
+                 dtype=torch.float32, autocast: Optional[torch.dtype] = None):
     from .nn import IcConv2d
 
     rows = []
@@ -134,7 +145,7 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         if compile_ref:
             variants["compiled"] = torch.compile(ref)
         x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-        go = torch.randn_like(variants["conv"](x).detach())
+        go = torch.randn_like(_routed(lambda: variants["conv"](x), None, autocast, device.type)().detach())
 
         def fwd(m):
             return lambda: m(x)
@@ -154,12 +165,12 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
                     m(x)
             return run
 
-        t_f = _interleaved({k: _routed(fwd(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
-        t_fb = _interleaved({k: _routed(fwdbwd(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
-        t_i = _interleaved({k: _routed(infer(m), routes.get(k)) for k, m in variants.items()}, device, repeats)
+        t_f = _interleaved({k: _routed(fwd(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
+        t_fb = _interleaved({k: _routed(fwdbwd(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
+        t_i = _interleaved({k: _routed(infer(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
         # each variant's own parameters and buffers (the reference's are the IC layer's) and x are kept anyway
         saved = {
-            k: _saved_bytes(_routed(lambda m=m: m(x), routes.get(k)), list(m.parameters()) + list(m.buffers()) + [x])
+            k: _saved_bytes(_routed(lambda m=m: m(x), routes.get(k), autocast, device.type), list(m.parameters()) + list(m.buffers()) + [x])
             for k, m in variants.items()
             if k != "compiled"
         }
@@ -173,7 +184,8 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
     return rows
 
 
-def bench_models(device: torch.device, batch: int, size: int, repeats: int, names=("resnet18", "resnet50")):
+def bench_models(device: torch.device, batch: int, size: int, repeats: int, names=("resnet18", "resnet50"),
+                 autocast: Optional[torch.dtype] = None):
     import torchvision
 
     from . import models as icm
@@ -197,7 +209,7 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
-            steps[k] = _routed(step, routes.get(k))
+            steps[k] = _routed(step, routes.get(k), autocast, device.type)
         t = _interleaved(steps, device, repeats, warmup=1)
         for k in pair:
             rows.append({"model": k, "step_ms": t[k] * 1e3})
@@ -211,8 +223,9 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def format_tables(layer_rows, model_rows, device, batch) -> str:
-    out = [f"Device: {machine_description(device)}; layer batch N={batch}, float32.", ""]
+def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str] = None) -> str:
+    precision = f"float32 under {autocast} autocast" if autocast else "float32"
+    out = [f"Device: {machine_description(device)}; layer batch N={batch}, {precision}.", ""]
     if layer_rows:
         fused = any(r["variant"] == "ic-fused" for r in layer_rows)
         out += [

@@ -22,12 +22,15 @@ def run(args) -> int:
     if args.shapes and not stages:
         raise ValueError(f"--shapes: expected names from {[s[0] for s in bench.STAGES]}, got {args.shapes!r}")
     print(f"ic-networks bench on {bench.machine_description(device)}", file=sys.stderr)
-    layer_rows = [] if args.skip_layers else bench.bench_layers(device, args.batch, args.repeats, not args.no_compile, stages, args.channels_last)
-    model_rows = [] if args.skip_models else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats)
-    text = bench.format_tables(layer_rows, model_rows, device, args.batch)
+    amp = bench.AUTOCAST[args.autocast] if args.autocast else None
+    layer_rows = [] if args.skip_layers else bench.bench_layers(device, args.batch, args.repeats, not args.no_compile, stages,
+                                                                 args.channels_last, autocast=amp)
+    model_rows = [] if args.skip_models else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats,
+                                                                 autocast=amp)
+    text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast)
     print(text)
     if args.json:
-        doc = {"device": bench.machine_description(device), "layers": layer_rows, "models": model_rows}
+        doc = {"device": bench.machine_description(device), "autocast": args.autocast, "layers": layer_rows, "models": model_rows}
         atomic_write_text(json.dumps(doc, indent=1) + "\n", args.json)
     return 0
 
@@ -39,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes", default="", help="comma-separated subset of " + ",".join(s[0] for s in bench.STAGES))
     p.add_argument("--channels-last", action="store_true", help="run the layer benchmark in channels_last")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    p.add_argument("--autocast", choices=sorted(bench.AUTOCAST), default=None,
+                   help="run every row under torch.autocast with this dtype (float32 weights and inputs)")
     p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--model-batch", type=positive_int, default=8, help="train-step batch size (default 8)")
