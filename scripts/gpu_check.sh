@@ -4,15 +4,19 @@
 #
 #   bash scripts/gpu_check.sh [OUTDIR]        (default $OUT or /tmp/gpu_check)
 #
-# On the device tool (10 min per command): build in one call, check in the next:
-#   STEPS=build bash scripts/gpu_check.sh "$OUT"
-#   IC_SKIP_BUILD=1 bash scripts/gpu_check.sh "$OUT"
-# It needs a Python environment with torch (CUDA wheel) active or in $IC_VENV / .venv, and cargo
-# for the build.
+# Two ways to get the Rust core there (docs/cuda-kernels.md, "Running the GPU suite"):
+# * the machine has cargo and the crates: build in one call, check in the next,
+#     STEPS=build bash scripts/gpu_check.sh "$OUT"
+#     IC_SKIP_BUILD=1 bash scripts/gpu_check.sh "$OUT"
+# * it has no Rust toolchain (the device tool's H200 image): build _core here against that
+#   machine's torch and Python, carry it, and name it (the build and rust steps are skipped):
+#     IC_PREBUILT_CORE=.gpu/_core.cpython-312-x86_64-linux-gnu.so bash scripts/gpu_check.sh "$OUT"
+# It needs a Python with torch (CUDA wheel): $IC_VENV, ./.venv, or the python3 on PATH.
 #
 # Steps (each logged to OUTDIR/<step>.log, a one-line summary printed):
 #   info        driver, NVRTC, cold compile (warm-up) time, then a second process's disk-cache hit
-#   rust        cargo test of the NVRTC/cache/availability tests (skipped with IC_SKIP_BUILD=1)
+#   rust        cargo test of the NVRTC/cache/availability tests (skipped with IC_SKIP_BUILD=1,
+#               IC_PREBUILT_CORE or without cargo)
 #   gpu-tests   tests/test_cuda_fused_gpu.py: each kernel (Python composition), then the op with
 #               the switch on: float64 parity vs the oracle, float32 parity vs the libtorch CUDA
 #               route, gradcheck (float64), fp16/bf16 and autocast, channels_last, non-default
@@ -32,6 +36,14 @@ cd "$(dirname "$0")/.."
 OUTDIR=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$OUTDIR"
 if [ -n "${IC_VENV:-}" ]; then . "$IC_VENV/bin/activate"; elif [ -d .venv ]; then . .venv/bin/activate; fi
+if ! command -v python >/dev/null 2>&1; then  # images with only python3: a `python` for the steps
+  mkdir -p "$OUTDIR/bin" && ln -sf "$(command -v python3)" "$OUTDIR/bin/python" && export PATH="$OUTDIR/bin:$PATH"
+fi
+if [ -n "${IC_PREBUILT_CORE:-}" ]; then
+  [ -f "$IC_PREBUILT_CORE" ] || { echo "gpu_check: IC_PREBUILT_CORE: no file $IC_PREBUILT_CORE" >&2; exit 2; }
+  cp "$IC_PREBUILT_CORE" python/ic_networks/ && IC_SKIP_BUILD=1
+  echo "gpu_check: using the prebuilt core $(basename "$IC_PREBUILT_CORE")"
+fi
 SP=$(python -c "import site; print(site.getsitepackages()[0])")
 export LD_LIBRARY_PATH="$SP/torch/lib:$SP/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$PWD/python"
@@ -68,13 +80,13 @@ fi
 INFO='
 import time, torch, ic_networks
 from ic_networks import _core as c
-print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(), "core built against torch", c.built_torch_version())
 print("available", c.cuda_fused_available(), c.cuda_fused_unavailable_reason())
 t = time.perf_counter(); w = c.cuda_fused_warm_up(0); print("warm-up", w, f"{time.perf_counter() - t:.2f} s")
 '
 step info-cold 120 1 python -c "$INFO"
 step info-cached 120 1 python -c "$INFO"
-if [ "${IC_SKIP_BUILD:-0}" != 1 ]; then
+if [ "${IC_SKIP_BUILD:-0}" != 1 ] && command -v cargo >/dev/null 2>&1; then
   step rust 600 1 cargo test --release --test rust_cuda_fused -- --nocapture
 fi
 step gpu-tests 240 1 python -m pytest -q -ra -x tests/test_cuda_fused_gpu.py

@@ -73,7 +73,10 @@ def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
     Rust validator; symbolic sizes take their hint (no guard is added)."""
     if t is None:
         return None
-    from torch.fx.experimental.symbolic_shapes import optimization_hint  # (imported by tracing anyway)
+    try:  # (imported by tracing anyway)
+        from torch.fx.experimental.symbolic_shapes import optimization_hint
+    except ImportError:  # torch < 2.12 calls it size_hint
+        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
 
     shape = []
     for s in t.shape:
