@@ -37,6 +37,9 @@ def gpu():
     # only the fused kernels' own (deterministic) behaviour
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    # plain float32 convs and GEMMs: TF32 would make float32 parity between two routes a 1e-3 affair
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     info = _core.cuda_fused_warm_up(torch.cuda.current_device())
     print("warm-up:", info)
     return info
@@ -255,7 +258,7 @@ def test_op_float64_vs_oracle(geom, shape, cl):
     st, pd, dl = [s, s], [p, p], [d, d]
     grad = torch.randn(F.conv2d(t[0], t[1], None, st, pd, dl, groups).shape, device="cuda", dtype=torch.float64)
     out, g, steps = op_grads(t, st, pd, dl, groups, grad, True)
-    assert steps == (2 if s == 1 else 3)
+    assert steps == (2 if s == 1 else 3), f"{steps} fused steps: a kernel declined this case"
     ref_out, ref_g = oracle(*t, st, pd, dl, groups, grad)
     assert rel(out, ref_out) < 1e-12
     for name, a, b in zip(["x", "w", "w'", "b1", "alpha", "b2"], g, ref_g):
@@ -308,10 +311,11 @@ def test_op_under_autocast(dtype):
             out = m(x)
             out.float().square().mean().backward()
             torch.cuda.synchronize()
-            res[on] = (out.float().detach(), [p.grad.float().clone() for p in m.parameters()], _core.cuda_fused_calls() - before)
-    (o1, g1, n1), (o0, g0, n0) = res[True], res[False]
-    assert o1.dtype == torch.float32 and n1 > 0 and n0 == 0
-    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+            res[on] = (out.dtype, out.float().detach(), [p.grad.float().clone() for p in m.parameters()],
+                       _core.cuda_fused_calls() - before)
+    (d1, o1, g1, n1), (d0, o0, g0, n0) = res[True], res[False]
+    assert d1 == d0 == dtype and n1 > 0 and n0 == 0
+    tol = 6e-2 if dtype == torch.bfloat16 else 2e-2  # as test_half_types
     assert rel(o1, o0) < tol
     for a, b in zip(g1, g0):
         assert rel(a, b) < 10 * tol
@@ -335,7 +339,7 @@ def test_op_on_a_non_default_stream():
     torch.cuda.synchronize()
     assert steps == 2
     assert torch.equal(out0, out1)
-    check_grads([g0[i] for i in (0, 1, 2, 3, 4, 5)], [g1[i] for i in (0, 1, 2, 3, 4, 5)])
+    check_grads(g0, g1)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

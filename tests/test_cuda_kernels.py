@@ -620,6 +620,26 @@ with torch.no_grad():
 assert out.dtype == torch.float16 and ck.calls() == before + 1
 ref = ic_conv2d_reference(*[v.double() for v in h[:5]], h[5].double(), 1, 1, 1, 1)
 assert rel(out, ref) < 1e-2, rel(out, ref)
+# CPU bf16 autocast (the op's autocast kernel, then the fused route in bfloat16) vs the switched-off op
+from ic_networks.nn import IcConv2d
+for s in (1, 2):
+    torch.manual_seed(11)
+    m = IcConv2d(8, 8, 3, stride=s, padding=1, alpha=0.5)
+    with torch.no_grad():
+        m.adjust_bias.normal_(0, 0.3)
+    xa = torch.randn(2, 8, 10, 10)
+    got = {}
+    for on in (True, False):
+        m.zero_grad(set_to_none=True)
+        ck.set_enabled(on)
+        before = ck.calls()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(xa)
+        out.float().square().mean().backward()
+        got[on] = (out.dtype, out.float().detach(), [p.grad.clone() for p in m.parameters()], ck.calls() - before)
+    (d1, o1, g1, n1), (d0, o0, g0, n0) = got[True], got[False]
+    assert d1 == d0 == torch.bfloat16 and n1 == (2 if s == 1 else 3) and n0 == 0, (d1, d0, n1, n0)
+    assert rel(o1, o0) < 2e-2 and all(rel(u, v) < 5e-2 for u, v in zip(g1, g0)), [rel(u, v) for u, v in zip(g1, g0)]
 res["launches"] = ctypes.CDLL("libcuda.so").fake_libcuda_launches()
 print("RESULT " + json.dumps(res))
 '''
