@@ -1,7 +1,6 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
 //! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
-//! stream). Imports only `error.rs`
-//! and `geometry.rs`.
+//! stream). Imports only `error.rs` and `geometry.rs`.
 use crate::error::{c_message, short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
 use std::os::raw::{c_char, c_int, c_void};
@@ -40,16 +39,23 @@ extern "C" {
     fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
 }
 
+/// Calls a shim entry point with a zeroed error buffer: `Err(message)` when it returns non-zero.
+fn call_shim(f: impl FnOnce(*mut c_char, usize) -> c_int) -> std::result::Result<(), String> {
+    let mut err = vec![0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        Ok(())
+    } else {
+        Err(c_message(&err))
+    }
+}
+
 /// PyTorch's current stream on CUDA device `index` (`torch.cuda.current_stream(index)`), as the
 /// raw `cudaStream_t` value; borrowed, never destroyed here. An error with CPU-only torch.
 pub fn current_cuda_stream(index: usize) -> Result<usize> {
-    let mut err = vec![0 as c_char; 1024];
     let mut stream: *mut c_void = std::ptr::null_mut();
     // SAFETY: the out pointer and the error buffer outlive the call; the shim NUL-terminates err.
-    let rc = unsafe { icn_current_cuda_stream(index as i64, &mut stream, err.as_mut_ptr(), err.len()) };
-    if rc != 0 {
-        return Err(Error::Runtime(format!("libtorch: current CUDA stream: {}", short_torch_message(&c_message(&err)))));
-    }
+    call_shim(|err, len| unsafe { icn_current_cuda_stream(index as i64, &mut stream, err, len) })
+        .map_err(|m| Error::Runtime(format!("libtorch: current CUDA stream: {}", short_torch_message(&m))))?;
     Ok(stream as usize)
 }
 
@@ -57,13 +63,9 @@ pub fn current_cuda_stream(index: usize) -> Result<usize> {
 /// `cond` is false, without a device-to-host copy (no sync).
 pub fn assert_async(cond: &Tensor, msg: &str) -> Result<()> {
     let msg = std::ffi::CString::new(msg).map_err(|_| Error::Runtime("assert_async: NUL in the message".into()))?;
-    let mut err = vec![0 as c_char; 1024];
     // SAFETY: cond is a live tensor; msg and err outlive the call; the shim NUL-terminates err.
-    let rc = unsafe { icn_assert_async(cond.as_ptr(), msg.as_ptr(), err.as_mut_ptr(), err.len()) };
-    if rc != 0 {
-        return Err(Error::Runtime(format!("libtorch: {}", short_torch_message(&c_message(&err)))));
-    }
-    Ok(())
+    call_shim(|err, len| unsafe { icn_assert_async(cond.as_ptr(), msg.as_ptr(), err, len) })
+        .map_err(|m| Error::Runtime(format!("libtorch: {}", short_torch_message(&m))))
 }
 
 /// Runs `f(begin, end)` over sub-ranges of `0..n` on libtorch's intra-op thread pool
@@ -81,15 +83,9 @@ pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) ->
     if n == 0 {
         return Ok(());
     }
-    let mut err = vec![0 as c_char; 512];
     // SAFETY: the trampoline matches the C signature; ctx outlives the call.
-    let rc = unsafe {
-        icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err.as_mut_ptr(), err.len())
-    };
-    if rc != 0 {
-        return Err(Error::Runtime(format!("parallel kernel: {}", c_message(&err))));
-    }
-    Ok(())
+    call_shim(|err, len| unsafe { icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err, len) })
+        .map_err(|m| Error::Runtime(format!("parallel kernel: {m}")))
 }
 
 /// A raw pointer that parallel tasks may share; each task touches a disjoint part.
@@ -127,10 +123,9 @@ pub fn convolution_backward(
     }
     let mut gi: *mut C_tensor = std::ptr::null_mut();
     let mut gw: *mut C_tensor = std::ptr::null_mut();
-    let mut err = vec![0 as c_char; 1024];
     // SAFETY: all tensor pointers are live tch tensors borrowed for the duration of the call; the
     // arrays hold two elements each, as the shim reads; outputs are fresh `at::Tensor*` that we own.
-    let rc = unsafe {
+    call_shim(|err, len| unsafe {
         icn_convolution_backward(
             grad_out.as_ptr(),
             input.as_ptr(),
@@ -143,13 +138,11 @@ pub fn convolution_backward(
             need_weight as c_int,
             &mut gi,
             &mut gw,
-            err.as_mut_ptr(),
-            err.len(),
+            err,
+            len,
         )
-    };
-    if rc != 0 {
-        return Err(Error::Runtime(format!("libtorch convolution_backward: {}", short_torch_message(&c_message(&err)))));
-    }
+    })
+    .map_err(|m| Error::Runtime(format!("libtorch convolution_backward: {}", short_torch_message(&m))))?;
     // SAFETY: non-null pointers were allocated by the shim with `new at::Tensor`, which tch frees.
     let wrap = |p: *mut C_tensor| if p.is_null() { None } else { Some(unsafe { Tensor::from_ptr(p) }) };
     Ok((wrap(gi), wrap(gw)))

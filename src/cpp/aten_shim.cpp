@@ -1,6 +1,7 @@
 // The libtorch entry points that tch 0.26 does not expose: at::convolution_backward,
-// at::parallel_for, at::_assert_async, and PyTorch's current CUDA stream. convolution_backward selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on CUDA),
-// which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
+// at::parallel_for, at::_assert_async, and PyTorch's current CUDA stream. convolution_backward
+// selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on
+// CUDA), which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
 // only forwards arguments and turns C++ exceptions into an error string.
 #include "error_buf.h"
 #include <ATen/ATen.h>

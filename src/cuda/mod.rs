@@ -50,6 +50,7 @@ fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
 pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
     if let Some(stream) = fused_stream(&y)? {
         if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
+            fused::record_call();
             return Ok(r);
         }
     }
@@ -61,6 +62,7 @@ pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeomet
 pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
     if let Some(stream) = fused_stream(grad)? {
         if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
+            fused::record_call();
             return Ok(r);
         }
     }
@@ -74,8 +76,9 @@ pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &I
         AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs),
         AdjustGrad::Gz { gz, scale: None } => {
             if let Some(stream) = fused_stream(a.x)? {
-                if let Some(r) = fused::layer::adjust_strided(&gz, dx.as_ref().map(|t| t.shallow_clone()), a, d, g, needs, stream)? {
-                    return Ok(r);
+                if let Some(s) = fused::boxsum(a.x, &fused::Box2::of(d, g), stream)? {
+                    fused::record_call();
+                    return fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream);
                 }
             }
             libtorch::adjust_backward(AdjustGrad::Gz { gz, scale: None }, dx, a, d, g, needs)

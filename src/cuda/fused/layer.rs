@@ -7,8 +7,10 @@
 //! * [`collision_backward`]: `gy`, the gradient into the P path, db1, db2, d alpha;
 //! * [`adjust_on_input`] / [`adjust_strided`]: the P path's gradients (dx, dW').
 //!
-//! Each returns `Ok(None)` when the kernels do not apply (dtype, int32 indexing, halo too large
-//! for shared memory) before it has written anything, and the caller takes the libtorch path.
+//! `forward` and `collision_backward` return `Ok(None)` when the kernels do not apply (dtype,
+//! int32 indexing, halo too large for shared memory) before they have written anything, and the
+//! caller takes the libtorch path; the P-path steps take what those left (`G`, or `gz` and the
+//! recomputed `S`) and never decline.
 //! The convolutions stay with cuDNN/cuBLAS. At stride 1 the 1x1 input gradient is subtracted by
 //! one GEMM that accumulates into the conv's dx (beta = 1), with no temporary.
 use super::{box_backward, box_forward, boxsum, boxsum_t_, collision_backward as fused_collision_backward, collision_forward, Box2, BoxsumMode, RawStream};
@@ -19,13 +21,6 @@ use crate::layout::{layout_of, Layout};
 use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
 use tch::Tensor;
 
-impl Box2 {
-    /// The box of a layer: the main kernel's size, with its stride, padding and dilation.
-    pub fn of(d: &IcDims, g: &ConvGeometry) -> Self {
-        Box2 { k: [d.kh, d.kw], stride: g.stride, padding: g.padding, dilation: g.dilation }
-    }
-}
-
 /// Forward after `y = conv(x, W) + b2` (N, Cout, Ho, Wo), `shift = b1 - b2`: `(out, relu_z)`
 /// (`relu_z` only with `keep_relu_z`), `out` written over `y`; or `None`.
 ///
@@ -35,20 +30,12 @@ impl Box2 {
 pub fn forward(y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool, stream: RawStream) -> Result<Option<(Tensor, Option<Tensor>)>> {
     if g.unit_stride() {
         let q = a.x.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
-        return counted(box_forward(y, &q, shift, a.alpha, [d.kh, d.kw], g.padding, g.dilation, keep_relu_z, stream)?);
+        return box_forward(y, &q, shift, a.alpha, [d.kh, d.kw], g.padding, g.dilation, keep_relu_z, stream);
     }
     let Some(s) = boxsum(a.x, &Box2::of(d, g), stream)? else { return Ok(None) };
     let p = s.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
     drop(s);
-    counted(collision_forward(y, &p, shift, a.alpha, keep_relu_z, stream)?)
-}
-
-/// Passes `r` through, counting it in [`super::calls`] when the kernels ran.
-fn counted<T>(r: Option<T>) -> Result<Option<T>> {
-    if r.is_some() {
-        super::record_call();
-    }
-    Ok(r)
+    collision_forward(y, &p, shift, a.alpha, keep_relu_z, stream)
 }
 
 /// The collision backward for `grad`, `relu_z` (N, Cout, Ho, Wo), or `None`. At stride 1 with the
@@ -65,7 +52,6 @@ pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs:
         fused_collision_backward(grad, relu_z, alpha, need_gy, stream)?
     };
     let Some(fg) = fg else { return Ok(None) };
-    super::record_call();
     let kind = grad.kind();
     Ok(Some(CollisionGrads {
         gy: fg.gy,
@@ -95,11 +81,12 @@ pub fn adjust_on_input(gq: &Tensor, dx: Option<Tensor>, a: &IcArgs, g: &ConvGeom
 }
 
 /// The P path's gradients from `gz` (N, Cout, Ho, Wo) on the output grid, alpha included (any
-/// stride): `S = boxsum(x)` recomputed, `dS = W'^T gz`, `dW' = gz S^T`, and `dx -= boxsum^T(dS)`
-/// in place, before the sign of dW'. `None` when the box-sum kernel does not apply.
-pub fn adjust_strided(gz: &Tensor, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad, stream: RawStream) -> Result<Option<AdjustParts>> {
+/// stride), and `s = boxsum(x)` recomputed by the caller (`boxsum(a.x, &Box2::of(d, g), stream)`,
+/// which may decline): `dS = W'^T gz`, `dW' = gz S^T`, and `dx -= boxsum^T(dS)` in place, before
+/// the sign of dW'.
+#[allow(clippy::too_many_arguments)]
+pub fn adjust_strided(gz: &Tensor, s: Tensor, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad, stream: RawStream) -> Result<AdjustParts> {
     let b = Box2::of(d, g);
-    let Some(s) = boxsum(a.x, &b, stream)? else { return Ok(None) };
     let (ds, dwa) = convolution_backward(gz, &s, a.adjust_weight, &ConvGeometry::pointwise(g.groups), needs.x, needs.adjust_weight)?;
     drop(s);
     let mut dx = dx;
@@ -115,7 +102,7 @@ pub fn adjust_strided(gz: &Tensor, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g
             }
         }
     }
-    counted(Some(AdjustParts { dx, dxb, dwa, scale: None }))
+    Ok(AdjustParts { dx, dxb, dwa, scale: None })
 }
 
 /// `dx -= W'^T G` (1x1, groups 1) as one GEMM accumulating into `dx`, when `dx` and `g` share a

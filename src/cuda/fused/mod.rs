@@ -22,8 +22,9 @@
 //!   (S recomputed), `dx -= boxsum^T(dS)` by [`boxsum_t_`] with [`BoxsumMode::Subtract`].
 //!
 //! Every op takes `stream`: the raw `cudaStream_t` the caller's framework runs on (for the op,
-//! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed. The tensors allocated here come from
-//! PyTorch's caching allocator on its current stream, so that must be the same stream.
+//! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed.
+//! The tensors allocated here come from PyTorch's caching allocator on its current stream, so
+//! that must be the same stream.
 pub mod launch;
 pub mod layer;
 pub mod nvrtc;
@@ -81,7 +82,8 @@ pub fn set_enabled(on: bool) {
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts one step of the op that ran on the fused kernels (see [`calls`]).
+/// Counts one step of the op that ran on the fused kernels (see [`calls`]); `src/cuda/mod.rs`
+/// calls it where it takes the fused route.
 pub(crate) fn record_call() {
     CALLS.fetch_add(1, Ordering::Relaxed);
 }
@@ -374,6 +376,11 @@ pub struct Box2 {
 }
 
 impl Box2 {
+    /// The box of a layer: the main kernel's size, with its stride, padding and dilation.
+    pub fn of(d: &crate::geometry::IcDims, g: &crate::geometry::ConvGeometry) -> Self {
+        Box2 { k: [d.kh, d.kw], stride: g.stride, padding: g.padding, dilation: g.dilation }
+    }
+
     fn out(&self, d: usize, n: i64) -> i64 {
         (n + 2 * self.padding[d] - self.dilation[d] * (self.k[d] - 1) - 1).div_euclid(self.stride[d]) + 1
     }
