@@ -1,7 +1,7 @@
-"""Layer benchmark of the fused CUDA kernels (GPU only): nn.Conv2d, the IC op on its default
-CUDA route (libtorch ops), the same op on the fused kernels (the switch on), and the plain-PyTorch
-reference, at the stages of `ic-networks bench`, for one dtype and memory format per run. Prints fwd, fwd+bwd and inference times and each one's
-ratio to the conv, and the fused path's speed-up over the reference.
+"""Layer benchmark of the fused CUDA kernels (GPU only), for one dtype and memory format per run:
+the layer rows of `ic-networks bench` (nn.Conv2d, the IC op on its default CUDA route, the same op
+on the fused kernels, the plain-PyTorch reference; `ic_networks.bench.bench_layers`), with cuDNN
+autotuning and TF32 on, plus one line per shape with the fused route's speed-ups.
 
     python scripts/bench_cuda_fused.py --batch 256 [--channels-last] [--dtype bf16] [--json out.json]
 """
@@ -12,11 +12,8 @@ import json
 import sys
 
 import torch
-from torch import nn
 
-from ic_networks import _core
-from ic_networks.bench import STAGES, _interleaved, _Reference, _routed
-from ic_networks.nn import IcConv2d
+from ic_networks import bench, cuda_kernels
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -35,47 +32,20 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    dev, dt = torch.device("cuda"), DTYPES[a.dtype]
-    print("warm-up:", _core.cuda_fused_warm_up(torch.cuda.current_device()))
-    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
-    rows = []
-    print(f"{torch.cuda.get_device_name()}  N={a.batch}  {a.dtype}  {'channels_last' if a.channels_last else 'NCHW'}")
-    print(f"{'shape':10} {'variant':10} {'fwd ms':>8} {'f+b ms':>8} {'inf ms':>8} {'f+b/conv':>9} {'inf/conv':>9}")
-    for name, c, hw, stride in STAGES:
-        torch.manual_seed(0)
-        conv = nn.Conv2d(c, c, 3, stride, 1, bias=False).to(dev, dt).to(memory_format=fmt)
-        ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed").to(memory_format=fmt)
-        variants = {"conv": conv, "ic": ic, "fused": ic, "reference": _Reference(ic)}
-        routes = {"ic": False, "fused": True}
-        x = torch.randn(a.batch, c, hw, hw, device=dev, dtype=dt).contiguous(memory_format=fmt).requires_grad_()
-        go = torch.randn_like(conv(x).detach())
-
-        def fb(m):
-            def run():
-                m(x).backward(go)
-                x.grad = None
-                for p in m.parameters():
-                    p.grad = None
-            return run
-
-        def inf(m):
-            def run():
-                with torch.no_grad():
-                    m(x)
-            return run
-
-        before = _core.cuda_fused_calls()
-        t_f = _interleaved({k: _routed(lambda m=m: m(x), routes.get(k)) for k, m in variants.items()}, dev, a.repeats)
-        t_fb = _interleaved({k: _routed(fb(m), routes.get(k)) for k, m in variants.items()}, dev, a.repeats)
-        t_i = _interleaved({k: _routed(inf(m), routes.get(k)) for k, m in variants.items()}, dev, a.repeats)
-        if _core.cuda_fused_calls() == before:
-            print(f"{name}: the fused kernels declined every call; the 'fused' row is the libtorch route", file=sys.stderr)
-        for k in variants:
-            r = {"shape": name, "variant": k, "fwd_ms": t_f[k] * 1e3, "fwdbwd_ms": t_fb[k] * 1e3, "infer_ms": t_i[k] * 1e3,
-                 "fwdbwd_over_conv": t_fb[k] / t_fb["conv"], "infer_over_conv": t_i[k] / t_i["conv"]}
-            rows.append(r)
-            print(f"{name:10} {k:10} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:8.3f} {r['infer_ms']:8.3f} {r['fwdbwd_over_conv']:9.2f} {r['infer_over_conv']:9.2f}")
-        print(f"{name:10} fused speed-up over the reference (f+b): {t_fb['reference'] / t_fb['fused']:.2f}x, over the libtorch path: {t_fb['ic'] / t_fb['fused']:.2f}x")
+    dev = torch.device("cuda")
+    print("warm-up:", cuda_kernels.warm_up(dev))
+    before = cuda_kernels.calls()
+    rows = bench.bench_layers(dev, a.batch, a.repeats, False, channels_last=a.channels_last, dtype=DTYPES[a.dtype])
+    if cuda_kernels.calls() == before:
+        print("the fused kernels declined every call: the ic-fused rows are the libtorch route", file=sys.stderr)
+    print(f"{'channels_last' if a.channels_last else 'NCHW'}, {a.dtype}")
+    print(bench.format_tables(rows, [], dev, a.batch, dtype=DTYPES[a.dtype]))
+    by = {(r["shape"], r["variant"]): r["fwdbwd_ms"] for r in rows}
+    for name, *_ in bench.STAGES:
+        if (name, "ic-fused") in by:
+            fused = by[(name, "ic-fused")]
+            print(f"{name:10} fused speed-up over the reference (f+b): {by[(name, 'reference')] / fused:.2f}x, "
+                  f"over the libtorch path: {by[(name, 'ic')] / fused:.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "batch": a.batch, "dtype": a.dtype,

@@ -134,8 +134,8 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for name, c, hw, stride in stages:
         torch.manual_seed(0)
-        conv = nn.Conv2d(c, c, 3, stride, 1, bias=False).to(device, dtype)
-        ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed")
+        conv = nn.Conv2d(c, c, 3, stride, 1, bias=False).to(device, dtype).to(memory_format=fmt)
+        ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed").to(memory_format=fmt)
         ref = _Reference(ic)
         variants = {"conv": conv, "ic": ic, "reference": ref}
         routes = {}  # variant -> fused route on/off for the IcConv2d variants on CUDA
@@ -145,7 +145,11 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         if compile_ref:
             variants["compiled"] = torch.compile(ref)
         x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-        go = torch.randn_like(_routed(lambda: variants["conv"](x), None, autocast, device.type)().detach())
+
+        def as_variant(fn, k):  # on the variant's route, under the autocast asked for
+            return _routed(fn, routes.get(k), autocast, device.type)
+
+        go = torch.randn_like(as_variant(lambda: conv(x), "conv")().detach())
 
         def fwd(m):
             return lambda: m(x)
@@ -165,12 +169,12 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
                     m(x)
             return run
 
-        t_f = _interleaved({k: _routed(fwd(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
-        t_fb = _interleaved({k: _routed(fwdbwd(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
-        t_i = _interleaved({k: _routed(infer(m), routes.get(k), autocast, device.type) for k, m in variants.items()}, device, repeats)
+        t_f = _interleaved({k: as_variant(fwd(m), k) for k, m in variants.items()}, device, repeats)
+        t_fb = _interleaved({k: as_variant(fwdbwd(m), k) for k, m in variants.items()}, device, repeats)
+        t_i = _interleaved({k: as_variant(infer(m), k) for k, m in variants.items()}, device, repeats)
         # each variant's own parameters and buffers (the reference's are the IC layer's) and x are kept anyway
         saved = {
-            k: _saved_bytes(_routed(lambda m=m: m(x), routes.get(k), autocast, device.type), list(m.parameters()) + list(m.buffers()) + [x])
+            k: _saved_bytes(as_variant(lambda m=m: m(x), k), list(m.parameters()) + list(m.buffers()) + [x])
             for k, m in variants.items()
             if k != "compiled"
         }
@@ -223,8 +227,8 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str] = None) -> str:
-    precision = f"float32 under {autocast} autocast" if autocast else "float32"
+def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str] = None, dtype=torch.float32) -> str:
+    precision = str(dtype).removeprefix("torch.") + (f" under {autocast} autocast" if autocast else "")
     out = [f"Device: {machine_description(device)}; layer batch N={batch}, {precision}.", ""]
     if layer_rows:
         fused = any(r["variant"] == "ic-fused" for r in layer_rows)
