@@ -3,6 +3,9 @@ and libtorch's convolutions, as src/cuda/fused/mod.rs documents the composition.
 takes that route behind ``IC_NETWORKS_CUDA_KERNELS=1`` (src/cuda/fused/layer.rs); this independent
 copy lets tests/test_cuda_fused_gpu.py (GPU only) check each kernel on its own. The CPU emulation
 in tests/test_cuda_kernels.py composes the same way.
+
+Also the public op and IcConv2d run on either route and counted (`op_on_route`,
+`module_on_both_routes`), shared by the GPU suite and the emulated-driver test.
 """
 from __future__ import annotations
 
@@ -95,3 +98,46 @@ def fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding
     if b2 is None:
         b2 = torch.zeros_like(b1)
     return FusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
+
+
+# --------------------------------------------------------------------------- the op on either route
+
+
+def op_on_route(t, stride, padding, dilation, groups, grad, fused, wants=(True,) * 6):
+    """The public op (functional.ic_conv2d: autograd, the C++ op library, Backend::Cuda) on the
+    fused route (``fused``) or the libtorch route, over fresh leaves of ``t`` = (x, w, wa, b1,
+    alpha, b2) that require grad as ``wants`` says, backward from ``grad``: (out, grads, fused
+    steps taken)."""
+    from ic_networks import cuda_kernels
+    from ic_networks.functional import ic_conv2d
+
+    leaves = [v.detach().clone().requires_grad_(on) for v, on in zip(t, wants)]
+    with cuda_kernels.enabled_route(fused):
+        before = cuda_kernels.calls()
+        out = ic_conv2d(*leaves[:5], leaves[5], stride, padding, dilation, groups)
+        out.backward(grad)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        steps = cuda_kernels.calls() - before
+    return out.detach(), [v.grad for v in leaves], steps
+
+
+def module_on_both_routes(m, x, device_type, dtype):
+    """``m(x)`` under ``torch.autocast(device_type, dtype)``, then the backward of mean(out^2), on
+    the fused route and on the libtorch route: ``{fused: (out dtype, out as float32, the
+    parameters' grads, fused steps taken)}``."""
+    from ic_networks import cuda_kernels
+
+    res = {}
+    for on in (True, False):
+        m.zero_grad(set_to_none=True)
+        with cuda_kernels.enabled_route(on):
+            before = cuda_kernels.calls()
+            with torch.autocast(device_type, dtype=dtype):
+                out = m(x)
+            out.float().square().mean().backward()
+            if out.is_cuda:
+                torch.cuda.synchronize()
+            res[on] = (out.dtype, out.float().detach(), [p.grad.float().clone() for p in m.parameters()],
+                       cuda_kernels.calls() - before)
+    return res

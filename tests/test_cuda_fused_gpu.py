@@ -22,7 +22,7 @@ from ic_networks.nn import IcConv2d
 from ic_networks.reference import ic_conv2d_reference
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d  # noqa: E402
+from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d, module_on_both_routes, op_on_route  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -233,17 +233,9 @@ def test_inference_skips_relu_z():
 
 
 def op_grads(t, st, pd, dl, groups, grad, fused, wants=(True,) * 6):
-    """The public op (functional.ic_conv2d: autograd, the C++ op library, Backend::Cuda) with the
-    fused route on or off: (out, grads, fused steps taken)."""
+    """`op_on_route` for a `case()` tuple (x, w, wa, b1, b2, alpha): (out, grads, fused steps)."""
     x, w, wa, b1, b2, alpha = t
-    leaves = [v.detach().clone().requires_grad_(on) for v, on in zip((x, w, wa, b1, alpha, b2), wants)]
-    with fused_route(fused):
-        before = _core.cuda_fused_calls()
-        out = ic_conv2d(*leaves[:5], leaves[5], st, pd, dl, groups)
-        out.backward(grad)
-        torch.cuda.synchronize()
-        steps = _core.cuda_fused_calls() - before
-    return out.detach(), [v.grad for v in leaves], steps
+    return op_on_route((x, w, wa, b1, alpha, b2), st, pd, dl, groups, grad, fused, wants)
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
@@ -303,16 +295,7 @@ def test_op_under_autocast(dtype):
     with torch.no_grad():
         m.adjust_bias.normal_(0, 0.3)
     x = torch.randn(4, 32, 20, 20, device="cuda")
-    res = {}
-    for on in (True, False):
-        m.zero_grad(set_to_none=True)
-        with fused_route(on), torch.autocast("cuda", dtype=dtype):
-            before = _core.cuda_fused_calls()
-            out = m(x)
-            out.float().square().mean().backward()
-            torch.cuda.synchronize()
-            res[on] = (out.dtype, out.float().detach(), [p.grad.float().clone() for p in m.parameters()],
-                       _core.cuda_fused_calls() - before)
+    res = module_on_both_routes(m, x, "cuda", dtype)
     (d1, o1, g1, n1), (d0, o0, g0, n0) = res[True], res[False]
     assert d1 == d0 == dtype and n1 > 0 and n0 == 0
     tol = 6e-2 if dtype == torch.bfloat16 else 2e-2  # as test_half_types

@@ -547,17 +547,8 @@ res = {"warm_up": warm, "cases": 0, "max_fwd": 0.0, "max_bwd": 0.0, "max_vs_libt
 if sys.argv[1:] == ["warm-up-only"]:
     print("RESULT " + json.dumps(res))
     sys.exit(0)
+from cuda_fused_compose import module_on_both_routes, op_on_route as run_op
 rel = lambda u, v: ((u.double().reshape(v.shape) - v.double()).abs().max() / v.double().abs().max()).item()
-
-
-def run_op(t, s, p, d, groups, grad, fused, wants=(True,) * 6):
-    # the public op, with the switch as asked; returns (out, grads, fused steps taken)
-    ck.set_enabled(fused)
-    leaves = [v.detach().clone().requires_grad_(w) for v, w in zip(t, wants)]
-    before = ck.calls()
-    out = ic_conv2d(*leaves[:5], leaves[5], s, p, d, groups)
-    out.backward(grad)
-    return out.detach(), [v.grad for v in leaves], ck.calls() - before
 
 
 for k, s, p, d, dt, cl, groups in [
@@ -627,16 +618,7 @@ for s in (1, 2):
     m = IcConv2d(8, 8, 3, stride=s, padding=1, alpha=0.5)
     with torch.no_grad():
         m.adjust_bias.normal_(0, 0.3)
-    xa = torch.randn(2, 8, 10, 10)
-    got = {}
-    for on in (True, False):
-        m.zero_grad(set_to_none=True)
-        ck.set_enabled(on)
-        before = ck.calls()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = m(xa)
-        out.float().square().mean().backward()
-        got[on] = (out.dtype, out.float().detach(), [p.grad.clone() for p in m.parameters()], ck.calls() - before)
+    got = module_on_both_routes(m, torch.randn(2, 8, 10, 10), "cpu", torch.bfloat16)
     (d1, o1, g1, n1), (d0, o0, g0, n0) = got[True], got[False]
     assert d1 == d0 == torch.bfloat16 and n1 == (2 if s == 1 else 3) and n0 == 0, (d1, d0, n1, n0)
     assert rel(o1, o0) < 2e-2 and all(rel(u, v) < 5e-2 for u, v in zip(g1, g0)), [rel(u, v) for u, v in zip(g1, g0)]
@@ -669,7 +651,7 @@ def test_rust_launch_path_under_emulated_driver(tmp_path):
     nvrtc_dirs = [os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")]
     env = dict(os.environ, IC_NETWORKS_CUDA_EMULATION="1", IC_NETWORKS_KERNEL_CACHE_DIR=str(tmp_path / "cache"),
                LD_LIBRARY_PATH=os.pathsep.join([str(lib_dir)] + nvrtc_dirs + [os.environ.get("LD_LIBRARY_PATH", "")]),
-               PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), os.environ.get("PYTHONPATH", "")] if p))
+               PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")] if p))
     import json
     runs = []
     for args in ([], ["warm-up-only"]):  # the second process reads the CUBIN from the disk cache
