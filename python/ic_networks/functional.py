@@ -29,6 +29,7 @@ messages). Python only converts what the ops' schemas cannot take (a float ``alp
 """
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -68,21 +69,27 @@ def _export_reference(x: Tensor, *args) -> Tensor:
     return out.squeeze(0) if unbatched else out
 
 
+@functools.lru_cache(maxsize=None)
+def _size_hint():
+    """symbolic_shapes' hint of a symbolic size, looked up once (on first use: tracing has imported
+    the module by then)."""
+    try:
+        from torch.fx.experimental.symbolic_shapes import optimization_hint
+    except ImportError:  # torch < 2.12 calls it size_hint
+        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
+    return optimization_hint
+
+
 def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
     """A CPU tensor with ``t``'s shape and dtype on one element of storage (zero strides), for the
     Rust validator; symbolic sizes take their hint (no guard is added)."""
     if t is None:
         return None
-    try:  # (imported by tracing anyway)
-        from torch.fx.experimental.symbolic_shapes import optimization_hint
-    except ImportError:  # torch < 2.12 calls it size_hint
-        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
-
     shape = []
     for s in t.shape:
         if type(s) is not int:
             try:
-                s = optimization_hint(s)
+                s = _size_hint()(s)
             except Exception as e:  # an unbacked size: nothing to check it against
                 raise _NoHint from e
         shape.append(int(s))
