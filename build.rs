@@ -11,6 +11,8 @@
 //!    by python/ic_networks/_torch_check.py) and picks the C++ standard from it; see `torch_build`.
 use std::path::{Path, PathBuf};
 
+const MANYLINUX_COMPAT: &str = "src/cpp/compat/manylinux_2_28.c";
+
 fn main() {
     const CPP: [&str; 5] = ["src/cpp/aten_shim.cpp", "src/cpp/ops.cpp", "src/cpp/kernels.cpp", "src/cpp/autograd.cpp", "src/cpp/autocast.cpp"];
     for f in CPP.iter().chain(&["src/cpp/ops.h", "src/cpp/error_buf.h"]) {
@@ -35,6 +37,23 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .files(CPP)
         .compile("icn_aten_shim");
+
+    // Stand-ins for the few glibc/libstdc++ entry points newer than manylinux_2_28 (the file says
+    // which); linked whole, so that every reference in the library binds to them.
+    println!("cargo:rerun-if-changed={MANYLINUX_COMPAT}");
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
+        && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
+    {
+        cc::Build::new()
+            .pic(true)
+            .warnings(true)
+            .extra_warnings(true)
+            .warnings_into_errors(true)
+            .file(MANYLINUX_COMPAT)
+            .link_lib_modifier("+whole-archive")
+            .compile("icn_manylinux_2_28");
+    }
 
     // The wheel installs ic_networks/_core.*.so next to site-packages/torch.
     println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
