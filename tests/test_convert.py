@@ -1,4 +1,6 @@
 """ic_networks.convert: bit-identity with torchvision models at alpha = 0, selection rules, errors."""
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -96,7 +98,8 @@ def test_selection_rules_and_options():
     assert isinstance(ic.a.alpha, nn.Parameter)  # alpha_mode="learnable" by default
 
     seen = []
-    convert(net, kernel_sizes=(1, 3, 5), include=lambda n, m: seen.append(n) or False)
+    with pytest.warns(UserWarning, match="nothing was converted"):
+        convert(net, kernel_sizes=(1, 3, 5), include=lambda n, m: seen.append(n) or False)
     assert sorted(seen) == ["a", "c", "seq.0", "shared"]  # qualified names; "b" is (1, 3), not a match
 
     assert convert(net, inplace=True) is net and isinstance(net.a, IcConv2d) and net.shared is net.a
@@ -111,14 +114,38 @@ def test_top_level_conv_and_subclasses():
     conv = nn.Conv2d(2, 3, 3)
     assert isinstance(convert(conv), IcConv2d)
 
-    class WeirdConv(nn.Conv2d):  # may override forward: left alone
+    class WeirdConv(nn.Conv2d):  # may override forward: left alone, with a warning naming it
         pass
 
-    seq = nn.Sequential(WeirdConv(2, 3, 3))
-    assert type(convert(seq)[0]) is WeirdConv
+    seq = nn.Sequential(WeirdConv(2, 3, 3), nn.Conv2d(3, 3, 3), WeirdConv(3, 3, 1))
+    with pytest.warns(UserWarning, match=r"left 1 conv\(s\) unconverted: WeirdConv .*\('0'\)"):
+        ic = convert(seq)
+    assert type(ic[0]) is WeirdConv and type(ic[1]) is IcConv2d and type(ic[2]) is WeirdConv
 
     pair = nn.Sequential(IcDepthwiseSeparable(4, 8))  # already an IC layer: its dw conv stays plain
-    assert type(convert(pair)[0].dw) is nn.Conv2d
+    with pytest.warns(UserWarning, match="nothing was converted"):
+        assert type(convert(pair)[0].dw) is nn.Conv2d
+
+
+@pytest.mark.parametrize("model, kwargs, sizes", [
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), {}, r"\(3x3\)"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), {"kernel_sizes": (5, (1, 7))}, r"\(1x7, 5x5\)"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3)), {"include": lambda name, m: False}, r"\(3x3\) accepted by include"),
+])
+def test_nothing_to_convert_warns(model, kwargs, sizes):
+    with pytest.warns(UserWarning, match=f"nothing was converted: Sequential has no nn.Conv2d with a kernel size "
+                                         f"in kernel_sizes {sizes}") as rec:
+        out = convert(model, **kwargs)
+    assert len(rec) == 1 and rec[0].filename == __file__  # points at the caller
+    assert out is not model and out.state_dict().keys() == model.state_dict().keys()
+    with pytest.warns(UserWarning, match="the result is the model unchanged"):
+        assert convert(model, inplace=True, **kwargs) is model
+
+
+def test_converting_something_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(torchvision.models.resnet18())
 
 
 def test_train_mode_and_device_preserved():

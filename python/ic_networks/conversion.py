@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Optional, Set, Tuple
 
 import copy
 import numbers
+import warnings
 
 from torch import nn
 
@@ -50,10 +51,14 @@ def convert(
 ) -> nn.Module:
     """Replaces the matching ``nn.Conv2d`` modules of ``model`` with :class:`IcConv2d`.
 
-    A conv matches when it is exactly an ``nn.Conv2d`` (subclasses are skipped: they may override
-    ``forward``, which the replacement would silently drop; an ``IcConv2d`` is never converted
-    twice, nor a conv inside another IC layer such as ``models.IcDepthwiseSeparable``), its ``kernel_size`` is in ``kernel_sizes`` and ``include(qualified_name, conv)`` is
-    true (``qualified_name`` as in ``model.named_modules()``, ``""`` for ``model`` itself).
+    A conv matches when it is exactly an ``nn.Conv2d``, its ``kernel_size`` is in ``kernel_sizes`` and
+    ``include(qualified_name, conv)`` is true (``qualified_name`` as in ``model.named_modules()``, ``""``
+    for ``model`` itself). An ``IcConv2d`` is never converted twice, nor a conv inside another IC layer
+    such as ``models.IcDepthwiseSeparable``. Subclasses of ``nn.Conv2d`` (timm's ``Conv2dSame``,
+    mmcv's ``Conv2d`` wrapper, ...) are left as they are, with a ``UserWarning`` naming them: they may
+    override ``forward`` (``Conv2dSame`` pads dynamically), which the replacement would drop. Modules
+    that are not ``nn.Conv2d`` at all (timm's ``CondConv2d``, deformable convs) are not convs to
+    ``convert``. A ``UserWarning`` also says so when nothing was converted.
 
     Args:
         model: the model; if it is itself a matching conv, the new ``IcConv2d`` is returned.
@@ -87,10 +92,11 @@ def convert(
         model = copy.deepcopy(model)
 
     replaced = {}  # id(old conv) -> new IcConv2d, so shared convs stay shared
+    skipped = {}  # qualified name -> class name of a matching nn.Conv2d subclass left as it is
 
     def matches(name: str, module: nn.Module) -> bool:
         return (
-            type(module) is nn.Conv2d
+            isinstance(module, nn.Conv2d)
             and tuple(module.kernel_size) in sizes
             and (include is None or bool(include(name, module)))
         )
@@ -98,13 +104,16 @@ def convert(
     def visit(module: nn.Module, prefix: str) -> nn.Module:
         if id(module) in replaced:
             return replaced[id(module)]
+        if is_ic_layer(module):
+            return module  # already an IC layer (e.g. the MobileNet dw + pw pair): its convs stay
         if matches(prefix, module):
+            if type(module) is not nn.Conv2d:
+                skipped[prefix] = type(module).__name__
+                return module
             new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode, adjust_init=adjust_init,
                                      adjust_bias_init=adjust_bias_init)
             replaced[id(module)] = new
             return new
-        if is_ic_layer(module):
-            return module  # already an IC layer (e.g. the MobileNet dw + pw pair): its convs stay
         for name, child in list(module._modules.items()):  # every name, also of a shared child
             if child is None:
                 continue
@@ -113,4 +122,18 @@ def convert(
                 setattr(module, name, new)
         return module
 
-    return visit(model, "")
+    model = visit(model, "")
+    if skipped:
+        kinds = ", ".join(sorted(set(skipped.values())))
+        names = ", ".join(repr(n) for n in list(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(
+            f"convert: left {len(skipped)} conv(s) unconverted: {kinds} is a subclass of nn.Conv2d and may override "
+            f"forward, which an IcConv2d would drop ({names})", UserWarning, stacklevel=2)
+    if not replaced:
+        wanted = ", ".join("x".join(map(str, s)) for s in sorted(sizes))
+        warnings.warn(
+            f"convert: nothing was converted: {type(model).__name__} has no nn.Conv2d with a kernel size in "
+            f"kernel_sizes ({wanted})"
+            + (" accepted by include" if include is not None else "") + " outside IC layers; the result is "
+            + ("the model unchanged" if inplace else "an unchanged copy"), UserWarning, stacklevel=2)
+    return model
