@@ -411,3 +411,49 @@ def test_fused_cpu_paths_channels_last_match_oracle(k, s, p, d, groups, bias, al
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
     x = x.contiguous(memory_format=torch.channels_last)
     _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(stride=-1), "stride"), (dict(stride=0), "stride"), (dict(stride=(1, 0)), "stride"),
+        (dict(kernel_size=0), "kernel_size"), (dict(kernel_size=(3, -1)), "kernel_size"),
+        (dict(padding=-1), "padding"), (dict(padding=(0, -2)), "padding"), (dict(padding="full"), "padding"),
+        (dict(dilation=0), "dilation"), (dict(groups=0), "groups"), (dict(groups=3), "groups"),
+        (dict(out_channels=6, groups=4), "groups"), (dict(in_channels=0), "in_channels"),
+        (dict(out_channels=-2), "out_channels"), (dict(alpha_mode="sometimes"), "alpha_mode"),
+        (dict(stride=2, padding="same"), "same"),
+    ],
+)
+def test_constructor_refuses_bad_arguments_naming_them(kwargs, name):
+    args = dict(in_channels=4, out_channels=8, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        icn.IcConv2d(**args)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(stride=1.5), "stride"), (dict(kernel_size="3"), "kernel_size"),
+                                         (dict(groups=True), "groups"), (dict(dilation=(1, 2, 3)), "dilation")])
+def test_constructor_refuses_wrong_argument_types_naming_them(kwargs, name):
+    args = dict(in_channels=4, out_channels=8, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises((TypeError, ValueError), match=name):
+        icn.IcConv2d(**args)
+
+
+def test_double_backward_is_refused_naming_the_reference():
+    """A gradient penalty: the native op's gradient is not differentiable again; the error names the
+    twice-differentiable reference, and the reference's second derivative is a real one."""
+    torch.manual_seed(0)
+    layer = icn.IcConv2d(3, 4, 3, padding=1, alpha=0.5).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*ic_networks\.reference\.ic_conv2d_reference"):
+        gx.square().sum().backward()
+    args = (layer.weight, layer.adjust_weight, layer.adjust_bias, layer.alpha, layer.bias, 1, 1, 1, 1)
+    (gx_ref,) = torch.autograd.grad(ic_conv2d_reference(x, *args).square().sum(), x, create_graph=True)
+    torch.testing.assert_close(gx_ref, gx.detach())
+    (gw,) = torch.autograd.grad(gx_ref.square().sum(), layer.weight)
+    assert gw.abs().sum() > 0
+    assert torch.autograd.gradgradcheck(lambda x_, w_: ic_conv2d_reference(x_, w_, *args[1:]),
+                                        (x.detach()[:1].requires_grad_(), layer.weight.detach().requires_grad_()))

@@ -12,7 +12,9 @@ imported. They live in the ``ic_networks`` namespace (``torch.ops.ic_networks``)
 * ``ic_conv2d_inference(...) -> out``: the forward without a backward to serve (``relu_z`` is not
   written); it refuses a backward.
 * ``ic_conv2d_backward(...) -> 6 tensors``: gradients that were not requested come back as empty
-  tensors. Double backward is not supported and raises a ``RuntimeError`` that says so.
+  tensors. Double backward (differentiating a gradient taken with ``create_graph=True``, as a
+  gradient penalty does) is not supported: it raises a ``RuntimeError`` that names
+  :func:`ic_networks.reference.ic_conv2d_reference`, the twice-differentiable plain-PyTorch formula.
 * ``boxsum(x, kernel_size, stride, padding, dilation) -> Tensor``: differentiable (twice).
 * ``wld_loss(student_logits, teacher_logits, target, lam, e, tau) -> (loss, ce, kd)`` and its
   ``wld_loss_backward``.

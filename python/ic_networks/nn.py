@@ -1,17 +1,22 @@
 """Modules: ``IcConv2d`` (a drop-in for ``nn.Conv2d``) and ``WLDLoss``."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Union
+import warnings
+from typing import Iterator, List, Mapping, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as icf
+from ._checks import int_pair, positive_int
 from ._utils import IntPair, resolve_padding
+from .layers import IC_PARAM_NAMES
 
-__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES", "ADJUST_INITS"]
+__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES", "ADJUST_INITS", "PlainStateDictWarning"]
 
 ALPHA_MODES = ("fixed", "learnable")
 #: initialisations of W' (``adjust_init``): W's kaiming-uniform distribution; the same divided by
@@ -36,8 +41,14 @@ class IcConv2d(nn.Conv2d):
     ``bias`` (b2), ``adjust_weight`` (W', shape ``(out, in/groups, 1, 1)``), ``adjust_bias`` (b1),
     ``alpha``. W' is initialised by ``adjust_init`` (default ``'like_weight'``: W's kaiming-uniform
     bound, fan-in of the full kernel; see :data:`ADJUST_INITS`) and b1 with ``adjust_bias_init``
-    (default 0). docs/fidelity.md measures these choices from scratch. Loading a plain ``nn.Conv2d`` state_dict with ``strict=False`` reports exactly the
-    IC keys as missing.
+    (default 0). docs/fidelity.md measures these choices from scratch. The constructor checks its
+    arguments (a ``ValueError`` / ``TypeError`` naming the argument).
+
+    Loading a plain ``nn.Conv2d``'s state_dict (``weight`` present, none of ``adjust_weight``,
+    ``adjust_bias``, ``alpha``) sets alpha = 0, so the layer computes that convolution bit for bit:
+    ``ic_model.load_state_dict(plain_model.state_dict(), strict=False)`` gives the plain model, with
+    one :class:`PlainStateDictWarning` per call and the IC keys listed as missing; ``strict=True``
+    still raises for the missing keys. :func:`ic_networks.io.load_weights` does the same and logs instead.
 
     The computation runs in the Rust core (``torch.ops.ic_networks.ic_conv2d``, an op of the
     native library), which ``torch.compile(fullgraph=True)``, ``torch.export``, autocast and
@@ -71,6 +82,7 @@ class IcConv2d(nn.Conv2d):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
         _check_adjust_init(adjust_init, adjust_bias_init)
+        _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
@@ -87,6 +99,14 @@ class IcConv2d(nn.Conv2d):
         else:
             self.register_buffer("alpha", a)
         self.reset_adjust_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        plain = _is_plain_state(state_dict, prefix, "weight")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if plain:
+            _loaded_plain_state(self, prefix, missing_keys)
 
     def reset_adjust_parameters(self) -> None:
         """W' by ``self.adjust_init`` and b1 = ``self.adjust_bias_init``. ``'like_weight'`` draws W'
@@ -191,6 +211,62 @@ class IcConv2d(nn.Conv2d):
         if self.padding_mode != "zeros":
             return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return F.pad(x, self._ic_extra) if self._ic_uneven else x
+
+
+def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups) -> None:
+    """The constructor's checks of nn.Conv2d's arguments, with the messages the op gives in forward."""
+    positive_int("in_channels", in_channels)
+    positive_int("out_channels", out_channels)
+    int_pair("kernel_size", kernel_size, 1)
+    int_pair("stride", stride, 1)
+    int_pair("dilation", dilation, 1)
+    if not isinstance(padding, str):
+        int_pair("padding", padding, 0)
+    positive_int("groups", groups)
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if channels % groups:
+            raise ValueError(f"groups: {name} ({channels}) must be divisible by groups ({groups})")
+
+
+class PlainStateDictWarning(UserWarning):
+    """An IC layer loaded a plain layer's state_dict (no IC parameters) and was set to alpha = 0."""
+
+
+#: False inside :func:`quiet_plain_loads` (loaders that report plain layers themselves).
+_WARN_PLAIN = contextvars.ContextVar("ic_networks_warn_plain", default=True)
+#: The ``missing_keys`` list of the last load_state_dict call that warned: one warning per call.
+_last_warned: List[List[str]] = [[]]
+
+
+@contextlib.contextmanager
+def quiet_plain_loads() -> Iterator[None]:
+    """No :class:`PlainStateDictWarning` inside (for a loader that reports plain layers itself)."""
+    token = _WARN_PLAIN.set(False)
+    try:
+        yield
+    finally:
+        _WARN_PLAIN.reset(token)
+
+
+def _is_plain_state(state_dict: Mapping, prefix: str, plain_key: str) -> bool:
+    """True if ``state_dict`` holds the plain layer's ``plain_key`` at ``prefix`` and no IC parameter."""
+    return prefix + plain_key in state_dict and not any(prefix + k in state_dict for k in IC_PARAM_NAMES)
+
+
+def _loaded_plain_state(layer: nn.Module, prefix: str, missing_keys: List[str]) -> None:
+    """What an IC layer's ``_load_from_state_dict`` does after loading a plain layer's state: alpha = 0
+    (so it computes the plain layer), and a warning, once per ``load_state_dict`` call (torch passes
+    every layer of one call the same ``missing_keys`` list)."""
+    layer.set_alpha(0.0)
+    if not _WARN_PLAIN.get() or missing_keys is _last_warned[0]:
+        return
+    _last_warned[0] = missing_keys
+    warnings.warn(
+        f"{type(layer).__name__} {prefix[:-1] or '(the model itself)'} and any other IC layer of this "
+        f"load_state_dict call whose state_dict has no {'/'.join(IC_PARAM_NAMES)} (a plain layer's) got "
+        f"alpha = 0, so they compute the plain layer; their IC keys are in the result's missing_keys",
+        PlainStateDictWarning, stacklevel=3,
+    )
 
 
 def _check_adjust_init(adjust_init, adjust_bias_init) -> None:

@@ -5,6 +5,8 @@ It is the test oracle, and the documented path for export formats that cannot ho
 an export is running (``functional._exporting``). It never stands in for the Rust op otherwise.
 
 The box sum is a depthwise convolution with an all-ones kernel, so it exports as a standard Conv.
+Being plain PyTorch, it is also differentiable twice, which the op is not: use it where a second
+derivative is needed (a gradient penalty).
 """
 from __future__ import annotations
 

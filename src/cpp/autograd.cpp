@@ -1,7 +1,7 @@
 // Autograd kernels of the ic_networks ops (torch::autograd::Function, as torchvision's
 // deform_conv2d). Each forward calls the op below autograd; each backward calls the backward op
 // through the dispatcher, so torch.compile traces it and its fake kernel. Double backward is not
-// supported and says so.
+// supported: differentiating a gradient raises an error naming ic_networks.reference.
 #include "ops.h"
 
 #include <c10/core/GradMode.h>
@@ -71,8 +71,14 @@ class IcConv2dBackwardFunction : public torch::autograd::Function<IcConv2dBackwa
     return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
   }
 
+  // Reached only when a graph through the gradients is differentiated (create_graph=True, then a
+  // backward through the result): refused, naming the twice-differentiable plain-PyTorch formula.
   static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false, "ic_conv2d: double backward (a gradient of the gradient) is not supported");
+    TORCH_CHECK(false,
+                "ic_conv2d: double backward (a gradient of the gradient, e.g. a gradient penalty built with "
+                "create_graph=True) is not supported by the native op; where a second derivative is needed, "
+                "compute the layer with ic_networks.reference.ic_conv2d_reference (plain PyTorch, twice "
+                "differentiable, same arguments as ic_networks.functional.ic_conv2d)");
   }
 };
 

@@ -14,9 +14,10 @@
 
 ``weights`` and ``num_classes`` are checked before the model is built, so a wrong path fails fast.
 
-Loading is :func:`ic_networks.io.load_weights`: strict except for the IC keys. A plain state_dict
-must leave missing exactly the IC keys (``adjust_weight``, ``adjust_bias``, ``alpha`` of every IC
-layer), which keep their initialisation (random W', b1 = 0); an IC state_dict must leave nothing
+Loading is :func:`ic_networks.io.load_weights`: strict except for the IC keys. In a plain
+state_dict every IC layer's IC keys (``adjust_weight``, ``adjust_bias``, ``alpha``) are missing:
+W' and b1 keep their initialisation (random W', b1 = 0) and alpha is 0, so the model computes the
+plain one bit for bit (an explicit ``alpha=`` is used instead); an IC state_dict must leave nothing
 missing. Any other missing or unexpected key, or a shape mismatch, is a ``RuntimeError``. Checkpoint
 wrappers (``"model"``/``"state_dict"`` entries, ``module.``/``_orig_mod.`` prefixes) are unwrapped.
 
@@ -85,10 +86,11 @@ def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, n
     return path
 
 
-def load_local(model: nn.Module, path: Optional[str]) -> nn.Module:
+def load_local(model: nn.Module, path: Optional[str], plain_alpha: float = 0.0) -> nn.Module:
     """Loads the state_dict file ``path`` (from :func:`resolve_weights`; ``None``: nothing) into
-    ``model`` with :func:`ic_networks.io.load_weights`; returns ``model``."""
-    return model if path is None else load_weights(model, path)
+    ``model`` with :func:`ic_networks.io.load_weights` (IC layers without IC parameters in the file
+    get alpha = ``plain_alpha``); returns ``model``."""
+    return model if path is None else load_weights(model, path, plain_alpha=plain_alpha)
 
 
 def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) -> Tuple[float, str]:
@@ -124,7 +126,7 @@ def build_ic(
     path = resolve_weights(weights, weights_enum, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
     model = convert(make_plain(), kernel_sizes, include, alpha=alpha, alpha_mode=alpha_mode, inplace=True)
-    return load_local(model, path)
+    return load_local(model, path, plain_alpha=alpha)
 
 
 def build_torchvision_ic(
@@ -138,7 +140,15 @@ def build_torchvision_ic(
     kernel_sizes: Iterable,
     include: Callable[[str, nn.Module], bool],
 ) -> nn.Module:
-    """An IC model from a torchvision builder: plain model without weights, converted, then loaded."""
+    """An IC model from a torchvision builder: plain model without weights, converted, then loaded.
+    ``pretrained=`` (torchvision's old argument, which downloads) is a ``TypeError`` that says what to pass."""
+    if "pretrained" in kwargs:
+        folder, filename = os.path.split(hub_checkpoint_path(weights_enum.DEFAULT))
+        raise TypeError(
+            f"pretrained: not an argument of ic-networks' builders (ic-networks never downloads); pass "
+            f"weights=PATH, a local state_dict file (e.g. torchvision's {filename!r}), or "
+            f"weights={weights_enum.__name__}.DEFAULT with that file in {folder!r}"
+        )
     return build_ic(
         lambda: builder(weights=None, num_classes=num_classes, **kwargs),
         weights, weights_enum, num_classes, alpha, alpha_mode, kernel_sizes, include,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as icf
-from ..nn import ALPHA_MODES
+from ..nn import ALPHA_MODES, _is_plain_state, _loaded_plain_state
 from .._checks import positive_int
 from ._common import build_plain, load_local, resolve_alpha, resolve_weights
 
@@ -65,7 +65,8 @@ class IcDepthwiseSeparable(DepthwiseSeparable):
 
     Extra parameters, named as in ``IcConv2d``: ``adjust_weight`` (Cout, Cin, 1, 1),
     ``adjust_bias`` (Cout,) and ``alpha`` (a parameter if ``alpha_mode='learnable'``, else a buffer).
-    ``kernel_size`` / ``stride`` / ``padding`` / ``dilation`` are the box sum's (dw's).
+    ``kernel_size`` / ``stride`` / ``padding`` / ``dilation`` are the box sum's (dw's). A plain
+    :class:`DepthwiseSeparable`'s state_dict loads with alpha = 0, as into ``IcConv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3,
@@ -96,6 +97,14 @@ class IcDepthwiseSeparable(DepthwiseSeparable):
         """Sets alpha in place (keeps it a parameter or a buffer)."""
         with torch.no_grad():
             self.alpha.fill_(float(value))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        plain = _is_plain_state(state_dict, prefix, "pw.weight")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if plain:
+            _loaded_plain_state(self, prefix, missing_keys)
 
     def pair(self, x: Tensor) -> Tensor:
         y = super().pair(x)
@@ -140,4 +149,4 @@ def ic_mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
     """IC-MobileNet (v1) for CIFAR-10: every depthwise + pointwise pair is one IC layer."""
     path = resolve_weights(weights, None, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)
-    return load_local(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path)
+    return load_local(CifarMobileNet(num_classes, ic=True, alpha=alpha, alpha_mode=alpha_mode), path, plain_alpha=alpha)
