@@ -234,3 +234,23 @@ def test_cli_flops_table(capsys):
         _run_cli(["flops", "alexnet"])
     with pytest.raises(ValueError, match="input-size"):
         _run_cli(["flops", "resnet18", "--input-size", "1", "2", "3"])
+
+
+def test_import_ic_networks_does_not_import_torchvision():
+    """torchvision is imported on first use of the zoo (``icn.models``), not by ``import ic_networks``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ic_networks as icn\n"
+        "assert 'torchvision' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torchvision'))\n"
+        "assert icn.IcConv2d and icn.convert and icn.profile and icn.io.load_weights\n"
+        "assert 'torchvision' not in sys.modules\n"
+        "model = icn.models.ic_resnet18()\n"
+        "assert 'torchvision' in sys.modules and icn.training.load_weights is icn.io.load_weights\n"
+        "assert {'models', 'training', 'detection', 'integrations', 'neuron'} <= set(dir(icn))\n"
+        "print('OK')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "IC_NETWORKS_STACK_DIR"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-3000:]

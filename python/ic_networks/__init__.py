@@ -11,7 +11,14 @@ and :mod:`ic_networks.profiling`. Importing ic-networks registers nothing anywhe
 ``torchvision.models.get_model``. (One opt-in exception: with ``$IC_NETWORKS_STACK_DIR`` set,
 as :func:`ic_networks.training.watchdog.run` sets it for the processes it supervises, the import
 registers a ``SIGUSR1`` handler that dumps every thread's Python stack into that folder.)
+
+The subpackages that need torchvision (``models``, ``detection``, ``integrations``, ``training``)
+and ``neuron`` are imported on first use (``icn.models.ic_resnet50`` works as usual), so
+``import ic_networks`` does not import torchvision.
 """
+import importlib
+import os
+
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
 from . import _torch_check  # noqa: F401  -- ImportError if _core was built against another torch
@@ -23,17 +30,31 @@ from .layers import ic_layers, is_ic_layer  # noqa: F401
 from .conversion import convert  # noqa: F401
 from .profiling import profile  # noqa: F401
 from . import conversion, cuda_kernels, diagnostics, profiling  # noqa: F401
-from . import detection, integrations, models, neuron, training  # noqa: F401
 
 __version__ = _core.__version__
 
-from .training import watchdog as _watchdog
+#: Imported by ``__getattr__`` on first access (they import torchvision, or are rarely needed).
+_LAZY_SUBMODULES = ("detection", "integrations", "models", "neuron", "training")
 
-if _watchdog.armed_by_env():  # started under a watchdog: dump stacks on SIGUSR1 (see the docstring)
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # also sets the attribute: called once
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
+# ic_networks.training.watchdog.DUMP_DIR_ENV, read here without importing ic_networks.training
+if os.environ.get("IC_NETWORKS_STACK_DIR"):  # started under a watchdog: dump stacks on SIGUSR1 (see the docstring)
+    from .training import watchdog as _watchdog
+
     _watchdog.arm()
 
 __all__ = [
     "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile", "is_ic_layer", "ic_layers",
-    "functional", "reference", "io", "layers", "conversion", "cuda_kernels", "diagnostics", "profiling", "models", "neuron", "integrations",
-    "training", "detection", "__version__",
+    "functional", "reference", "io", "layers", "conversion", "cuda_kernels", "diagnostics", "profiling", "models",
+    "neuron", "integrations", "training", "detection", "__version__",
 ]
