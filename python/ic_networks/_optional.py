@@ -7,6 +7,7 @@ extra              packages                needed by
 ``[viz]``          captum                  :func:`ic_networks.viz.gradcam`, ``ic-networks gradcam``
 ``[detection]``    torchmetrics,           :func:`ic_networks.detection.voc_map`, ``ic-networks
                    pycocotools             train-det`` (its final evaluation) and ``eval-det``
+``[timm]``         timm                    :mod:`ic_networks.integrations.timm`
 =================  ======================  ===============================================
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ EXTRAS = {
     "captum": ("captum", "viz"),
     "torchmetrics": ("torchmetrics", "detection"),
     "pycocotools": ("pycocotools", "detection"),
+    "timm": ("timm", "timm"),
 }
 
 
