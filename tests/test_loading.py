@@ -139,6 +139,17 @@ def test_plain_layers_of_a_partly_ic_checkpoint_start_at_alpha_0():
         io.load_weights(ic_fmnist_cnn(), partial)
 
 
+def test_detection_backbone_from_plain_weights_keeps_the_builders_alpha():
+    from ic_networks.detection.builders import ic_resnet50_fpn_backbone
+
+    state = torchvision.models.resnet50().state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlainStateDictWarning)
+        default = ic_resnet50_fpn_backbone(weights_backbone=state)
+        explicit = ic_resnet50_fpn_backbone(weights_backbone=state, ic_alpha=0.5)
+    assert set(_alphas(default)) == {0.0} and set(_alphas(explicit)) == {0.5}
+
+
 def test_pretrained_is_refused_with_what_to_pass():
     with pytest.raises(TypeError, match=r"pretrained.*weights=PATH.*resnet18-"):
         icn.models.ic_resnet18(pretrained=True)

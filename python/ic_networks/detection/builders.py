@@ -29,7 +29,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..conversion import convert
 from ..io import read_state_dict
-from ..layers import IC_PARAM_NAMES, ic_layers
+from ..layers import IC_PARAM_NAMES, ic_layers, is_ic_layer
+from ..nn import quiet_plain_loads
 
 __all__ = [
     "fasterrcnn_ic_resnet50_fpn", "retinanet_ic_resnet50_fpn", "ic_resnet50_fpn_backbone", "load_backbone_state",
@@ -70,7 +71,12 @@ def load_backbone_state(body: nn.Module, weights_backbone: Union[str, os.PathLik
                         for what, keys in (("wrong shapes", wrong), ("missing keys", missing),
                                            ("unexpected keys", unexpected)) if keys)
         )
-    body.load_state_dict({**sd, **{k: v for k, v in own.items() if k.startswith("fc.")}}, strict=False)
+    alphas = {name: float(m.alpha.detach()) for name, m in body.named_modules() if is_ic_layer(m)}
+    with quiet_plain_loads():  # a plain backbone is expected here: its IC layers keep the builder's ic_alpha
+        body.load_state_dict({**sd, **{k: v for k, v in own.items() if k.startswith("fc.")}}, strict=False)
+    for name, m in body.named_modules():
+        if name in alphas and f"{name}.alpha" not in sd:
+            m.set_alpha(alphas[name])
 
 
 def ic_resnet50_fpn_backbone(
