@@ -14,7 +14,8 @@ Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, a
 * ``compiled``  - ``torch.compile`` of the reference (skipped with ``--no-compile``).
 
 Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, eval) in ms, and
-``saved`` = bytes kept for the backward (unique storages, parameters excluded) in MB.
+``saved`` = bytes kept for the backward (unique storages, parameters excluded) in MB; ``n/a`` for
+``compiled``, whose compiled graph keeps its tensors out of reach of autograd's saved-tensor hooks.
 
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
 against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``.
@@ -182,7 +183,7 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         for k in variants:
             rows.append({
                 "shape": name, "variant": k, "fwd_ms": t_f[k] * 1e3, "fwdbwd_ms": t_fb[k] * 1e3, "infer_ms": t_i[k] * 1e3,
-                "saved_mb": saved.get(k, float("nan")) / 2**20, "out_mb": out_bytes / 2**20,
+                "saved_mb": saved[k] / 2**20 if k in saved else None, "out_mb": out_bytes / 2**20,
             })
         print(f"  measured {name}", file=sys.stderr, flush=True)
     return rows
@@ -216,7 +217,7 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
             steps[k] = _routed(step, routes.get(k), autocast, device.type)
         t = _interleaved(steps, device, repeats, warmup=1)
         for k in pair:
-            rows.append({"model": k, "step_ms": t[k] * 1e3})
+            rows.append({"model": k, "step_ms": t[k] * 1e3, "batch": batch, "image_size": size})
         print(f"  measured {name}", file=sys.stderr, flush=True)
     return rows
 
@@ -227,9 +228,20 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def _mb(v: Optional[float], fmt: str) -> str:
+    """A saved-bytes figure, or ``n/a`` where it was not measured (None; NaN in older JSON files)."""
+    return "n/a" if v is None or v != v else format(v, fmt)
+
+
 def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str] = None, dtype=torch.float32) -> str:
+    """The Markdown tables. The first line names the device, the precision and the sizes of the
+    tables printed: ``batch`` for the layer rows, the rows' own batch and image size for the models."""
     precision = str(dtype).removeprefix("torch.") + (f" under {autocast} autocast" if autocast else "")
-    out = [f"Device: {machine_description(device)}; layer batch N={batch}, {precision}.", ""]
+    sizes = [f"layer batch N={batch}"] if layer_rows else []
+    if model_rows and "batch" in model_rows[0]:
+        r = model_rows[0]
+        sizes.append(f"model batch N={r['batch']} at {r['image_size']}x{r['image_size']}")
+    out = [f"Device: {machine_description(device)}; {', '.join(sizes + [precision])}.", ""]
     if layer_rows:
         fused = any(r["variant"] == "ic-fused" for r in layer_rows)
         out += [
@@ -245,11 +257,12 @@ def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str]
 
         for r in layer_rows:
             base = by[(r["shape"], "conv")]
-            extra = (r["saved_mb"] - base["saved_mb"]) / r["out_mb"] if r["saved_mb"] == r["saved_mb"] else float("nan")
+            measured = r["saved_mb"] is not None and r["saved_mb"] == r["saved_mb"]
+            extra = (r["saved_mb"] - base["saved_mb"]) / r["out_mb"] if measured else None
             out.append(
-                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} | {r['saved_mb']:.1f} | "
+                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} | {_mb(r['saved_mb'], '.1f')} | "
                 f"{r['fwd_ms'] / base['fwd_ms']:.2f}x | {r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['infer_ms'] / base['infer_ms']:.2f}x | "
-                f"{extra:+.2f} | {speed(r, 'ic')} |" + (f" {speed(r, 'ic-fused')} |" if fused else "")
+                f"{_mb(extra, '+.2f')} | {speed(r, 'ic')} |" + (f" {speed(r, 'ic-fused')} |" if fused else "")
             )
         out.append("")
     if model_rows:

@@ -9,8 +9,9 @@ Verbs, by family (one module each, every one exposing ``register(subparsers)``):
 * :mod:`.detection`: ``train-det``, ``eval-det`` (the mAP needs the ``[detection]`` extra).
 
 Shared argument parsers live in :mod:`.common`. A verb's errors (bad paths, bad values, a missing
-optional dependency) print ``ic-networks VERB: error: ...`` and return 1; bad option syntax is
-``argparse``'s exit status 2.
+optional dependency) print ``ic-networks VERB: error: ...`` and return 1; bad option syntax, and
+options that cannot go together (:class:`.common.UsageError`), print the verb's usage and exit with
+status 2.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 from typing import List, Optional
 
 from . import bench, detection, models, training, viz
+from .common import UsageError
 
 __all__ = ["main", "build_parser", "VERB_MODULES"]
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="VERB")
     for mod in VERB_MODULES:
         mod.register(sub)
+    parser.verbs = sub.choices  # verb name -> its parser (for usage errors found after parsing)
     return parser
 
 
@@ -44,6 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         rc = args.func(args)
+    except UsageError as exc:
+        parser.verbs[args.command].error(str(exc))  # usage and message, exit status 2
     except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         print(f"ic-networks {args.command}: error: {exc}", file=sys.stderr)
         return 1

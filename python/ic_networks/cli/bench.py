@@ -9,7 +9,7 @@ import torch
 
 from .. import bench
 from ..io import atomic_write_text
-from .common import RAW, add_device_argument, positive_int, resolve_device
+from .common import RAW, UsageError, add_device_argument, add_verb, positive_int, resolve_device
 
 __all__ = ["register"]
 
@@ -18,6 +18,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.skip_layers and args.skip_models:
+        raise UsageError("--skip-layers with --skip-models leaves nothing to measure")
     stages = [s for s in bench.STAGES if not args.shapes or s[0] in args.shapes.split(",")]
     if args.shapes and not stages:
         raise ValueError(f"--shapes: expected names from {[s[0] for s in bench.STAGES]}, got {args.shapes!r}")
@@ -30,7 +32,8 @@ def run(args) -> int:
     text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast)
     print(text)
     if args.json:
-        doc = {"device": bench.machine_description(device), "autocast": args.autocast, "layers": layer_rows, "models": model_rows}
+        doc = {"device": bench.machine_description(device), "autocast": args.autocast, "layer_batch": args.batch,
+               "layers": layer_rows, "models": model_rows}
         atomic_write_text(json.dumps(doc, indent=1) + "\n", args.json)
     return 0
 
@@ -54,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the IC layer and IC-ResNets against plain ones",
-                       description=bench.__doc__, formatter_class=RAW)
+    p = add_verb(sub, "bench", help="benchmark the IC layer and IC-ResNets against plain ones",
+                 description=bench.__doc__.split("\n\n", 1)[1], formatter_class=RAW)
     add_arguments(p)
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ status 2, usage printed), before any model or dataset is touched.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -16,11 +17,40 @@ from .._checks import positive_int as _positive_int
 
 __all__ = [
     "positive_int", "nonnegative_int", "device", "resolve_device", "add_device_argument", "add_workers_argument",
-    "add_out_argument", "RAW",
+    "add_out_argument", "RAW", "plain", "add_verb", "UsageError",
 ]
 
 #: Keeps the line breaks of a verb's description (recipe lists, module docstrings).
 RAW = argparse.RawDescriptionHelpFormatter
+
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")  # :mod:`ic_networks.bench`, :func:`~.evaluate.evaluate`
+_LITERAL = re.compile(r"``([^`]*)``|`([^`]*)`")
+
+
+def _role(m: "re.Match") -> str:
+    tilde, target = m.group(1), m.group(2).lstrip(".")
+    return target.rsplit(".", 1)[-1] if tilde else target
+
+
+def plain(text: str) -> str:
+    """``text`` (a docstring) without its reST markup, for ``--help``: a role (``:mod:`x```) becomes
+    its target (the last name with ``~``), a literal (double or single backquotes) its text."""
+    text = _ROLE.sub(_role, text)
+    return _LITERAL.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text).strip()
+
+
+class UsageError(Exception):
+    """A combination of options a verb cannot run: ``ic-networks`` prints the verb's usage and this
+    message, and exits with status 2, as for any other bad option."""
+
+
+def add_verb(sub, name: str, help: str, description: Optional[str] = None, **kw) -> argparse.ArgumentParser:
+    """The parser of verb ``name``: ``help`` is its line in ``ic-networks --help`` and the first line
+    of ``ic-networks NAME --help``, followed by ``description`` (plain text, without reST markup)."""
+    first = help[:1].upper() + help[1:] + ("" if help.endswith(".") else ".")
+    text = first + ("\n\n" + plain(description) if description else "")
+    return sub.add_parser(name, help=help, description=text, **kw)
 
 
 def _int(s: str) -> int:

@@ -23,7 +23,9 @@ from ..detection import BUILDERS
 from ..detection.engine import append_jsonl, evaluate, make_optimizer, train_one_epoch
 from ..detection.voc import VOC_CLASSES, collate, voc_datasets
 from ..io import atomic_save, atomic_write_text, load
-from .common import add_device_argument, add_out_argument, add_workers_argument, positive_int, resolve_device
+from .common import (
+    add_device_argument, add_out_argument, add_verb, add_workers_argument, positive_int, resolve_device,
+)
 
 __all__ = ["register", "train_det", "eval_det"]
 
@@ -43,7 +45,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-det", help="train an IC Faster R-CNN / RetinaNet on local PASCAL VOC (torchvision)")
+    p = add_verb(
+        sub, "train-det", help="train an IC Faster R-CNN / RetinaNet on local PASCAL VOC (torchvision)",
+        description="Writes OUT/last.pt after every epoch (and resumes from it when it exists), one JSON line per "
+        "epoch to OUT/log.jsonl, and evaluates VOC mAP@0.5 after the last epoch (the [detection] extra). The default "
+        "learning rate is mmdetection's, rescaled to the batch size. Only local files are read.",
+    )
     p.add_argument("--model", choices=sorted(BUILDERS), default="fasterrcnn_ic_resnet50_fpn")
     _common(p)
     p.add_argument("--train-sets", nargs="+", default=["2007-trainval", "2012-trainval"],
@@ -59,7 +66,11 @@ def register(sub) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after the last epoch")
     p.set_defaults(func=train_det)
 
-    p = sub.add_parser("eval-det", help="VOC mAP@0.5 of a train-det checkpoint")
+    p = add_verb(
+        sub, "eval-det", help="VOC mAP@0.5 of a train-det checkpoint",
+        description="Evaluates a train-det checkpoint (last.pt) on a local VOC split and writes OUT/metrics.json "
+        "(the [detection] extra).",
+    )
     p.add_argument("--checkpoint", required=True, help="a train-det checkpoint (last.pt)")
     _common(p)
     p.set_defaults(func=eval_det)

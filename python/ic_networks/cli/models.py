@@ -23,7 +23,7 @@ from ..layers import ic_layers
 from ..models._common import load_local, resolve_weights
 from ..models._zoo import ZOO, lookup
 from ..profiling import profile
-from .common import add_out_argument, positive_int
+from .common import add_out_argument, add_verb, positive_int
 
 __all__ = ["register"]
 
@@ -40,20 +40,33 @@ def _input_size(values, default):
     raise ValueError(f"--input-size: expected S, H W or N C H W, got {values}")
 
 
+def _unit(value: float):
+    """``(divisor, prefix)`` that shows ``value`` with 1 to 3 digits before the point (G, M, K)."""
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= div:
+            return div, prefix
+    return 1.0, ""
+
+
 def _flops(args) -> int:
     entry = lookup(args.name)
     size = _input_size(args.input_size, entry.input_size)
     with torch.device("meta"):
         rows = [(entry.plain_name, profile(entry.plain(), size)), (entry.name, profile(entry.ic(), size))]
     base = rows[0][1]
-    print(f"input {tuple(size)}; multiply-adds as in ic_networks.profile (box-sum additions listed apart)")
-    header = f"{'model':<26}{'params':>10}{'GMACs':>9}{'IC layers':>11}{'IC params':>11}{'W1x1 GMACs':>12}{'elem GMACs':>12}{'box Gadds':>11}{'d MACs':>9}"
+    md, m = _unit(base.macs)  # one unit for every multiply-add column, chosen by the plain model
+    pd, pp = _unit(base.params)
+    print(f"input {tuple(size)}; multiply-adds as in ic_networks.profile (box-sum additions listed apart); "
+          "K = 10^3, M = 10^6, G = 10^9")
+    header = (f"{'model':<26}{'params':>10}{m + 'MACs':>9}{'IC layers':>11}{'IC params':>11}{'W1x1 ' + m + 'MACs':>12}"
+              f"{'elem ' + m + 'MACs':>12}{'box ' + m + 'adds':>11}{'d MACs':>9}")
     print(header)
     print("-" * len(header))
     for name, p in rows:
         print(
-            f"{name:<26}{p.params / 1e6:>9.2f}M{p.macs / 1e9:>9.2f}{p.ic_layers:>11}{p.ic_params / 1e6:>10.2f}M"
-            f"{p.ic_macs_adjust / 1e9:>12.3f}{p.ic_macs_elementwise / 1e9:>12.4f}{p.ic_box_sum_adds / 1e9:>11.4f}"
+            f"{name:<26}{p.params / pd:>9.2f}{pp or ' '}{p.macs / md:>9.2f}{p.ic_layers:>11}"
+            f"{p.ic_params / pd:>10.2f}{pp or ' '}"
+            f"{p.ic_macs_adjust / md:>12.3f}{p.ic_macs_elementwise / md:>12.4f}{p.ic_box_sum_adds / md:>11.4f}"
             f"{100.0 * (p.macs - base.macs) / base.macs:>+8.1f}%"
         )
     return 0
@@ -99,21 +112,21 @@ def _diagnose(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     names = ", ".join(sorted(ZOO))
-    p = sub.add_parser("flops", help="params and multiply-adds of a plain model against its IC version",
+    p = add_verb(sub, "flops", help="params and multiply-adds of a plain model against its IC version",
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("name", help="zoo model, plain or IC name (e.g. resnet50, ic_resnet50_b)")
     p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                    help="S (square), H W, or N C H W; default: the model's (224 ImageNet, 32 CIFAR, 28 FMNIST)")
     p.set_defaults(func=_flops)
 
-    p = sub.add_parser("convert", help="turn a plain checkpoint into an IC state_dict (alpha = 0)",
+    p = add_verb(sub, "convert", help="turn a plain checkpoint into an IC state_dict (alpha = 0)",
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("--model", required=True, help="zoo model, plain or IC name (e.g. resnet50)")
     p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
     add_out_argument(p, "where to write the IC state_dict", required=True, metavar="PATH")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("diagnose", help="per IC layer: std(alpha relu(Z)) / std(conv) on a probe batch",
+    p = add_verb(sub, "diagnose", help="per IC layer: std(alpha relu(Z)) / std(conv) on a probe batch",
                        description=f"Models: {names} (or their plain names).")
     p.add_argument("name", help="zoo model, plain or IC name (e.g. ic_resnet50)")
     p.add_argument("--weights", help="local state_dict of the IC model (default: random initialisation)")

@@ -14,7 +14,8 @@ import torch
 from ..training.recipes import RECIPES, get_recipe
 from ..training.schedules import milestones_every
 from .common import (
-    RAW, add_device_argument, add_out_argument, add_workers_argument, nonnegative_int, positive_int, resolve_device,
+    RAW, add_device_argument, add_out_argument, add_verb, add_workers_argument, nonnegative_int, positive_int,
+    resolve_device,
 )
 
 __all__ = ["register"]
@@ -25,9 +26,9 @@ def _recipe_list() -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a model by a named recipe (scratch or WLD)", formatter_class=RAW,
-        description="Train by a named recipe. Recipes:\n" + _recipe_list()
+    p = add_verb(
+        sub, "train", help="train a model by a named recipe (scratch or WLD)", formatter_class=RAW,
+        description="Recipes:\n" + _recipe_list()
         + "\n\nUnder torchrun (--nproc_per_node=N) the run is data-parallel (DDP).",
     )
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="recipe name")
@@ -57,7 +58,12 @@ def register(sub) -> None:
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy of trained weights, single-crop and 10-crop")
+    p = add_verb(
+        sub, "eval", help="top-1/top-5 accuracy of trained weights, single-crop and 10-crop",
+        description="Evaluates a run's checkpoint.pt (its recipe and model are stored in it), or a bare state_dict "
+        "with --recipe and --model (the zoo name a training summary prints as \"model\"), on the recipe's "
+        "validation or test set. Only local files are read.",
+    )
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt, or a state_dict file with --model")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="dataset/model of this recipe (default: the checkpoint's)")
     p.add_argument("--model", help="model name (for a bare state_dict)")
@@ -72,8 +78,8 @@ def register(sub) -> None:
 
     from ..training.demo import DEFAULTS
 
-    p = sub.add_parser(
-        "demo", help="Fashion-MNIST: plain vs IC from scratch vs WLD fine-tuning (a few minutes on CPU)",
+    p = add_verb(
+        sub, "demo", help="Fashion-MNIST: plain vs IC from scratch vs WLD fine-tuning (a few minutes on CPU)",
         description="Trains the plain CNN, its IC version from scratch, and fine-tunes the converted plain model "
         "with WLD (plus a cross-entropy control), on the Debian package's Fashion-MNIST. Installs and downloads "
         "nothing.",
@@ -93,8 +99,8 @@ def register(sub) -> None:
     from ..training.study import NETS, PARTS, StudyConfig
 
     d = StudyConfig()
-    p = sub.add_parser(
-        "study", help="Fashion-MNIST ablations over seeds: IC from scratch and WLD (docs/fidelity.md)",
+    p = add_verb(
+        sub, "study", help="Fashion-MNIST ablations over seeds: IC from scratch and WLD (docs/fidelity.md)",
         description="Trains every cell of the from-scratch ablation (W' init, alpha, b1, network; plain with the "
         "same lr grid) and of the WLD ablation (branch lr, alpha start, e, tau; CE control) over seeds, chooses on "
         "a validation split held out of the training set, and reports mean ± std, paired differences and the "
