@@ -354,7 +354,7 @@ def test_resume_is_exact(tmp_path):
     train, val = small_fmnist()
     full = wld_trainer(tmp_path / "full", train, val, log_every=2)
     s_full = full.fit()
-    assert full.step == 12 and not s_full["interrupted"]
+    assert full.step == 12 and s_full["finished"]
     a = full.model.state_dict()
     assert float(full.model.features[0].alpha.detach()) != 0.0  # alpha was learnt
     untimed = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
@@ -362,7 +362,7 @@ def test_resume_is_exact(tmp_path):
     for stop in (4, 6):
         out = tmp_path / f"cut{stop}"
         s_cut = wld_trainer(out, train, val, log_every=2).fit(max_steps=stop)
-        assert s_cut["interrupted"] and s_cut["step"] == stop
+        assert not s_cut["finished"] and s_cut["stopped_by"] == "max_steps" and s_cut["step"] == stop
         with pytest.raises(ValueError, match="--resume"):
             wld_trainer(out, train, val).fit()
         torch.manual_seed(123)  # the resumed run must not depend on the RNG state it starts with
@@ -519,9 +519,13 @@ def test_cli_demo_without_dataset(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
+def test_demo_end_to_end_on_tiny_data(tmp_path, capsys, monkeypatch):
+    from ic_networks.training import metrics
     from ic_networks.training.demo import run_demo
 
+    figures = {}  # path -> the matplotlib Figure written there
+    save = metrics.save_figure
+    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: figures.setdefault(str(path), fig) and save(fig, path))
     res = run_demo(tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, seeds=2,
                    progress=False)
     assert [r["run"] for r in res["runs"]] == ["plain", "ic", "wld", "plain+ce"]
@@ -541,6 +545,12 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys):
     assert res["comparison_table"] in printed and ("within seed noise" in printed or "exceeds seed noise" in printed)
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["table"] == res["table"]
     assert (tmp_path / "demo" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the curves: accuracy on the test set, so named; 3 steps per run (< log_every): the loss panel
+    # still has each run's epoch mean
+    ax_loss, ax_acc = figures[str(tmp_path / "demo" / "curves.png")].axes
+    assert ax_acc.get_title() == "test set accuracy"
+    assert [ln.get_label() for ln in ax_loss.lines] == ["plain", "ic", "wld", "plain+ce"]
+    assert all(len(ln.get_xdata()) == 1 for ln in ax_loss.lines)
     for seed in (0, 1):
         for run in ("plain", "ic", "wld", "plain+ce"):
             assert (tmp_path / "demo" / f"seed{seed}" / run / "metrics.csv").is_file()
@@ -550,10 +560,12 @@ def test_demo_mean_curves_plot(tmp_path):
     from ic_networks.training.demo import _mean_curves
     from ic_networks.training.metrics import plot_curves
 
-    seeds = [{"epochs": [{"epoch": 1, "val_top1": v}], "steps": [{"step": 10, "epoch": 0.5, "loss": l, "ce": l / 2}]}
+    seeds = [{"epochs": [{"epoch": 1, "val_top1": v, "train_ce": l}],
+              "steps": [{"step": 10, "epoch": 0.5, "loss": l, "ce": l / 2}]}
              for v, l in ((80.0, 1.0), (82.0, 3.0))]
     mean = _mean_curves(seeds, offset=2)
-    assert mean == {"epochs": [{"epoch": 1, "val_top1": 81.0}], "steps": [{"epoch": 0.5, "loss": 2.0, "ce": 1.0}], "offset": 2}
+    assert mean == {"epochs": [{"epoch": 1, "val_top1": 81.0, "train_ce": 2.0}],
+                    "steps": [{"epoch": 0.5, "loss": 2.0, "ce": 1.0}], "offset": 2}
     assert plot_curves({"wld": mean}, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -592,7 +604,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
     # WLD from that run's weights, stopped after one step
     rc = icn.cli.main(["train", "--recipe", "wld-fmnist", "--teacher", str(out / "model.pt"), "--data", data,
                        "--max-steps", "1", "--out", str(tmp_path / "wld")])
-    assert rc == 0 and json.loads(capsys.readouterr().out)["interrupted"]
+    stopped = json.loads(capsys.readouterr().out)
+    assert rc == 0 and not stopped["finished"] and stopped["stopped_by"] == "max_steps"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ def format_comparisons(comparisons: List[Dict[str, Any]]) -> str:
 def _mean_curves(per_seed: List[Dict[str, Any]], offset: int) -> Dict[str, Any]:
     """Epoch rows and step losses averaged over seeds (same number of steps for every seed)."""
     n = len(per_seed)
-    epochs = [{"epoch": rows[0]["epoch"], "val_top1": sum(r["val_top1"] for r in rows) / n}
+    epochs = [{"epoch": rows[0]["epoch"], "val_top1": sum(r["val_top1"] for r in rows) / n,
+               "train_ce": sum(r["train_ce"] for r in rows) / n}
               for rows in zip(*(c["epochs"] for c in per_seed))]
     steps = [{"epoch": ss[0]["epoch"], "loss": sum(s["loss"] for s in ss) / n, "ce": sum(s["ce"] for s in ss) / n}
              for ss in zip(*(c["steps"] for c in per_seed))]
@@ -199,7 +200,7 @@ def run_demo(
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "results.json")
     mean_curves = {name: _mean_curves(curves[name], epochs if name in ("wld", "plain+ce") else 0) for name in RUNS}
     plot_curves(mean_curves, out / "curves.png",
-                title=f"Fashion-MNIST, {n_train:,} training images, mean of {seeds} seed(s)")
+                title=f"Fashion-MNIST, {n_train:,} training images, mean of {seeds} seed(s)", eval_set="test set")
     reach_txt = ", ".join("never" if e is None else str(e) for e in reach)
     log(
         f"\nFashion-MNIST demo: {n_train:,} training images, all {len(bundle.val):,} test images, seeds "

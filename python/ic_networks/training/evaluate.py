@@ -8,12 +8,14 @@ conventions that evaluation and training share.
   average of the crops' logits.
 * **DDP**: each rank evaluates every ``world_size``-th sample and the sums are all-reduced (no
   padding, so every sample counts exactly once).
-* **Progress**: tqdm bars on rank 0 when stderr is a terminal (``progress=None``).
+* **Progress**: tqdm bars on rank 0 when stderr is a terminal (``progress=None``); without bars,
+  ``log`` (when given) gets a line at least every ``log_every_s`` seconds.
 """
 from __future__ import annotations
 
 import sys
-from typing import Dict, Optional
+import time
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .distributed import all_reduce, dist_info
 
-__all__ = ["evaluate", "autocast", "show_progress"]
+__all__ = ["evaluate", "autocast", "show_progress", "PROGRESS_EVERY_S"]
+
+#: Without progress bars, seconds between two progress lines in the log (training and evaluation).
+PROGRESS_EVERY_S = 20.0
 
 
 def show_progress(progress: Optional[bool], rank: int) -> bool:
@@ -49,12 +54,15 @@ def evaluate(
     workers: int = 0,
     progress: Optional[bool] = None,
     desc: str = "eval",
+    log: Optional[Callable[[str], None]] = None,
+    log_every_s: float = PROGRESS_EVERY_S,
 ) -> Dict[str, float]:
     """``{"top1", "top5", "loss", "n"}`` of ``model`` on ``dataset`` (accuracies in percent).
 
     Samples of shape ``(n_crops, C, H, W)`` are multi-crop: the logits of the crops are averaged.
     top-5 is top-``min(5, classes)``. Under DDP the dataset is split across ranks and the result
-    is the all-reduced total (every rank returns it).
+    is the all-reduced total (every rank returns it). Without a progress bar, ``log`` gets a line
+    every ``log_every_s`` seconds (the first after ``log_every_s``).
     """
     if len(dataset) == 0:
         raise ValueError("dataset: cannot evaluate on an empty dataset")
@@ -69,7 +77,11 @@ def evaluate(
     try:
         from tqdm.auto import tqdm
 
-        for x, y in tqdm(loader, desc=desc, leave=False, disable=not show):
+        last_line = time.monotonic()
+        for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not show)):
+            if log is not None and not show and rank == 0 and time.monotonic() - last_line >= log_every_s:
+                last_line = time.monotonic()
+                log(f"{desc}: batch {i + 1}/{len(loader)}")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             crops = x.dim() == 5
             if crops:

@@ -7,7 +7,9 @@ Files (all written atomically) in the run folder:
   they do not apply);
 * ``metrics.json``: ``{"epochs": [...rows], "steps": [...], "summary": {...}}``, where a step
   entry is ``{"step", "epoch" (fractional), "loss", "ce"}`` every ``log_every`` steps;
-* ``curves.png``: training cross-entropy against epochs, and validation top-1 against epochs.
+* ``curves.png``: training cross-entropy against epochs (every ``log_every`` steps, and each
+  epoch's mean as a marker, so a run shorter than ``log_every`` steps still has a curve), and
+  validation top-1 against epochs.
 
 Plots use matplotlib's object API with the Agg canvas, never ``pyplot``, so no display is needed and
 no global backend is switched.
@@ -61,9 +63,12 @@ class MetricsLog:
         plot_curves({title or "run": self.state()}, self.out_dir / "curves.png")
 
 
-def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str = "") -> Path:
+def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str = "",
+                eval_set: str = "validation") -> Path:
     """One PNG with two panels for any number of runs: ``{label: {"epochs": rows, "steps": steps}}``,
-    plus an optional ``"offset"`` (epochs) for a run that continues another one."""
+    plus an optional ``"offset"`` (epochs) for a run that continues another one. The loss panel
+    plots the step entries and each epoch row's ``train_ce`` (its mean over the epoch, a marker at
+    the epoch's end); the accuracy panel the rows' ``val_top1``, measured on ``eval_set``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -73,16 +78,23 @@ def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str =
     for label, run in runs.items():
         off = run.get("offset", 0)
         steps = run.get("steps") or []
+        colour = None
         if steps:
-            ax_loss.plot([off + s["epoch"] for s in steps], [s.get("ce", s["loss"]) for s in steps], label=label, lw=1)
+            (line,) = ax_loss.plot([off + s["epoch"] for s in steps], [s.get("ce", s["loss"]) for s in steps],
+                                   label=label, lw=1)
+            colour = line.get_color()
+        means = [r for r in run.get("epochs") or [] if r.get("train_ce") is not None]
+        if means:
+            ax_loss.plot([off + r["epoch"] for r in means], [r["train_ce"] for r in means], marker="s", ls="none",
+                         color=colour, label=None if steps else label)
         rows = [r for r in run.get("epochs") or [] if r.get("val_top1") is not None]
         if rows:
             ax_acc.plot([off + r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="training cross-entropy", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="training cross-entropy", title="training loss (squares: epoch means)")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title=f"{eval_set} accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        if ax.lines:
+        if any(not ln.get_label().startswith("_") for ln in ax.lines):
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)

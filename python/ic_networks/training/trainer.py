@@ -28,8 +28,12 @@ Conventions and decisions:
   Losses are computed on float32 logits.
 * **Evaluation**: :func:`~.evaluate.evaluate` (top-1/top-5 accuracy in percent, mean
   cross-entropy; multi-crop; split across ranks under DDP).
-* **Progress**: tqdm bars on rank 0 when stderr is a terminal (``progress=None``), one log line
-  per epoch.
+* **Progress**: tqdm bars on rank 0 when stderr is a terminal (``progress=None``). Without bars
+  (a log file, a pipe), ``log`` gets a progress line after the first step and then at least every
+  ``progress_every`` seconds (default 20, also during evaluation), and one line per epoch.
+* **Summary**: ``fit()`` returns ``finished`` (False when it stopped at ``max_steps``, with
+  ``stopped_by: "max_steps"``; ``--resume`` continues it) and ``model``, the recipe's model name,
+  which ``ic-networks eval --model`` takes.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from ..io import atomic_save
 from ..layers import ic_keys, ic_layers
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .distributed import all_reduce, default_device, dist_info, rank_error
-from .evaluate import autocast, evaluate, show_progress
+from .evaluate import PROGRESS_EVERY_S, autocast, evaluate, show_progress
 from .metrics import MetricsLog
 from .recipes import Recipe
 from .schedules import AlphaRamp, LambdaSchedule, LrFactor
@@ -90,7 +94,8 @@ class Trainer:
         ckpt_every: also checkpoint every this many steps (0: only at epoch ends).
         log_every: record the mean training loss every this many steps (for the curves).
         overwrite: allow a fresh run in a folder that already holds a checkpoint.
-        progress: tqdm bars (None: when stderr is a terminal); ``log`` gets one line per epoch.
+        progress: tqdm bars (None: when stderr is a terminal); ``log`` gets one line per epoch and,
+            without bars, progress lines at least every ``progress_every`` seconds.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class Trainer:
         overwrite: bool = False,
         progress: Optional[bool] = None,
         log: Optional[Callable[[str], None]] = print,
+        progress_every: float = PROGRESS_EVERY_S,
     ) -> None:
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe: expected a Recipe, got {type(recipe).__name__}")
@@ -131,7 +137,7 @@ class Trainer:
         self.ckpt_every, self.log_every = ckpt_every, max(1, log_every)
         self.train_set, self.val_set, self.val_ten_crop = train_set, val_set, val_ten_crop
         self.eval_batch_size = eval_batch_size or max(recipe.batch_size // self.world, 64)
-        self.overwrite, self.progress = overwrite, progress
+        self.overwrite, self.progress, self.progress_every = overwrite, progress, float(progress_every)
         self.log = (log if log is not None else (lambda s: None)) if self.rank == 0 else (lambda s: None)
 
         self.model = model.to(self.device)
@@ -287,7 +293,8 @@ class Trainer:
         e = all_reduce(self.acc[:4].clone()).tolist()
         self.acc[:4] = 0
         val = evaluate(self.model, self.val_set, batch_size=self.eval_batch_size, device=self.device, amp=self.amp,
-                       workers=self.workers, progress=self._show_progress(), desc="val")
+                       workers=self.workers, progress=self._show_progress(), desc="val", log=self.log,
+                       log_every_s=self.progress_every)
         self.elapsed += time.perf_counter() - t0
         row = {
             "epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
@@ -313,8 +320,9 @@ class Trainer:
 
     def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> Dict[str, Any]:
         """Trains to ``recipe.epochs`` (or stops, with a checkpoint, once ``max_steps`` global steps
-        are done: ``summary["interrupted"]`` is then True). Returns a summary dict with the final
-        validation metrics (``val_top1``, ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked).
+        are done: ``summary["finished"]`` is then False and ``summary["stopped_by"]`` is
+        ``"max_steps"``). Returns a summary dict with the final validation metrics (``val_top1``,
+        ``val_top5``, ``val_loss``, and ``ten_crop_*`` when asked).
         Under DDP an error names the rank that saw it (see :func:`~.distributed.rank_error`)."""
         try:
             return self._fit(resume, max_steps)
@@ -347,6 +355,8 @@ class Trainer:
             self.teacher.eval()
         from tqdm.auto import tqdm
 
+        lines = not self._show_progress()  # no bar (a log, a pipe): progress lines instead
+        last_line = -math.inf
         while self.epoch < self.recipe.epochs:
             t0 = time.perf_counter()
             loader = self._loader(self.epoch, self.batch)
@@ -358,6 +368,9 @@ class Trainer:
                 self._train_step(x, y)
                 self.step += 1
                 self.batch += 1
+                if lines and time.monotonic() - last_line >= self.progress_every:
+                    last_line = time.monotonic()
+                    self._progress_line(t0)
                 if self.step % self.log_every == 0:
                     loss = self._log_window()
                     if loss is not None:
@@ -370,22 +383,35 @@ class Trainer:
                     self.save_checkpoint()
                     if stop:
                         bar.close()
-                        self._write_metrics({"interrupted": True, "step": self.step})
-                        return {"interrupted": True, "epoch": self.epoch, "step": self.step}
+                        return self._stopped()
             bar.close()
             self._end_epoch(self.epoch, t0)
             self.epoch += 1
             self.batch = 0
             self.save_checkpoint()
-            self._write_metrics({"interrupted": False, "step": self.step})
+            self._write_metrics({"finished": self.epoch >= self.recipe.epochs, "step": self.step})
             if max_steps is not None and self.step >= max_steps and self.epoch < self.recipe.epochs:
-                return {"interrupted": True, "epoch": self.epoch, "step": self.step}
+                return self._stopped()
         return self._finish()
+
+    def _progress_line(self, t0: float) -> None:
+        done = self.acc[3].item()
+        loss = f"  train loss {self.acc[0].item() / done:.4f}" if done else ""
+        self.log(f"epoch {self.epoch + 1}/{self.recipe.epochs}  batch {self.batch}/{self.steps_per_epoch}  "
+                 f"step {self.step}/{self.total_steps}{loss}  ({self.elapsed + time.perf_counter() - t0:.1f} s)")
+
+    def _stopped(self) -> Dict[str, Any]:
+        """The summary of a run stopped at ``max_steps`` (its checkpoint is written)."""
+        summary = {"finished": False, "stopped_by": "max_steps", "recipe": self.recipe.name,
+                   "model": self.recipe.model, "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps}
+        self._write_metrics(summary)
+        self.log(f"stopped at step {self.step} of {self.total_steps} (max_steps); --resume continues the run")
+        return summary
 
     def _finish(self) -> Dict[str, Any]:
         last = self.metrics.epochs[-1] if self.metrics.epochs else {}
         summary = {
-            "interrupted": False, "recipe": self.recipe.name, "model": type(self.model).__name__,
+            "finished": True, "recipe": self.recipe.name, "model": self.recipe.model,
             "epochs": self.recipe.epochs, "step": self.step, "time_s": self.elapsed,
             "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "val_loss": last.get("val_loss"),
             "train_samples": len(self.train_set), "world_size": self.world,
@@ -393,7 +419,7 @@ class Trainer:
         if self.recipe.ten_crop and self.val_ten_crop is not None:
             ten = evaluate(self.model, self.val_ten_crop, batch_size=max(1, self.eval_batch_size // 10),
                            device=self.device, amp=self.amp, workers=self.workers, progress=self._show_progress(),
-                           desc="10-crop")
+                           desc="10-crop", log=self.log, log_every_s=self.progress_every)
             summary.update({"ten_crop_top1": ten["top1"], "ten_crop_top5": ten["top5"], "ten_crop_loss": ten["loss"]})
             self.log(f"10-crop: top-1 {ten['top1']:.2f}%  top-5 {ten['top5']:.2f}%")
         if self.rank == 0:
