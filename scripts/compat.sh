@@ -73,7 +73,7 @@ if [ -x "$OTHER/bin/python" ]; then
 fi
 
 tests=(tests/test_ic_conv.py tests/test_native.py tests/test_wld.py tests/test_install.py)
-if [ "${IC_COMPAT_MMDET:-0}" = 1 ]; then   # mmdetection too (mmcv 2.1.0 builds against torch 2.13)
+if [ "${IC_COMPAT_MMDET:-0}" = 1 ]; then   # mmdetection too (compiles mmcv for this torch, once)
   IC_VENV=$VENV bash scripts/setup_mmdet.sh
   tests+=(tests/test_mmdet.py)
 fi
