@@ -14,8 +14,8 @@ Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, a
 * ``compiled``  - ``torch.compile`` of the reference (skipped with ``--no-compile``).
 
 Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, eval) in ms, and
-``saved`` = bytes kept for the backward (unique storages, parameters excluded) in MB; ``n/a`` for
-``compiled``, whose compiled graph keeps its tensors out of reach of autograd's saved-tensor hooks.
+``saved`` = bytes kept for the backward (unique storages, parameters excluded, counted through
+autograd's saved-tensor hooks) in MB; ``n/a`` for ``compiled``, which that count leaves out.
 
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
 against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``.
