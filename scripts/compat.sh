@@ -6,9 +6,9 @@
 # 2. `pip install --no-build-isolation ".[test]"` into it (the install a user does), checking that it
 #    leaves that torch in place; cargo target dir target/torch-VERSION (IC_COMPAT_TARGET_DIR);
 # 3. the core tests: cargo test, tests/test_ic_conv.py, tests/test_native.py, tests/test_wld.py,
-#    and tests/test_install.py with this build's wheel (installed into a fresh venv beside this
-#    torch, and beside the default .venv's torch when that is another minor: the import must fail
-#    with the clear mismatch error).
+#    and tests/test_install.py with this build's release wheel (dist/torch-X.Y/: installed without a
+#    compiler into a fresh venv beside this torch, where the core tests pass; refused by pip beside
+#    the default .venv's torch when that is another minor, where a forced install fails at import).
 # Extra arguments go to pytest. Prints one line "compat torch=... build_s=... tests=... result=...".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,11 +17,7 @@ cd "$(dirname "$0")/.."
 VERSION=${1:?usage: scripts/compat.sh TORCH_VERSION [pytest args]}
 shift
 minor=$(echo "$VERSION" | cut -d. -f2)
-case "$VERSION" in
-  2.15.*) TV=0.29.2 ;;   # 0.29.2 declares torch>=2.14.0; checked on 2.15.0 (ops and models)
-  2.*) TV="0.$((minor + 15)).*" ;;   # torchvision 0.N goes with torch 2.(N-15)
-  *) echo "error: unsupported torch version $VERSION" >&2; exit 2 ;;
-esac
+TV=$(torchvision_for "$VERSION") || exit 2
 TV=${IC_COMPAT_TORCHVISION:-$TV}
 VENV=${IC_COMPAT_VENV:-.venv-$VERSION}
 export CARGO_TARGET_DIR=${IC_COMPAT_TARGET_DIR:-$PWD/target/torch-$VERSION}
@@ -59,7 +55,7 @@ python -c "import ic_networks as icn, torch; print('ic_networks', icn.__version_
 # Right after the install, so that maturin's second run only repackages (cargo test's build
 # environment differs and reruns build.rs).
 echo "== [$VERSION] the wheel, for tests/test_install.py"
-build_test_wheel
+build_release_wheel dist
 echo "== [$VERSION] cargo test"
 log=$(mktemp)
 cargo_test_release "$log" "torch $VERSION"

