@@ -17,7 +17,8 @@ syntax, with the reason (required; ``pytest -ra`` prints it):
 
 Reasons in use: "needs a GPU", "needs mmdetection", "needs data: ...", "needs the network",
 "compiles ...", "takes minutes: ...", "takes hours: ...". ``pytest.mark.skipif(condition, reason=...)``
-works too (``sys``, ``os`` and ``pytest`` are defined for the condition). Blocks in another language
+works too (``sys``, ``os`` and ``pytest`` are defined for the condition), and so does
+``<!--pytest-codeblocks:importorskip(module)-->``. Blocks in another language
 (```text, a bare fence) are not run, so a command meant to run must be in a python/bash/sh block:
 :func:`test_commands_are_in_runnable_blocks` checks that. A shell block that installs, builds or
 runs a long script (pip, cargo, maturin, apt, scripts/setup.sh, compat.sh, ..., torchrun) and is not
@@ -113,6 +114,8 @@ def _shell_env(tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("doc, block", BLOCKS)
 def test_doc_block(doc, block, tmp_path, monkeypatch):
+    if block.importorskip:  # <!--pytest-codeblocks:importorskip(module)-->
+        pytest.importorskip(block.importorskip)
     work = _workdir(tmp_path)
     where = f"{doc}, the {block.syntax} block at line {block.lineno}"
     if block.syntax == "python":
