@@ -120,6 +120,11 @@ def test_cli_diagnose_and_convert_load_plain_weights_at_alpha_0(resnet18_plain, 
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| layer")]
     alphas = {r[2].strip() for r in rows if r[1].strip() != "layer"}
     assert alphas == {"0"}, alphas
+    # an explicit --alpha is what the user asked for, plain checkpoint or not
+    assert main(["diagnose", "resnet18", "--weights", str(path), "--alpha", "0.5", "--probe", "noise",
+                 "--batch", "1", "--input-size", "32", "--eval"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| layer")]
+    assert {r[2].strip() for r in rows if r[1].strip() != "layer"} == {"0.5"}
     out = tmp_path / "ic.pth"
     assert main(["convert", "--model", "resnet18", "--weights", str(path), "--out", str(out)]) == 0
     assert torch.equal(_output(icn.models.ic_resnet18(weights=out), x), want)

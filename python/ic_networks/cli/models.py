@@ -102,7 +102,11 @@ def _diagnose(args) -> int:
     entry = lookup(args.name)
     size = _input_size(args.input_size, entry.input_size)
     size = (args.batch,) + tuple(size[1:])
-    model = load_local(entry.ic(alpha=args.alpha) if args.alpha is not None else entry.ic(), resolve_weights(args.weights))
+    weights = resolve_weights(args.weights)
+    if args.alpha is None:
+        model = load_local(entry.ic(), weights)
+    else:  # --alpha wins over a plain checkpoint's alpha = 0
+        model = load_local(entry.ic(alpha=args.alpha), weights, plain_alpha=args.alpha)
     model.train(not args.eval)
     stats = branch_ratios(model, _probe(args.probe, size, args.data))
     print(f"{entry.name}, {'eval' if args.eval else 'train'} mode, probe: {args.probe} {tuple(size)}")
