@@ -24,7 +24,23 @@ ALPHA_MODES = ("fixed", "learnable")
 ADJUST_INITS = ("like_weight", "scaled", "zeros", "normal")
 
 
-class IcConv2d(nn.Conv2d):
+class LoadsPlainState:
+    """Mixin of the IC layers: loading the state_dict of the plain layer they replace (its
+    ``plain_key`` present, none of the IC parameters) sets alpha = 0, so the layer computes the plain
+    one bit for bit (see :class:`IcConv2d`). The layer has ``set_alpha``."""
+
+    plain_key = "weight"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        plain = _is_plain_state(state_dict, prefix, self.plain_key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if plain:
+            _loaded_plain_state(self, prefix, missing_keys)
+
+
+class IcConv2d(LoadsPlainState, nn.Conv2d):
     r"""IC convolution layer, a drop-in replacement for :class:`torch.nn.Conv2d`.
 
     .. math::
@@ -99,14 +115,6 @@ class IcConv2d(nn.Conv2d):
         else:
             self.register_buffer("alpha", a)
         self.reset_adjust_parameters()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        plain = _is_plain_state(state_dict, prefix, "weight")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if plain:
-            _loaded_plain_state(self, prefix, missing_keys)
 
     def reset_adjust_parameters(self) -> None:
         """W' by ``self.adjust_init`` and b1 = ``self.adjust_bias_init``. ``'like_weight'`` draws W'

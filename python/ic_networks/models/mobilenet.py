@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as icf
-from ..nn import ALPHA_MODES, _is_plain_state, _loaded_plain_state
+from ..nn import ALPHA_MODES, LoadsPlainState
 from .._checks import positive_int
 from ._common import build_plain, load_local, resolve_alpha, resolve_weights
 
@@ -60,7 +60,7 @@ class DepthwiseSeparable(nn.Module):
         return F.relu(self.bn2(self.pair(x)))
 
 
-class IcDepthwiseSeparable(DepthwiseSeparable):
+class IcDepthwiseSeparable(LoadsPlainState, DepthwiseSeparable):
     """A :class:`DepthwiseSeparable` block whose dw + pw pair is one IC layer (see the module doc).
 
     Extra parameters, named as in ``IcConv2d``: ``adjust_weight`` (Cout, Cin, 1, 1),
@@ -68,6 +68,8 @@ class IcDepthwiseSeparable(DepthwiseSeparable):
     ``kernel_size`` / ``stride`` / ``padding`` / ``dilation`` are the box sum's (dw's). A plain
     :class:`DepthwiseSeparable`'s state_dict loads with alpha = 0, as into ``IcConv2d``.
     """
+
+    plain_key = "pw.weight"
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3,
                  alpha: float = 1.0, alpha_mode: str = "fixed") -> None:
@@ -97,14 +99,6 @@ class IcDepthwiseSeparable(DepthwiseSeparable):
         """Sets alpha in place (keeps it a parameter or a buffer)."""
         with torch.no_grad():
             self.alpha.fill_(float(value))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        plain = _is_plain_state(state_dict, prefix, "pw.weight")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if plain:
-            _loaded_plain_state(self, prefix, missing_keys)
 
     def pair(self, x: Tensor) -> Tensor:
         y = super().pair(x)
