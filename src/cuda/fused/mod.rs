@@ -1,8 +1,9 @@
 //! Fused CUDA kernels for the memory-bound part of the IC layer (opt-in; see docs/cuda-kernels.md).
 //!
 //! The kernels (`src/cuda/kernels/collision.cu`) are compiled at run time by NVRTC and launched
-//! through the CUDA driver API, both loaded dynamically by `cudarc`: nothing CUDA at build or link
-//! time, so one build works with CPU-only torch, and on machines without a driver
+//! through the CUDA driver API, both loaded at run time by `dl.rs` (torch's NVRTC and the
+//! driver's libcuda by full path first; [`libraries`] says which files): nothing CUDA at build or
+//! link time, so one build works with CPU-only torch, and on machines without a driver
 //! [`available`] is simply `false`.
 //!
 //! The switch: the libtorch path stays the default on CUDA. With [`enabled`]
@@ -25,13 +26,14 @@
 //! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed.
 //! The tensors allocated here come from PyTorch's caching allocator on its current stream, so
 //! that must be the same stream.
+pub mod dl;
 pub mod launch;
 pub mod layer;
 pub mod nvrtc;
 pub mod py;
 
 use crate::error::{Error, Result};
-use cudarc::driver::sys;
+use dl::CuStream;
 use launch::{CtxGuard, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -49,12 +51,14 @@ pub fn unavailable_reason() -> Option<String> {
         if let Some(p) = launch::driver_problem() {
             return Some(p);
         }
-        if !nvrtc::nvrtc_available() {
-            return Some("libnvrtc is not loadable (torch with CUDA ships it; or put it on LD_LIBRARY_PATH)".into());
-        }
-        None
+        nvrtc::unavailable_reason()
     })
     .clone()
+}
+
+/// The files in use: (libcuda, libnvrtc), each a full path, or `None` where none loads.
+pub fn libraries() -> (Option<String>, Option<String>) {
+    (dl::driver().ok().map(|l| l.path.clone()), nvrtc::library_path())
 }
 
 /// libcuda (with at least one device) and NVRTC are present. Checked once, never panics.
@@ -103,6 +107,9 @@ pub struct WarmUp {
     pub cubin: bool,
     /// Read from the disk cache rather than compiled now.
     pub from_cache: bool,
+    /// Why the first image was not used (the driver rejected a cached or fresh CUBIN; it was
+    /// recompiled, or its PTX loaded), `None` when it was.
+    pub replaced: Option<String>,
 }
 
 /// Compiles (or reads from the disk cache) and loads the kernels for CUDA device `ordinal`. Call it
@@ -113,7 +120,7 @@ pub fn warm_up(ordinal: usize) -> Result<WarmUp> {
     }
     let g = CtxGuard::new(ordinal)?;
     let m = launch::module(ordinal, g.dev, None)?;
-    Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache })
+    Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache, replaced: m.replaced.clone() })
 }
 
 /// Test hook: `IC_NETWORKS_CUDA_EMULATION=1` treats CPU tensors as CUDA device 0. Only meaningful
@@ -184,24 +191,61 @@ fn ptr(t: &Tensor) -> u64 {
     t.data_ptr() as u64
 }
 
-/// A device scalar in the accumulation dtype (capture-safe when `alpha` is already on the device).
-fn scalar_on(alpha: &Tensor, acc: Kind, dev: Device) -> Result<Tensor> {
+/// How a kernel gets alpha: by value (`ptr` 0) or, for an alpha on a CUDA device, through a
+/// pointer the kernel reads once per thread.
+///
+/// * an alpha on the CPU (a 0-d CPU tensor, which the op accepts) is read here, once per call,
+///   and passed by value: no copy to the device, no synchronisation, nothing that breaks CUDA-graph
+///   capture (the captured value is the one at capture time, as for any host scalar);
+/// * an alpha on a CUDA device stays there: its own memory when it has the accumulation dtype,
+///   else a one-element cast on the stream (capture-safe). Reading it on the host would
+///   synchronise, and in a graph it would freeze a parameter that training changes.
+struct AlphaArg {
+    value: f64,
+    ptr: u64,
+    _keep: Option<Tensor>,
+}
+
+fn alpha_arg(alpha: &Tensor, acc: Kind) -> Result<AlphaArg> {
     if alpha.numel() != 1 {
         return Err(Error::Value(format!("alpha: expected one element, got shape {:?}", alpha.size())));
     }
-    Ok(alpha.f_to_device(dev)?.f_to_kind(acc)?.f_reshape([1])?.f_contiguous()?)
+    if alpha.device() == Device::Cpu {
+        let value = alpha.f_double_value(&vec![0; alpha.dim()])?;
+        return Ok(AlphaArg { value, ptr: 0, _keep: None });
+    }
+    let t = if alpha.kind() == acc { alpha.shallow_clone() } else { alpha.f_to_kind(acc)? };
+    Ok(AlphaArg { value: 0.0, ptr: ptr(&t), _keep: Some(t) })
+}
+
+/// A kernel's by-value alpha in the accumulation dtype (`f32` or `f64`), laid out as its parameter.
+enum AlphaValue {
+    F32(f32),
+    F64(f64),
+}
+
+impl AlphaValue {
+    fn new(v: f64, acc: Kind) -> Self {
+        if acc == Kind::Double { AlphaValue::F64(v) } else { AlphaValue::F32(v as f32) }
+    }
+    fn arg(&mut self) -> *mut c_void {
+        match self {
+            AlphaValue::F32(v) => arg(v),
+            AlphaValue::F64(v) => arg(v),
+        }
+    }
 }
 
 struct Launcher {
     _ctx: CtxGuard,
     module: &'static launch::Module,
-    stream: sys::CUstream,
+    stream: CuStream,
 }
 
 impl Launcher {
     fn new(ordinal: usize, stream: RawStream) -> Result<Self> {
         let ctx = CtxGuard::new(ordinal)?;
-        let s = stream as sys::CUstream;
+        let s = stream as CuStream;
         let module = launch::module(ordinal, ctx.dev, Some(s))?;
         Ok(Self { _ctx: ctx, module, stream: s })
     }
@@ -249,7 +293,7 @@ pub fn box_forward(
         return Ok(Some((y.shallow_clone(), rz)));
     }
     let sh = shift.f_to_device(y.device())?.f_to_kind(acc)?.f_contiguous()?;
-    let al = scalar_on(alpha, acc, y.device())?;
+    let al = alpha_arg(alpha, acc)?;
     p.s_box = IcStrides::of(&q.stride());
     p.s_a = IcStrides::of(&y.stride());
     p.s_b = p.s_a;
@@ -257,9 +301,14 @@ pub fn box_forward(
     let l = Launcher::new(ordinal, stream)?;
     let (mut py, mut pq, mut po) = (ptr(y), ptr(q), ptr(y));
     let mut pr = rz.as_ref().map(ptr).unwrap_or(0);
-    let (mut ps, mut pa) = (ptr(&sh), ptr(&al));
+    let (mut ps, mut av, mut pa) = (ptr(&sh), AlphaValue::new(al.value, acc), al.ptr);
     let grid = [(p.tiles_h * p.tiles_w) as u32, p.tiles_c as u32, p.n as u32];
-    l.run(&format!("ic_fwd_box_{suffix}"), grid, smem, &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), arg(&mut pa), arg(&mut p)])?;
+    l.run(
+        &format!("ic_fwd_box_{suffix}"),
+        grid,
+        smem,
+        &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), av.arg(), arg(&mut pa), arg(&mut p)],
+    )?;
     Ok(Some((y.shallow_clone(), rz)))
 }
 
@@ -321,20 +370,20 @@ pub fn box_backward(
     let sums = Tensor::f_zeros([c + 1, 2], opts)?;
     if n > 0 {
         let part = Tensor::f_empty([n_part], opts)?;
-        let al = scalar_on(alpha, acc, grad.device())?;
+        let al = alpha_arg(alpha, acc)?;
         p.s_box = IcStrides::of(&g.stride());
         p.s_a = IcStrides::of(&grad.stride());
         p.s_b = gy.as_ref().map(|t| IcStrides::of(&t.stride())).unwrap_or_default();
         p.s_r = IcStrides::of(&relu_z.stride());
         let l = Launcher::new(ordinal, stream)?;
         let (mut pg, mut pr, mut pgy, mut pgg) = (ptr(grad), ptr(relu_z), gy.as_ref().map(ptr).unwrap_or(0), ptr(&g));
-        let (mut pa, mut pp) = (ptr(&al), ptr(&part));
+        let (mut av, mut pa, mut pp) = (AlphaValue::new(al.value, acc), al.ptr, ptr(&part));
         let grid = [tiles_sp as u32, p.tiles_c as u32, p.n as u32];
         l.run(
             &format!("ic_bwd_box_{suffix}"),
             grid,
             smem,
-            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), arg(&mut pa), arg(&mut pp), arg(&mut p)],
+            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), av.arg(), arg(&mut pa), arg(&mut pp), arg(&mut p)],
         )?;
         let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32 };
         if tiles_sp > i32::MAX as i64 {

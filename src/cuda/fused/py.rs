@@ -54,7 +54,25 @@ fn cuda_fused_warm_up(py: Python<'_>, device: usize) -> PyResult<Bound<'_, PyDic
     d.set_item("compute_capability", w.cc)?;
     d.set_item("cubin", w.cubin)?;
     d.set_item("from_cache", w.from_cache)?;
+    d.set_item("replaced", w.replaced)?;
     Ok(d)
+}
+
+/// The files the fused route uses: `{"libcuda": path, "nvrtc": path}`, each a full path, or None
+/// where none loads (the candidates, in order, are in src/cuda/fused/dl.rs).
+#[pyfunction]
+fn cuda_fused_libraries(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (cuda, nvrtc) = py.allow_threads(super::libraries);
+    let d = PyDict::new(py);
+    d.set_item("libcuda", cuda)?;
+    d.set_item("nvrtc", nvrtc)?;
+    Ok(d)
+}
+
+/// Whether `IC_NETWORKS_CUDA_SYNC_CHECK=1` is in effect (synchronise and check after each launch).
+#[pyfunction]
+fn cuda_fused_sync_check() -> bool {
+    super::launch::sync_check()
 }
 
 type Fwd = Option<(PyTensor, Option<PyTensor>)>;
@@ -161,5 +179,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum_t_, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_calls, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_libraries, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_sync_check, m)?)?;
     Ok(())
 }

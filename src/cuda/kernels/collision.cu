@@ -14,6 +14,8 @@
 // Kernels (entry names: IC_FOR_EACH_ENTRY below; T in f32, f64, f16, bf16, math in float32 or
 // float64 for f64):
 //   ic_fwd_box_T   reads Yb and Q (kh x kw halo in shared memory), writes out and relu_z.
+//                  alpha (here and in ic_bwd_box_T): the value parameter, or *alpha_p when
+//                  alpha_p is not null (an alpha that lives on the device), read once per thread.
 //                  With kh = kw = 1, pad 0 it is the plain collision kernel on (Yb, P).
 //   ic_bwd_box_T   reads grad and relu_z (halo), writes gy = grad + gz (optional),
 //                  G = boxsum^T(gz) on x's grid, and per-block per-channel partial sums
@@ -225,6 +227,7 @@ __device__ __forceinline__ int ic_slot(int c, int r, int x, int TC, int rows, in
 template <class T>
 __device__ __forceinline__ void ic_fwd_box(const T* y, const T* q, T* out, T* rz,
                                            const typename IcTraits<T>::acc* shift,
+                                           typename IcTraits<T>::acc alpha_v,
                                            const typename IcTraits<T>::acc* alpha_p, IcBoxParams p) {
     typedef typename IcTraits<T>::acc A;
     IC_SHARED(A, tile);
@@ -232,7 +235,7 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* q, T* out, T* rz
     const int c0 = blockIdx.y * p.TC, n = blockIdx.z;
     const int oh0 = th * p.TH, ow0 = tw * p.TW;
     const int HH = p.TH + p.dh * (p.kh - 1), HW = p.TW + p.dw * (p.kw - 1);
-    const A alpha = *alpha_p;
+    const A alpha = alpha_p ? *alpha_p : alpha_v;
     // 1. Q on the tile and its halo (zero outside the image: the box sum's zero padding).
     for (int idx = threadIdx.x; idx < p.TC * HH * HW; idx += blockDim.x) {
         int c, r, x;
@@ -266,6 +269,7 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* q, T* out, T* rz
 // z = N. partials: (N * tiles_c * tiles_h * tiles_w * TC) x 3 acc values, in grid order.
 template <class T>
 __device__ __forceinline__ void ic_bwd_box(const T* grad, const T* rz, T* gy, T* G,
+                                           typename IcTraits<T>::acc alpha_v,
                                            const typename IcTraits<T>::acc* alpha_p,
                                            typename IcTraits<T>::acc* partials, IcBoxParams p) {
     typedef typename IcTraits<T>::acc A;
@@ -278,7 +282,7 @@ __device__ __forceinline__ void ic_bwd_box(const T* grad, const T* rz, T* gy, T*
     const int HH = p.TH + eh, HW = p.TW + ew;
     A* tile = smem;
     A* red = smem + p.TC * HH * HW;
-    const A alpha = *alpha_p;
+    const A alpha = alpha_p ? *alpha_p : alpha_v;
     // Thread t always sees channel c0 + t % TC (cl, blockDim.x % TC == 0) or c0 (TC == 1).
     A acc[3] = {A(0), A(0), A(0)};
     // 1. gz on the halo; gy and the sums on the owned part (halo rows >= eh, cols >= ew).
@@ -408,14 +412,14 @@ __device__ __forceinline__ void ic_boxsum_t(const T* ds, T* out, IcBoxsumParams 
 
 #define IC_DEFINE_ENTRIES(SUF, T)                                                                        \
     extern "C" __global__ void ic_fwd_box_##SUF(const T* y, const T* q, T* out, T* rz,                 \
-                                                const IcTraits<T>::acc* shift,                          \
-                                                const IcTraits<T>::acc* alpha, IcBoxParams p) {         \
-        ic_fwd_box<T>(y, q, out, rz, shift, alpha, p);                                                  \
+                                                const IcTraits<T>::acc* shift, IcTraits<T>::acc alpha,  \
+                                                const IcTraits<T>::acc* alpha_p, IcBoxParams p) {       \
+        ic_fwd_box<T>(y, q, out, rz, shift, alpha, alpha_p, p);                                         \
     }                                                                                                   \
     extern "C" __global__ void ic_bwd_box_##SUF(const T* grad, const T* rz, T* gy, T* G,               \
-                                                const IcTraits<T>::acc* alpha,                          \
+                                                IcTraits<T>::acc alpha, const IcTraits<T>::acc* alpha_p,\
                                                 IcTraits<T>::acc* partials, IcBoxParams p) {            \
-        ic_bwd_box<T>(grad, rz, gy, G, alpha, partials, p);                                             \
+        ic_bwd_box<T>(grad, rz, gy, G, alpha, alpha_p, partials, p);                                    \
     }                                                                                                   \
     extern "C" __global__ void ic_boxsum_##SUF(const T* x, T* s, IcBoxsumParams p) { ic_boxsum<T>(x, s, p); } \
     extern "C" __global__ void ic_boxsum_t_##SUF(const T* ds, T* out, IcBoxsumParams p) { ic_boxsum_t<T>(ds, out, p); }
