@@ -868,3 +868,51 @@ def test_libraries_are_loaded_by_full_path(fake_driver, tmp_path):
     if not Path("/proc/driver/nvidia/version").exists():  # no real driver to find after the stub
         assert "stub" in r["reason"] and str(decoys / "libcuda.so") in r["reason"], r
 
+
+def test_gpu_check_runs_on_the_stand_in_driver(fake_driver, tmp_path):
+    """scripts/gpu_check.sh end to end without a GPU (GPU_CHECK_EMULATE=1, the stand-in driver):
+    stages 1 and 2 pass, each leaves exactly one tarball in OUTDIR with every log and JSON and the
+    summary (the kernel cache stays outside it), the second info step hits the disk cache, and a
+    deadline too short for any step skips them all, fails, and still packs the tarball."""
+    import json
+    import tarfile
+
+    fake, _ = fake_driver
+    out, work = tmp_path / "out", tmp_path / "work"
+    # caps and deadline scaled for a loaded CPU machine (the GPU's are the script's defaults)
+    env = dict(os.environ, GPU_CHECK_EMULATE="1", IC_NETWORKS_LIBCUDA=str(fake), GPU_CHECK_WORK=str(work),
+               GPU_CHECK_CAP_SCALE="8", GPU_CHECK_DEADLINE="2400")
+    for k in ("STAGE", "STEPS", "IC_NETWORKS_CUDA_SYNC_CHECK"):
+        env.pop(k, None)
+    script = ROOT / "scripts" / "gpu_check.sh"
+
+    def run(stage, **extra):
+        r = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=2400,
+                           env=dict(env, STAGE=str(stage), **extra))
+        with tarfile.open(out / f"gpu_check-stage{stage}.tar.gz") as t:
+            files = {m.name.split("/", 1)[1]: m for m in t.getmembers() if m.isfile()}
+            read = lambda n: t.extractfile(files[n]).read().decode()  # noqa: E731
+            return r, files, {n: read(n) for n in files if n.endswith((".log", ".json", ".tsv", ".txt"))}
+
+    r, files, text = run(1)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "gpu_check stage 1: PASSED" in r.stdout
+    assert {"info-cold.log", "info-cached.log", "gpu-tests.log", "gpu-tests.xml", "bench-n256.log", "bench-n256.json",
+            "steps.tsv", "summary.txt", "nvidia-smi.txt"} <= set(files), sorted(files)
+    assert not any("kernel-cache" in n for n in files)
+    assert "'from_cache': False" in text["info-cold.log"] and "'from_cache': True" in text["info-cached.log"]
+    assert "'libcuda': '" + str(fake.resolve()) in text["info-cold.log"], text["info-cold.log"]
+    assert json.loads(text["bench-n256.json"])["emulated"] is True
+    assert [line.split("\t")[0] for line in text["steps.tsv"].splitlines()[1:]] == ["info-cold", "info-cached", "gpu-tests", "bench-n256"]
+
+    r, files, text = run(2)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    rows = json.loads(text["kernels.json"])["rows"]
+    assert len(rows) == 4 and all(row["fwd_ms"] > 0 and row["bwd_ms"] > 0 for row in rows), rows
+    assert "sanitizer\t-\t0\tSKIPPED (needs a GPU)" in text["steps.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check-stage1.tar.gz", "gpu_check-stage2.tar.gz"]
+
+    r, files, text = run(1, GPU_CHECK_DEADLINE="20")
+    assert r.returncode == 1, r.stdout[-4000:]
+    assert "gpu_check stage 1: FAILED" in r.stdout
+    assert text["steps.tsv"].count("SKIPPED (deadline") == 4, text["steps.tsv"]
