@@ -69,7 +69,7 @@ class BoxsumParams(ctypes.Structure):
 
 
 class ReduceParams(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in ("N", "C", "TC", "tiles_c", "tiles_sp")]
+    _fields_ = [(n, ctypes.c_int) for n in ("N", "C", "TC", "tiles_c", "tiles_sp", "dalpha")]
 
 
 SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -119,6 +119,13 @@ def plan_tile(c, rows, cols, cl, nt):
     return 1, th, tw
 
 
+def threads_for(tile):
+    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    channels x columns and 64 threads, at most 256."""
+    tc, th, tw = tile
+    return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))
+
+
 def box_params(n, c, h, w, ho, wo, kh, kw, ph, pw, dh, dw, cl, tile, bwd, t_box, t_a, t_b, t_r):
     tc, th, tw = tile
     rows, cols = (max(ho, h + ph), max(wo, w + pw)) if bwd else (ho, wo)
@@ -141,6 +148,7 @@ def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, n
     (n, c, ho, wo), (h, w) = y.shape, q.shape[2:]
     cl = is_cl(y)
     tile = tile or plan_tile(c, ho, wo, cl, nt)
+    nt = nt or threads_for(tile)  # 0: launch.rs's choice
     out = y.clone()
     rz = torch.empty_like(y) if keep_rz else None
     a = acc_dtype(y.dtype)
@@ -154,12 +162,14 @@ def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, n
     return out, rz
 
 
-def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=None, nt=256, order=0, alpha_ptr=False):
+def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=None, nt=256, order=0, alpha_ptr=False,
+                need_dalpha=True):
     """gy, G = boxsum^T(gz) on the input grid, and (db1, db2, dalpha) in the accumulation dtype."""
     n, c, ho, wo = grad.shape
     h, w = in_hw
     cl = is_cl(grad)
     tile = tile or plan_tile(c, max(ho, h + pad[0]), max(wo, w + pad[1]), cl, nt)
+    nt = nt or threads_for(tile)  # 0: launch.rs's choice
     a = acc_dtype(grad.dtype)
     gy = torch.empty_like(grad) if need_gy else None
     mf = torch.channels_last if cl else torch.contiguous_format
@@ -171,10 +181,11 @@ def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=Non
     part = torch.full((n * p.tiles_c * tiles_sp * tile[0] * 3,), float("nan"), dtype=a)
     av, ap = alpha_args(alpha, a, alpha_ptr)
     launch(lib, f"ic_bwd_box_{SUFFIX[grad.dtype]}", (tiles_sp, p.tiles_c, n), nt, smem, order, grad, rz, gy, G, av, ap, part, p)
-    sums = torch.full((c + 1, 2), float("nan"), dtype=a)
-    rp = ReduceParams(n, c, tile[0], p.tiles_c, tiles_sp)
-    launch(lib, f"ic_reduce_{SUFFIX[a]}", (c + 1, 1, 1), nt, 3 * nt * a.itemsize, order, part, sums, rp)
-    return gy, G, sums[:c, 0], sums[:c, 1], sums[c, 0]
+    sums = torch.full((c, 3), float("nan"), dtype=a)
+    rp = ReduceParams(n, c, tile[0], p.tiles_c, tiles_sp, int(need_dalpha))
+    launch(lib, f"ic_reduce_{SUFFIX[a]}", (c, 1, 1), max(nt, 32), 3 * max(nt, 32) * a.itemsize, order, part, sums, rp)
+    # d alpha: the per-channel values added in a fixed order (launch.rs: torch's sum)
+    return gy, G, sums[:, 0], sums[:, 1], (sums[:, 2].sum() if need_dalpha else None)
 
 
 def boxsum_params(x_shape, o_shape, k, s, pad, dil, mode, cl, t_in, t_out):
@@ -294,8 +305,9 @@ def test_emulated_layer_matches_float64_oracle(emu, case):
     ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad)
     tiles = [None, (1, 2, 4) if not cl else (4, 2, 4)]
     results = []
-    # alpha through its device pointer in the first run, by value in the other two
-    for tile, nt, order, by_ptr in [(tiles[0], 256, 0, True), (tiles[1], 32, 0, False), (tiles[1], 32, 1, False)]:
+    # the default tile with launch.rs's threads (nt 0) and alpha through its device pointer, then small
+    # tiles (every geometry crosses tile borders) in both thread orders with alpha by value
+    for tile, nt, order, by_ptr in [(tiles[0], 0, 0, True), (tiles[1], 32, 0, False), (tiles[1], 32, 1, False)]:
         out, rz, g = emu_layer(emu, x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad, tile=tile, nt=nt, order=order, alpha_ptr=by_ptr)
         assert maxrel(out, ref_out) < 1e-12, f"forward (tile {tile}, {nt} threads)"
         z = F.conv2d(x, w, b2, st, pd, dl, groups)

@@ -366,9 +366,11 @@ pub struct IcReduceParams {
     pub tc: i32,
     pub tiles_c: i32,
     pub tiles_sp: i32,
+    /// 1: also sum d alpha (per channel); 0: alpha needs no gradient.
+    pub dalpha: i32,
 }
 
-/// Threads per block of every kernel.
+/// Threads per block of the flat kernels (box sums, reduce), and the most the box kernels use.
 pub const THREADS: u32 = 256;
 /// Dynamic shared memory the plan may use without an opt-in.
 pub const SMEM_LIMIT: usize = 48 * 1024;
@@ -391,8 +393,26 @@ pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
     }
 }
 
-/// The box kernels' plan: params and shared-memory bytes, shrinking the tile until the halo fits
-/// in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated boxes: libtorch path).
+/// Threads per block of the box kernels for a tile (TC, TH, TW), all powers of two: about four
+/// outputs per thread (the per-thread set-up is paid once for them), at least one row of the
+/// tile's channels x columns (the kernels' thread layout) and 64 threads (two warps, and blocks
+/// small enough for small images: 64 threads for an 8 x 8 tile at 7 x 7), at most [`THREADS`].
+/// Mirrored in tests/test_cuda_kernels.py and tests/cuda_emu/ptx_stats.py.
+pub fn threads_for(tc: i64, th: i64, tw: i64) -> u32 {
+    (pow2ceil(tc * th * tw) / 4).max(tc * tw).max(64).min(THREADS as i64) as u32
+}
+
+/// Whether every element offset `c * s.c + h * s.h + w * s.w` inside one image of a tensor of
+/// `size`, `stride`, with indices up to `extra` past its size (the kernels' halo and tile
+/// overhang), fits the kernels' 32-bit in-image offsets.
+pub fn fits_i32(size: &[i64], stride: &[i64], extra: i64) -> bool {
+    let span: i128 = (1..4).map(|d| stride[d].unsigned_abs() as i128 * (size[d] + extra) as i128).sum();
+    span < i32::MAX as i128 && (1..4).all(|d| stride[d].unsigned_abs() < i32::MAX as u64)
+}
+
+/// The box kernels' plan: params, shared-memory bytes and threads per block, shrinking the tile
+/// until the halo fits in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated
+/// boxes: libtorch path).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_box(
     size_out: [i64; 4],
@@ -403,13 +423,13 @@ pub fn plan_box(
     cl: bool,
     bwd: bool,
     acc_bytes: usize,
-) -> Option<(IcBoxParams, usize)> {
+) -> Option<(IcBoxParams, usize, u32)> {
     let [n, c, ho, wo] = size_out;
     let [h, w] = size_in_hw;
     let (rows, cols) = if bwd { (ho.max(h + pad[0]), wo.max(w + pad[1])) } else { (ho, wo) };
     let (tc, mut th, mut tw) = plan_tile(c, rows, cols, cl);
     let (eh, ew) = (dil[0] * (k[0] - 1), dil[1] * (k[1] - 1));
-    let red = if bwd { 3 * THREADS as usize } else { 0 };
+    let red = if bwd { 3 * THREADS as usize } else { 0 }; // the block reduction's warp sums fit in it
     let bytes = |th: i64, tw: i64| ((tc * (th + eh) * (tw + ew)) as usize + red) * acc_bytes;
     while bytes(th, tw) > SMEM_LIMIT {
         if th >= tw && th > 1 {
@@ -451,7 +471,7 @@ pub fn plan_box(
     if p.tiles_c > 65535 || p.n > 65535 || (p.tiles_h as i64) * (p.tiles_w as i64) > i32::MAX as i64 {
         return None;
     }
-    Some((p, bytes(th, tw)))
+    Some((p, bytes(th, tw), threads_for(tc, th, tw)))
 }
 
 #[cfg(test)]
@@ -463,8 +483,11 @@ mod tests {
         for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
             for &cl in &[false, true] {
                 for &bwd in &[false, true] {
-                    let (p, smem) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
+                    let (p, smem, threads) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
                     assert!(smem <= SMEM_LIMIT);
+                    // the kernels' thread layout: powers of two, a row of channels x columns per pass
+                    assert!(threads.is_power_of_two() && threads % 32 == 0 && threads <= THREADS);
+                    assert!(p.tc * p.tw <= threads as i32 && (p.tc as u32).is_power_of_two() && (p.tw as u32).is_power_of_two());
                     assert!(p.tiles_h * p.th >= 56 && p.tiles_w * p.tw >= 56 && p.tiles_c * p.tc >= 64);
                     if cl {
                         assert_eq!(THREADS as i32 % p.tc, 0);
@@ -483,6 +506,16 @@ mod tests {
         // 19 ints, 4 bytes of padding, 4 x 32-byte stride blocks (the C struct, natural alignment)
         assert_eq!(std::mem::size_of::<IcBoxParams>(), 80 + 4 * 32);
         assert_eq!(std::mem::size_of::<IcBoxsumParams>(), 64 + 2 * 32);
-        assert_eq!(std::mem::size_of::<IcReduceParams>(), 20);
+        assert_eq!(std::mem::size_of::<IcReduceParams>(), 24);
+    }
+
+    #[test]
+    fn threads_fit_the_tile() {
+        assert_eq!(threads_for(1, 16, 32), 128); // 64@56 NCHW: four outputs per thread
+        assert_eq!(threads_for(8, 8, 16), 256);
+        assert_eq!(threads_for(1, 8, 8), 64); // 512@7 NCHW: a block as small as the image
+        assert_eq!(threads_for(8, 8, 8), 128);
+        assert!(fits_i32(&[1, 64, 56, 56], &[200704, 3136, 56, 1], 40));
+        assert!(!fits_i32(&[1, 3, 40000, 40000], &[4_800_000_000, 1_600_000_000, 40000, 1], 0));
     }
 }

@@ -34,7 +34,7 @@ pub mod py;
 
 use crate::error::{Error, Result};
 use dl::CuStream;
-use launch::{CtxGuard, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
+use launch::{CtxGuard, IcBoxParams, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -250,8 +250,8 @@ impl Launcher {
         Ok(Self { _ctx: ctx, module, stream: s })
     }
 
-    fn run(&self, name: &str, grid: [u32; 3], smem: usize, args: &mut [*mut c_void]) -> Result<()> {
-        launch::launch(self.module, name, grid, THREADS, smem as u32, self.stream, args)
+    fn run(&self, name: &str, grid: [u32; 3], block: u32, smem: usize, args: &mut [*mut c_void]) -> Result<()> {
+        launch::launch(self.module, name, grid, block, smem as u32, self.stream, args)
     }
 }
 
@@ -284,10 +284,14 @@ pub fn box_forward(
         return Err(Error::Value(format!("fused forward: q {qs:?} / shift {:?} do not match y {ys:?}", shift.size())));
     }
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
+    let Some((mut p, smem, threads)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
     else {
         return Ok(None);
     };
+    let extra = halo_extra(&p);
+    if !launch::fits_i32(&ys, &y.stride(), extra) || !launch::fits_i32(&qs, &q.stride(), extra) {
+        return Ok(None);
+    }
     let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
     if y.numel() == 0 {
         return Ok(Some((y.shallow_clone(), rz)));
@@ -306,6 +310,7 @@ pub fn box_forward(
     l.run(
         &format!("ic_fwd_box_{suffix}"),
         grid,
+        threads,
         smem,
         &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), av.arg(), arg(&mut pa), arg(&mut p)],
     )?;
@@ -321,6 +326,12 @@ pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor,
     box_forward(y, p, shift, alpha, [1, 1], [0, 0], [1, 1], keep_relu_z, stream)
 }
 
+/// How far past a tensor's size the box kernels' indices reach (tile overhang and halo), for
+/// [`launch::fits_i32`].
+fn halo_extra(p: &IcBoxParams) -> i64 {
+    (p.tc + p.th + p.tw) as i64 + (p.dh as i64) * (p.kh as i64) + (p.dw as i64) * (p.kw as i64) + (p.ph + p.pw) as i64
+}
+
 /// Outputs of the fused backward. The sums are in the accumulation dtype (float32, or float64 for
 /// float64 inputs) on the device; the caller casts them to the parameters' dtypes.
 pub struct FusedGrads {
@@ -333,13 +344,15 @@ pub struct FusedGrads {
     pub db1: Tensor,
     /// (C): sum of grad (db2).
     pub db2: Tensor,
-    /// (): sum of grad * relu_z (d alpha).
-    pub dalpha: Tensor,
+    /// (): sum of grad * relu_z (d alpha), when asked for.
+    pub dalpha: Option<Tensor>,
 }
 
 /// Stride-1 backward with the transposed box sum fused, for an input of spatial size `in_hw`:
 /// reads `grad` and `relu_z` (N, C, Ho, Wo) once (plus halo). Deterministic: the per-block partial
-/// sums are added in a fixed order by a second kernel, no atomics. `None` when it does not apply.
+/// sums are added in a fixed order by a second kernel, one block per channel, no atomics; d alpha
+/// (only with `need_dalpha`) is then the sum of its C per-channel values. `None` when it does not
+/// apply.
 #[allow(clippy::too_many_arguments)]
 pub fn box_backward(
     grad: &Tensor,
@@ -350,6 +363,7 @@ pub fn box_backward(
     padding: [i64; 2],
     dilation: [i64; 2],
     need_gy: bool,
+    need_dalpha: bool,
     stream: RawStream,
 ) -> Result<Option<FusedGrads>> {
     let Some((ordinal, kind)) = common(&[grad, relu_z]) else { return Ok(None) };
@@ -358,16 +372,28 @@ pub fn box_backward(
     }
     let gs = grad.size();
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
+    let Some((mut p, smem, threads)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
         return Ok(None);
     };
+    let extra = halo_extra(&p);
+    let g_size = [gs[0], gs[1], in_hw[0], in_hw[1]];
+    // G and gy are made below in grad's memory format: their strides are those of a dense tensor
+    let dense_of = |s: &[i64]| -> Vec<i64> {
+        if is_cl(grad) { vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]] } else { vec![s[1] * s[2] * s[3], s[2] * s[3], s[3], 1] }
+    };
+    if ![(&gs[..], grad.stride()), (&relu_z.size()[..], relu_z.stride()), (&gs[..], dense_of(&gs)), (&g_size[..], dense_of(&g_size))]
+        .iter()
+        .all(|(z, s)| launch::fits_i32(z, s, extra))
+    {
+        return Ok(None);
+    }
     let (n, c) = (gs[0], gs[1]);
     let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
     let mut g = empty_as([n, c, in_hw[0], in_hw[1]], grad)?;
     let tiles_sp = (p.tiles_h as i64) * (p.tiles_w as i64);
     let n_part = n * p.tiles_c as i64 * tiles_sp * p.tc as i64 * 3;
     let opts = (acc, grad.device());
-    let sums = Tensor::f_zeros([c + 1, 2], opts)?;
+    let sums = Tensor::f_zeros([c, 3], opts)?;
     if n > 0 {
         let part = Tensor::f_empty([n_part], opts)?;
         let al = alpha_arg(alpha, acc)?;
@@ -382,37 +408,35 @@ pub fn box_backward(
         l.run(
             &format!("ic_bwd_box_{suffix}"),
             grid,
+            threads,
             smem,
             &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), av.arg(), arg(&mut pa), arg(&mut pp), arg(&mut p)],
         )?;
-        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32 };
+        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32, dalpha: need_dalpha as i32 };
         if tiles_sp > i32::MAX as i64 {
             return Err(Error::Runtime("fused backward: too many tiles".into()));
         }
         let (mut pp2, mut ps) = (ptr(&part), ptr(&sums));
         let red_name = if acc == Kind::Double { "ic_reduce_f64" } else { "ic_reduce_f32" };
-        l.run(red_name, [(c + 1) as u32, 1, 1], 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
+        l.run(red_name, [c as u32, 1, 1], THREADS, 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
     } else {
         // nothing to launch; G is all zeros
         let _ = g.f_zero_()?;
     }
-    Ok(Some(FusedGrads {
-        gy,
-        g,
-        db1: sums.f_narrow(0, 0, c)?.f_select(1, 0)?,
-        db2: sums.f_narrow(0, 0, c)?.f_select(1, 1)?,
-        dalpha: sums.f_select(0, c)?.f_select(0, 0)?,
-    }))
+    // d alpha: the per-channel values added by one small reduction (deterministic: torch's sum of
+    // a C-element tensor takes a fixed order)
+    let dalpha = if need_dalpha { Some(sums.f_select(1, 2)?.f_sum(acc)?) } else { None };
+    Ok(Some(FusedGrads { gy, g, db1: sums.f_select(1, 0)?, db2: sums.f_select(1, 1)?, dalpha }))
 }
 
 /// The plain collision backward (any stride): `gz`, `gy` and the sums on the output grid.
 /// [`box_backward`] with a 1 x 1 box.
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, need_dalpha: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
     let s = grad.size();
     if s.len() != 4 {
         return Ok(None);
     }
-    box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, stream)
+    box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, need_dalpha, stream)
 }
 
 /// Box geometry of the strided kernels.
@@ -484,7 +508,7 @@ pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>>
     let l = Launcher::new(ordinal, stream)?;
     let (mut px, mut ps) = (ptr(x), ptr(&s));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
+    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
     Ok(Some(s))
 }
 
@@ -516,7 +540,7 @@ pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: 
     let l = Launcher::new(ordinal, stream)?;
     let (mut pd, mut po) = (ptr(ds), ptr(out));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
+    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
     Ok(true)
 }
 
@@ -530,7 +554,7 @@ mod tests {
         let a = Tensor::from(0.5f32);
         let sh = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         assert!(box_forward(&y, &y, &sh, &a, [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
-        assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
+        assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, true, 0).unwrap().is_none());
         let b = Box2 { k: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
         assert!(boxsum(&y, &b, 0).unwrap().is_none());
         assert!(!boxsum_t_(&y, &y, &b, BoxsumMode::Subtract, 0).unwrap());
