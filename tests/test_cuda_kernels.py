@@ -69,7 +69,7 @@ class BoxsumParams(ctypes.Structure):
 
 
 class ReduceParams(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in ("N", "C", "TC", "tiles_c", "tiles_sp")]
+    _fields_ = [(n, ctypes.c_int) for n in ("N", "C", "TC", "tiles_c", "tiles_sp", "dalpha")]
 
 
 SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -119,6 +119,13 @@ def plan_tile(c, rows, cols, cl, nt):
     return 1, th, tw
 
 
+def threads_for(tile):
+    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    channels x columns and 64 threads, at most 256."""
+    tc, th, tw = tile
+    return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))
+
+
 def box_params(n, c, h, w, ho, wo, kh, kw, ph, pw, dh, dw, cl, tile, bwd, t_box, t_a, t_b, t_r):
     tc, th, tw = tile
     rows, cols = (max(ho, h + ph), max(wo, w + pw)) if bwd else (ho, wo)
@@ -128,11 +135,20 @@ def box_params(n, c, h, w, ho, wo, kh, kw, ph, pw, dh, dw, cl, tile, bwd, t_box,
     return p
 
 
-def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, nt=256, order=0):
+def alpha_args(alpha, a, by_ptr):
+    """The kernels' two alpha parameters: (value, None), or (unused value, a one-element tensor)
+    for an alpha the kernel reads through its pointer (an alpha on the device)."""
+    t = torch.as_tensor(alpha, dtype=a).reshape(1)
+    scalar = ctypes.c_double if a == torch.float64 else ctypes.c_float
+    return (scalar(0.0), t) if by_ptr else (scalar(t.item()), None)
+
+
+def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, nt=256, order=0, alpha_ptr=False):
     """out (in place in a copy of y), relu_z from Yb and Q (stride-1 box sum inside)."""
     (n, c, ho, wo), (h, w) = y.shape, q.shape[2:]
     cl = is_cl(y)
     tile = tile or plan_tile(c, ho, wo, cl, nt)
+    nt = nt or threads_for(tile)  # 0: launch.rs's choice
     out = y.clone()
     rz = torch.empty_like(y) if keep_rz else None
     a = acc_dtype(y.dtype)
@@ -140,18 +156,20 @@ def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, n
     hh, hw = tile[1] + dil[0] * (k[0] - 1), tile[2] + dil[1] * (k[1] - 1)
     smem = tile[0] * hh * hw * a.itemsize
     sh = shift.to(a).contiguous()
-    al = torch.as_tensor(alpha, dtype=a).reshape(1)
+    av, ap = alpha_args(alpha, a, alpha_ptr)
     grid = (p.tiles_h * p.tiles_w, p.tiles_c, n)
-    launch(lib, f"ic_fwd_box_{SUFFIX[y.dtype]}", grid, nt, smem, order, out, q, out, rz, sh, al, p)
+    launch(lib, f"ic_fwd_box_{SUFFIX[y.dtype]}", grid, nt, smem, order, out, q, out, rz, sh, av, ap, p)
     return out, rz
 
 
-def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=None, nt=256, order=0):
+def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=None, nt=256, order=0, alpha_ptr=False,
+                need_dalpha=True):
     """gy, G = boxsum^T(gz) on the input grid, and (db1, db2, dalpha) in the accumulation dtype."""
     n, c, ho, wo = grad.shape
     h, w = in_hw
     cl = is_cl(grad)
     tile = tile or plan_tile(c, max(ho, h + pad[0]), max(wo, w + pad[1]), cl, nt)
+    nt = nt or threads_for(tile)  # 0: launch.rs's choice
     a = acc_dtype(grad.dtype)
     gy = torch.empty_like(grad) if need_gy else None
     mf = torch.channels_last if cl else torch.contiguous_format
@@ -161,12 +179,13 @@ def emu_bwd_box(lib, grad, rz, alpha, in_hw, k, pad, dil, need_gy=True, tile=Non
     smem = (tile[0] * hh * hw + 3 * nt) * a.itemsize
     tiles_sp = p.tiles_h * p.tiles_w
     part = torch.full((n * p.tiles_c * tiles_sp * tile[0] * 3,), float("nan"), dtype=a)
-    al = torch.as_tensor(alpha, dtype=a).reshape(1)
-    launch(lib, f"ic_bwd_box_{SUFFIX[grad.dtype]}", (tiles_sp, p.tiles_c, n), nt, smem, order, grad, rz, gy, G, al, part, p)
-    sums = torch.full((c + 1, 2), float("nan"), dtype=a)
-    rp = ReduceParams(n, c, tile[0], p.tiles_c, tiles_sp)
-    launch(lib, f"ic_reduce_{SUFFIX[a]}", (c + 1, 1, 1), nt, 3 * nt * a.itemsize, order, part, sums, rp)
-    return gy, G, sums[:c, 0], sums[:c, 1], sums[c, 0]
+    av, ap = alpha_args(alpha, a, alpha_ptr)
+    launch(lib, f"ic_bwd_box_{SUFFIX[grad.dtype]}", (tiles_sp, p.tiles_c, n), nt, smem, order, grad, rz, gy, G, av, ap, part, p)
+    sums = torch.full((c, 3), float("nan"), dtype=a)
+    rp = ReduceParams(n, c, tile[0], p.tiles_c, tiles_sp, int(need_dalpha))
+    launch(lib, f"ic_reduce_{SUFFIX[a]}", (c, 1, 1), max(nt, 32), 3 * max(nt, 32) * a.itemsize, order, part, sums, rp)
+    # d alpha: the per-channel values added in a fixed order (launch.rs: torch's sum)
+    return gy, G, sums[:, 0], sums[:, 1], (sums[:, 2].sum() if need_dalpha else None)
 
 
 def boxsum_params(x_shape, o_shape, k, s, pad, dil, mode, cl, t_in, t_out):
@@ -209,7 +228,7 @@ def make_case(n, cin, cout, hw, k, pad, dil, stride, groups, dtype, cl, seed):
     return t
 
 
-def emu_layer(lib, x, w, wa, b1, b2, alpha, stride, pad, dil, groups, grad, tile=None, nt=256, order=0):
+def emu_layer(lib, x, w, wa, b1, b2, alpha, stride, pad, dil, groups, grad, tile=None, nt=256, order=0, alpha_ptr=False):
     """IC forward + backward, the convolutions by torch and the memory-bound part by the emulated
     kernels, as src/cuda/fused composes them (stride 1: Q = W'x, fused box; else S, P, k = 1)."""
     k = tuple(w.shape[2:])
@@ -217,16 +236,18 @@ def emu_layer(lib, x, w, wa, b1, b2, alpha, stride, pad, dil, groups, grad, tile
     shift = b1 - b2
     if tuple(stride) == (1, 1):
         q = F.conv2d(x, wa, None, 1, 0, 1, groups)
-        out, rz = emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, tile=tile, nt=nt, order=order)
-        gy, G, db1, db2, da = emu_bwd_box(lib, grad, rz, alpha, x.shape[2:], k, pad, dil, tile=tile, nt=nt, order=order)
+        out, rz = emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, tile=tile, nt=nt, order=order, alpha_ptr=alpha_ptr)
+        gy, G, db1, db2, da = emu_bwd_box(lib, grad, rz, alpha, x.shape[2:], k, pad, dil, tile=tile, nt=nt, order=order,
+                                          alpha_ptr=alpha_ptr)
         dx = torch.nn.grad.conv2d_input(x.shape, w, gy, stride, pad, dil, groups)
         dx -= torch.nn.grad.conv2d_input(x.shape, wa, G, 1, 0, 1, groups)
         dwa = -torch.nn.grad.conv2d_weight(x, wa.shape, G, 1, 0, 1, groups)
     else:
         s = emu_boxsum(lib, x, k, stride, pad, dil, order=order)
         p = F.conv2d(s, wa, None, 1, 0, 1, groups)
-        out, rz = emu_fwd_box(lib, y, p, shift, alpha, (1, 1), (0, 0), (1, 1), tile=tile, nt=nt, order=order)
-        gy, gz, db1, db2, da = emu_bwd_box(lib, grad, rz, alpha, y.shape[2:], (1, 1), (0, 0), (1, 1), tile=tile, nt=nt, order=order)
+        out, rz = emu_fwd_box(lib, y, p, shift, alpha, (1, 1), (0, 0), (1, 1), tile=tile, nt=nt, order=order, alpha_ptr=alpha_ptr)
+        gy, gz, db1, db2, da = emu_bwd_box(lib, grad, rz, alpha, y.shape[2:], (1, 1), (0, 0), (1, 1), tile=tile, nt=nt, order=order,
+                                           alpha_ptr=alpha_ptr)
         dx = torch.nn.grad.conv2d_input(x.shape, w, gy, stride, pad, dil, groups)
         ds = torch.nn.grad.conv2d_input(s.shape, wa, gz, 1, 0, 1, groups)
         emu_boxsum_t(lib, ds.contiguous(memory_format=torch.channels_last if is_cl(dx) else torch.contiguous_format),
@@ -284,8 +305,10 @@ def test_emulated_layer_matches_float64_oracle(emu, case):
     ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad)
     tiles = [None, (1, 2, 4) if not cl else (4, 2, 4)]
     results = []
-    for tile, nt, order in [(tiles[0], 256, 0), (tiles[1], 32, 0), (tiles[1], 32, 1)]:
-        out, rz, g = emu_layer(emu, x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad, tile=tile, nt=nt, order=order)
+    # the default tile with launch.rs's threads (nt 0) and alpha through its device pointer, then small
+    # tiles (every geometry crosses tile borders) in both thread orders with alpha by value
+    for tile, nt, order, by_ptr in [(tiles[0], 0, 0, True), (tiles[1], 32, 0, False), (tiles[1], 32, 1, False)]:
+        out, rz, g = emu_layer(emu, x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad, tile=tile, nt=nt, order=order, alpha_ptr=by_ptr)
         assert maxrel(out, ref_out) < 1e-12, f"forward (tile {tile}, {nt} threads)"
         z = F.conv2d(x, w, b2, st, pd, dl, groups)
         assert maxrel(rz, (ref_out - z) / 0.7) < 1e-10
@@ -536,7 +559,7 @@ def test_import_without_libcuda():
 # --------------------------------------------------------------------------- the Rust launch path, emulated
 
 EMULATED_CHILD = r'''
-import ctypes, json, sys
+import ctypes, json, os, sys
 import torch
 from ic_networks import cuda_kernels as ck
 from ic_networks.functional import ic_conv2d
@@ -622,9 +645,59 @@ for s in (1, 2):
     (d1, o1, g1, n1), (d0, o0, g0, n0) = got[True], got[False]
     assert d1 == d0 == torch.bfloat16 and n1 == (2 if s == 1 else 3) and n0 == 0, (d1, d0, n1, n0)
     assert rel(o1, o0) < 2e-2 and all(rel(u, v) < 5e-2 for u, v in zip(g1, g0)), [rel(u, v) for u, v in zip(g1, g0)]
-res["launches"] = ctypes.CDLL("libcuda.so").fake_libcuda_launches()
+res["launches"] = ctypes.CDLL(os.environ["IC_NETWORKS_LIBCUDA"]).fake_libcuda_launches()
 print("RESULT " + json.dumps(res))
 '''
+
+
+def build_fake_driver(out_dir: Path, stub: bool = False, name: str = "libcuda.so") -> Path:
+    """tests/cuda_emu/fake_libcuda.cpp built as `out_dir/name` (the toolkit-style stub with `stub`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [shutil.which("g++"), "-std=c++17", "-O1", "-shared", "-fPIC", str(ROOT / "tests" / "cuda_emu" / "fake_libcuda.cpp"),
+           "-o", str(out_dir / name)]
+    subprocess.run(cmd + (["-DIC_FAKE_STUB"] if stub else []), check=True, capture_output=True, text=True)
+    return out_dir / name
+
+
+def emulated_env(core, fake: Path | None, cache: Path, **extra) -> dict:
+    """The environment of a child process that runs the op on the stand-in driver `fake`."""
+    env = dict(os.environ, IC_NETWORKS_CUDA_EMULATION="1", IC_NETWORKS_KERNEL_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")] if p))
+    env.pop("IC_NETWORKS_CUDA_SYNC_CHECK", None)
+    if fake is not None:
+        env["IC_NETWORKS_LIBCUDA"] = str(fake)
+    env.update(extra)
+    return env
+
+
+def run_child(code: str, env: dict, *args: str) -> dict:
+    import json
+
+    r = subprocess.run([os.sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(r.stdout.split("RESULT ", 1)[1])
+
+
+def needs_emulated_driver():
+    core = _core()
+    if not hasattr(core, "cuda_fused_libraries"):
+        pytest.skip("this _core build has no fused CUDA route")
+    if _nvrtc() is None:
+        pytest.skip("libnvrtc not loadable: the emulated launch path needs NVRTC to build the module")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    return core
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory):
+    """(the stand-in libcuda, a kernel cache already holding its module): for the tests below that
+    do not test the cold compile."""
+    core = needs_emulated_driver()
+    d = tmp_path_factory.mktemp("fake_driver")
+    fake = build_fake_driver(d / "driver")
+    run_child(EMULATED_CHILD, emulated_env(core, fake, d / "cache"), "warm-up-only")
+    return fake, d / "cache"
 
 
 def test_rust_launch_path_under_emulated_driver(tmp_path):
@@ -636,33 +709,222 @@ def test_rust_launch_path_under_emulated_driver(tmp_path):
     (`cuda_fused_calls`) so that a silent fallback fails. That also covers availability, the
     primary-context push/pop (the stand-in refuses launches without it), NVRTC compile + disk cache,
     kernel-parameter packing, the accumulating GEMM, groups and the strided path."""
-    core = _core()
-    if not hasattr(core, "cuda_fused_calls"):
-        pytest.skip("this _core build has no fused CUDA route")
-    if _nvrtc() is None:
-        pytest.skip("libnvrtc not loadable: the emulated launch path needs NVRTC to build the module")
-    cxx = shutil.which("g++")
-    if cxx is None:
-        pytest.skip("no g++")
-    lib_dir = tmp_path / "driver"
-    lib_dir.mkdir()
-    subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", str(ROOT / "tests" / "cuda_emu" / "fake_libcuda.cpp"),
-                    "-o", str(lib_dir / "libcuda.so")], check=True, capture_output=True, text=True)
-    nvrtc_dirs = [os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")]
-    env = dict(os.environ, IC_NETWORKS_CUDA_EMULATION="1", IC_NETWORKS_KERNEL_CACHE_DIR=str(tmp_path / "cache"),
-               LD_LIBRARY_PATH=os.pathsep.join([str(lib_dir)] + nvrtc_dirs + [os.environ.get("LD_LIBRARY_PATH", "")]),
-               PYTHONPATH=os.pathsep.join(p for p in [str(Path(core.__file__).parents[1]), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")] if p))
-    import json
-    runs = []
-    for args in ([], ["warm-up-only"]):  # the second process reads the CUBIN from the disk cache
-        r = subprocess.run([os.sys.executable, "-c", EMULATED_CHILD, *args], capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        runs.append(json.loads(r.stdout.split("RESULT ", 1)[1]))
+    core = needs_emulated_driver()
+    fake = build_fake_driver(tmp_path / "driver")
+    env = emulated_env(core, fake, tmp_path / "cache")
+    runs = [run_child(EMULATED_CHILD, env, *args) for args in ([], ["warm-up-only"])]  # the second reads the disk cache
     first, second = runs
-    assert first["warm_up"] == {"compute_capability": 90, "cubin": True, "from_cache": False}
+    assert first["warm_up"] == {"compute_capability": 90, "cubin": True, "from_cache": False, "replaced": None}
     assert second["warm_up"]["from_cache"] is True
     assert first["launches"] > 20
     assert first["max_vs_libtorch"] < 1e-4
     print(f"\nemulated driver: {first['cases']} op cases, {first['launches']} launches; max rel. error vs float64 "
           f"oracle: forward {first['max_fwd']:.2e}, backward {first['max_bwd']:.2e}; vs the libtorch route "
           f"{first['max_vs_libtorch']:.2e}")
+
+
+GLUE_CHILD = r'''
+import ctypes, json, os, sys
+import torch
+from ic_networks import _core, cuda_kernels as ck
+from ic_networks.functional import ic_conv2d
+fake = ctypes.CDLL(os.environ["IC_NETWORKS_LIBCUDA"])
+what = sys.argv[1]
+res = {}
+if what == "reject-cubin":
+    fake.fake_libcuda_set(0, 0, 1)
+res["warm_up"] = ck.warm_up(0)
+res["image"] = fake.fake_libcuda_last_image()
+res["sync_check"] = _core.cuda_fused_sync_check()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1, 4, 6, 7, generator=g, dtype=torch.float64)
+w, wa = torch.randn(4, 4, 3, 3, generator=g, dtype=torch.float64), torch.randn(4, 4, 1, 1, generator=g, dtype=torch.float64)
+b1, b2 = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+ck.set_enabled(True)
+
+
+def op(alpha, grad=True):
+    ts = [t.clone().requires_grad_(grad) for t in (x, w, wa, b1)]
+    a = alpha.clone().requires_grad_(grad)
+    out = ic_conv2d(*ts, a, b2, 1, 1, 1, 1)
+    if grad:
+        out.sum().backward()
+    return out
+
+
+def last_alpha():
+    v = ctypes.c_double()
+    has_ptr = fake.fake_libcuda_last_alpha(ctypes.byref(v))
+    return v.value, has_ptr
+
+
+if what in ("alpha", "reject-cubin"):
+    # a 0-d CPU alpha (the op accepts one) reaches both kernels by value, in the accumulation dtype
+    for alpha in (torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float32), torch.tensor([0.25])):
+        before = ck.calls()
+        op(alpha)
+        assert ck.calls() == before + 2
+        res.setdefault("alpha", []).append(last_alpha())
+    # while the stream is capturing (after the warm-up): no compile, no copy, no sync; the launch goes through
+    fake.fake_libcuda_set(1, 0, 0)
+    syncs, n = fake.fake_libcuda_syncs(), fake.fake_libcuda_launches()
+    with torch.no_grad():
+        op(torch.tensor(0.5, dtype=torch.float64), grad=False)
+    res["capture"] = [fake.fake_libcuda_launches() - n, fake.fake_libcuda_syncs() - syncs, last_alpha()]
+    fake.fake_libcuda_set(0, 0, 0)
+elif what == "fault":
+    # the stream reports an illegal address from the next launch on
+    syncs = fake.fake_libcuda_syncs()
+    fake.fake_libcuda_set(0, fake.fake_libcuda_launches() + 1, 0)
+    try:
+        with torch.no_grad():
+            op(torch.tensor(0.5, dtype=torch.float64), grad=False)
+        res["error"] = None
+    except RuntimeError as e:
+        res["error"] = str(e)
+    res["syncs"] = fake.fake_libcuda_syncs() - syncs
+elif what == "capture-sync":
+    # under the sync check, a capturing stream is never synchronised
+    fake.fake_libcuda_set(1, 0, 0)
+    syncs = fake.fake_libcuda_syncs()
+    with torch.no_grad():
+        op(torch.tensor(0.5, dtype=torch.float64), grad=False)
+    res["syncs"] = fake.fake_libcuda_syncs() - syncs
+print("RESULT " + json.dumps(res))
+'''
+
+
+def test_cpu_alpha_is_passed_by_value(fake_driver, tmp_path):
+    """A 0-d CPU alpha is read on the host and passed to the forward and backward kernels by value
+    (no copy to the device per call, nothing that breaks capture); the stand-in driver records what
+    each launch got. A launch on a capturing stream (after warm-up) goes through, unsynchronised."""
+    fake, cache = fake_driver
+    r = run_child(GLUE_CHILD, emulated_env(_core(), fake, cache), "alpha")
+    assert r["warm_up"]["from_cache"] is True
+    (a64, p64), (a32, p32), (a1, p1) = r["alpha"]
+    assert (p64, p32, p1) == (0, 0, 0)
+    assert a64 == 0.7 and a32 == float(torch.tensor(0.3, dtype=torch.float32)) and a1 == 0.25
+    launched, synced, (a, p) = r["capture"]
+    assert launched == 1 and synced == 0 and (a, p) == (0.5, 0)
+
+
+def test_sync_check_names_the_failing_kernel(fake_driver):
+    """IC_NETWORKS_CUDA_SYNC_CHECK=1: a kernel that faults (the stand-in's stream reports an
+    illegal address after it) is an error at its own launch, naming it; without the switch the op
+    returns and the fault would surface at some later op. A capturing stream is never synchronised."""
+    fake, cache = fake_driver
+    core = _core()
+    on = run_child(GLUE_CHILD, emulated_env(core, fake, cache, IC_NETWORKS_CUDA_SYNC_CHECK="1"), "fault")
+    assert on["sync_check"] is True
+    assert on["error"] is not None, on
+    assert "ic_fwd_box_f64" in on["error"] and "illegal memory access" in on["error"], on["error"]
+    assert "IC_NETWORKS_CUDA_SYNC_CHECK" in on["error"]
+    off = run_child(GLUE_CHILD, emulated_env(core, fake, cache), "fault")
+    assert off["sync_check"] is False and off["error"] is None and off["syncs"] == 0
+    cap = run_child(GLUE_CHILD, emulated_env(core, fake, cache, IC_NETWORKS_CUDA_SYNC_CHECK="1"), "capture-sync")
+    assert cap["syncs"] == 0
+
+
+def test_rejected_cubin_is_recompiled_then_ptx(fake_driver, tmp_path):
+    """A cached CUBIN the driver rejects (here: a file with an ELF magic but no valid image) is
+    replaced by a fresh compilation, which also repairs the cache entry; a driver that rejects every
+    CUBIN gets the same compilation's PTX, and the op runs on it."""
+    fake, cache = fake_driver
+    core = _core()
+    mine = tmp_path / "cache"
+    shutil.copytree(cache, mine)
+    (entry,) = [f for f in mine.iterdir() if f.suffix == ".cubin"]
+    entry.write_bytes(b"\x7fELF" + b"\0" * 60)
+    r = run_child(GLUE_CHILD, emulated_env(core, fake, mine), "warm-up")
+    w = r["warm_up"]
+    assert w["cubin"] is True and w["from_cache"] is False and r["image"] == 1
+    assert "rejected the cached CUBIN" in w["replaced"] and "recompiled" in w["replaced"], w
+    assert entry.read_bytes() == (cache / entry.name).read_bytes()  # the entry is a good CUBIN again
+    r = run_child(GLUE_CHILD, emulated_env(core, fake, mine), "reject-cubin")
+    w = r["warm_up"]
+    assert w["cubin"] is False and r["image"] == 2, r
+    assert "rejected the cached CUBIN" in w["replaced"] and "loaded its PTX" in w["replaced"], w
+    assert [p for _, p in r["alpha"]] == [0, 0, 0]  # and the op ran on the PTX module
+
+
+LIBS_CHILD = r'''
+import json
+from ic_networks import _core
+print("RESULT " + json.dumps({"libraries": _core.cuda_fused_libraries(), "reason": _core.cuda_fused_unavailable_reason()}))
+'''
+
+
+def test_libraries_are_loaded_by_full_path(fake_driver, tmp_path):
+    """With a toolkit-style stub `libcuda.so` and a broken `libnvrtc.so` first on the loader path,
+    the driver's own `libcuda.so.1` and torch's NVRTC are the ones loaded, and reported by full path;
+    with only the stub there, the reason names it."""
+    fake, cache = fake_driver
+    core = _core()
+    decoys, real = tmp_path / "decoys", tmp_path / "driver"
+    build_fake_driver(decoys, stub=True)
+    (decoys / "libnvrtc.so").write_bytes(fake.read_bytes())  # loads, but has no NVRTC entry points
+    build_fake_driver(real, name="libcuda.so.1")
+    env = emulated_env(core, None, cache, LD_LIBRARY_PATH=os.pathsep.join([str(decoys), str(real), os.environ.get("LD_LIBRARY_PATH", "")]))
+    env.pop("IC_NETWORKS_LIBCUDA", None)
+    env.pop("IC_NETWORKS_LIBNVRTC", None)
+    r = run_child(LIBS_CHILD, env)
+    assert r["reason"] is None, r
+    assert r["libraries"]["libcuda"] == str((real / "libcuda.so.1").resolve()), r
+    nvrtc = Path(r["libraries"]["nvrtc"])
+    assert nvrtc.is_absolute() and nvrtc.name.startswith("libnvrtc.so.") and decoys not in nvrtc.parents, r
+    torch_site = Path(torch.__file__).resolve().parents[1]
+    if (torch_site / "nvidia").is_dir():
+        assert torch_site in nvrtc.parents, (nvrtc, torch_site)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(decoys), os.environ.get("LD_LIBRARY_PATH", "")])
+    r = run_child(LIBS_CHILD, env)
+    if not Path("/proc/driver/nvidia/version").exists():  # no real driver to find after the stub
+        assert "stub" in r["reason"] and str(decoys / "libcuda.so") in r["reason"], r
+
+
+def test_gpu_check_runs_on_the_stand_in_driver(fake_driver, tmp_path):
+    """scripts/gpu_check.sh end to end without a GPU (GPU_CHECK_EMULATE=1, the stand-in driver):
+    stages 1 and 2 pass, each leaves exactly one tarball in OUTDIR with every log and JSON and the
+    summary (the kernel cache stays outside it), the second info step hits the disk cache, and a
+    deadline too short for any step skips them all, fails, and still packs the tarball."""
+    import json
+    import tarfile
+
+    fake, _ = fake_driver
+    out, work = tmp_path / "out", tmp_path / "work"
+    # caps and deadline scaled for a loaded CPU machine (the GPU's are the script's defaults)
+    env = dict(os.environ, GPU_CHECK_EMULATE="1", IC_NETWORKS_LIBCUDA=str(fake), GPU_CHECK_WORK=str(work),
+               GPU_CHECK_CAP_SCALE="8", GPU_CHECK_DEADLINE="2400")
+    for k in ("STAGE", "STEPS", "IC_NETWORKS_CUDA_SYNC_CHECK"):
+        env.pop(k, None)
+    script = ROOT / "scripts" / "gpu_check.sh"
+
+    def run(stage, **extra):
+        r = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=2400,
+                           env=dict(env, STAGE=str(stage), **extra))
+        with tarfile.open(out / f"gpu_check-stage{stage}.tar.gz") as t:
+            files = {m.name.split("/", 1)[1]: m for m in t.getmembers() if m.isfile()}
+            read = lambda n: t.extractfile(files[n]).read().decode()  # noqa: E731
+            return r, files, {n: read(n) for n in files if n.endswith((".log", ".json", ".tsv", ".txt"))}
+
+    r, files, text = run(1)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "gpu_check stage 1: PASSED" in r.stdout
+    assert {"info-cold.log", "info-cached.log", "gpu-tests.log", "gpu-tests.xml", "bench-n256.log", "bench-n256.json",
+            "steps.tsv", "summary.txt", "nvidia-smi.txt"} <= set(files), sorted(files)
+    assert not any("kernel-cache" in n for n in files)
+    assert "'from_cache': False" in text["info-cold.log"] and "'from_cache': True" in text["info-cached.log"]
+    assert "'libcuda': '" + str(fake.resolve()) in text["info-cold.log"], text["info-cold.log"]
+    assert json.loads(text["bench-n256.json"])["emulated"] is True
+    assert [line.split("\t")[0] for line in text["steps.tsv"].splitlines()[1:]] == ["info-cold", "info-cached", "gpu-tests", "bench-n256"]
+
+    r, files, text = run(2)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    rows = json.loads(text["kernels.json"])["rows"]
+    assert len(rows) == 4 and all(row["fwd_ms"] > 0 and row["bwd_ms"] > 0 for row in rows), rows
+    assert "sanitizer\t-\t0\tSKIPPED (needs a GPU)" in text["steps.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check-stage1.tar.gz", "gpu_check-stage2.tar.gz"]
+
+    r, files, text = run(1, GPU_CHECK_DEADLINE="20")
+    assert r.returncode == 1, r.stdout[-4000:]
+    assert "gpu_check stage 1: FAILED" in r.stdout
+    assert text["steps.tsv"].count("SKIPPED (deadline") == 4, text["steps.tsv"]

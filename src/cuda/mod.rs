@@ -3,11 +3,12 @@
 //!
 //! Two routes, chosen per call:
 //!
-//! * the fused kernels (`fused/`): CUDA C compiled at run time by NVRTC and launched through
-//!   `cudarc` on PyTorch's current stream, one pass over the output forward and backward, the box
-//!   sum inside the collision at stride 1. Taken when the switch is on ([`fused::enabled`]:
-//!   `IC_NETWORKS_CUDA_KERNELS=1` or `_core.cuda_fused_set_enabled(True)`, and libcuda + NVRTC
-//!   present) and the kernels take the call;
+//! * the fused kernels (`fused/`): CUDA C compiled at run time by NVRTC and launched through the
+//!   driver API (both loaded at run time by `fused/dl.rs`) on PyTorch's current stream, one pass
+//!   over the output forward and backward, the box sum inside the collision at stride 1. Taken
+//!   when the switch is on ([`fused::enabled`]: `IC_NETWORKS_CUDA_KERNELS=1` or
+//!   `_core.cuda_fused_set_enabled(True)`, and libcuda + NVRTC present) and the kernels take the
+//!   call;
 //! * the libtorch ops (`libtorch/`): cuDNN for the 1x1 and the depthwise box-sum convolutions,
 //!   libtorch's CUDA kernels for the elementwise collision. The default, and the fallback for
 //!   every call the kernels decline.

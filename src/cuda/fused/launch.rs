@@ -1,76 +1,92 @@
 //! The CUDA driver side of the fused kernels: libcuda presence, the primary context, modules per
 //! device, launches on a borrowed stream, and the launch plan (tiles, grid, shared memory).
 //!
+//! * Driver: libcuda loaded by [`super::dl::driver`] (a full path first; the path is reported).
 //! * Context: the device's primary context (the one PyTorch uses), retained once per device and
 //!   never released or destroyed. Every call makes it current with push/pop and restores what was
 //!   current before ([`CtxGuard`]).
 //! * Stream: the caller's stream handle (PyTorch's current stream, `torch.cuda.current_stream()
-//!   .cuda_stream` in Python), borrowed: never created, synchronised or destroyed here.
+//!   .cuda_stream` in Python), borrowed: never created or destroyed here, and synchronised only
+//!   under `IC_NETWORKS_CUDA_SYNC_CHECK=1` ([`sync_check`]).
 //! * Modules: compiled at the first use on a device (or by [`super::warm_up`]), cached for the
 //!   process. Never compiled or loaded while the stream is capturing a CUDA graph: that returns an
-//!   error asking for a warm-up call first.
+//!   error asking for a warm-up call first. A CUBIN the driver rejects is replaced by a fresh
+//!   compilation, then by its PTX ([`module`]).
+use super::dl::{self, CuContext, CuDevice, CuFunction, CuModule, CuResult, CuStream, Driver, CUDA_SUCCESS};
 use super::nvrtc;
 use crate::error::{Error, Result};
-use cudarc::driver::sys;
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
-pub(crate) fn cu_check(what: &str, r: sys::CUresult) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
+/// The loaded driver (callers have checked [`driver_problem`]; an error otherwise, never a panic).
+pub(crate) fn drv() -> Result<&'static Driver> {
+    dl::driver().map(|l| &l.api).map_err(Error::Runtime)
+}
+
+/// The driver's message for `r`.
+fn error_string(r: CuResult) -> String {
+    let mut p: *const std::ffi::c_char = std::ptr::null();
+    match dl::driver() {
+        // SAFETY: cuGetErrorString writes a static string pointer (or leaves null).
+        Ok(d) => unsafe {
+            (d.api.cuGetErrorString)(r, &mut p);
+            if p.is_null() { format!("CUDA error {r}") } else { format!("{} (CUDA error {r})", CStr::from_ptr(p).to_string_lossy()) }
+        },
+        Err(_) => format!("CUDA error {r}"),
+    }
+}
+
+pub(crate) fn cu_check(what: &str, r: CuResult) -> Result<()> {
+    if r == CUDA_SUCCESS {
         return Ok(());
     }
-    let mut p: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: cuGetErrorString writes a static string pointer (or leaves null).
-    let msg = unsafe {
-        sys::cuGetErrorString(r, &mut p);
-        if p.is_null() { format!("{r:?}") } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
-    };
-    Err(Error::Runtime(format!("CUDA driver {what}: {msg}")))
+    Err(Error::Runtime(format!("CUDA driver {what}: {}", error_string(r))))
 }
 
 /// Why the driver side cannot run, or `None` when libcuda loads, initialises and has a device.
-/// Checked once; never panics.
+/// The reason names the libcuda file. Checked once; never panics.
 pub fn driver_problem() -> Option<String> {
     static P: OnceLock<Option<String>> = OnceLock::new();
     P.get_or_init(|| {
-        // SAFETY: only dlopens the candidates.
-        if !unsafe { sys::is_culib_present() } {
-            return Some("libcuda (the NVIDIA driver) is not loadable".into());
-        }
+        let l = match dl::driver() {
+            Ok(l) => l,
+            Err(e) => return Some(e),
+        };
+        let d = &l.api;
         let probe = || -> Result<i32> {
-            // SAFETY: library present; out-pointer valid.
+            // SAFETY: out-pointers valid.
             unsafe {
-                cu_check("init", sys::cuInit(0))?;
+                cu_check("init", (d.cuInit)(0))?;
                 let mut n = 0;
-                cu_check("device count", sys::cuDeviceGetCount(&mut n))?;
+                cu_check("device count", (d.cuDeviceGetCount)(&mut n))?;
                 Ok(n)
             }
         };
-        match std::panic::catch_unwind(probe) {
-            Ok(Ok(n)) if n > 0 => None,
-            Ok(Ok(_)) => Some("the CUDA driver reports no device".into()),
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("the CUDA driver library lacks an entry point this build needs".into()),
+        match probe() {
+            Ok(n) if n > 0 => None,
+            Ok(_) => Some(format!("the CUDA driver ({}) reports no device", l.path)),
+            Err(e) => Some(format!("{e} (libcuda: {})", l.path)),
         }
     })
     .clone()
 }
 
 /// A device's primary context, retained once (never released: PyTorch shares it).
-fn primary_ctx(ordinal: usize) -> Result<(sys::CUcontext, sys::CUdevice)> {
+fn primary_ctx(ordinal: usize) -> Result<(CuContext, CuDevice)> {
     static CTX: OnceLock<Mutex<HashMap<usize, (usize, i32)>>> = OnceLock::new();
     let map = CTX.get_or_init(|| Mutex::new(HashMap::new()));
     let mut m = map.lock().map_err(|_| Error::Runtime("CUDA context table poisoned".into()))?;
     if let Some(&(c, d)) = m.get(&ordinal) {
-        return Ok((c as sys::CUcontext, d));
+        return Ok((c as CuContext, d));
     }
-    let mut dev: sys::CUdevice = 0;
-    let mut ctx: sys::CUcontext = std::ptr::null_mut();
-    // SAFETY: driver present (checked by callers through `driver_problem`); out-pointers valid.
+    let d = drv()?;
+    let mut dev: CuDevice = 0;
+    let mut ctx: CuContext = std::ptr::null_mut();
+    // SAFETY: driver initialised (callers check `driver_problem`); out-pointers valid.
     unsafe {
-        cu_check("device get", sys::cuDeviceGet(&mut dev, ordinal as i32))?;
-        cu_check("primary context retain", sys::cuDevicePrimaryCtxRetain(&mut ctx, dev))?;
+        cu_check("device get", (d.cuDeviceGet)(&mut dev, ordinal as i32))?;
+        cu_check("primary context retain", (d.cuDevicePrimaryCtxRetain)(&mut ctx, dev))?;
     }
     m.insert(ordinal, (ctx as usize, dev));
     Ok((ctx, dev))
@@ -79,20 +95,21 @@ fn primary_ctx(ordinal: usize) -> Result<(sys::CUcontext, sys::CUdevice)> {
 /// Makes a device's primary context current for its lifetime and restores the previous one.
 pub(crate) struct CtxGuard {
     pushed: bool,
-    pub dev: sys::CUdevice,
+    pub dev: CuDevice,
 }
 
 impl CtxGuard {
     pub fn new(ordinal: usize) -> Result<Self> {
         let (ctx, dev) = primary_ctx(ordinal)?;
-        let mut cur: sys::CUcontext = std::ptr::null_mut();
+        let d = drv()?;
+        let mut cur: CuContext = std::ptr::null_mut();
         // SAFETY: valid out-pointer; ctx is a retained primary context.
         unsafe {
-            cu_check("get current context", sys::cuCtxGetCurrent(&mut cur))?;
+            cu_check("get current context", (d.cuCtxGetCurrent)(&mut cur))?;
             if cur == ctx {
                 return Ok(Self { pushed: false, dev });
             }
-            cu_check("push context", sys::cuCtxPushCurrent_v2(ctx))?;
+            cu_check("push context", (d.cuCtxPushCurrent_v2)(ctx))?;
         }
         Ok(Self { pushed: true, dev })
     }
@@ -101,28 +118,39 @@ impl CtxGuard {
 impl Drop for CtxGuard {
     fn drop(&mut self) {
         if self.pushed {
-            let mut popped: sys::CUcontext = std::ptr::null_mut();
-            // SAFETY: we pushed exactly one context.
-            unsafe {
-                sys::cuCtxPopCurrent_v2(&mut popped);
+            if let Ok(d) = drv() {
+                let mut popped: CuContext = std::ptr::null_mut();
+                // SAFETY: we pushed exactly one context.
+                unsafe {
+                    (d.cuCtxPopCurrent_v2)(&mut popped);
+                }
             }
         }
     }
 }
 
-fn attribute(dev: sys::CUdevice, a: sys::CUdevice_attribute) -> Result<i32> {
+fn attribute(dev: CuDevice, a: i32) -> Result<i32> {
     let mut v = 0;
     // SAFETY: valid out-pointer and device.
-    unsafe { cu_check("device attribute", sys::cuDeviceGetAttribute(&mut v, a, dev))? };
+    unsafe { cu_check("device attribute", (drv()?.cuDeviceGetAttribute)(&mut v, a, dev))? };
     Ok(v)
 }
 
 /// Whether `stream` is capturing a CUDA graph.
-pub(crate) fn capturing(stream: sys::CUstream) -> Result<bool> {
-    let mut s = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+pub(crate) fn capturing(stream: CuStream) -> Result<bool> {
+    let mut s = dl::CU_STREAM_CAPTURE_STATUS_NONE;
     // SAFETY: the caller's stream handle (borrowed); valid out-pointer.
-    unsafe { cu_check("stream capture status", sys::cuStreamIsCapturing(stream, &mut s))? };
-    Ok(s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    unsafe { cu_check("stream capture status", (drv()?.cuStreamIsCapturing)(stream, &mut s))? };
+    Ok(s != dl::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// `IC_NETWORKS_CUDA_SYNC_CHECK=1` (read once): after each launch on a stream that is not
+/// capturing, synchronise it and check, so that a fault (an illegal address, a trap) is reported
+/// as an error naming the kernel instead of surfacing at some later PyTorch op. A debugging aid:
+/// it costs a host round trip per launch.
+pub fn sync_check() -> bool {
+    static S: OnceLock<bool> = OnceLock::new();
+    *S.get_or_init(|| std::env::var("IC_NETWORKS_CUDA_SYNC_CHECK").map(|v| v.trim() == "1").unwrap_or(false))
 }
 
 /// A loaded module and its functions.
@@ -131,6 +159,8 @@ pub(crate) struct Module {
     pub cc: i32,
     pub from_cache: bool,
     pub is_cubin: bool,
+    /// Why the first image was not used (a rejected cached or fresh CUBIN), if it was not.
+    pub replaced: Option<String>,
 }
 
 fn modules() -> &'static Mutex<HashMap<usize, &'static Module>> {
@@ -138,9 +168,57 @@ fn modules() -> &'static Mutex<HashMap<usize, &'static Module>> {
     M.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Loads a module image (a CUBIN ELF or NUL-terminated PTX); the driver's error code otherwise.
+fn load_image(bytes: &[u8]) -> Result<std::result::Result<CuModule, CuResult>> {
+    let d = drv()?;
+    let mut m: CuModule = std::ptr::null_mut();
+    // SAFETY: images are a CUBIN ELF or NUL-terminated PTX (nvrtc.rs); the module is never unloaded.
+    let r = unsafe { (d.cuModuleLoadData)(&mut m, bytes.as_ptr() as *const c_void) };
+    Ok(if r == CUDA_SUCCESS { Ok(m) } else { Err(r) })
+}
+
+/// Loads the kernels for compute capability `cc`: the image from [`nvrtc::image_for`] (disk cache
+/// or a fresh compilation). If the driver rejects a cached image, a fresh compilation (which then
+/// replaces the cache entry); if it rejects a CUBIN, that compilation's PTX.
+/// Returns (module, is_cubin, from_cache, why the first image was not used).
+fn load_for(cc: i32) -> Result<(CuModule, bool, bool, Option<String>)> {
+    let cache = nvrtc::cache_dir_from_env();
+    let img = nvrtc::image_for(cc, cache.as_deref())?;
+    let r = match load_image(&img.bytes)? {
+        Ok(m) => return Ok((m, img.is_cubin, img.from_cache, None)),
+        Err(r) => r,
+    };
+    let kind = |cubin: bool| if cubin { "CUBIN" } else { "PTX" };
+    let mut why = format!("the driver rejected the {}{}: {}", if img.from_cache { "cached " } else { "" }, kind(img.is_cubin), error_string(r));
+    let fresh = if img.from_cache {
+        let f = nvrtc::compile_image(cc)?;
+        match load_image(&f.bytes)? {
+            Ok(m) => {
+                if let Some(dir) = cache.as_deref() {
+                    let _ = nvrtc::write_atomic(&nvrtc::cache_path(dir, cc)?, &f.bytes);
+                }
+                return Ok((m, f.is_cubin, false, Some(format!("{why}; recompiled"))));
+            }
+            Err(r) => {
+                why = format!("{why}; the fresh {} too: {}", kind(f.is_cubin), error_string(r));
+                f
+            }
+        }
+    } else {
+        img
+    };
+    match &fresh.ptx {
+        Some(ptx) => match load_image(ptx)? {
+            Ok(m) => Ok((m, false, false, Some(format!("{why}; loaded its PTX")))),
+            Err(r) => Err(Error::Runtime(format!("CUDA driver module load: {why}; its PTX too: {}", error_string(r)))),
+        },
+        None => Err(Error::Runtime(format!("CUDA driver module load: {why}"))),
+    }
+}
+
 /// The module of device `ordinal` (context current): loaded from the in-memory table, or compiled
 /// (or read from the disk cache) and loaded, unless `stream` is capturing.
-pub(crate) fn module(ordinal: usize, dev: sys::CUdevice, stream: Option<sys::CUstream>) -> Result<&'static Module> {
+pub(crate) fn module(ordinal: usize, dev: CuDevice, stream: Option<CuStream>) -> Result<&'static Module> {
     let mut table = modules().lock().map_err(|_| Error::Runtime("CUDA module table poisoned".into()))?;
     if let Some(m) = table.get(&ordinal) {
         return Ok(m);
@@ -154,77 +232,62 @@ pub(crate) fn module(ordinal: usize, dev: sys::CUdevice, stream: Option<sys::CUs
             ));
         }
     }
-    let cc = 10 * attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
-        + attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-    let img = nvrtc::image_for(cc, nvrtc::cache_dir_from_env().as_deref())?;
-    let mut m: sys::CUmodule = std::ptr::null_mut();
-    // SAFETY: images are a CUBIN ELF or NUL-terminated PTX; the module is never unloaded.
-    let mut is_cubin = img.is_cubin;
-    let r = unsafe { sys::cuModuleLoadData(&mut m, img.bytes.as_ptr() as *const c_void) };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        match &img.ptx {
-            Some(ptx) => {
-                // SAFETY: as above.
-                unsafe { cu_check("module load (PTX fallback)", sys::cuModuleLoadData(&mut m, ptx.as_ptr() as *const c_void))? };
-                is_cubin = false;
-            }
-            None => cu_check("module load", r)?,
-        }
-    }
+    let cc = 10 * attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? + attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let (m, is_cubin, from_cache, replaced) = load_for(cc)?;
+    let d = drv()?;
     let mut funcs = HashMap::new();
     for &name in nvrtc::ENTRIES {
         let c = CString::new(name).unwrap();
-        let mut f: sys::CUfunction = std::ptr::null_mut();
+        let mut f: CuFunction = std::ptr::null_mut();
         // SAFETY: loaded module, NUL-terminated name.
-        unsafe { cu_check(&format!("function {name}"), sys::cuModuleGetFunction(&mut f, m, c.as_ptr()))? };
+        unsafe { cu_check(&format!("function {name}"), (d.cuModuleGetFunction)(&mut f, m, c.as_ptr()))? };
         funcs.insert(name, f as usize);
     }
-    let module: &'static Module = Box::leak(Box::new(Module { funcs, cc, from_cache: img.from_cache, is_cubin }));
+    let module: &'static Module = Box::leak(Box::new(Module { funcs, cc, from_cache, is_cubin, replaced }));
     table.insert(ordinal, module);
     Ok(module)
 }
 
 impl Module {
-    pub fn func(&self, name: &str) -> Result<sys::CUfunction> {
+    pub fn func(&self, name: &str) -> Result<CuFunction> {
         self.funcs
             .get(name)
-            .map(|&f| f as sys::CUfunction)
+            .map(|&f| f as CuFunction)
             .ok_or_else(|| Error::Runtime(format!("fused CUDA kernel {name} not in the module")))
     }
 }
 
 /// Launches `name` with the kernel parameters `args` (pointers to each argument, as
-/// cuLaunchKernel takes them) on the borrowed `stream`.
-pub(crate) fn launch(
-    m: &Module,
-    name: &str,
-    grid: [u32; 3],
-    block: u32,
-    smem: u32,
-    stream: sys::CUstream,
-    args: &mut [*mut c_void],
-) -> Result<()> {
+/// cuLaunchKernel takes them) on the borrowed `stream`; under [`sync_check`] (and not capturing)
+/// it then waits for the kernel and reports its fault, if any, by name.
+pub(crate) fn launch(m: &Module, name: &str, grid: [u32; 3], block: u32, smem: u32, stream: CuStream, args: &mut [*mut c_void]) -> Result<()> {
     if grid.contains(&0) {
         return Ok(());
     }
     let f = m.func(name)?;
+    let d = drv()?;
     if smem > 48 * 1024 {
         // SAFETY: valid function handle.
-        unsafe {
-            cu_check(
-                "set shared memory size",
-                sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32),
-            )?
-        };
+        unsafe { cu_check("set shared memory size", (d.cuFuncSetAttribute)(f, dl::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32))? };
     }
     // SAFETY: args point at live values of the kernel's parameter types (see the #[repr(C)]
     // structs below); the stream is the caller's.
-    let status =
-        unsafe { sys::cuLaunchKernel(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()) };
-    if status == sys::CUresult::CUDA_SUCCESS {
-        return Ok(()); // no message to format on the hot path
+    let status = unsafe { (d.cuLaunchKernel)(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()) };
+    if status != CUDA_SUCCESS {
+        return cu_check(&format!("launch {name}"), status);
     }
-    cu_check(&format!("launch {name}"), status)
+    if sync_check() && !capturing(stream)? {
+        // SAFETY: the caller's stream, borrowed.
+        let r = unsafe { (d.cuStreamSynchronize)(stream) };
+        if r != CUDA_SUCCESS {
+            return Err(Error::Runtime(format!(
+                "fused CUDA kernel {name} (grid {grid:?}, block {block}, {smem} B shared) failed: {} \
+                 (found by IC_NETWORKS_CUDA_SYNC_CHECK=1; the CUDA context may now be unusable)",
+                error_string(r)
+            )));
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ parameters (collision.cu)
@@ -303,9 +366,11 @@ pub struct IcReduceParams {
     pub tc: i32,
     pub tiles_c: i32,
     pub tiles_sp: i32,
+    /// 1: also sum d alpha (per channel); 0: alpha needs no gradient.
+    pub dalpha: i32,
 }
 
-/// Threads per block of every kernel.
+/// Threads per block of the flat kernels (box sums, reduce), and the most the box kernels use.
 pub const THREADS: u32 = 256;
 /// Dynamic shared memory the plan may use without an opt-in.
 pub const SMEM_LIMIT: usize = 48 * 1024;
@@ -328,8 +393,26 @@ pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
     }
 }
 
-/// The box kernels' plan: params and shared-memory bytes, shrinking the tile until the halo fits
-/// in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated boxes: libtorch path).
+/// Threads per block of the box kernels for a tile (TC, TH, TW), all powers of two: about four
+/// outputs per thread (the per-thread set-up is paid once for them), at least one row of the
+/// tile's channels x columns (the kernels' thread layout) and 64 threads (two warps, and blocks
+/// small enough for small images: 64 threads for an 8 x 8 tile at 7 x 7), at most [`THREADS`].
+/// Mirrored in tests/test_cuda_kernels.py and tests/cuda_emu/ptx_stats.py.
+pub fn threads_for(tc: i64, th: i64, tw: i64) -> u32 {
+    (pow2ceil(tc * th * tw) / 4).max(tc * tw).max(64).min(THREADS as i64) as u32
+}
+
+/// Whether every element offset `c * s.c + h * s.h + w * s.w` inside one image of a tensor of
+/// `size`, `stride`, with indices up to `extra` past its size (the kernels' halo and tile
+/// overhang), fits the kernels' 32-bit in-image offsets.
+pub fn fits_i32(size: &[i64], stride: &[i64], extra: i64) -> bool {
+    let span: i128 = (1..4).map(|d| stride[d].unsigned_abs() as i128 * (size[d] + extra) as i128).sum();
+    span < i32::MAX as i128 && (1..4).all(|d| stride[d].unsigned_abs() < i32::MAX as u64)
+}
+
+/// The box kernels' plan: params, shared-memory bytes and threads per block, shrinking the tile
+/// until the halo fits in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated
+/// boxes: libtorch path).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_box(
     size_out: [i64; 4],
@@ -340,13 +423,13 @@ pub fn plan_box(
     cl: bool,
     bwd: bool,
     acc_bytes: usize,
-) -> Option<(IcBoxParams, usize)> {
+) -> Option<(IcBoxParams, usize, u32)> {
     let [n, c, ho, wo] = size_out;
     let [h, w] = size_in_hw;
     let (rows, cols) = if bwd { (ho.max(h + pad[0]), wo.max(w + pad[1])) } else { (ho, wo) };
     let (tc, mut th, mut tw) = plan_tile(c, rows, cols, cl);
     let (eh, ew) = (dil[0] * (k[0] - 1), dil[1] * (k[1] - 1));
-    let red = if bwd { 3 * THREADS as usize } else { 0 };
+    let red = if bwd { 3 * THREADS as usize } else { 0 }; // the block reduction's warp sums fit in it
     let bytes = |th: i64, tw: i64| ((tc * (th + eh) * (tw + ew)) as usize + red) * acc_bytes;
     while bytes(th, tw) > SMEM_LIMIT {
         if th >= tw && th > 1 {
@@ -388,7 +471,7 @@ pub fn plan_box(
     if p.tiles_c > 65535 || p.n > 65535 || (p.tiles_h as i64) * (p.tiles_w as i64) > i32::MAX as i64 {
         return None;
     }
-    Some((p, bytes(th, tw)))
+    Some((p, bytes(th, tw), threads_for(tc, th, tw)))
 }
 
 #[cfg(test)]
@@ -400,8 +483,11 @@ mod tests {
         for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
             for &cl in &[false, true] {
                 for &bwd in &[false, true] {
-                    let (p, smem) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
+                    let (p, smem, threads) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
                     assert!(smem <= SMEM_LIMIT);
+                    // the kernels' thread layout: powers of two, a row of channels x columns per pass
+                    assert!(threads.is_power_of_two() && threads % 32 == 0 && threads <= THREADS);
+                    assert!(p.tc * p.tw <= threads as i32 && (p.tc as u32).is_power_of_two() && (p.tw as u32).is_power_of_two());
                     assert!(p.tiles_h * p.th >= 56 && p.tiles_w * p.tw >= 56 && p.tiles_c * p.tc >= 64);
                     if cl {
                         assert_eq!(THREADS as i32 % p.tc, 0);
@@ -420,6 +506,16 @@ mod tests {
         // 19 ints, 4 bytes of padding, 4 x 32-byte stride blocks (the C struct, natural alignment)
         assert_eq!(std::mem::size_of::<IcBoxParams>(), 80 + 4 * 32);
         assert_eq!(std::mem::size_of::<IcBoxsumParams>(), 64 + 2 * 32);
-        assert_eq!(std::mem::size_of::<IcReduceParams>(), 20);
+        assert_eq!(std::mem::size_of::<IcReduceParams>(), 24);
+    }
+
+    #[test]
+    fn threads_fit_the_tile() {
+        assert_eq!(threads_for(1, 16, 32), 128); // 64@56 NCHW: four outputs per thread
+        assert_eq!(threads_for(8, 8, 16), 256);
+        assert_eq!(threads_for(1, 8, 8), 64); // 512@7 NCHW: a block as small as the image
+        assert_eq!(threads_for(8, 8, 8), 128);
+        assert!(fits_i32(&[1, 64, 56, 56], &[200704, 3136, 56, 1], 40));
+        assert!(!fits_i32(&[1, 3, 40000, 40000], &[4_800_000_000, 1_600_000_000, 40000, 1], 0));
     }
 }

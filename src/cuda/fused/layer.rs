@@ -42,21 +42,21 @@ pub fn forward(y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeome
 /// P path needed, the transposed box sum is fused in: the gradient into the P path comes back as
 /// `G = boxsum^T(gz)` on x's grid ([`AdjustGrad::OnInput`], for [`adjust_on_input`]); otherwise as
 /// `gz` itself ([`AdjustGrad::Gz`] without `scale`, for [`adjust_strided`]). The sums are
-/// deterministic (no atomics).
+/// deterministic (no atomics); d alpha is summed only when alpha needs a gradient.
 pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry, stream: RawStream) -> Result<Option<CollisionGrads>> {
     let need_gy = needs.main_path();
     let on_input = g.unit_stride() && needs.adjust_path();
     let fg = if on_input {
-        box_backward(grad, relu_z, alpha, [d.h, d.w], [d.kh, d.kw], g.padding, g.dilation, need_gy, stream)?
+        box_backward(grad, relu_z, alpha, [d.h, d.w], [d.kh, d.kw], g.padding, g.dilation, need_gy, needs.alpha, stream)?
     } else {
-        fused_collision_backward(grad, relu_z, alpha, need_gy, stream)?
+        fused_collision_backward(grad, relu_z, alpha, need_gy, needs.alpha, stream)?
     };
     let Some(fg) = fg else { return Ok(None) };
     let kind = grad.kind();
     Ok(Some(CollisionGrads {
         gy: fg.gy,
         adjust: if on_input { AdjustGrad::OnInput(fg.g) } else { AdjustGrad::Gz { gz: fg.g, scale: None } },
-        dalpha: if needs.alpha { Some(fg.dalpha) } else { None },
+        dalpha: fg.dalpha,
         db1: if needs.adjust_bias { Some(fg.db1.f_to_kind(kind)?) } else { None },
         db2: if needs.bias { Some(fg.db2.f_to_kind(kind)?) } else { None },
     }))

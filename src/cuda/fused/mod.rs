@@ -1,8 +1,9 @@
 //! Fused CUDA kernels for the memory-bound part of the IC layer (opt-in; see docs/cuda-kernels.md).
 //!
 //! The kernels (`src/cuda/kernels/collision.cu`) are compiled at run time by NVRTC and launched
-//! through the CUDA driver API, both loaded dynamically by `cudarc`: nothing CUDA at build or link
-//! time, so one build works with CPU-only torch, and on machines without a driver
+//! through the CUDA driver API, both loaded at run time by `dl.rs` (torch's NVRTC and the
+//! driver's libcuda by full path first; [`libraries`] says which files): nothing CUDA at build or
+//! link time, so one build works with CPU-only torch, and on machines without a driver
 //! [`available`] is simply `false`.
 //!
 //! The switch: the libtorch path stays the default on CUDA. With [`enabled`]
@@ -25,14 +26,15 @@
 //! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed.
 //! The tensors allocated here come from PyTorch's caching allocator on its current stream, so
 //! that must be the same stream.
+pub mod dl;
 pub mod launch;
 pub mod layer;
 pub mod nvrtc;
 pub mod py;
 
 use crate::error::{Error, Result};
-use cudarc::driver::sys;
-use launch::{CtxGuard, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
+use dl::CuStream;
+use launch::{CtxGuard, IcBoxParams, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -49,12 +51,14 @@ pub fn unavailable_reason() -> Option<String> {
         if let Some(p) = launch::driver_problem() {
             return Some(p);
         }
-        if !nvrtc::nvrtc_available() {
-            return Some("libnvrtc is not loadable (torch with CUDA ships it; or put it on LD_LIBRARY_PATH)".into());
-        }
-        None
+        nvrtc::unavailable_reason()
     })
     .clone()
+}
+
+/// The files in use: (libcuda, libnvrtc), each a full path, or `None` where none loads.
+pub fn libraries() -> (Option<String>, Option<String>) {
+    (dl::driver().ok().map(|l| l.path.clone()), nvrtc::library_path())
 }
 
 /// libcuda (with at least one device) and NVRTC are present. Checked once, never panics.
@@ -103,6 +107,9 @@ pub struct WarmUp {
     pub cubin: bool,
     /// Read from the disk cache rather than compiled now.
     pub from_cache: bool,
+    /// Why the first image was not used (the driver rejected a cached or fresh CUBIN; it was
+    /// recompiled, or its PTX loaded), `None` when it was.
+    pub replaced: Option<String>,
 }
 
 /// Compiles (or reads from the disk cache) and loads the kernels for CUDA device `ordinal`. Call it
@@ -113,7 +120,7 @@ pub fn warm_up(ordinal: usize) -> Result<WarmUp> {
     }
     let g = CtxGuard::new(ordinal)?;
     let m = launch::module(ordinal, g.dev, None)?;
-    Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache })
+    Ok(WarmUp { cc: m.cc, cubin: m.is_cubin, from_cache: m.from_cache, replaced: m.replaced.clone() })
 }
 
 /// Test hook: `IC_NETWORKS_CUDA_EMULATION=1` treats CPU tensors as CUDA device 0. Only meaningful
@@ -184,30 +191,67 @@ fn ptr(t: &Tensor) -> u64 {
     t.data_ptr() as u64
 }
 
-/// A device scalar in the accumulation dtype (capture-safe when `alpha` is already on the device).
-fn scalar_on(alpha: &Tensor, acc: Kind, dev: Device) -> Result<Tensor> {
+/// How a kernel gets alpha: by value (`ptr` 0) or, for an alpha on a CUDA device, through a
+/// pointer the kernel reads once per thread.
+///
+/// * an alpha on the CPU (a 0-d CPU tensor, which the op accepts) is read here, once per call,
+///   and passed by value: no copy to the device, no synchronisation, nothing that breaks CUDA-graph
+///   capture (the captured value is the one at capture time, as for any host scalar);
+/// * an alpha on a CUDA device stays there: its own memory when it has the accumulation dtype,
+///   else a one-element cast on the stream (capture-safe). Reading it on the host would
+///   synchronise, and in a graph it would freeze a parameter that training changes.
+struct AlphaArg {
+    value: f64,
+    ptr: u64,
+    _keep: Option<Tensor>,
+}
+
+fn alpha_arg(alpha: &Tensor, acc: Kind) -> Result<AlphaArg> {
     if alpha.numel() != 1 {
         return Err(Error::Value(format!("alpha: expected one element, got shape {:?}", alpha.size())));
     }
-    Ok(alpha.f_to_device(dev)?.f_to_kind(acc)?.f_reshape([1])?.f_contiguous()?)
+    if alpha.device() == Device::Cpu {
+        let value = alpha.f_double_value(&vec![0; alpha.dim()])?;
+        return Ok(AlphaArg { value, ptr: 0, _keep: None });
+    }
+    let t = if alpha.kind() == acc { alpha.shallow_clone() } else { alpha.f_to_kind(acc)? };
+    Ok(AlphaArg { value: 0.0, ptr: ptr(&t), _keep: Some(t) })
+}
+
+/// A kernel's by-value alpha in the accumulation dtype (`f32` or `f64`), laid out as its parameter.
+enum AlphaValue {
+    F32(f32),
+    F64(f64),
+}
+
+impl AlphaValue {
+    fn new(v: f64, acc: Kind) -> Self {
+        if acc == Kind::Double { AlphaValue::F64(v) } else { AlphaValue::F32(v as f32) }
+    }
+    fn arg(&mut self) -> *mut c_void {
+        match self {
+            AlphaValue::F32(v) => arg(v),
+            AlphaValue::F64(v) => arg(v),
+        }
+    }
 }
 
 struct Launcher {
     _ctx: CtxGuard,
     module: &'static launch::Module,
-    stream: sys::CUstream,
+    stream: CuStream,
 }
 
 impl Launcher {
     fn new(ordinal: usize, stream: RawStream) -> Result<Self> {
         let ctx = CtxGuard::new(ordinal)?;
-        let s = stream as sys::CUstream;
+        let s = stream as CuStream;
         let module = launch::module(ordinal, ctx.dev, Some(s))?;
         Ok(Self { _ctx: ctx, module, stream: s })
     }
 
-    fn run(&self, name: &str, grid: [u32; 3], smem: usize, args: &mut [*mut c_void]) -> Result<()> {
-        launch::launch(self.module, name, grid, THREADS, smem as u32, self.stream, args)
+    fn run(&self, name: &str, grid: [u32; 3], block: u32, smem: usize, args: &mut [*mut c_void]) -> Result<()> {
+        launch::launch(self.module, name, grid, block, smem as u32, self.stream, args)
     }
 }
 
@@ -240,16 +284,20 @@ pub fn box_forward(
         return Err(Error::Value(format!("fused forward: q {qs:?} / shift {:?} do not match y {ys:?}", shift.size())));
     }
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
+    let Some((mut p, smem, threads)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
     else {
         return Ok(None);
     };
+    let extra = halo_extra(&p);
+    if !launch::fits_i32(&ys, &y.stride(), extra) || !launch::fits_i32(&qs, &q.stride(), extra) {
+        return Ok(None);
+    }
     let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
     if y.numel() == 0 {
         return Ok(Some((y.shallow_clone(), rz)));
     }
     let sh = shift.f_to_device(y.device())?.f_to_kind(acc)?.f_contiguous()?;
-    let al = scalar_on(alpha, acc, y.device())?;
+    let al = alpha_arg(alpha, acc)?;
     p.s_box = IcStrides::of(&q.stride());
     p.s_a = IcStrides::of(&y.stride());
     p.s_b = p.s_a;
@@ -257,9 +305,15 @@ pub fn box_forward(
     let l = Launcher::new(ordinal, stream)?;
     let (mut py, mut pq, mut po) = (ptr(y), ptr(q), ptr(y));
     let mut pr = rz.as_ref().map(ptr).unwrap_or(0);
-    let (mut ps, mut pa) = (ptr(&sh), ptr(&al));
+    let (mut ps, mut av, mut pa) = (ptr(&sh), AlphaValue::new(al.value, acc), al.ptr);
     let grid = [(p.tiles_h * p.tiles_w) as u32, p.tiles_c as u32, p.n as u32];
-    l.run(&format!("ic_fwd_box_{suffix}"), grid, smem, &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), arg(&mut pa), arg(&mut p)])?;
+    l.run(
+        &format!("ic_fwd_box_{suffix}"),
+        grid,
+        threads,
+        smem,
+        &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), av.arg(), arg(&mut pa), arg(&mut p)],
+    )?;
     Ok(Some((y.shallow_clone(), rz)))
 }
 
@@ -270,6 +324,12 @@ pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor,
         return Ok(None);
     }
     box_forward(y, p, shift, alpha, [1, 1], [0, 0], [1, 1], keep_relu_z, stream)
+}
+
+/// How far past a tensor's size the box kernels' indices reach (tile overhang and halo), for
+/// [`launch::fits_i32`].
+fn halo_extra(p: &IcBoxParams) -> i64 {
+    (p.tc + p.th + p.tw) as i64 + (p.dh as i64) * (p.kh as i64) + (p.dw as i64) * (p.kw as i64) + (p.ph + p.pw) as i64
 }
 
 /// Outputs of the fused backward. The sums are in the accumulation dtype (float32, or float64 for
@@ -284,13 +344,15 @@ pub struct FusedGrads {
     pub db1: Tensor,
     /// (C): sum of grad (db2).
     pub db2: Tensor,
-    /// (): sum of grad * relu_z (d alpha).
-    pub dalpha: Tensor,
+    /// (): sum of grad * relu_z (d alpha), when asked for.
+    pub dalpha: Option<Tensor>,
 }
 
 /// Stride-1 backward with the transposed box sum fused, for an input of spatial size `in_hw`:
 /// reads `grad` and `relu_z` (N, C, Ho, Wo) once (plus halo). Deterministic: the per-block partial
-/// sums are added in a fixed order by a second kernel, no atomics. `None` when it does not apply.
+/// sums are added in a fixed order by a second kernel, one block per channel, no atomics; d alpha
+/// (only with `need_dalpha`) is then the sum of its C per-channel values. `None` when it does not
+/// apply.
 #[allow(clippy::too_many_arguments)]
 pub fn box_backward(
     grad: &Tensor,
@@ -301,6 +363,7 @@ pub fn box_backward(
     padding: [i64; 2],
     dilation: [i64; 2],
     need_gy: bool,
+    need_dalpha: bool,
     stream: RawStream,
 ) -> Result<Option<FusedGrads>> {
     let Some((ordinal, kind)) = common(&[grad, relu_z]) else { return Ok(None) };
@@ -309,61 +372,71 @@ pub fn box_backward(
     }
     let gs = grad.size();
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
+    let Some((mut p, smem, threads)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
         return Ok(None);
     };
+    let extra = halo_extra(&p);
+    let g_size = [gs[0], gs[1], in_hw[0], in_hw[1]];
+    // G and gy are made below in grad's memory format: their strides are those of a dense tensor
+    let dense_of = |s: &[i64]| -> Vec<i64> {
+        if is_cl(grad) { vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]] } else { vec![s[1] * s[2] * s[3], s[2] * s[3], s[3], 1] }
+    };
+    if ![(&gs[..], grad.stride()), (&relu_z.size()[..], relu_z.stride()), (&gs[..], dense_of(&gs)), (&g_size[..], dense_of(&g_size))]
+        .iter()
+        .all(|(z, s)| launch::fits_i32(z, s, extra))
+    {
+        return Ok(None);
+    }
     let (n, c) = (gs[0], gs[1]);
     let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
     let mut g = empty_as([n, c, in_hw[0], in_hw[1]], grad)?;
     let tiles_sp = (p.tiles_h as i64) * (p.tiles_w as i64);
     let n_part = n * p.tiles_c as i64 * tiles_sp * p.tc as i64 * 3;
     let opts = (acc, grad.device());
-    let sums = Tensor::f_zeros([c + 1, 2], opts)?;
+    let sums = Tensor::f_zeros([c, 3], opts)?;
     if n > 0 {
         let part = Tensor::f_empty([n_part], opts)?;
-        let al = scalar_on(alpha, acc, grad.device())?;
+        let al = alpha_arg(alpha, acc)?;
         p.s_box = IcStrides::of(&g.stride());
         p.s_a = IcStrides::of(&grad.stride());
         p.s_b = gy.as_ref().map(|t| IcStrides::of(&t.stride())).unwrap_or_default();
         p.s_r = IcStrides::of(&relu_z.stride());
         let l = Launcher::new(ordinal, stream)?;
         let (mut pg, mut pr, mut pgy, mut pgg) = (ptr(grad), ptr(relu_z), gy.as_ref().map(ptr).unwrap_or(0), ptr(&g));
-        let (mut pa, mut pp) = (ptr(&al), ptr(&part));
+        let (mut av, mut pa, mut pp) = (AlphaValue::new(al.value, acc), al.ptr, ptr(&part));
         let grid = [tiles_sp as u32, p.tiles_c as u32, p.n as u32];
         l.run(
             &format!("ic_bwd_box_{suffix}"),
             grid,
+            threads,
             smem,
-            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), arg(&mut pa), arg(&mut pp), arg(&mut p)],
+            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), av.arg(), arg(&mut pa), arg(&mut pp), arg(&mut p)],
         )?;
-        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32 };
+        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32, dalpha: need_dalpha as i32 };
         if tiles_sp > i32::MAX as i64 {
             return Err(Error::Runtime("fused backward: too many tiles".into()));
         }
         let (mut pp2, mut ps) = (ptr(&part), ptr(&sums));
         let red_name = if acc == Kind::Double { "ic_reduce_f64" } else { "ic_reduce_f32" };
-        l.run(red_name, [(c + 1) as u32, 1, 1], 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
+        l.run(red_name, [c as u32, 1, 1], THREADS, 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
     } else {
         // nothing to launch; G is all zeros
         let _ = g.f_zero_()?;
     }
-    Ok(Some(FusedGrads {
-        gy,
-        g,
-        db1: sums.f_narrow(0, 0, c)?.f_select(1, 0)?,
-        db2: sums.f_narrow(0, 0, c)?.f_select(1, 1)?,
-        dalpha: sums.f_select(0, c)?.f_select(0, 0)?,
-    }))
+    // d alpha: the per-channel values added by one small reduction (deterministic: torch's sum of
+    // a C-element tensor takes a fixed order)
+    let dalpha = if need_dalpha { Some(sums.f_select(1, 2)?.f_sum(acc)?) } else { None };
+    Ok(Some(FusedGrads { gy, g, db1: sums.f_select(1, 0)?, db2: sums.f_select(1, 1)?, dalpha }))
 }
 
 /// The plain collision backward (any stride): `gz`, `gy` and the sums on the output grid.
 /// [`box_backward`] with a 1 x 1 box.
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
+pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, need_dalpha: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
     let s = grad.size();
     if s.len() != 4 {
         return Ok(None);
     }
-    box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, stream)
+    box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, need_dalpha, stream)
 }
 
 /// Box geometry of the strided kernels.
@@ -435,7 +508,7 @@ pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>>
     let l = Launcher::new(ordinal, stream)?;
     let (mut px, mut ps) = (ptr(x), ptr(&s));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
+    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
     Ok(Some(s))
 }
 
@@ -467,7 +540,7 @@ pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: 
     let l = Launcher::new(ordinal, stream)?;
     let (mut pd, mut po) = (ptr(ds), ptr(out));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
+    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
     Ok(true)
 }
 
@@ -481,7 +554,7 @@ mod tests {
         let a = Tensor::from(0.5f32);
         let sh = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         assert!(box_forward(&y, &y, &sh, &a, [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
-        assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
+        assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, true, 0).unwrap().is_none());
         let b = Box2 { k: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
         assert!(boxsum(&y, &b, 0).unwrap().is_none());
         assert!(!boxsum_t_(&y, &y, &b, BoxsumMode::Subtract, 0).unwrap());

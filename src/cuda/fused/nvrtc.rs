@@ -1,10 +1,10 @@
 //! Run-time compilation of `src/cuda/kernels/collision.cu` with NVRTC, and the on-disk CUBIN cache.
 //!
 //! NVRTC needs no GPU and no driver, so everything here also runs (and is tested) on CPU-only
-//! machines that have `libnvrtc` (torch's CUDA wheels ship it under `site-packages/nvidia/cu13/lib`,
-//! loaded by `import torch`; `libnvrtc-builtins` must be loadable too, else NVRTC reports "failed to
-//! open libnvrtc-builtins"). cudarc panics when a library is missing, so every entry point checks
-//! [`nvrtc_available`] first.
+//! machines that have `libnvrtc` (torch's CUDA wheels ship it under `site-packages/nvidia/cu13/lib`).
+//! The library is loaded by [`super::dl::nvrtc`]: torch's by full path first, with the
+//! `libnvrtc-builtins` next to it; [`library_path`] says which file. Without it every entry point
+//! returns an error (or an empty answer), never a panic.
 //!
 //! Target choice ([`target_for`]): the device's `sm_XY` CUBIN when this NVRTC supports that arch
 //! (its PTX, `compute_XY`, is kept as the fallback the driver can JIT), else PTX for the highest
@@ -15,7 +15,7 @@
 //! to a temporary name and renamed (atomic on POSIX), so concurrent processes never read a partial
 //! file. `IC_NETWORKS_KERNEL_CACHE=0` disables it.
 use crate::error::{Error, Result};
-use cudarc::nvrtc::sys;
+use super::dl::{self, Nvrtc, NvrtcProgram, NvrtcResult, NVRTC_SUCCESS};
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -49,35 +49,52 @@ pub const ENTRIES: &[&str] = &[
 /// Options besides the arch. Part of the cache key.
 const OPTIONS: &[&str] = &["-std=c++17", "-default-device"];
 
-fn nvrtc_err(what: &str, r: sys::nvrtcResult) -> Error {
-    // SAFETY: nvrtcGetErrorString returns a static string for any code.
-    let msg = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(r)) }.to_string_lossy().into_owned();
+/// The loaded NVRTC, or why not.
+fn api() -> Result<&'static Nvrtc> {
+    dl::nvrtc().map(|l| &l.api).map_err(Error::Runtime)
+}
+
+fn nvrtc_err(n: &Nvrtc, what: &str, r: NvrtcResult) -> Error {
+    // SAFETY: nvrtcGetErrorString returns a static string (or null) for any code.
+    let p = unsafe { (n.nvrtcGetErrorString)(r) };
+    let msg = if p.is_null() { format!("error {r}") } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
     Error::Runtime(format!("NVRTC {what}: {msg}"))
 }
 
-fn check(what: &str, r: sys::nvrtcResult) -> Result<()> {
-    if r == sys::nvrtcResult::NVRTC_SUCCESS {
+fn check(n: &Nvrtc, what: &str, r: NvrtcResult) -> Result<()> {
+    if r == NVRTC_SUCCESS {
         Ok(())
     } else {
-        Err(nvrtc_err(what, r))
+        Err(nvrtc_err(n, what, r))
     }
 }
 
-/// Whether libnvrtc can be loaded (checked once; never panics).
+/// Whether libnvrtc loads and answers (checked once; never panics).
 pub fn nvrtc_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        // SAFETY: only tries to dlopen the candidates.
-        let present = unsafe { sys::is_culib_present() };
-        present && std::panic::catch_unwind(version_raw).map(|v| v.is_some()).unwrap_or(false)
-    })
+    *OK.get_or_init(|| version_raw().is_some())
+}
+
+/// Why NVRTC is not usable (the files tried), `None` when it is.
+pub fn unavailable_reason() -> Option<String> {
+    match dl::nvrtc() {
+        Err(e) => Some(e),
+        Ok(l) if version_raw().is_none() => Some(format!("libnvrtc ({}) does not report its version", l.path)),
+        Ok(_) => None,
+    }
+}
+
+/// The full path of the libnvrtc in use, `None` when none loads.
+pub fn library_path() -> Option<String> {
+    dl::nvrtc().ok().map(|l| l.path.clone())
 }
 
 fn version_raw() -> Option<(i32, i32)> {
+    let n = api().ok()?;
     let (mut a, mut b) = (0, 0);
-    // SAFETY: the library is present (checked by the caller); out-pointers are valid.
-    let r = unsafe { sys::nvrtcVersion(&mut a, &mut b) };
-    (r == sys::nvrtcResult::NVRTC_SUCCESS).then_some((a, b))
+    // SAFETY: out-pointers are valid.
+    let r = unsafe { (n.nvrtcVersion)(&mut a, &mut b) };
+    (r == NVRTC_SUCCESS).then_some((a, b))
 }
 
 /// NVRTC's (major, minor) version, `None` without libnvrtc.
@@ -90,17 +107,15 @@ pub fn version() -> Option<(i32, i32)> {
 
 /// The `XY` of every `sm_XY` this NVRTC can target, ascending; empty without libnvrtc.
 pub fn supported_archs() -> Vec<i32> {
-    if !nvrtc_available() {
-        return Vec::new();
-    }
+    let Ok(api) = api() else { return Vec::new() };
     let mut n = 0;
-    // SAFETY: library present; buffers sized by the first call.
+    // SAFETY: buffers sized by the first call.
     unsafe {
-        if sys::nvrtcGetNumSupportedArchs(&mut n) != sys::nvrtcResult::NVRTC_SUCCESS || n <= 0 {
+        if (api.nvrtcGetNumSupportedArchs)(&mut n) != NVRTC_SUCCESS || n <= 0 {
             return Vec::new();
         }
         let mut v = vec![0i32; n as usize];
-        if sys::nvrtcGetSupportedArchs(v.as_mut_ptr()) != sys::nvrtcResult::NVRTC_SUCCESS {
+        if (api.nvrtcGetSupportedArchs)(v.as_mut_ptr()) != NVRTC_SUCCESS {
             return Vec::new();
         }
         v.sort_unstable();
@@ -146,9 +161,7 @@ pub fn compile(arch: i32, cubin: bool) -> Result<Compiled> {
 }
 
 pub fn compile_source(source: &str, arch: i32, cubin: bool) -> Result<Compiled> {
-    if !nvrtc_available() {
-        return Err(Error::Runtime("NVRTC (libnvrtc) is not loadable: install torch with CUDA or put libnvrtc on LD_LIBRARY_PATH".into()));
-    }
+    let api = api()?;
     let arch_name = if cubin { format!("sm_{arch}") } else { format!("compute_{arch}") };
     let src = CString::new(source).map_err(|_| Error::Runtime("kernel source contains a NUL byte".into()))?;
     let name = CString::new("collision.cu").unwrap();
@@ -160,46 +173,46 @@ pub fn compile_source(source: &str, arch: i32, cubin: bool) -> Result<Compiled> 
     }
     let opt_ptrs: Vec<*const std::ffi::c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     let t0 = Instant::now();
-    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: library present; all strings NUL-terminated and alive across the calls; the program
-    // is destroyed on every path below.
+    let mut prog: NvrtcProgram = std::ptr::null_mut();
+    // SAFETY: all strings NUL-terminated and alive across the calls; the program is destroyed on
+    // every path below.
     unsafe {
-        check("create program", sys::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()))?;
-        let r = sys::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
+        check(api, "create program", (api.nvrtcCreateProgram)(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()))?;
+        let r = (api.nvrtcCompileProgram)(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
         let seconds = t0.elapsed().as_secs_f64();
-        let log = program_log(prog);
-        let out = if r != sys::nvrtcResult::NVRTC_SUCCESS {
-            Err(Error::Runtime(format!("NVRTC could not compile the fused kernels for {arch_name}: {}\n{log}", nvrtc_err("compile", r))))
+        let log = program_log(api, prog);
+        let out = if r != NVRTC_SUCCESS {
+            Err(Error::Runtime(format!("NVRTC could not compile the fused kernels for {arch_name}: {}\n{log}", nvrtc_err(api, "compile", r))))
         } else {
-            get_outputs(prog, cubin).map(|(ptx, bin)| Compiled { arch: arch_name.clone(), ptx, cubin: bin, log, seconds })
+            get_outputs(api, prog, cubin).map(|(ptx, bin)| Compiled { arch: arch_name.clone(), ptx, cubin: bin, log, seconds })
         };
-        sys::nvrtcDestroyProgram(&mut prog);
+        (api.nvrtcDestroyProgram)(&mut prog);
         out
     }
 }
 
-unsafe fn program_log(prog: sys::nvrtcProgram) -> String {
+unsafe fn program_log(api: &Nvrtc, prog: NvrtcProgram) -> String {
     let mut n = 0usize;
-    if sys::nvrtcGetProgramLogSize(prog, &mut n) != sys::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+    if (api.nvrtcGetProgramLogSize)(prog, &mut n) != NVRTC_SUCCESS || n == 0 {
         return String::new();
     }
     let mut buf = vec![0u8; n];
-    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut _) != sys::nvrtcResult::NVRTC_SUCCESS {
+    if (api.nvrtcGetProgramLog)(prog, buf.as_mut_ptr() as *mut _) != NVRTC_SUCCESS {
         return String::new();
     }
     String::from_utf8_lossy(&buf[..n.saturating_sub(1)]).into_owned()
 }
 
-unsafe fn get_outputs(prog: sys::nvrtcProgram, cubin: bool) -> Result<(String, Option<Vec<u8>>)> {
+unsafe fn get_outputs(api: &Nvrtc, prog: NvrtcProgram, cubin: bool) -> Result<(String, Option<Vec<u8>>)> {
     let mut n = 0usize;
-    check("PTX size", sys::nvrtcGetPTXSize(prog, &mut n))?;
+    check(api, "PTX size", (api.nvrtcGetPTXSize)(prog, &mut n))?;
     let mut ptx = vec![0u8; n];
-    check("PTX", sys::nvrtcGetPTX(prog, ptx.as_mut_ptr() as *mut _))?;
+    check(api, "PTX", (api.nvrtcGetPTX)(prog, ptx.as_mut_ptr() as *mut _))?;
     let ptx = String::from_utf8_lossy(&ptx[..n.saturating_sub(1)]).into_owned();
     let bin = if cubin {
-        check("CUBIN size", sys::nvrtcGetCUBINSize(prog, &mut n))?;
+        check(api, "CUBIN size", (api.nvrtcGetCUBINSize)(prog, &mut n))?;
         let mut b = vec![0u8; n];
-        check("CUBIN", sys::nvrtcGetCUBIN(prog, b.as_mut_ptr() as *mut _))?;
+        check(api, "CUBIN", (api.nvrtcGetCUBIN)(prog, b.as_mut_ptr() as *mut _))?;
         Some(b)
     } else {
         None
@@ -324,11 +337,29 @@ fn nul_terminated(s: String) -> Vec<u8> {
     v
 }
 
-/// The image for a device of compute capability `cc`, through the disk cache in `cache` (`None`:
-/// no cache). Cache read or write failures only cost a recompilation.
-pub fn image_for(cc: i32, cache: Option<&Path>) -> Result<Image> {
+/// The cache file for a device of compute capability `cc` in the cache directory `dir`.
+pub fn cache_path(dir: &Path, cc: i32) -> Result<PathBuf> {
     let (arch, cubin) = target_for(cc)?;
-    let file = cache.map(|d| d.join(cache_key(SOURCE, arch, cubin)));
+    Ok(dir.join(cache_key(SOURCE, arch, cubin)))
+}
+
+/// A fresh compilation for a device of compute capability `cc` (no cache read or write): the
+/// CUBIN with its PTX as the fallback, or PTX only (see [`target_for`]).
+pub fn compile_image(cc: i32) -> Result<Image> {
+    let (arch, cubin) = target_for(cc)?;
+    let c = compile(arch, cubin)?;
+    Ok(match c.cubin {
+        Some(bin) => Image { bytes: bin, is_cubin: true, ptx: Some(nul_terminated(c.ptx)), from_cache: false },
+        None => Image { bytes: nul_terminated(c.ptx), is_cubin: false, ptx: None, from_cache: false },
+    })
+}
+
+/// The image for a device of compute capability `cc`, through the disk cache in `cache` (`None`:
+/// no cache). Cache read or write failures only cost a recompilation. A cached file that only
+/// looks right can still be rejected by the driver: `launch.rs` then calls [`compile_image`].
+pub fn image_for(cc: i32, cache: Option<&Path>) -> Result<Image> {
+    let (_, cubin) = target_for(cc)?;
+    let file = cache.map(|d| cache_path(d, cc)).transpose()?;
     if let Some(f) = &file {
         if let Ok(bytes) = std::fs::read(f) {
             let valid = if cubin { bytes.starts_with(b"\x7fELF") } else { bytes.last() == Some(&0) };
@@ -337,11 +368,7 @@ pub fn image_for(cc: i32, cache: Option<&Path>) -> Result<Image> {
             }
         }
     }
-    let c = compile(arch, cubin)?;
-    let img = match c.cubin {
-        Some(bin) => Image { bytes: bin, is_cubin: true, ptx: Some(nul_terminated(c.ptx)), from_cache: false },
-        None => Image { bytes: nul_terminated(c.ptx), is_cubin: false, ptx: None, from_cache: false },
-    };
+    let img = compile_image(cc)?;
     if let Some(f) = &file {
         let _ = write_atomic(f, &img.bytes);
     }

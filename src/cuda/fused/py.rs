@@ -54,7 +54,25 @@ fn cuda_fused_warm_up(py: Python<'_>, device: usize) -> PyResult<Bound<'_, PyDic
     d.set_item("compute_capability", w.cc)?;
     d.set_item("cubin", w.cubin)?;
     d.set_item("from_cache", w.from_cache)?;
+    d.set_item("replaced", w.replaced)?;
     Ok(d)
+}
+
+/// The files the fused route uses: `{"libcuda": path, "nvrtc": path}`, each a full path, or None
+/// where none loads (the candidates, in order, are in src/cuda/fused/dl.rs).
+#[pyfunction]
+fn cuda_fused_libraries(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (cuda, nvrtc) = py.allow_threads(super::libraries);
+    let d = PyDict::new(py);
+    d.set_item("libcuda", cuda)?;
+    d.set_item("nvrtc", nvrtc)?;
+    Ok(d)
+}
+
+/// Whether `IC_NETWORKS_CUDA_SYNC_CHECK=1` is in effect (synchronise and check after each launch).
+#[pyfunction]
+fn cuda_fused_sync_check() -> bool {
+    super::launch::sync_check()
 }
 
 type Fwd = Option<(PyTensor, Option<PyTensor>)>;
@@ -80,15 +98,16 @@ fn cuda_fused_box_forward(
     Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
 }
 
-fn grads(g: Option<FusedGrads>) -> Option<(Option<PyTensor>, PyTensor, PyTensor, PyTensor, PyTensor)> {
-    g.map(|g| (g.gy.map(PyTensor), PyTensor(g.g), PyTensor(g.db1), PyTensor(g.db2), PyTensor(g.dalpha)))
+fn grads(g: Option<FusedGrads>) -> Bwd {
+    g.map(|g| (g.gy.map(PyTensor), PyTensor(g.g), PyTensor(g.db1), PyTensor(g.db2), g.dalpha.map(PyTensor)))
 }
 
-type Bwd = Option<(Option<PyTensor>, PyTensor, PyTensor, PyTensor, PyTensor)>;
+type Bwd = Option<(Option<PyTensor>, PyTensor, PyTensor, PyTensor, Option<PyTensor>)>;
 
-/// Stride-1 fused backward: `(gy, G, db1, db2, dalpha)` (sums in float32/float64) or None.
+/// Stride-1 fused backward: `(gy, G, db1, db2, dalpha)` (sums in float32/float64; dalpha None
+/// without `need_dalpha`) or None.
 #[pyfunction]
-#[pyo3(signature = (grad, relu_z, alpha, in_hw, kernel_size, padding, dilation, need_gy, stream))]
+#[pyo3(signature = (grad, relu_z, alpha, in_hw, kernel_size, padding, dilation, need_gy, stream, need_dalpha=true))]
 #[allow(clippy::too_many_arguments)]
 fn cuda_fused_box_backward(
     py: Python<'_>,
@@ -101,9 +120,10 @@ fn cuda_fused_box_backward(
     dilation: Vec<i64>,
     need_gy: bool,
     stream: RawStream,
+    need_dalpha: bool,
 ) -> PyResult<Bwd> {
     let (hw, k, p, d) = (pair("in_hw", &in_hw)?, pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
-    let r = py.allow_threads(move || super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, stream)).map_err(to_py)?;
+    let r = py.allow_threads(move || super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, need_dalpha, stream)).map_err(to_py)?;
     Ok(grads(r))
 }
 
@@ -114,8 +134,9 @@ fn cuda_fused_collision_forward(py: Python<'_>, y: PyTensor, p: PyTensor, shift:
 }
 
 #[pyfunction]
-fn cuda_fused_collision_backward(py: Python<'_>, grad: PyTensor, relu_z: PyTensor, alpha: PyTensor, need_gy: bool, stream: RawStream) -> PyResult<Bwd> {
-    let r = py.allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, stream)).map_err(to_py)?;
+#[pyo3(signature = (grad, relu_z, alpha, need_gy, stream, need_dalpha=true))]
+fn cuda_fused_collision_backward(py: Python<'_>, grad: PyTensor, relu_z: PyTensor, alpha: PyTensor, need_gy: bool, stream: RawStream, need_dalpha: bool) -> PyResult<Bwd> {
+    let r = py.allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, need_dalpha, stream)).map_err(to_py)?;
     Ok(grads(r))
 }
 
@@ -161,5 +182,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_boxsum_t_, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_calls, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_libraries, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_fused_sync_check, m)?)?;
     Ok(())
 }

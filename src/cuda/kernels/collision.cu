@@ -3,9 +3,11 @@
 // The same source compiles two ways:
 //   * through NVRTC at run time (src/cuda/fused/nvrtc.rs), for the GPU;
 //   * as host C++ with ic_emu.h included first (tests/cuda_emu/), where a sequential grid
-//     emulation runs every block's threads as fibers between barriers. So: no warp-synchronous
-//     code, every block reduction goes through ic_block_reduce3, all shared memory is the dynamic
-//     buffer (IC_SHARED), and every __syncthreads is reached by all threads of a block.
+//     emulation runs every block's threads as fibers between barriers. So: the only
+//     warp-synchronous code is ic_shfl_down (which the emulation runs as a block-wide exchange,
+//     so every thread of the block calls it together), every block reduction goes through
+//     ic_block_reduce3, all shared memory is the dynamic buffer (IC_SHARED), and every
+//     __syncthreads is reached by all threads of a block.
 //
 // Layer (see src/ic_conv.rs):  Yb = conv(x, W) + b2,  Z = Yb - P + shift  (shift = b1 - b2),
 //   out = Yb + alpha * relu(Z),  relu_z = relu(Z).
@@ -14,13 +16,15 @@
 // Kernels (entry names: IC_FOR_EACH_ENTRY below; T in f32, f64, f16, bf16, math in float32 or
 // float64 for f64):
 //   ic_fwd_box_T   reads Yb and Q (kh x kw halo in shared memory), writes out and relu_z.
+//                  alpha (here and in ic_bwd_box_T): the value parameter, or *alpha_p when
+//                  alpha_p is not null (an alpha that lives on the device), read once per thread.
 //                  With kh = kw = 1, pad 0 it is the plain collision kernel on (Yb, P).
 //   ic_bwd_box_T   reads grad and relu_z (halo), writes gy = grad + gz (optional),
 //                  G = boxsum^T(gz) on x's grid, and per-block per-channel partial sums
 //                  [sum gz, sum grad, sum grad * relu_z]  (gz = alpha * grad * [relu_z > 0]).
 //                  With kh = kw = 1 it writes gz itself (G = gz).
-//   ic_reduce_A    adds the partials in a fixed order (deterministic, no atomics): block c < C
-//                  writes sums[c] = (db1[c], db2[c]); block C writes sums[C] = (d alpha, 0).
+//   ic_reduce_A    adds the partials in a fixed order (deterministic, no atomics): block c
+//                  writes sums[c] = (db1[c], db2[c], d alpha[c]); d alpha is the sum over c.
 //   ic_boxsum_T    S = boxsum(x; stride, pad, dilation) (strided path).
 //   ic_boxsum_t_T  dx (=, -=, +=) boxsum^T(dS) (strided path).
 // Tensors are addressed through element strides (NCHW, channels_last or any other).
@@ -32,6 +36,8 @@ typedef long long ic_i64;
     type* name = reinterpret_cast<type*>(ic_smem_raw)
 #define IC_CHECK(cond) \
     do { if (!(cond)) __trap(); } while (0)
+#define IC_UNROLL _Pragma("unroll")
+#define IC_NO_UNROLL _Pragma("unroll 1")
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +183,7 @@ struct IcBoxsumParams {
 
 struct IcReduceParams {
     int N, C, TC, tiles_c, tiles_sp;
+    int dalpha;          // 1: also sum grad * relu_z (d alpha per channel); 0: alpha needs no gradient
 };
 
 __device__ __forceinline__ ic_i64 ic_off(const IcStrides& s, ic_i64 n, ic_i64 c, ic_i64 h, ic_i64 w) {
@@ -187,75 +194,168 @@ __device__ __forceinline__ ic_i64 ic_off(const IcStrides& s, ic_i64 n, ic_i64 c,
 template <class A> __device__ __forceinline__ A ic_relu(A v) { return v < A(0) ? A(0) : v; }
 template <class A> __device__ __forceinline__ A ic_mask(A g, A r, A alpha) { return r <= A(0) ? A(0) : alpha * g; }
 
+// One warp's shuffle: lane l gets lane l + delta's value (its own where l + delta >= 32). Every
+// thread of the block calls it together (the emulation runs it as a barrier).
+template <class A> __device__ __forceinline__ A ic_shfl_down(A v, int delta) {
+#ifdef IC_EMULATION
+    return ic_emu::shfl_down(v, delta);
+#else
+    return __shfl_down_sync(0xffffffffu, v, delta);
+#endif
+}
+
 // The one block reduction: three sums at once over the threads t with t % lanes equal
-// (blockDim.x and lanes powers of two, lanes <= blockDim.x). red: 3 * blockDim.x values of shared
-// memory. After it, threads t < lanes hold their group's sums in v[0..3]. Tree order is fixed,
-// so the result is deterministic. Every thread of the block must call it.
+// (blockDim.x a multiple of 32, lanes a power of two <= 32). Warp shuffles first (offsets 16 ..
+// lanes), then the warps' sums through red (3 * blockDim.x / 32 * lanes values of shared
+// memory), added in warp order by threads t < lanes, which then hold their group's sums in
+// v[0..3]. The order is fixed, so the result is deterministic. Every thread of the block must
+// call it.
 template <class A>
 __device__ __forceinline__ void ic_block_reduce3(A v[3], A* red, int lanes) {
-    const int t = threadIdx.x, nt = blockDim.x;
-    red[t] = v[0]; red[nt + t] = v[1]; red[2 * nt + t] = v[2];
-    __syncthreads();
-    for (int s = nt >> 1; s >= lanes; s >>= 1) {
-        if (t < s) {
-            red[t] += red[t + s];
-            red[nt + t] += red[nt + t + s];
-            red[2 * nt + t] += red[2 * nt + t + s];
-        }
-        __syncthreads();
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, nw = blockDim.x >> 5;
+    for (int off = 16; off >= lanes; off >>= 1) {
+        v[0] += ic_shfl_down(v[0], off);
+        v[1] += ic_shfl_down(v[1], off);
+        v[2] += ic_shfl_down(v[2], off);
     }
-    v[0] = red[t]; v[1] = red[nt + t]; v[2] = red[2 * nt + t];
+    if (lane < lanes) {
+        A* dst = red + (warp * lanes + lane) * 3;
+        dst[0] = v[0]; dst[1] = v[1]; dst[2] = v[2];
+    }
+    __syncthreads();
+    if (t < lanes) {
+        v[0] = v[1] = v[2] = A(0);
+        for (int w = 0; w < nw; w++) {
+            const A* src = red + (w * lanes + t) * 3;
+            v[0] += src[0]; v[1] += src[1]; v[2] += src[2];
+        }
+    }
     __syncthreads();  // red may be reused right after
 }
 
-// Tile element idx -> (c, r, x) in thread order: channel fastest (cl) or column fastest.
-__device__ __forceinline__ void ic_unflatten(int idx, int TC, int rows, int cols, int cl, int& c, int& r, int& x) {
-    if (cl) { c = idx % TC; idx /= TC; x = idx % cols; r = idx / cols; }
-    else { x = idx % cols; idx /= cols; r = idx % rows; c = idx / rows; }
+// The thread layout of the box kernels over a tile of TC channels x TW columns (TC, TW and
+// blockDim.x powers of two, TC * TW <= blockDim.x: launch.rs plans it so): channel c = t % TC fastest (channels_last:
+// consecutive threads, consecutive channels), then column tx = (t / TC) % TW, then row
+// ty = t / (TC * TW); ny rows of the tile at a time. Each thread keeps its channel and column
+// and walks rows ty, ty + ny, ...: no division per element, and the offsets advance by adds.
+__device__ __forceinline__ int ic_log2(int v) {  // v a power of two
+#ifdef IC_EMULATION
+    return __builtin_ctz((unsigned)v);
+#else
+    return __ffs(v) - 1;
+#endif
 }
-// Shared-memory slot of (c, r, x): channel fastest for cl (consecutive threads, consecutive banks).
-__device__ __forceinline__ int ic_slot(int c, int r, int x, int TC, int rows, int cols, int cl) {
-    return cl ? (r * cols + x) * TC + c : (c * rows + r) * cols + x;
+struct IcLanes {
+    int c, tx, ty, ny;
+    __device__ __forceinline__ IcLanes(int TC, int TW) {
+        const int lc = ic_log2(TC), lw = ic_log2(TW);
+        const int t = threadIdx.x;
+        c = t & (TC - 1);
+        tx = (t >> lc) & (TW - 1);
+        ty = t >> (lc + lw);
+        ny = (int)blockDim.x >> (lc + lw);
+    }
+};
+
+// Shared-memory strides of (c, r, x) in a TC x R x X tile: channel fastest for cl (consecutive
+// threads, consecutive banks), else column fastest.
+struct IcSlot {
+    int sc, sr, sx;
+    __device__ __forceinline__ IcSlot(int cl, int TC, int R, int X) {
+        if (cl) { sx = TC; sr = X * TC; sc = 1; }
+        else { sx = 1; sr = X; sc = R * X; }
+    }
+    __device__ __forceinline__ int at(int c, int r, int x) const { return c * sc + r * sr + x * sx; }
+};
+// Element offset of (c, h, w) inside one image, 32-bit (launch.rs checks that every image of
+// every tensor spans less than 2^31 elements).
+__device__ __forceinline__ int ic_off32(const IcStrides& s, int c, int h, int w) {
+    return c * (int)s.c + h * (int)s.h + w * (int)s.w;
+}
+
+// Sum over a KH x KW box of taps at slot s0 + i * di + j * dj, i outer and j inner (the order
+// is part of the result). KH = KW = 0: the run-time box kh x kw.
+template <int KH, int KW, class A>
+__device__ __forceinline__ A ic_taps(const A* tile, int s0, int kh, int kw, int di, int dj) {
+    A s = A(0);
+    if (KH > 0) {
+        IC_UNROLL
+        for (int i = 0; i < KH; i++) {
+            IC_UNROLL
+            for (int j = 0; j < KW; j++) s += tile[s0 + i * di + j * dj];
+        }
+    } else {
+        for (int i = 0; i < kh; i++)
+            for (int j = 0; j < kw; j++) s += tile[s0 + i * di + j * dj];
+    }
+    return s;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward, stride 1: out = Yb + alpha * relu(Yb - boxsum(Q) + shift), relu_z = relu(...).
 // Grid: x = tiles_h * tiles_w, y = tiles_c, z = N. Shared: TC * (TH + dh(kh-1)) * (TW + dw(kw-1)) acc.
-// `out` may alias `y` (in place); relu_z may be null (inference).
-template <class T>
-__device__ __forceinline__ void ic_fwd_box(const T* y, const T* q, T* out, T* rz,
-                                           const typename IcTraits<T>::acc* shift,
-                                           const typename IcTraits<T>::acc* alpha_p, IcBoxParams p) {
+// `out` may alias `y` (in place): each thread loads the Yb of its next two outputs before it
+// stores either. relu_z may be null (inference).
+template <class T, int KH, int KW>
+__device__ __forceinline__ void ic_fwd_box(const T* y, const T* __restrict__ q, T* out, T* __restrict__ rz,
+                                           const typename IcTraits<T>::acc* __restrict__ shift,
+                                           typename IcTraits<T>::acc alpha, const IcBoxParams& p) {
     typedef typename IcTraits<T>::acc A;
     IC_SHARED(A, tile);
-    const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp % p.tiles_w;
+    IC_CHECK(p.TC * p.TW <= (int)blockDim.x);
+    const int kh = KH > 0 ? KH : p.kh, kw = KW > 0 ? KW : p.kw;
+    const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp - th * p.tiles_w;
     const int c0 = blockIdx.y * p.TC, n = blockIdx.z;
     const int oh0 = th * p.TH, ow0 = tw * p.TW;
-    const int HH = p.TH + p.dh * (p.kh - 1), HW = p.TW + p.dw * (p.kw - 1);
-    const A alpha = *alpha_p;
+    const int HH = p.TH + p.dh * (kh - 1), HW = p.TW + p.dw * (kw - 1);
+    const IcLanes L(p.TC, p.TW);
+    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const int ch = c0 + L.c;
     // 1. Q on the tile and its halo (zero outside the image: the box sum's zero padding).
-    for (int idx = threadIdx.x; idx < p.TC * HH * HW; idx += blockDim.x) {
-        int c, r, x;
-        ic_unflatten(idx, p.TC, HH, HW, p.cl, c, r, x);
-        const int h = oh0 - p.ph + r, w = ow0 - p.pw + x, ch = c0 + c;
-        A v = A(0);
-        if (ch < p.C && h >= 0 && h < p.H && w >= 0 && w < p.W) v = IcTraits<T>::load(q + ic_off(p.s_box, n, ch, h, w));
-        tile[ic_slot(c, r, x, p.TC, HH, HW, p.cl)] = v;
+    {
+        const int TW = p.TW, W = p.W, H = p.H;
+        const int w0 = ow0 - p.pw + L.tx, wend = w0 + HW - L.tx, h0 = oh0 - p.ph + L.ty, hend = h0 + HH - L.ty;
+        const int xstep = TW * (int)p.s_box.w, tstep = TW * sl.sx, ystep = L.ny * (int)p.s_box.h, trow = L.ny * sl.sr;
+        const bool ch_in = ch < p.C;
+        const T* qr = q + (ic_i64)n * p.s_box.n + ic_off32(p.s_box, ch, h0, w0);
+        A* tr = tile + sl.at(L.c, L.ty, L.tx);
+        for (int h = h0; h < hend; h += L.ny, qr += ystep, tr += trow) {
+            const bool row_in = ch_in && (unsigned)h < (unsigned)H;
+            const T* qp = qr;
+            A* tp = tr;
+            IC_NO_UNROLL
+            for (int wc = w0; wc < wend; wc += TW, qp += xstep, tp += tstep)
+                *tp = row_in && (unsigned)wc < (unsigned)W ? IcTraits<T>::load(qp) : A(0);
+        }
     }
     __syncthreads();
-    // 2. Each output of the tile once.
-    for (int idx = threadIdx.x; idx < p.TC * p.TH * p.TW; idx += blockDim.x) {
-        int c, r, x;
-        ic_unflatten(idx, p.TC, p.TH, p.TW, p.cl, c, r, x);
-        const int oh = oh0 + r, ow = ow0 + x, ch = c0 + c;
-        if (ch >= p.C || oh >= p.Ho || ow >= p.Wo) continue;
-        A s = A(0);
-        for (int i = 0; i < p.kh; i++)
-            for (int j = 0; j < p.kw; j++) s += tile[ic_slot(c, r + i * p.dh, x + j * p.dw, p.TC, HH, HW, p.cl)];
-        const A yv = IcTraits<T>::load(y + ic_off(p.s_a, n, ch, oh, ow));
-        const A z = ic_relu(yv - s + shift[ch]);
-        IcTraits<T>::store(out + ic_off(p.s_b, n, ch, oh, ow), yv + alpha * z);
-        if (rz) IcTraits<T>::store(rz + ic_off(p.s_r, n, ch, oh, ow), z);
+    // 2. The tile's outputs of this thread's channel and column, two rows per step.
+    const int ow = ow0 + L.tx;
+    if (ch >= p.C || ow >= p.Wo) return;
+    const T* yn = y + (ic_i64)n * p.s_a.n;
+    T* on = out + (ic_i64)n * p.s_b.n;
+    T* rn = rz ? rz + (ic_i64)n * p.s_r.n : rz;
+    const A sh = shift[ch];
+    const int di = p.dh * sl.sr, dj = p.dw * sl.sx;
+    const int dy = L.ny * (int)p.s_a.h, dout = L.ny * (int)p.s_b.h, drz = L.ny * (int)p.s_r.h, dslot = L.ny * sl.sr;
+    int oy = ic_off32(p.s_a, ch, oh0 + L.ty, ow), oo = ic_off32(p.s_b, ch, oh0 + L.ty, ow);
+    int orz = ic_off32(p.s_r, ch, oh0 + L.ty, ow), slot = sl.at(L.c, L.ty, L.tx);
+    for (int r = L.ty; r < p.TH; r += 2 * L.ny) {
+        const int oh = oh0 + r;
+        const bool ok = oh < p.Ho, ok1 = r + L.ny < p.TH && oh + L.ny < p.Ho;
+        const A y0 = ok ? IcTraits<T>::load(yn + oy) : A(0);
+        const A y1 = ok1 ? IcTraits<T>::load(yn + oy + dy) : A(0);
+        if (ok) {
+            const A z = ic_relu(y0 - ic_taps<KH, KW>(tile, slot, kh, kw, di, dj) + sh);
+            IcTraits<T>::store(on + oo, y0 + alpha * z);
+            if (rn) IcTraits<T>::store(rn + orz, z);
+        }
+        if (ok1) {
+            const A z = ic_relu(y1 - ic_taps<KH, KW>(tile, slot + dslot, kh, kw, di, dj) + sh);
+            IcTraits<T>::store(on + oo + dout, y1 + alpha * z);
+            if (rn) IcTraits<T>::store(rn + orz + drz, z);
+        }
+        oy += 2 * dy; oo += 2 * dout; orz += 2 * drz; slot += 2 * dslot;
     }
 }
 
@@ -263,55 +363,77 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* q, T* out, T* rz
 // = (a, b) of its tile (gy and the sums, each output once over the grid) and computes G on the
 // inputs (a - ph, b - pw) of its tile from gz on the output rows a - dh(kh-1) .. a (halo).
 // Grid: x = tiles_h * tiles_w with tiles_h = ceil(max(Ho, H + ph) / TH) (same for w), y = tiles_c,
-// z = N. partials: (N * tiles_c * tiles_h * tiles_w * TC) x 3 acc values, in grid order.
-template <class T>
-__device__ __forceinline__ void ic_bwd_box(const T* grad, const T* rz, T* gy, T* G,
-                                           const typename IcTraits<T>::acc* alpha_p,
-                                           typename IcTraits<T>::acc* partials, IcBoxParams p) {
+// z = N. partials: (N * tiles_c * tiles_h * tiles_w * TC) x 3 acc values, in grid order
+// ([sum gz, sum grad, sum grad * relu_z] per block and channel). blockDim.x: a multiple of 32.
+template <class T, int KH, int KW>
+__device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* __restrict__ rz, T* __restrict__ gy,
+                                           T* __restrict__ G, typename IcTraits<T>::acc alpha,
+                                           typename IcTraits<T>::acc* __restrict__ partials, const IcBoxParams& p) {
     typedef typename IcTraits<T>::acc A;
     IC_SHARED(A, smem);
-    IC_CHECK(p.cl ? (blockDim.x % p.TC == 0) : (p.TC == 1));
-    const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp % p.tiles_w;
+    IC_CHECK(p.TC * p.TW <= (int)blockDim.x && blockDim.x % 32 == 0 && (p.cl || p.TC == 1));
+    const int kh = KH > 0 ? KH : p.kh, kw = KW > 0 ? KW : p.kw;
+    const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp - th * p.tiles_w;
     const int c0 = blockIdx.y * p.TC, n = blockIdx.z;
     const int a0 = th * p.TH, b0 = tw * p.TW;
-    const int eh = p.dh * (p.kh - 1), ew = p.dw * (p.kw - 1);
+    const int eh = p.dh * (kh - 1), ew = p.dw * (kw - 1);
     const int HH = p.TH + eh, HW = p.TW + ew;
     A* tile = smem;
     A* red = smem + p.TC * HH * HW;
-    const A alpha = *alpha_p;
-    // Thread t always sees channel c0 + t % TC (cl, blockDim.x % TC == 0) or c0 (TC == 1).
+    const IcLanes L(p.TC, p.TW);
+    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const int ch = c0 + L.c;  // thread t always sees channel c0 + t % TC
     A acc[3] = {A(0), A(0), A(0)};
     // 1. gz on the halo; gy and the sums on the owned part (halo rows >= eh, cols >= ew).
-    for (int idx = threadIdx.x; idx < p.TC * HH * HW; idx += blockDim.x) {
-        int c, r, x;
-        ic_unflatten(idx, p.TC, HH, HW, p.cl, c, r, x);
-        const int oh = a0 - eh + r, ow = b0 - ew + x, ch = c0 + c;
-        A z = A(0);
-        if (ch < p.C && oh >= 0 && oh < p.Ho && ow >= 0 && ow < p.Wo) {
-            const A g = IcTraits<T>::load(grad + ic_off(p.s_a, n, ch, oh, ow));
-            const A rv = IcTraits<T>::load(rz + ic_off(p.s_r, n, ch, oh, ow));
-            z = ic_mask(g, rv, alpha);
-            if (r >= eh && x >= ew) {
-                if (gy) IcTraits<T>::store(gy + ic_off(p.s_b, n, ch, oh, ow), g + z);
-                acc[0] += z;
-                acc[1] += g;
-                acc[2] += g * rv;
+    {
+        const int TW = p.TW, Wo = p.Wo, Ho = p.Ho;
+        T* yn = gy ? gy + (ic_i64)n * p.s_b.n : gy;
+        // owned: rows oh >= a0, columns ow >= b0
+        const int w0 = b0 - ew + L.tx, wend = w0 + HW - L.tx, h0 = a0 - eh + L.ty, hend = h0 + HH - L.ty;
+        const int xa = TW * (int)p.s_a.w, xr = TW * (int)p.s_r.w, xb = TW * (int)p.s_b.w, tstep = TW * sl.sx;
+        const int ya = L.ny * (int)p.s_a.h, yr = L.ny * (int)p.s_r.h, yb = L.ny * (int)p.s_b.h, trow = L.ny * sl.sr;
+        const bool ch_in = ch < p.C;
+        const T* ga = grad + (ic_i64)n * p.s_a.n + ic_off32(p.s_a, ch, h0, w0);
+        const T* ra = rz + (ic_i64)n * p.s_r.n + ic_off32(p.s_r, ch, h0, w0);
+        int oba = ic_off32(p.s_b, ch, h0, w0);
+        A* ta = tile + sl.at(L.c, L.ty, L.tx);
+        for (int oh = h0; oh < hend; oh += L.ny, ga += ya, ra += yr, oba += yb, ta += trow) {
+            const bool row_in = ch_in && (unsigned)oh < (unsigned)Ho, row_own = oh >= a0;
+            const T* gp = ga;
+            const T* rp = ra;
+            int ob = oba;
+            A* tp = ta;
+            IC_NO_UNROLL
+            for (int ow = w0; ow < wend; ow += TW, gp += xa, rp += xr, ob += xb, tp += tstep) {
+                A z = A(0);
+                if (row_in && (unsigned)ow < (unsigned)Wo) {
+                    const A g = IcTraits<T>::load(gp);
+                    const A rv = IcTraits<T>::load(rp);
+                    z = ic_mask(g, rv, alpha);
+                    if (row_own && ow >= b0) {
+                        if (yn) IcTraits<T>::store(yn + ob, g + z);
+                        acc[0] += z;
+                        acc[1] += g;
+                        acc[2] += g * rv;
+                    }
+                }
+                *tp = z;
             }
         }
-        tile[ic_slot(c, r, x, p.TC, HH, HW, p.cl)] = z;
     }
     __syncthreads();
-    // 2. G = boxsum^T(gz) on the tile's inputs.
-    for (int idx = threadIdx.x; idx < p.TC * p.TH * p.TW; idx += blockDim.x) {
-        int c, r, x;
-        ic_unflatten(idx, p.TC, p.TH, p.TW, p.cl, c, r, x);
-        const int h = a0 - p.ph + r, w = b0 - p.pw + x, ch = c0 + c;
-        if (ch >= p.C || h < 0 || h >= p.H || w < 0 || w >= p.W) continue;
-        A s = A(0);
-        for (int i = 0; i < p.kh; i++)
-            for (int j = 0; j < p.kw; j++)
-                s += tile[ic_slot(c, r + eh - i * p.dh, x + ew - j * p.dw, p.TC, HH, HW, p.cl)];
-        IcTraits<T>::store(G + ic_off(p.s_box, n, ch, h, w), s);
+    // 2. G = boxsum^T(gz) on the tile's inputs of this thread's channel and column.
+    {
+        const int wc = b0 - p.pw + L.tx;
+        if (ch < p.C && (unsigned)wc < (unsigned)p.W) {
+            T* Gn = G + (ic_i64)n * p.s_box.n;
+            const int di = p.dh * sl.sr, dj = p.dw * sl.sx, dG = L.ny * (int)p.s_box.h, dslot = L.ny * sl.sr;
+            int oG = ic_off32(p.s_box, ch, a0 - p.ph + L.ty, wc), slot = sl.at(L.c, L.ty + eh, L.tx + ew);
+            for (int r = L.ty; r < p.TH; r += L.ny, oG += dG, slot += dslot) {
+                const int h = a0 - p.ph + r;
+                if ((unsigned)h < (unsigned)p.H) IcTraits<T>::store(Gn + oG, ic_taps<KH, KW>(tile, slot, kh, kw, -di, -dj));
+            }
+        }
     }
     // 3. Per-channel partial sums of this block, in grid order.
     ic_block_reduce3(acc, red, p.TC);
@@ -322,29 +444,30 @@ __device__ __forceinline__ void ic_bwd_box(const T* grad, const T* rz, T* gy, T*
     }
 }
 
-// Deterministic reduction of ic_bwd_box's partials. Grid: C + 1 blocks. sums: (C + 1) x 2.
+// Deterministic reduction of ic_bwd_box's partials, per channel. Grid: C blocks; block c adds
+// channel c's partials in a fixed order and writes sums[c] = (db1[c], db2[c], d alpha[c]) (the
+// last 0 without p.dalpha). d alpha is the sum of the C values (launch.rs). blockDim.x: a
+// multiple of 32.
 template <class A>
-__device__ __forceinline__ void ic_reduce(const A* partials, A* sums, IcReduceParams p) {
+__device__ __forceinline__ void ic_reduce(const A* __restrict__ partials, A* __restrict__ sums, IcReduceParams p) {
     IC_SHARED(A, red);
-    const int b = blockIdx.x;
+    const int b = blockIdx.x, ct = b / p.TC, c = b - ct * p.TC;
     A acc[3] = {A(0), A(0), A(0)};
-    if (b < p.C) {
-        const int ct = b / p.TC, c = b % p.TC;
-        const ic_i64 m = (ic_i64)p.N * p.tiles_sp;
-        for (ic_i64 j = threadIdx.x; j < m; j += blockDim.x) {
-            const ic_i64 n = j / p.tiles_sp, s = j % p.tiles_sp;
-            const A* src = partials + (((n * p.tiles_c + ct) * p.tiles_sp + s) * p.TC + c) * 3;
-            acc[0] += src[0];
-            acc[1] += src[1];
-        }
-    } else {
-        const ic_i64 m = (ic_i64)p.N * p.tiles_c * p.tiles_sp * p.TC;
-        for (ic_i64 j = threadIdx.x; j < m; j += blockDim.x) acc[2] += partials[j * 3 + 2];
+    // entries j = (image n, spatial tile s), j = n * tiles_sp + s, in thread order
+    int s = threadIdx.x % p.tiles_sp, nn = threadIdx.x / p.tiles_sp;
+    const int ds = blockDim.x % p.tiles_sp, dn = blockDim.x / p.tiles_sp;
+    for (; nn < p.N; s += ds, nn += dn) {
+        if (s >= p.tiles_sp) { s -= p.tiles_sp; nn++; if (nn >= p.N) break; }
+        const A* src = partials + ((((ic_i64)nn * p.tiles_c + ct) * p.tiles_sp + s) * p.TC + c) * 3;
+        acc[0] += src[0];
+        acc[1] += src[1];
+        if (p.dalpha) acc[2] += src[2];
     }
     ic_block_reduce3(acc, red, 1);
     if (threadIdx.x == 0) {
-        if (b < p.C) { sums[2 * b] = acc[0]; sums[2 * b + 1] = acc[1]; }
-        else { sums[2 * b] = acc[2]; sums[2 * b + 1] = A(0); }
+        sums[3 * b] = acc[0];
+        sums[3 * b + 1] = acc[1];
+        sums[3 * b + 2] = acc[2];
     }
 }
 
@@ -406,27 +529,46 @@ __device__ __forceinline__ void ic_boxsum_t(const T* ds, T* out, IcBoxsumParams 
 // ---------------------------------------------------------------------------------------------
 // Entry points (extern "C": plain names for cuModuleGetFunction and the emulation's table).
 
-#define IC_DEFINE_ENTRIES(SUF, T)                                                                        \
-    extern "C" __global__ void ic_fwd_box_##SUF(const T* y, const T* q, T* out, T* rz,                 \
-                                                const IcTraits<T>::acc* shift,                          \
-                                                const IcTraits<T>::acc* alpha, IcBoxParams p) {         \
-        ic_fwd_box<T>(y, q, out, rz, shift, alpha, p);                                                  \
+// The forward and backward entries take alpha by value and through alpha_p (used when not null:
+// an alpha that lives on the device), and run the body specialised for a 3x3 or 1x1 box, or the
+// run-time box. (ptxas caps the backward at 48 registers under __launch_bounds__(256) and spills:
+// it has none.)
+#define IC_BOX_DISPATCH(BODY, ...)                                                                      \
+    if (p.kh == 3 && p.kw == 3) BODY<T, 3, 3>(__VA_ARGS__);                                             \
+    else if (p.kh == 1 && p.kw == 1) BODY<T, 1, 1>(__VA_ARGS__);                                        \
+    else BODY<T, 0, 0>(__VA_ARGS__)
+
+#define IC_DEFINE_ENTRIES(SUF, T_)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                                   \
+    ic_fwd_box_##SUF(const T_* y, const T_* __restrict__ q, T_* out, T_* __restrict__ rz,               \
+                     const IcTraits<T_>::acc* __restrict__ shift, IcTraits<T_>::acc alpha,              \
+                     const IcTraits<T_>::acc* alpha_p, IcBoxParams p) {                                 \
+        typedef T_ T;                                                                                   \
+        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                          \
+        IC_BOX_DISPATCH(ic_fwd_box, y, q, out, rz, shift, a, p);                                         \
     }                                                                                                   \
-    extern "C" __global__ void ic_bwd_box_##SUF(const T* grad, const T* rz, T* gy, T* G,               \
-                                                const IcTraits<T>::acc* alpha,                          \
-                                                IcTraits<T>::acc* partials, IcBoxParams p) {            \
-        ic_bwd_box<T>(grad, rz, gy, G, alpha, partials, p);                                             \
+    extern "C" __global__ void                                                    \
+    ic_bwd_box_##SUF(const T_* __restrict__ grad, const T_* __restrict__ rz, T_* __restrict__ gy,       \
+                     T_* __restrict__ G, IcTraits<T_>::acc alpha, const IcTraits<T_>::acc* alpha_p,     \
+                     IcTraits<T_>::acc* __restrict__ partials, IcBoxParams p) {                         \
+        typedef T_ T;                                                                                   \
+        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                          \
+        IC_BOX_DISPATCH(ic_bwd_box, grad, rz, gy, G, a, partials, p);                                    \
     }                                                                                                   \
-    extern "C" __global__ void ic_boxsum_##SUF(const T* x, T* s, IcBoxsumParams p) { ic_boxsum<T>(x, s, p); } \
-    extern "C" __global__ void ic_boxsum_t_##SUF(const T* ds, T* out, IcBoxsumParams p) { ic_boxsum_t<T>(ds, out, p); }
+    extern "C" __global__ void ic_boxsum_##SUF(const T_* x, T_* s, IcBoxsumParams p) { ic_boxsum<T_>(x, s, p); } \
+    extern "C" __global__ void ic_boxsum_t_##SUF(const T_* ds, T_* out, IcBoxsumParams p) { ic_boxsum_t<T_>(ds, out, p); }
 
 IC_DEFINE_ENTRIES(f32, float)
 IC_DEFINE_ENTRIES(f64, double)
 IC_DEFINE_ENTRIES(f16, ic_f16)
 IC_DEFINE_ENTRIES(bf16, ic_bf16)
 
-extern "C" __global__ void ic_reduce_f32(const float* partials, float* sums, IcReduceParams p) { ic_reduce<float>(partials, sums, p); }
-extern "C" __global__ void ic_reduce_f64(const double* partials, double* sums, IcReduceParams p) { ic_reduce<double>(partials, sums, p); }
+extern "C" __global__ void __launch_bounds__(256) ic_reduce_f32(const float* partials, float* sums, IcReduceParams p) {
+    ic_reduce<float>(partials, sums, p);
+}
+extern "C" __global__ void __launch_bounds__(256) ic_reduce_f64(const double* partials, double* sums, IcReduceParams p) {
+    ic_reduce<double>(partials, sums, p);
+}
 
 // Every entry point, for the emulation's dispatch table and the PTX entry check.
 #define IC_FOR_EACH_ENTRY(X)                                                                  \

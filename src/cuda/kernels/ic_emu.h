@@ -9,7 +9,9 @@
 //   * a barrier reached by only some threads of a block (divergent __syncthreads, undefined on a
 //     GPU) is detected and aborts with a message;
 //   * dynamic shared memory (IC_SHARED) is one buffer per block, poisoned with NaN bytes before
-//     each block so reads of unwritten slots show up.
+//     each block so reads of unwritten slots show up;
+//   * a warp shuffle (shfl_down) is an exchange through a per-block buffer between two
+//     barriers: every thread of the block must call it together, and blocks must be whole warps.
 #pragma once
 #define IC_EMULATION 1
 #include <ucontext.h>
@@ -42,6 +44,7 @@ struct State {
     std::vector<Fiber> fibers;
     int cur = -1;
     std::vector<unsigned char> smem;
+    std::vector<unsigned char> xchg;  // shfl_down's exchange buffer
     const std::function<void()>* body = nullptr;
     long total_barriers = 0;
     char error[256] = {0};
@@ -124,6 +127,22 @@ inline long launch(dim3 grid, dim3 block, size_t smem_bytes, int order, const st
     return s.total_barriers;
 }
 
+// __shfl_down_sync(all lanes, v, delta): lane l gets lane l + delta's v (its own past lane 31).
+template <class V>
+inline V shfl_down(V v, int delta) {
+    State& s = st();
+    const unsigned nt = s.block.x, t = s.tidx.x;
+    if (nt % 32) fail("warp shuffle in a block that is not whole warps");
+    if (s.xchg.size() < nt * sizeof(V)) s.xchg.resize(nt * sizeof(V));
+    std::memcpy(&s.xchg[t * sizeof(V)], &v, sizeof(V));
+    syncthreads();  // every lane has written
+    const unsigned lane = t & 31u, src = lane + (unsigned)delta < 32u ? t + (unsigned)delta : t;
+    V out;
+    std::memcpy(&out, &s.xchg[src * sizeof(V)], sizeof(V));
+    syncthreads();  // every lane has read before the next exchange writes
+    return out;
+}
+
 inline void* block_smem() {
     // 16-byte aligned, like __align__(16) on the device.
     uintptr_t p = (uintptr_t)st().smem.data();
@@ -135,6 +154,9 @@ inline void* block_smem() {
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
+#define IC_UNROLL
+#define IC_NO_UNROLL
 #define blockIdx (ic_emu::st().bidx)
 #define threadIdx (ic_emu::st().tidx)
 #define blockDim (ic_emu::st().block)
