@@ -10,7 +10,8 @@
  * and each one calls an entry point that old and new systems both export:
  *
  *   symbol (newest version)              here
- *   dlopen dlsym dlerror dlclose (2.34)  the GLIBC_2.2.5 versions (libdl before 2.34, libc after)
+ *   dlopen dlsym dlerror dlclose dladdr  the GLIBC_2.2.5 versions (libdl before 2.34, libc after)
+ *   (2.34)
  *   pthread_key_create/_delete,          the GLIBC_2.2.5 versions (libpthread before 2.34)
  *   pthread_setspecific (2.34)
  *   exp (2.29)                           exp@GLIBC_2.2.5 (same result; errno handling differs)
@@ -40,6 +41,7 @@ OLD(icn_dlopen, dlopen@GLIBC_2.2.5);
 OLD(icn_dlsym, dlsym@GLIBC_2.2.5);
 OLD(icn_dlerror, dlerror@GLIBC_2.2.5);
 OLD(icn_dlclose, dlclose@GLIBC_2.2.5);
+OLD(icn_dladdr, dladdr@GLIBC_2.2.5);
 OLD(icn_pthread_key_create, pthread_key_create@GLIBC_2.2.5);
 OLD(icn_pthread_key_delete, pthread_key_delete@GLIBC_2.2.5);
 OLD(icn_pthread_setspecific, pthread_setspecific@GLIBC_2.2.5);
@@ -48,6 +50,7 @@ void *icn_dlopen(const char *file, int mode);
 void *icn_dlsym(void *handle, const char *name);
 char *icn_dlerror(void);
 int icn_dlclose(void *handle);
+int icn_dladdr(const void *address, void *info);
 int icn_pthread_key_create(unsigned *key, void (*destructor)(void *));
 int icn_pthread_key_delete(unsigned key);
 int icn_pthread_setspecific(unsigned key, const void *value);
@@ -57,6 +60,7 @@ HIDDEN void *dlopen(const char *file, int mode) { return icn_dlopen(file, mode);
 HIDDEN void *dlsym(void *handle, const char *name) { return icn_dlsym(handle, name); }
 HIDDEN char *dlerror(void) { return icn_dlerror(); }
 HIDDEN int dlclose(void *handle) { return icn_dlclose(handle); }
+HIDDEN int dladdr(const void *address, void *info) { return icn_dladdr(address, info); }
 HIDDEN int pthread_key_create(unsigned *key, void (*destructor)(void *)) {
   return icn_pthread_key_create(key, destructor);
 }
