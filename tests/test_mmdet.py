@@ -257,7 +257,7 @@ def test_runner_resume_continues_a_run(plain_resnet50, tmp_path):
     _, path = plain_resnet50
     _train(_runner(tmp_path, path, max_iters=1, save=True))
     saved = icmm.load_from_local(str(tmp_path / "work" / "iter_1.pth"))
-    assert saved["meta"]["iter"] == 1 and "message_hub" in saved["meta"]  # HistoryBuffers, numpy arrays
+    assert saved["meta"]["iter"] == 1 and "message_hub" in saved  # HistoryBuffers, numpy arrays
     runner = _runner(tmp_path, path, max_iters=2, save=True, resume=True)
     start = _train(runner)
     assert start.iter == 1 and start.optimizer_state > 0  # continued where the first run stopped
