@@ -7,9 +7,10 @@ against (the one installed in the build environment). This rewrites the wheel's 
 
 * the version gets a local label naming that torch minor, 0.1.0 -> 0.1.0+torch2.15 (PEP 440; pip
   treats ``ic-networks==0.1.0`` as matching it, the way torch's own ``2.15.0+cpu`` works);
-* ``Requires-Dist: torch`` becomes that minor, ``torch>=2.15,<2.16``, and torchvision the versions
-  that go with it, so that pip refuses the wheel beside another torch instead of replacing the user's
-  torch (a resolver error naming torch);
+* ``Requires-Dist: torch`` becomes that minor, ``torch>=2.15,<2.16``, and torchvision from the one
+  installed beside it at build time (the tested one) up to the release made for that torch
+  (torchvision 0.N goes with torch 2.(N-15)), e.g. ``torchvision>=0.29,<0.31``, so that pip refuses
+  the wheel beside another torch instead of replacing the user's torch (a resolver error naming torch);
 * the library's run path is only ``$ORIGIN/../torch/lib`` (torch beside it in site-packages), not the
   build machine's torch (with patchelf, which auditwheel needs too).
 
@@ -26,14 +27,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib import metadata
 
-# torchvision releases that go with each torch minor (torchvision 0.N is made for torch 2.(N-15);
-# 0.29.2 also declares torch>=2.14 and is tested with 2.15).
-TORCHVISION = {
-    (2, 13): ">=0.28,<0.29",
-    (2, 14): ">=0.29,<0.30",
-    (2, 15): ">=0.29,<0.31",
-}
 MARKER = b"ic-networks-built-against-torch="
 
 
@@ -64,8 +59,8 @@ def set_rpath(library: bytes) -> bytes:
 
 def rewrite_metadata(text: str, version: str, torch_mm: tuple[int, int]) -> str:
     major, minor = torch_mm
-    if torch_mm not in TORCHVISION:
-        raise SystemExit(f"error: no torchvision range known for torch {major}.{minor} (TORCHVISION in {__file__})")
+    tv_major, tv_minor = (int(p) for p in metadata.version("torchvision").split(".")[:2])
+    torchvision = f">={tv_major}.{tv_minor},<0.{minor + 16}"
     out = []
     for line in text.split("\n"):
         if line.startswith("Version: "):
@@ -73,7 +68,7 @@ def rewrite_metadata(text: str, version: str, torch_mm: tuple[int, int]) -> str:
         elif re.match(r"Requires-Dist: torch\s*[<>=!~]", line):
             line = f"Requires-Dist: torch>={major}.{minor},<{major}.{minor + 1}"
         elif re.match(r"Requires-Dist: torchvision\s*[<>=!~]", line):
-            line = f"Requires-Dist: torchvision{TORCHVISION[torch_mm]}"
+            line = f"Requires-Dist: torchvision{torchvision}"
         out.append(line)
     return "\n".join(out)
 
