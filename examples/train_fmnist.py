@@ -7,8 +7,8 @@ The same runs from the command line:
     ic-networks train --recipe scratch-fmnist --model fmnist_cnn --subset 10000 --out runs/ex/plain
     ic-networks train --recipe wld-fmnist --teacher runs/ex/plain/model.pt --subset 10000 --out runs/ex/wld
 """
-import torch
 
+import torch
 from ic_networks.models.cnn import fmnist_cnn
 from ic_networks.training import Trainer, build_datasets, get_recipe, make_student
 

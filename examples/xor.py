@@ -16,14 +16,13 @@ trains it the same way, in both orientations, and shows it fails.
 
 Exits 0 when the IC neuron separates the four points and the plain one does not. Deterministic.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Dict, Optional
 
 import numpy as np
-
 from ic_networks import neuron
 
 X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
@@ -37,8 +36,9 @@ def separates(y: np.ndarray, labels: np.ndarray, margin: float = 0.0) -> bool:
     return bool(pos.min() - neg.max() > margin or neg.min() - pos.max() > margin)
 
 
-def train(ic: bool = True, target: np.ndarray = 1.0 - XOR, steps: int = 3000, lr: float = 0.5,
-          seed: int = 0) -> Dict[str, Optional[float]]:
+def train(
+    ic: bool = True, target: np.ndarray = 1.0 - XOR, steps: int = 3000, lr: float = 0.5, seed: int = 0
+) -> dict[str, float | None]:
     """Fits ``sigmoid(a(x))`` to ``target`` on the four XOR points with the mean logistic loss and plain
     gradient descent; ``ic=False`` trains a plain neuron. Returns the parameters (``w`` an array)."""
     rng = np.random.default_rng(seed)
@@ -57,11 +57,11 @@ def train(ic: bool = True, target: np.ndarray = 1.0 - XOR, steps: int = 3000, lr
     return p
 
 
-def predict(p: Dict[str, Optional[float]]) -> np.ndarray:
+def predict(p: dict[str, float | None]) -> np.ndarray:
     return neuron.forward(X, p["w"], p["w_prime"], p["b1"], p["b2"], activation="sigmoid")
 
 
-def _show(name: str, p: Dict[str, Optional[float]]) -> None:
+def _show(name: str, p: dict[str, float | None]) -> None:
     y = predict(p)
     params = f"w = {np.array2string(p['w'], precision=3)}, b2 = {p['b2']:.3f}"
     if p["w_prime"] is not None:

@@ -1,11 +1,12 @@
-"""Benchmarks of the fused CUDA kernels (GPU only; scripts/gpu_check.sh runs them).
+r"""Benchmarks of the fused CUDA kernels (GPU only; scripts/gpu_check.sh runs them).
 
 Layer mode (the default), for one dtype and memory format per run: the layer rows of
 `ic-networks bench` (nn.Conv2d, the IC op on its default CUDA route, the same op on the fused
 kernels, the plain-PyTorch reference; `ic_networks.bench.bench_layers`), with cuDNN autotuning and
 TF32 on, plus one line per shape with the fused route's speed-ups.
 
-    python scripts/bench_cuda_fused.py --batch 256 [--shapes 64@56,512@7] [--channels-last] [--dtype bf16] [--json out.json]
+    python scripts/bench_cuda_fused.py --batch 256 [--shapes 64@56,512@7] [--channels-last] [--dtype bf16] \
+        [--json out.json]
 
 Kernel mode (`--kernels`): the forward, backward and reduce kernels alone through the raw bindings,
 at 64@56 and 512@7 (3x3, stride 1), NCHW and channels_last, float32 and bfloat16: the time of each
@@ -20,6 +21,7 @@ runs the same code without a GPU, on tiny CPU shapes and a host timer: with
 IC_NETWORKS_CUDA_EMULATION=1 and the stand-in driver (tests/cuda_emu/fake_libcuda.cpp) the
 kernels then run under the host emulation (gpu_check.sh's GPU_CHECK_EMULATE=1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +31,6 @@ import sys
 import time
 
 import torch
-
 from ic_networks import _core, bench, cuda_kernels
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -111,10 +112,19 @@ def kernel_rows(dev: torch.device, batch: int, reps: int, shapes) -> list:
                 per = kernel_device_times([fwd, bwd], dev)
                 nbytes = y.numel() * y.element_size()
                 gbs = lambda moved, t: moved / t / 1e9 if t > 0 else float("nan")  # noqa: E731
-                row = {"shape": name, "layout": "channels_last" if cl else "NCHW", "dtype": dname, "batch": batch,
-                       "fwd_ms": t_fwd * 1e3, "bwd_ms": t_bwd * 1e3, "copy_ms": t_copy * 1e3,
-                       "fwd_gbs": gbs(4 * nbytes, t_fwd), "bwd_gbs": gbs(4 * nbytes, t_bwd), "copy_gbs": gbs(2 * nbytes, t_copy),
-                       "kernel_ms": {k: v * 1e3 for k, v in per.items() if k != "error"}}
+                row = {
+                    "shape": name,
+                    "layout": "channels_last" if cl else "NCHW",
+                    "dtype": dname,
+                    "batch": batch,
+                    "fwd_ms": t_fwd * 1e3,
+                    "bwd_ms": t_bwd * 1e3,
+                    "copy_ms": t_copy * 1e3,
+                    "fwd_gbs": gbs(4 * nbytes, t_fwd),
+                    "bwd_gbs": gbs(4 * nbytes, t_bwd),
+                    "copy_gbs": gbs(2 * nbytes, t_copy),
+                    "kernel_ms": {k: v * 1e3 for k, v in per.items() if k != "error"},
+                }
                 if "error" in per:
                     row["profiler_error"] = per["error"]
                 ks = {k.rsplit("_", 1)[0]: v for k, v in per.items() if k != "error"}
@@ -124,12 +134,15 @@ def kernel_rows(dev: torch.device, batch: int, reps: int, shapes) -> list:
                     row["bwd_kernel_gbs"] = gbs(4 * nbytes, ks["ic_bwd_box"])
                 rows.append(row)
                 red = row["kernel_ms"].get(f"ic_reduce_{'f64' if dname == 'f64' else 'f32'}")
-                print(f"{name:6} {row['layout']:13} {dname:4}  fwd {row['fwd_ms']:.3f} ms {row['fwd_gbs']:.0f} GB/s, "
-                      f"bwd+reduce {row['bwd_ms']:.3f} ms {row['bwd_gbs']:.0f} GB/s"
-                      + (f" (reduce {red:.3f} ms)" if red is not None else "")
-                      + f"; copy {row['copy_gbs']:.0f} GB/s; fwd/copy {row['fwd_gbs'] / row['copy_gbs']:.2f}, "
-                      f"bwd/copy {row['bwd_gbs'] / row['copy_gbs']:.2f}", flush=True)
-                del y, q, grad, rz, dst, r
+                print(
+                    f"{name:6} {row['layout']:13} {dname:4}  fwd {row['fwd_ms']:.3f} ms {row['fwd_gbs']:.0f} GB/s, "
+                    f"bwd+reduce {row['bwd_ms']:.3f} ms {row['bwd_gbs']:.0f} GB/s"
+                    + (f" (reduce {red:.3f} ms)" if red is not None else "")
+                    + f"; copy {row['copy_gbs']:.0f} GB/s; fwd/copy {row['fwd_gbs'] / row['copy_gbs']:.2f}, "
+                    f"bwd/copy {row['bwd_gbs'] / row['copy_gbs']:.2f}",
+                    flush=True,
+                )
+                y = q = grad = rz = dst = r = None  # frees this case's device memory before the next
     return rows
 
 
@@ -156,12 +169,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--shapes", default="", help="comma-separated layer shapes of ic_networks.bench.STAGES (default: all)")
+    ap.add_argument(
+        "--shapes", default="", help="comma-separated layer shapes of ic_networks.bench.STAGES (default: all)"
+    )
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
     ap.add_argument("--kernels", action="store_true", help="time the forward, backward and reduce kernels alone")
     ap.add_argument("--sanitize-case", action="store_true", help="run every kernel once on a small case")
-    ap.add_argument("--emulated", action="store_true", help="no GPU: tiny CPU shapes (the stand-in driver runs the kernels)")
+    ap.add_argument(
+        "--emulated", action="store_true", help="no GPU: tiny CPU shapes (the stand-in driver runs the kernels)"
+    )
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     if a.emulated:
@@ -183,8 +200,15 @@ def main() -> int:
         rows = kernel_rows(dev, batch, repeats, [TINY] if a.emulated else KERNEL_SHAPES)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"device": str(dev) if a.emulated else torch.cuda.get_device_name(), "emulated": a.emulated,
-                           "rows": rows}, f, indent=1)
+                json.dump(
+                    {
+                        "device": str(dev) if a.emulated else torch.cuda.get_device_name(),
+                        "emulated": a.emulated,
+                        "rows": rows,
+                    },
+                    f,
+                    indent=1,
+                )
         return 0 if rows else 1
     if a.emulated:
         stages = [(TINY[0], TINY[1], TINY[2], 1)]
@@ -196,7 +220,9 @@ def main() -> int:
             return 2
         stages = [s for s in bench.STAGES if not want or s[0] in want]
     before = cuda_kernels.calls()
-    rows = bench.bench_layers(dev, batch, repeats, False, stages=stages, channels_last=a.channels_last, dtype=DTYPES[a.dtype])
+    rows = bench.bench_layers(
+        dev, batch, repeats, False, stages=stages, channels_last=a.channels_last, dtype=DTYPES[a.dtype]
+    )
     if dev.type == "cuda" and cuda_kernels.calls() == before:
         print("the fused kernels declined every call: the ic-fused rows are the libtorch route", file=sys.stderr)
     print(f"{'channels_last' if a.channels_last else 'NCHW'}, {a.dtype}")
@@ -205,12 +231,24 @@ def main() -> int:
     for name, *_ in stages:
         if (name, "ic-fused") in by:
             fused = by[(name, "ic-fused")]
-            print(f"{name:10} fused speed-up over the reference (f+b): {by[(name, 'reference')] / fused:.2f}x, "
-                  f"over the libtorch path: {by[(name, 'ic')] / fused:.2f}x")
+            print(
+                f"{name:10} fused speed-up over the reference (f+b): {by[(name, 'reference')] / fused:.2f}x, "
+                f"over the libtorch path: {by[(name, 'ic')] / fused:.2f}x"
+            )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": str(dev) if a.emulated else torch.cuda.get_device_name(), "batch": batch, "dtype": a.dtype,
-                       "channels_last": a.channels_last, "emulated": a.emulated, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "device": str(dev) if a.emulated else torch.cuda.get_device_name(),
+                    "batch": batch,
+                    "dtype": a.dtype,
+                    "channels_last": a.channels_last,
+                    "emulated": a.emulated,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

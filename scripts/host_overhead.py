@@ -8,15 +8,15 @@ waits for the CPU) for: the forward with autograd recording
 (parameters require grad), forward + backward, and the inference forward under no_grad, for
 IcConv2d(4, 4, 3, padding=1) and nn.Conv2d(4, 4, 3, padding=1) on a 1x4x8x8 input, and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
+import ic_networks as icn
 import torch
 from torch import nn
-
-import ic_networks as icn
 
 
 def _per_call(fn, reps: int, sync) -> float:
@@ -50,6 +50,7 @@ def main() -> None:
     x = torch.randn(1, 4, 8, 8, device=dev)
     rows = {}
     for name, m in layers.items():
+
         def fwd(m=m):
             m(x)
 
@@ -61,7 +62,10 @@ def main() -> None:
                 m(x)
 
         rows[name] = [_per_call(f, args.reps, sync) for f in (fwd, fwd_bwd, infer)]
-    print(f"torch {torch.__version__}, ic_networks {icn.__version__} ({icn.__file__}), device {dev}, threads {args.threads}")
+    print(
+        f"torch {torch.__version__}, ic_networks {icn.__version__} ({icn.__file__}), device {dev}, "
+        f"threads {args.threads}"
+    )
     print(f"{'us per call':<12}{'forward':>10}{'fwd+bwd':>10}{'no_grad':>10}")
     for name, r in rows.items():
         print(f"{name:<12}" + "".join(f"{v:>10.1f}" for v in r))

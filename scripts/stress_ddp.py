@@ -14,6 +14,7 @@ Cases:
 
 Exit status 1 if any run hung or failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,6 @@ def _armed(rank, target, args, dump_dir, old_teardown=False):
 
 def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_teardown: bool):
     import torch.multiprocessing as mp
-
     from ic_networks.training import watchdog
 
     if name == "ddp":
@@ -58,8 +58,9 @@ def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_tea
         out = tmp / "out"
         out.mkdir(exist_ok=True)
         target, args = t._ddp_worker, (2, t._free_port(), str(out))
-    ctx = mp.start_processes(_armed, args=(target, args, str(tmp), old_teardown), nprocs=2, join=False,
-                             start_method=start_method)
+    ctx = mp.start_processes(
+        _armed, args=(target, args, str(tmp), old_teardown), nprocs=2, join=False, start_method=start_method
+    )
     watchdog.join(ctx, timeout, dump_dir=tmp, what=f"{name} workers")
 
 
@@ -76,9 +77,30 @@ def _engine_case(timeout: float, tmp: Path) -> None:
     from ic_networks.training import watchdog
 
     data = tiny_fmnist(tmp / "data")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ic_networks", "train", "--recipe", "scratch-fmnist", "--data", str(data), "--out", str(tmp / "run"),
-           "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "ic_networks",
+        "train",
+        "--recipe",
+        "scratch-fmnist",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--overwrite",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = watchdog.run(cmd, timeout, dump_dir=tmp, env=env, what="torchrun")
     if r.returncode != 0:
@@ -91,15 +113,24 @@ def main(argv=None) -> int:
     p.add_argument("--trainer-runs", type=int, default=0, help="runs of the Trainer-under-DDP test case")
     p.add_argument("--engine-runs", type=int, default=3, help="runs of the engine under torchrun")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds before a run counts as hung")
-    p.add_argument("--start-method", choices=("forkserver", "spawn"), default="forkserver",
-                   help="forkserver (default: torch is imported once, ~5x faster per run) or spawn (as the tests)")
-    p.add_argument("--old-teardown", action="store_true",
-                   help="control: use the teardown from before the fix (destroy_process_group with DDP alive)")
+    p.add_argument(
+        "--start-method",
+        choices=("forkserver", "spawn"),
+        default="forkserver",
+        help="forkserver (default: torch is imported once, ~5x faster per run) or spawn (as the tests)",
+    )
+    p.add_argument(
+        "--old-teardown",
+        action="store_true",
+        help="control: use the teardown from before the fix (destroy_process_group with DDP alive)",
+    )
     args = p.parse_args(argv)
     if args.start_method == "forkserver":
         import multiprocessing
 
-        multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "ic_networks", "test_native", "test_training"])
+        multiprocessing.set_forkserver_preload(
+            ["torch", "torch.distributed", "ic_networks", "test_native", "test_training"]
+        )
 
     from ic_networks.training.watchdog import WorkerHang
 
@@ -124,8 +155,11 @@ def main(argv=None) -> int:
                     print(f"[{name} {i + 1}/{n}] FAILED: {type(exc).__name__}: {str(exc)[-3000:]}", flush=True)
                 times.append(time.monotonic() - t0)
             if (i + 1) % 10 == 0 or i + 1 == n:
-                print(f"[{name}] {i + 1}/{n} runs: {hung} hung, {failed} failed, "
-                      f"median {sorted(times)[len(times) // 2]:.1f} s, max {max(times):.1f} s", flush=True)
+                print(
+                    f"[{name}] {i + 1}/{n} runs: {hung} hung, {failed} failed, "
+                    f"median {sorted(times)[len(times) // 2]:.1f} s, max {max(times):.1f} s",
+                    flush=True,
+                )
         if n:
             totals[name] = (n, hung, failed)
     print("summary: " + ", ".join(f"{k}: {h} hung, {f} failed of {n}" for k, (n, h, f) in totals.items()))

@@ -17,6 +17,7 @@ against (the one installed in the build environment). This rewrites the wheel's 
 The torch version is read from the built library's stamp (the one ``import ic_networks`` checks), so
 it is the torch that was really compiled against. Prints the path of the new wheel.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,7 +37,7 @@ def built_torch(core: bytes) -> tuple[int, int]:
     at = core.find(MARKER)
     if at < 0:
         raise SystemExit("error: the wheel's _core library has no torch stamp (not built by build.rs?)")
-    m = re.match(rb"(\d+)\.(\d+)", core[at + len(MARKER):at + len(MARKER) + 32])
+    m = re.match(rb"(\d+)\.(\d+)", core[at + len(MARKER) : at + len(MARKER) + 32])
     if not m:
         raise SystemExit("error: unreadable torch stamp in the wheel's _core library")
     return int(m.group(1)), int(m.group(2))
@@ -91,7 +92,7 @@ def main(wheel: str, outdir: str) -> str:
         for info, data in entries:
             path = info.filename
             if path.startswith(old_info):
-                path = new_info + path[len(old_info):]
+                path = new_info + path[len(old_info) :]
             if path == new_info + "RECORD":
                 continue
             if is_core(path):

@@ -1,18 +1,30 @@
 """The command line's text: descriptions, usage errors, units and what it reports (in-process,
 through ``ic_networks.cli.main``)."""
+
 import json
 import re
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from ic_networks import bench
 from ic_networks.cli import build_parser, main
+from PIL import Image
 
-VERBS = ["train", "eval", "demo", "study", "flops", "convert", "diagnose", "bench", "figures", "gradcam", "train-det",
-         "eval-det"]
+VERBS = [
+    "train",
+    "eval",
+    "demo",
+    "study",
+    "flops",
+    "convert",
+    "diagnose",
+    "bench",
+    "figures",
+    "gradcam",
+    "train-det",
+    "eval-det",
+]
 REST = re.compile(r"``|:(mod|func|class|meth|attr):`")
 
 
@@ -42,8 +54,10 @@ def test_bench_help_is_plain_text(capsys):
     assert "conv      - nn.Conv2d, the floor" in text and "ic_networks.reference" in text
     from ic_networks.cli.common import plain
 
-    assert plain("the ``ic`` op of :mod:`ic_networks.bench` and :func:`~.evaluate.evaluate`, `x`") == \
-        "the ic op of ic_networks.bench and evaluate, x"
+    assert (
+        plain("the ``ic`` op of :mod:`ic_networks.bench` and :func:`~.evaluate.evaluate`, `x`")
+        == "the ic op of ic_networks.bench and evaluate, x"
+    )
 
 
 def test_bench_refuses_an_empty_selection(capsys):
@@ -66,11 +80,19 @@ def test_bench_names_the_model_batch_and_image_size(capsys, monkeypatch):
 
 def test_bench_table_shows_n_a_for_an_unmeasured_saved_size():
     def row(variant, saved):
-        return {"shape": "512@7", "variant": variant, "fwd_ms": 1.0, "fwdbwd_ms": 2.0, "infer_ms": 0.5,
-                "saved_mb": saved, "out_mb": 0.1}
+        return {
+            "shape": "512@7",
+            "variant": variant,
+            "fwd_ms": 1.0,
+            "fwdbwd_ms": 2.0,
+            "infer_ms": 0.5,
+            "saved_mb": saved,
+            "out_mb": 0.1,
+        }
 
-    text = bench.format_tables([row("conv", 0.2), row("compiled", None), row("reference", float("nan"))], [],
-                               torch.device("cpu"), 4)
+    text = bench.format_tables(
+        [row("conv", 0.2), row("compiled", None), row("reference", float("nan"))], [], torch.device("cpu"), 4
+    )
     lines = {ln.split(" | ")[1]: ln for ln in text.splitlines() if ln.startswith("| 512@7")}
     assert "nan" not in text
     assert lines["compiled"].split(" | ")[5] == "n/a" and "| n/a |" in lines["reference"]
@@ -157,8 +179,21 @@ def test_train_summary_names_the_model_eval_takes_and_max_steps_is_no_interrupti
 
     data = str(tiny_fmnist_dir(tmp_path))
     out = tmp_path / "run"
-    argv = ["train", "--recipe", "scratch-fmnist", "--model", "fmnist_cnn", "--epochs", "1", "--data", data,
-            "--subset", "384", "--out", str(out)]
+    argv = [
+        "train",
+        "--recipe",
+        "scratch-fmnist",
+        "--model",
+        "fmnist_cnn",
+        "--epochs",
+        "1",
+        "--data",
+        data,
+        "--subset",
+        "384",
+        "--out",
+        str(out),
+    ]
     assert main(argv + ["--max-steps", "2"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
@@ -169,6 +204,21 @@ def test_train_summary_names_the_model_eval_takes_and_max_steps_is_no_interrupti
     assert main(argv + ["--resume"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["finished"] is True and summary["model"] == "fmnist_cnn" and "stopped_by" not in summary
-    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--recipe", "scratch-fmnist", "--model",
-                 summary["model"], "--data", data, "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "model.pt"),
+                "--recipe",
+                "scratch-fmnist",
+                "--model",
+                summary["model"],
+                "--data",
+                data,
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["single_crop"]["top1"] == pytest.approx(summary["val_top1"])

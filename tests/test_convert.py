@@ -1,14 +1,14 @@
 """ic_networks.convert: bit-identity with torchvision models at alpha = 0, selection rules, errors."""
+
 import warnings
 
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 from ic_networks.conversion import convert
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
+from torch import nn
 
 
 def _ic_layers(model):
@@ -32,8 +32,14 @@ def _torchvision_model(name):
 
 @pytest.mark.parametrize(
     "name, expected_ic",
-    [("resnet18", 16), ("resnet50", 16), ("vgg16_bn", 13), ("mobilenet_v2", 18), ("efficientnet_b0", 8),
-     ("resnext50_32x4d", 16)],
+    [
+        ("resnet18", 16),
+        ("resnet50", 16),
+        ("vgg16_bn", 13),
+        ("mobilenet_v2", 18),
+        ("efficientnet_b0", 8),
+        ("resnext50_32x4d", 16),
+    ],
 )
 def test_torchvision_bit_identical_eval_and_train(name, expected_ic):
     torch.manual_seed(0)
@@ -127,14 +133,19 @@ def test_top_level_conv_and_subclasses():
         assert type(convert(pair)[0].dw) is nn.Conv2d
 
 
-@pytest.mark.parametrize("model, kwargs, sizes", [
-    (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), {}, r"\(3x3\)"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), {"kernel_sizes": (5, (1, 7))}, r"\(1x7, 5x5\)"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3)), {"include": lambda name, m: False}, r"\(3x3\) accepted by include"),
-])
+@pytest.mark.parametrize(
+    "model, kwargs, sizes",
+    [
+        (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), {}, r"\(3x3\)"),
+        (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), {"kernel_sizes": (5, (1, 7))}, r"\(1x7, 5x5\)"),
+        (nn.Sequential(nn.Conv2d(3, 8, 3)), {"include": lambda name, m: False}, r"\(3x3\) accepted by include"),
+    ],
+)
 def test_nothing_to_convert_warns(model, kwargs, sizes):
-    with pytest.warns(UserWarning, match=f"nothing was converted: Sequential has no nn.Conv2d with a kernel size "
-                                         f"in kernel_sizes {sizes}") as rec:
+    with pytest.warns(
+        UserWarning,
+        match=f"nothing was converted: Sequential has no nn.Conv2d with a kernel size in kernel_sizes {sizes}",
+    ) as rec:
         out = convert(model, **kwargs)
     assert len(rec) == 1 and rec[0].filename == __file__  # points at the caller
     assert out is not model and out.state_dict().keys() == model.state_dict().keys()

@@ -1,12 +1,12 @@
 """Data and checkpoint files never run code: CIFAR-10 batches go through a restricted unpickler,
 checkpoints and weights through ``torch.load(..., weights_only=True)``."""
+
 import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
-
 from ic_networks.training.data import load_cifar10
 
 

@@ -1,22 +1,22 @@
 """torchvision IC detectors, VOC reading, VOC mAP and the train-det / eval-det commands (CPU, small)."""
+
 import json
 import os
 import sys
 
+import ic_networks
 import pytest
 import torch
 import torchvision
-from PIL import Image
-from torch import nn
-from torchvision.models.detection import FasterRCNN, RetinaNet
-from torchvision.ops.misc import FrozenBatchNorm2d
-
-import ic_networks
 from ic_networks import detection as det
 from ic_networks.cli import main as cli_main
 from ic_networks.detection.voc import VOC_CLASSES, VOCDataset, voc_map
 from ic_networks.integrations.torchvision import register
 from ic_networks.training import watchdog
+from PIL import Image
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 SMALL = dict(min_size=128, max_size=128)
 
@@ -53,8 +53,13 @@ def voc_root(tmp_path_factory):
 
 
 def _targets(n=2, num_classes=21):
-    return [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 110.0], [40.0, 8.0, 120.0, 60.0]]),
-             "labels": torch.tensor([1, num_classes - 1])} for _ in range(n)]
+    return [
+        {
+            "boxes": torch.tensor([[10.0, 20.0, 90.0, 110.0], [40.0, 8.0, 120.0, 60.0]]),
+            "labels": torch.tensor([1, num_classes - 1]),
+        }
+        for _ in range(n)
+    ]
 
 
 def _ic_layers_are_block_3x3(model):
@@ -63,10 +68,13 @@ def _ic_layers_are_block_3x3(model):
     return len(names)
 
 
-@pytest.mark.parametrize("builder,cls,kwargs", [
-    (det.fasterrcnn_ic_resnet50_fpn, FasterRCNN, dict(rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100)),
-    (det.retinanet_ic_resnet50_fpn, RetinaNet, dict(topk_candidates=100)),
-])
+@pytest.mark.parametrize(
+    "builder,cls,kwargs",
+    [
+        (det.fasterrcnn_ic_resnet50_fpn, FasterRCNN, dict(rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100)),
+        (det.retinanet_ic_resnet50_fpn, RetinaNet, dict(topk_candidates=100)),
+    ],
+)
 def test_detector_trains_and_predicts(builder, cls, kwargs):
     torch.manual_seed(0)
     model = builder(num_classes=21, **SMALL, **kwargs)  # kwargs reach the torchvision model
@@ -81,8 +89,11 @@ def test_detector_trains_and_predicts(builder, cls, kwargs):
     images = [torch.rand(3, 128, 128), torch.rand(3, 112, 128)]
     model.train()
     losses = model(images, _targets())
-    assert set(losses) == ({"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
-                           if cls is FasterRCNN else {"classification", "bbox_regression"})
+    assert set(losses) == (
+        {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+        if cls is FasterRCNN
+        else {"classification", "bbox_regression"}
+    )
     loss = sum(losses.values())
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
@@ -122,8 +133,11 @@ def test_weights_backbone_from_plain_and_ic_state_dict(tmp_path):
     assert torch.equal(body.layer3[2].conv2.weight, plain.layer3[2].conv2.weight)
     assert torch.equal(body.bn1.running_var, plain.bn1.running_var)
     assert isinstance(body.bn1, FrozenBatchNorm2d)
-    assert all(m.alpha_mode == "learnable" and float(m.alpha.detach()) == 0.0
-               for m in body.modules() if isinstance(m, ic_networks.IcConv2d))
+    assert all(
+        m.alpha_mode == "learnable" and float(m.alpha.detach()) == 0.0
+        for m in body.modules()
+        if isinstance(m, ic_networks.IcConv2d)
+    )
     # trainable_backbone_layers=3 (default with weights): conv1 and layer1 frozen, IC params included.
     assert not body.conv1.weight.requires_grad and not body.layer1[0].conv2.adjust_weight.requires_grad
     assert body.layer2[0].conv2.adjust_weight.requires_grad and body.layer4[0].conv2.weight.requires_grad
@@ -132,7 +146,9 @@ def test_weights_backbone_from_plain_and_ic_state_dict(tmp_path):
     frozen.load_state_dict(plain.state_dict())
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
-        ref = frozen.layer4(frozen.layer3(frozen.layer2(frozen.layer1(frozen.maxpool(frozen.relu(frozen.bn1(frozen.conv1(x))))))))
+        ref = frozen.layer4(
+            frozen.layer3(frozen.layer2(frozen.layer1(frozen.maxpool(frozen.relu(frozen.bn1(frozen.conv1(x)))))))
+        )
         assert torch.equal(body(x)["3"], ref)
 
     # An IC checkpoint of the model zoo's IC-ResNet-50 (alpha set to 0.25) restores the IC parameters too.
@@ -178,8 +194,13 @@ def test_import_registers_nothing_in_torchvision(tmp_path):
         "ic_networks.integrations.torchvision.register()\n"
         "print(sorted(n for n in names if n in _api.BUILTIN_MODELS))\n"
     )
-    out = watchdog.run([sys.executable, "-X", "faulthandler", "-c", code], 300, dump_dir=tmp_path, merge_stderr=False,
-                       what="import check")
+    out = watchdog.run(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        300,
+        dump_dir=tmp_path,
+        merge_stderr=False,
+        what="import check",
+    )
     assert out.returncode == 0, out.stderr
     before, after = out.stdout.splitlines()
     assert before == "[]"
@@ -233,9 +254,11 @@ def test_voc_map_from_torchmetrics(voc_root):
     targets = [VOCDataset(voc_root, "2007", "test")[i][1] for i in range(2)]
 
     def pred(boxes, labels, scores=None):
-        return {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.as_tensor(labels, dtype=torch.int64),
-                "scores": torch.as_tensor(scores if scores is not None else [0.9] * len(labels))}
+        return {
+            "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(labels, dtype=torch.int64),
+            "scores": torch.as_tensor(scores if scores is not None else [0.9] * len(labels)),
+        }
 
     perfect = [pred(t["boxes"][~t["difficult"]], t["labels"][~t["difficult"]]) for t in targets]
     res = voc_map(perfect, targets, class_metrics=True)
@@ -258,10 +281,34 @@ def test_voc_map_from_torchmetrics(voc_root):
 
 def test_cli_train_det_then_eval_det(voc_root, tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--voc-root", voc_root, "--test-set", "2007-test", "--batch-size", "2", "--min-size", "96",
-              "--max-size", "128", "--workers", "0", "--out", str(out)]
-    train = ["train-det", "--model", "fasterrcnn_ic_resnet50_fpn", "--train-sets", "2007-trainval",
-             "--epochs", "1", "--warmup-iters", "1", *common]
+    common = [
+        "--voc-root",
+        voc_root,
+        "--test-set",
+        "2007-test",
+        "--batch-size",
+        "2",
+        "--min-size",
+        "96",
+        "--max-size",
+        "128",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    ]
+    train = [
+        "train-det",
+        "--model",
+        "fasterrcnn_ic_resnet50_fpn",
+        "--train-sets",
+        "2007-trainval",
+        "--epochs",
+        "1",
+        "--warmup-iters",
+        "1",
+        *common,
+    ]
     torch.manual_seed(0)
     assert cli_main(train + ["--no-eval"]) == 0
     ckpt = torch.load(out / "last.pt", weights_only=True)

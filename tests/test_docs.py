@@ -24,6 +24,7 @@ works too (``sys``, ``os`` and ``pytest`` are defined for the condition), and so
 runs a long script (pip, cargo, maturin, apt, scripts/setup.sh, compat.sh, ..., torchrun) and is not
 marked fails without running.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,12 +45,14 @@ if os.environ.get("CI"):
     import pytest_codeblocks  # CI must run the doc test: a missing tool is an error there
 else:
     pytest_codeblocks = pytest.importorskip(
-        "pytest_codeblocks", reason='the doc test needs pytest-codeblocks: pip install ".[test]"')
+        "pytest_codeblocks", reason='the doc test needs pytest-codeblocks: pip install ".[test]"'
+    )
 
 MARK_NAMES = {"sys": sys, "os": os, "pytest": pytest}
 FENCE = re.compile(r"^(\s*)(`{3,})(.*)$")
 COMMAND = re.compile(
-    r"^\s*(?:[A-Z_]+=\S*\s+)*(ic-networks\s|python\s+-m\s+ic_networks\b|torchrun\s.*-m\s+ic_networks\b)")
+    r"^\s*(?:[A-Z_]+=\S*\s+)*(ic-networks\s|python\s+-m\s+ic_networks\b|torchrun\s.*-m\s+ic_networks\b)"
+)
 # What installs, builds or runs for long: such a block never runs unmarked (it fails instead).
 INSTALLS = re.compile(
     r"\b(pip3?\s+(install|wheel|download)|cargo\s+\w+|maturin\s+\w+|apt(-get)?\s+install|conda\s+install"
@@ -129,8 +132,13 @@ def test_doc_block(doc, block, tmp_path, monkeypatch):
     if INSTALLS.search(block.code):
         pytest.fail(f"{where} installs, builds or runs for long: mark it <!--pytest.mark.skip(reason=...)-->")
     proc = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + block.code], cwd=work, env=_shell_env(tmp_path), capture_output=True,
-        text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
+        ["bash", "-c", "set -euo pipefail\n" + block.code],
+        cwd=work,
+        env=_shell_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, (
         f"{where} exited with status {proc.returncode}\n{block.code}\n--- stdout\n{proc.stdout[-4000:]}"

@@ -1,23 +1,22 @@
 """The fidelity tools: W'/b1 initialisations, the branch-ratio diagnostic, the IC-branch learning
 rate, seed statistics, the residual Fashion-MNIST network, and the ablation study end to end on
 tiny data."""
+
 import json
 import math
 
+import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import ic_networks as icn
 from ic_networks.diagnostics import branch_ratios, format_branch_ratios
 from ic_networks.nn import ADJUST_INITS
 from ic_networks.reference import boxsum_reference
 from ic_networks.training import stats, study
 from ic_networks.training.recipes import get_recipe
 from ic_networks.training.trainer import param_groups
-
 from test_training import tiny_fmnist_dir
+from torch import nn
 
 
 # ----------------------------------------------------------------------------- W' and b1 inits
@@ -127,7 +126,11 @@ def test_mean_std_and_paired_differences():
     assert stats.mean_std([7.0]).std == 0.0
     d = stats.paired_diff([1.0, 2.0, 3.0], [2.0, 3.0, 5.0])  # differences 1, 1, 2
     half = 4.303 * math.sqrt(1 / 3) / math.sqrt(3)
-    assert d.mean == pytest.approx(4 / 3) and d.low == pytest.approx(4 / 3 - half) and d.high == pytest.approx(4 / 3 + half)
+    assert (
+        d.mean == pytest.approx(4 / 3)
+        and d.low == pytest.approx(4 / 3 - half)
+        and d.high == pytest.approx(4 / 3 + half)
+    )
     assert (d.wins, d.losses, d.significant, d.verdict()) == (3, 0, False, "within seed noise")
     d = stats.paired_diff([80.0, 81.0, 82.0], [79.0, 80.1, 80.9])
     assert d.significant and d.verdict() == "exceeds seed noise (worse)" and d.losses == 3
@@ -171,10 +174,20 @@ def test_study_cells_cover_the_factors():
 def test_study_end_to_end_on_tiny_data_and_resume(tmp_path):
     (tmp_path / "data").mkdir()
     data = tiny_fmnist_dir(tmp_path / "data")
-    cfg = study.StudyConfig(train_images=256, val_images=128, epochs=1, wld_epochs=1, seeds=(0, 1), nets=("cnn",),
-                            lrs=(0.05,), probe_images=32)
+    cfg = study.StudyConfig(
+        train_images=256,
+        val_images=128,
+        epochs=1,
+        wld_epochs=1,
+        seeds=(0, 1),
+        nets=("cnn",),
+        lrs=(0.05,),
+        probe_images=32,
+    )
     with pytest.raises(ValueError, match="run the scratch part first"):
-        study.run_study(study.StudyConfig(**{**cfg.__dict__, "parts": ("wld",)}), tmp_path / "s", data, jobs=1, log=lambda s: None)
+        study.run_study(
+            study.StudyConfig(**{**cfg.__dict__, "parts": ("wld",)}), tmp_path / "s", data, jobs=1, log=lambda s: None
+        )
     lines = []
     res = study.run_study(cfg, tmp_path / "s", data, jobs=1, log=lines.append)
     n_scratch = len(study.scratch_cells(("cnn",), (0.05,)))
@@ -190,10 +203,14 @@ def test_study_end_to_end_on_tiny_data_and_resume(tmp_path):
     chosen = res["summary"]["scratch"]["chosen_on_val"]["cnn"]
     assert chosen["plain_candidates"] == 1 and chosen["ic_candidates"] == n_scratch - 1
     wld = res["summary"]["wld"]["cells"]
-    assert wld["WLD, IC branch lr x10"]["d_val"]["n"] == 2 and wld["CE control (plain, fine-tuned)"]["alpha_end"] is None
+    assert (
+        wld["WLD, IC branch lr x10"]["d_val"]["n"] == 2 and wld["CE control (plain, fine-tuned)"]["alpha_end"] is None
+    )
     report = (tmp_path / "s" / "report.md").read_text()
     assert all(name in report for name in cells) and "WLD, tau=1" in report
-    assert json.loads((tmp_path / "s" / "results.json").read_text())["summary"] == json.loads(json.dumps(res["summary"]))
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["summary"] == json.loads(
+        json.dumps(res["summary"])
+    )
     assert (tmp_path / "s" / "study.png").read_bytes()[:4] == b"\x89PNG"
     # a second study with the same settings reuses every run
     lines2 = []
@@ -207,14 +224,33 @@ def test_study_end_to_end_on_tiny_data_and_resume(tmp_path):
 def test_study_runs_in_worker_processes(tmp_path):
     (tmp_path / "data").mkdir()
     data = tiny_fmnist_dir(tmp_path / "data")
-    cfg = study.StudyConfig(train_images=128, val_images=64, epochs=1, seeds=(0,), nets=("cnn",), lrs=(0.05,),
-                            parts=("scratch",), probe_images=16)
+    cfg = study.StudyConfig(
+        train_images=128,
+        val_images=64,
+        epochs=1,
+        seeds=(0,),
+        nets=("cnn",),
+        lrs=(0.05,),
+        parts=("scratch",),
+        probe_images=16,
+    )
     dkey = cfg.data_key()
     cells = study.scratch_cells(("cnn",), (0.05,))[:2]
     import dataclasses
 
-    jobs = [dict(part="scratch", cell=dataclasses.asdict(c), seed=0, epochs=1, data=dkey, root=str(data), threads=1,
-                 out=str(tmp_path / "runs" / str(i))) for i, c in enumerate(cells)]
+    jobs = [
+        dict(
+            part="scratch",
+            cell=dataclasses.asdict(c),
+            seed=0,
+            epochs=1,
+            data=dkey,
+            root=str(data),
+            threads=1,
+            out=str(tmp_path / "runs" / str(i)),
+        )
+        for i, c in enumerate(cells)
+    ]
     res = study._run_all(jobs, 2, lambda s: None)
     assert [r["cell"]["name"] for r in res] == [c.name for c in cells] and all(r["threads"] == 1 for r in res)
     threads = torch.get_num_threads()

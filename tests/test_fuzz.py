@@ -8,9 +8,9 @@ few that depend on torch's own padding modes), so an op that raised on everythin
 
 Run by hand: ``python tests/test_fuzz.py 2000`` (number of examples; derandomized, so repeatable).
 """
+
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -24,7 +24,9 @@ def test_fuzz_sweep_in_subprocess(tmp_path):
     from ic_networks.training import watchdog
 
     # a hang fails with the sweep's stacks (the sweep arms the dump handler), not a bare timeout
-    r = watchdog.run([sys.executable, __file__, str(BUDGET)], 900, dump_dir=tmp_path, merge_stderr=False, what="fuzz sweep")
+    r = watchdog.run(
+        [sys.executable, __file__, str(BUDGET)], 900, dump_dir=tmp_path, merge_stderr=False, what="fuzz sweep"
+    )
     out = r.stdout + r.stderr
     # the last "CASE" line names the input that crashed the process, if it did
     assert r.returncode == 0, f"exit code {r.returncode}\n{out[-6000:]}"
@@ -39,12 +41,11 @@ def test_fuzz_sweep_in_subprocess(tmp_path):
 # The sweep (runs in the subprocess)
 # --------------------------------------------------------------------------------------------------
 def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
+    import ic_networks as icn
     import torch
     import torch.nn.functional as F
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
-
-    import ic_networks as icn
     from ic_networks.reference import boxsum_reference, ic_conv2d_reference
 
     torch.set_num_threads(1)
@@ -61,9 +62,16 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
     bad_values = {
         "dtype": [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64],
         "other_dtype": [torch.float64, torch.float16, torch.int64],
-        "cin_g": [0], "cout_g": [0], "kernel": [(40, 3), (3, 40)], "hw": [(0, 5), (5, 0), (1, 1)],
-        "stride": huge_ints, "padding": huge_ints + ["full"], "dilation": huge_ints,
-        "alpha": ["shape3", "int_tensor", "string"], "layout": ["huge"], "rank": [5],
+        "cin_g": [0],
+        "cout_g": [0],
+        "kernel": [(40, 3), (3, 40)],
+        "hw": [(0, 5), (5, 0), (1, 1)],
+        "stride": huge_ints,
+        "padding": huge_ints + ["full"],
+        "dilation": huge_ints,
+        "alpha": ["shape3", "int_tensor", "string"],
+        "layout": ["huge"],
+        "rank": [5],
     }
 
     @st.composite
@@ -91,7 +99,9 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             "groups": draw(st.sampled_from([1, 1, 2, 3])),
             "cin_g": pick("cin_g", st.integers(1, 3)),
             "cout_g": pick("cout_g", st.integers(1, 3)),
-            "kernel": pick("kernel", st.tuples(st.sampled_from([1, 2, 3, 3, 4, 5]), st.sampled_from([1, 2, 3, 3, 4, 5]))),
+            "kernel": pick(
+                "kernel", st.tuples(st.sampled_from([1, 2, 3, 3, 4, 5]), st.sampled_from([1, 2, 3, 3, 4, 5]))
+            ),
             "hw": pick("hw", st.tuples(st.integers(3, 12), st.integers(3, 12))),
             "stride": pick("stride", st.just(1) if padding == "same" else small(1)),
             "padding": padding,
@@ -99,7 +109,9 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             "padding_mode": draw(st.sampled_from(["zeros"] * 5 + ["reflect", "replicate", "circular"])),
             "bias": draw(st.booleans()),
             "alpha": pick("alpha", st.one_of(st.floats(-2, 2), st.just(0.0), st.just("tensor"))),
-            "layout": pick("layout", st.sampled_from(["contiguous", "contiguous", "channels_last", "strided", "expanded"])),
+            "layout": pick(
+                "layout", st.sampled_from(["contiguous", "contiguous", "channels_last", "strided", "expanded"])
+            ),
             "special": draw(st.sampled_from([None] * 4 + ["nan", "inf", "-inf", "nan_weight"])),
             "rank": pick("rank", st.sampled_from([4, 4, 4] + ([3] if n == 1 else []))),
             "magnitude": draw(st.sampled_from([1.0, 1e-3, 30.0])),
@@ -111,7 +123,7 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         """Builds the arguments; returns (tensors, expect): True must match, False must raise, None either."""
         g = torch.Generator().manual_seed(c["seed"])
         dev, dtype = c["device"], c["dtype"]
-        groups, cin, cout = c["groups"], c["cin_g"] * c["groups"], c["cout_g"] * c["groups"]
+        cin, cout = c["cin_g"] * c["groups"], c["cout_g"] * c["groups"]
         kh, kw = c["kernel"]
         h, w = c["hw"]
         base = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -119,7 +131,12 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         if c["layout"] == "huge":
             h = w = 2**20
         if big:  # a stride-0 view, expanded after the dtype conversion (which would materialise it)
-            x = base(1, 1 if c["layout"] == "huge" else cin, 1 if c["layout"] == "huge" else h, 1 if c["layout"] == "huge" else w)
+            x = base(
+                1,
+                1 if c["layout"] == "huge" else cin,
+                1 if c["layout"] == "huge" else h,
+                1 if c["layout"] == "huge" else w,
+            )
         elif c["layout"] == "strided":
             x = base(n, cin, h, 2 * w)[..., ::2]
         else:
@@ -129,7 +146,9 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         b1, b2 = base(cout) * 0.3, (base(cout) if c["bias"] else None)
         special = c["special"]
         if special and x.numel() and not big:
-            x.view(-1)[c["seed"] % x.numel()] = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}.get(special, 1.0)
+            x.view(-1)[c["seed"] % x.numel()] = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}.get(
+                special, 1.0
+            )
         if special == "nan_weight" and wt.numel():
             wt.view(-1)[c["seed"] % wt.numel()] = float("nan")
         conv = lambda t: None if t is None else t.to(device=dev, dtype=dtype)  # noqa: E731
@@ -167,13 +186,20 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             geo_ok = geo_ok and pad != "full" and (pad == "valid" or fine(pad, 0))
             pad = (0, 0) if pad == "valid" else (pad, pad) if isinstance(pad, int) else pad
             if geo_ok:
-                out_hw = [(size + 2 * p - d * (k - 1) - 1) // st + 1
-                          for size, p, d, k, st in zip((h, w), pad, dilation, (kh, kw), stride)]
+                out_hw = [
+                    (size + 2 * p - d * (k - 1) - 1) // st + 1
+                    for size, p, d, k, st in zip((h, w), pad, dilation, (kh, kw), stride)
+                ]
         size_ok = geo_ok and min(out_hw) >= 1 and min(h, w) >= 1
         per_pixel = cin if api == "boxsum" else 2 * cout + cin  # output and temporaries
         memory = 8 * (n * cin * h * w + n * out_hw[0] * out_hw[1] * per_pixel) if size_ok else 0
         size_ok = size_ok and memory < 2**40  # else terabytes: the memory guard must refuse it
-        ok = dtype in floats and geo_ok and size_ok and (x.dim() == 4 or x.dim() == 3 and api in ("functional", "module"))
+        ok = (
+            dtype in floats
+            and geo_ok
+            and size_ok
+            and (x.dim() == 4 or x.dim() == 3 and api in ("functional", "module"))
+        )
         if api == "boxsum":
             ok = ok and x.dim() == 4 and not isinstance(c["padding"], str)  # ints only
             expect = ok and cin > 0
@@ -189,8 +215,19 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         """Runs the case; returns (output, spec) where spec holds what the oracle needs."""
         x, wt, wa, b1, a, b2 = args
         s, p, d, groups = c["stride"], c["padding"], c["dilation"], c["groups"]
-        spec = dict(x=x, weight=wt, adjust_weight=wa, adjust_bias=b1, alpha=a, bias=b2, stride=s, padding=p,
-                    dilation=d, groups=groups, boxsum=c["api"] == "boxsum")
+        spec = dict(
+            x=x,
+            weight=wt,
+            adjust_weight=wa,
+            adjust_bias=b1,
+            alpha=a,
+            bias=b2,
+            stride=s,
+            padding=p,
+            dilation=d,
+            groups=groups,
+            boxsum=c["api"] == "boxsum",
+        )
         if c["api"] == "functional":
             return icn.ic_conv2d(x, wt, wa, b1, a, b2, s, p, d, groups), spec
         if c["api"] == "boxsum":
@@ -199,16 +236,33 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             lst = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
             spec["padding"] = 0 if isinstance(p, str) else p
             if isinstance(a, float):
-                a = spec["alpha"] = torch.tensor(a, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
-            return torch.ops.ic_networks.ic_conv2d_forward(x, wt, wa, b1, a, b2, lst(s), lst(spec["padding"]), lst(d), groups)[0], spec
-        m = icn.IcConv2d(x.shape[-3] if x.dim() >= 3 else 1, wt.shape[0], tuple(wt.shape[2:]), s, p, d, groups,
-                         b2 is not None, c["padding_mode"], alpha=a if isinstance(a, float) else 0.4,
-                         device=x.device, dtype=wt.dtype)
+                a = spec["alpha"] = torch.tensor(
+                    a, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device
+                )
+            return torch.ops.ic_networks.ic_conv2d_forward(
+                x, wt, wa, b1, a, b2, lst(s), lst(spec["padding"]), lst(d), groups
+            )[0], spec
+        m = icn.IcConv2d(
+            x.shape[-3] if x.dim() >= 3 else 1,
+            wt.shape[0],
+            tuple(wt.shape[2:]),
+            s,
+            p,
+            d,
+            groups,
+            b2 is not None,
+            c["padding_mode"],
+            alpha=a if isinstance(a, float) else 0.4,
+            device=x.device,
+            dtype=wt.dtype,
+        )
         with torch.no_grad():
             for name, t in (("weight", wt), ("adjust_weight", wa), ("adjust_bias", b1), ("bias", b2)):
                 if t is not None:
                     getattr(m, name).copy_(t)
-        spec.update(weight=m.weight, adjust_weight=m.adjust_weight, adjust_bias=m.adjust_bias, alpha=m.alpha, bias=m.bias)
+        spec.update(
+            weight=m.weight, adjust_weight=m.adjust_weight, adjust_bias=m.adjust_bias, alpha=m.alpha, bias=m.bias
+        )
         if m.padding_mode != "zeros":
             xb = x.unsqueeze(0) if x.dim() == 3 else x  # as nn.Conv2d pads for a non-zero padding mode
             spec["x"], spec["padding"] = F.pad(xb, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
@@ -220,8 +274,12 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         """The reference output; with absolute=True, the float64 sum of |terms| (an error scale)."""
         sp = dict(spec)
         if absolute:
-            fix = lambda t: t if not isinstance(t, torch.Tensor) else torch.nan_to_num(  # noqa: E731
-                t.detach().double().abs(), nan=0.0, posinf=0.0, neginf=0.0)
+
+            def fix(t):
+                if not isinstance(t, torch.Tensor):
+                    return t
+                return torch.nan_to_num(t.detach().double().abs(), nan=0.0, posinf=0.0, neginf=0.0)
+
             sp = {k: fix(v) for k, v in sp.items()}
             sp["alpha"] = abs(sp["alpha"]) if isinstance(sp["alpha"], float) else sp["alpha"]
         x = sp["x"]
@@ -237,12 +295,26 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             out = y + sp["alpha"] * (y + p + sp["adjust_bias"].view(1, -1, 1, 1))
             out = out + (sp["bias"].view(1, -1, 1, 1) if sp["bias"] is not None else 0) + 1e-30
         else:
-            out = ic_conv2d_reference(x, sp["weight"], sp["adjust_weight"], sp["adjust_bias"], sp["alpha"], sp["bias"],
-                                      sp["stride"], sp["padding"], sp["dilation"], sp["groups"])
+            out = ic_conv2d_reference(
+                x,
+                sp["weight"],
+                sp["adjust_weight"],
+                sp["adjust_bias"],
+                sp["alpha"],
+                sp["bias"],
+                sp["stride"],
+                sp["padding"],
+                sp["dilation"],
+                sp["groups"],
+            )
         return out[0] if unbatched else out
 
     def compare(got, want, scale, dtype, what):
-        assert got.shape == want.shape and got.dtype == want.dtype and got.device == want.device, (what, got.shape, want.shape)
+        assert got.shape == want.shape and got.dtype == want.dtype and got.device == want.device, (
+            what,
+            got.shape,
+            want.shape,
+        )
         got, want = got.detach().double().cpu(), want.detach().double().cpu()
         nan_g, nan_w = got.isnan(), want.isnan()
         assert torch.equal(nan_g, nan_w), f"{what}: NaN positions differ ({int(nan_g.sum())} vs {int(nan_w.sum())})"
@@ -260,19 +332,58 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             assert bad not in msg, f"unclear {type(e).__name__}: {msg[:400]}"
         assert len(msg) < 1500, f"{type(e).__name__} message too long: {msg[:400]}"
 
-    base = {"api": "functional", "device": devices[-1], "dtype": torch.float32, "other_dtype": None, "n": 2, "groups": 1,
-            "cin_g": 2, "cout_g": 3, "kernel": (3, 3), "hw": (7, 6), "stride": 1, "padding": 1, "dilation": 1,
-            "padding_mode": "zeros", "bias": True, "alpha": 0.5, "layout": "contiguous", "special": None, "rank": 4,
-            "magnitude": 1.0, "grad": True, "seed": 1}
+    base = {
+        "api": "functional",
+        "device": devices[-1],
+        "dtype": torch.float32,
+        "other_dtype": None,
+        "n": 2,
+        "groups": 1,
+        "cin_g": 2,
+        "cout_g": 3,
+        "kernel": (3, 3),
+        "hw": (7, 6),
+        "stride": 1,
+        "padding": 1,
+        "dilation": 1,
+        "padding_mode": "zeros",
+        "bias": True,
+        "alpha": 0.5,
+        "layout": "contiguous",
+        "special": None,
+        "rank": 4,
+        "magnitude": 1.0,
+        "grad": True,
+        "seed": 1,
+    }
     explicit = [  # always run, whatever the budget: the cases the issue names
-        {}, {"layout": "channels_last"}, {"padding": 2**20}, {"padding": 2**20, "api": "boxsum"}, {"layout": "huge"},
-        {"layout": "huge", "n": 0}, {"stride": 2**40}, {"dilation": 2**62}, {"padding": 2**64}, {"kernel": (40, 40)},
-        {"special": "nan"}, {"special": "inf", "dtype": torch.float16}, {"dtype": torch.complex64}, {"n": 0},
-        {"padding": "same", "kernel": (4, 2), "dilation": 1}, {"dtype": torch.bfloat16, "layout": "expanded"},
+        {},
+        {"layout": "channels_last"},
+        {"padding": 2**20},
+        {"padding": 2**20, "api": "boxsum"},
+        {"layout": "huge"},
+        {"layout": "huge", "n": 0},
+        {"stride": 2**40},
+        {"dilation": 2**62},
+        {"padding": 2**64},
+        {"kernel": (40, 40)},
+        {"special": "nan"},
+        {"special": "inf", "dtype": torch.float16},
+        {"dtype": torch.complex64},
+        {"n": 0},
+        {"padding": "same", "kernel": (4, 2), "dilation": 1},
+        {"dtype": torch.bfloat16, "layout": "expanded"},
     ]
 
-    @settings(max_examples=budget, derandomize=True, deadline=None, database=None, print_blob=True,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=budget,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
     @given(cases())
     def sweep(c):
         counts["examples"] += 1
@@ -299,7 +410,9 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         out, spec = call(c, args)
         leaves = [t for t in args if isinstance(t, torch.Tensor)]
         if c["api"] == "module":
-            leaves = [args[0]] + [spec[k] for k in ("weight", "adjust_weight", "adjust_bias", "bias") if spec[k] is not None]
+            leaves = [args[0]] + [
+                spec[k] for k in ("weight", "adjust_weight", "adjust_bias", "bias") if spec[k] is not None
+            ]
         elif c["api"] == "boxsum":
             leaves = [args[0]]
         want = oracle(spec)
@@ -321,13 +434,22 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
             "device": draw(st.sampled_from(devices)),
             "dtype": pick(list(floats), [torch.int64, torch.complex64]),
             "teacher_dtype": pick([None], [torch.float64, torch.float16, torch.int64]),
-            "b": pick([1, 2, 5], [0]), "k": pick([1, 2, 7], [0]),
+            "b": pick([1, 2, 5], [0]),
+            "k": pick([1, 2, 7], [0]),
             "teacher_shape": pick(["same"], ["transposed", "short"]),
             "layout": draw(st.sampled_from(["contiguous", "strided"])),
             "target_dtype": pick([torch.int64, torch.int32, torch.uint8], [torch.bool, torch.float32]),
             "target_bad": pick([None], [-1, "k", 2**40]),
-            "lam": draw(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0]) if sane else st.sampled_from([-0.5, 1.5, float("nan")]))),
-            "e": draw(st.one_of(st.floats(0, 1), st.just(0.005)) if sane else st.sampled_from([-1.0, float("nan"), float("inf")])),
+            "lam": draw(
+                st.one_of(
+                    st.floats(0, 1), st.sampled_from([0.0, 1.0]) if sane else st.sampled_from([-0.5, 1.5, float("nan")])
+                )
+            ),
+            "e": draw(
+                st.one_of(st.floats(0, 1), st.just(0.005))
+                if sane
+                else st.sampled_from([-1.0, float("nan"), float("inf")])
+            ),
             "tau": draw(st.floats(0.1, 10) if sane else st.sampled_from([0.0, -1.0, float("inf"), float("nan")])),
             "magnitude": draw(st.sampled_from([1.0, 30.0])),
             "special": draw(st.sampled_from([None, None, None, "nan", "inf"])),
@@ -337,11 +459,20 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
     def wld_reference(s, t, y, lam, e, tau):
         s, t = s.double(), t.double()
         ce = F.cross_entropy(s, y.long())
-        kd = tau**2 * F.kl_div(F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean", log_target=True)
+        kd = tau**2 * F.kl_div(
+            F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean", log_target=True
+        )
         return (1 - lam) * ce + lam * torch.clamp(kd - e, min=0), ce.abs() + kd.abs() + 1
 
-    @settings(max_examples=max(budget // 3, 1), derandomize=True, deadline=None, database=None, print_blob=True,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=max(budget // 3, 1),
+        derandomize=True,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
     @given(wld_cases())
     def sweep_wld(c):
         counts["examples"] += 1
@@ -363,8 +494,17 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         t, y = t.to(dev, c["teacher_dtype"] or dtype), y.to(dev, c["target_dtype"]) if bad != 2**40 else y.to(dev)
         lam, e, tau = c["lam"], c["e"], c["tau"]
         valid_target = y.dtype in (torch.int64, torch.int32, torch.uint8) and bool(((y >= 0) & (y < k)).all())
-        ok = (dtype in floats and t.dtype in floats and b > 0 and k > 0 and t.shape == s.shape and valid_target
-              and 0 <= lam <= 1 and 0 <= e < float("inf") and 0 < tau < float("inf"))
+        ok = (
+            dtype in floats
+            and t.dtype in floats
+            and b > 0
+            and k > 0
+            and t.shape == s.shape
+            and valid_target
+            and 0 <= lam <= 1
+            and 0 <= e < float("inf")
+            and 0 < tau < float("inf")
+        )
         expect = None if ok and t.dtype != dtype else ok  # a teacher of another float dtype may be accepted
         try:
             loss = icn.wld_loss(s, t, y, lam, e, tau)
@@ -390,7 +530,9 @@ def _main(budget: int) -> None:  # noqa: C901 -- one self-contained harness
         sweep.hypothesis.inner_test({**base, **overrides})
     sweep()
     sweep_wld()
-    print(f"FUZZ SUMMARY examples={counts['examples']} matched={counts['matched']} raised={counts['raised']}", flush=True)
+    print(
+        f"FUZZ SUMMARY examples={counts['examples']} matched={counts['matched']} raised={counts['raised']}", flush=True
+    )
 
 
 if __name__ == "__main__":

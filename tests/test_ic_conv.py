@@ -1,17 +1,16 @@
 """The IC convolution op (Rust) against the plain-PyTorch oracle: forward, backward, gradcheck."""
+
 import itertools
 import sys
 import textwrap
 
+import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
-
-import ic_networks as icn
+from conftest import DEVICES
 from ic_networks.functional import ic_conv2d
 from ic_networks.reference import boxsum_reference, ic_conv2d_reference
-
-from conftest import DEVICES
 
 KERNELS = [(1, 1), (3, 3), (5, 5), (3, 1)]
 STRIDES = [1, 2]
@@ -27,7 +26,10 @@ def _make(k, groups, bias, alpha, dtype=torch.float64, device="cpu", n=2, cin=4,
     groups = {"1": 1, "2": 2, "dw": cin}[groups]
     if groups == cin:
         cout = cin
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=dtype).to(device)
+
     x = r(n, cin, *hw)
     w = r(cout, cin // groups, *k) * 0.5
     wa = r(cout, cin // groups, 1, 1) * 0.2
@@ -112,7 +114,10 @@ def test_layouts_match_contiguous(device, layout):
         assert not xx.is_contiguous()
     else:
         xx = x.contiguous(memory_format=torch.channels_last)
-    xs = [x.clone().requires_grad_(), xx.detach().clone().requires_grad_() if layout == "channels_last" else xx.requires_grad_()]
+    xs = [
+        x.clone().requires_grad_(),
+        xx.detach().clone().requires_grad_() if layout == "channels_last" else xx.requires_grad_(),
+    ]
     outs = []
     for xi in xs:
         params = [t.clone().requires_grad_() for t in (w, wa, b1, a, b2)]
@@ -126,7 +131,9 @@ def test_layouts_match_contiguous(device, layout):
         torch.testing.assert_close(p1, p2)
     if layout == "channels_last":  # same memory format as nn.Conv2d gives (cuDNN keeps float64 NCHW)
         conv_out = F.conv2d(xs[1].detach(), w, b2, 1, 1, 1, g)
-        assert o2.is_contiguous(memory_format=torch.channels_last) == conv_out.is_contiguous(memory_format=torch.channels_last)
+        assert o2.is_contiguous(memory_format=torch.channels_last) == conv_out.is_contiguous(
+            memory_format=torch.channels_last
+        )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -142,7 +149,13 @@ def test_pointwise_gemm_paths_match_oracle(layout, groups, stride, hw, wide, dty
     cin, cout = (16, 24) if wide else (4, 6)
     g = torch.Generator().manual_seed(7)
     r = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float64)  # noqa: E731
-    x, w, wa, b1, b2 = r(3, cin, *hw), r(cout, cin // groups, 3, 3) * 0.3, r(cout, cin // groups, 1, 1) * 0.3, r(cout), r(cout)
+    x, w, wa, b1, b2 = (
+        r(3, cin, *hw),
+        r(cout, cin // groups, 3, 3) * 0.3,
+        r(cout, cin // groups, 1, 1) * 0.3,
+        r(cout),
+        r(cout),
+    )
     a = torch.tensor(0.8, dtype=torch.float64)
     leaves = [t.clone().requires_grad_() for t in (x, w, wa, b1, a, b2)]
     ref = ic_conv2d_reference(*leaves, stride, 1, 1, groups)
@@ -163,7 +176,9 @@ def test_pointwise_gemm_paths_match_oracle(layout, groups, stride, hw, wide, dty
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("cin,cout,stride", [(4, 6, 1), (2, 8, 1), (4, 6, 2)], ids=["box-fused", "expanding", "strided"])
+@pytest.mark.parametrize(
+    "cin,cout,stride", [(4, 6, 1), (2, 8, 1), (4, 6, 2)], ids=["box-fused", "expanding", "strided"]
+)
 def test_inference_output_matches_training_forward(device, layout, cin, cout, stride):
     """Without a backward to serve (no_grad) the forward skips relu_z; its output must still be the
     training forward's, bit for bit, on the fused stride-1 path (box sum inside the collision
@@ -173,12 +188,21 @@ def test_inference_output_matches_training_forward(device, layout, cin, cout, st
     with torch.no_grad():
         m.adjust_bias.normal_()
         m.adjust_weight.normal_()
-    x = torch.randn(2, cin, 9, 8, device=device).contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    x = torch.randn(2, cin, 9, 8, device=device).contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
     train = m(x)
     with torch.no_grad():
         infer = m(x)
     assert torch.equal(train.detach(), infer)
-    ref = ic_conv2d_reference(x.double(), *[t.detach().double() for t in (m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias)], stride, 1, 1, 1)
+    ref = ic_conv2d_reference(
+        x.double(),
+        *[t.detach().double() for t in (m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias)],
+        stride,
+        1,
+        1,
+        1,
+    )
     torch.testing.assert_close(infer.double(), ref, rtol=2e-3, atol=2e-3)  # TF32 convolutions on CUDA
 
 
@@ -302,19 +326,40 @@ BAD_INPUTS = textwrap.dedent(
 def test_bad_inputs_raise_clear_errors_in_subprocess(tmp_path):
     from ic_networks.training import watchdog
 
-    r = watchdog.run([sys.executable, "-X", "faulthandler", "-c", BAD_INPUTS], 300, dump_dir=tmp_path,
-                     merge_stderr=False, what="bad-input sweep")
+    r = watchdog.run(
+        [sys.executable, "-X", "faulthandler", "-c", BAD_INPUTS],
+        300,
+        dump_dir=tmp_path,
+        merge_stderr=False,
+        what="bad-input sweep",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SURVIVED" in r.stdout
-    lines = dict(l.split("\t", 1) for l in r.stdout.splitlines() if "\t" in l)
+    lines = dict(line.split("\t", 1) for line in r.stdout.splitlines() if "\t" in line)
     bad = {k: v for k, v in lines.items() if v.startswith("NO-ERROR")}
     assert not bad, bad
     expected_words = {
-        "rank": "x", "weight_rank": "weight", "dtype_mismatch": "dtype", "int_tensor": "floating",
-        "channels": "channels", "groups": "groups", "adjust_w": "adjust_weight", "adjust_b": "adjust_bias",
-        "bias": "bias", "alpha_shape": "alpha", "alpha_type": "alpha", "stride0": "stride", "neg_pad": "padding",
-        "dilation0": "dilation", "too_small": "kernel", "not_tensor": "x", "bad_padding": "padding",
-        "same_stride": "same", "module_alpha_mode": "alpha_mode", "module_rank": "x", "groups_bool": "groups",
+        "rank": "x",
+        "weight_rank": "weight",
+        "dtype_mismatch": "dtype",
+        "int_tensor": "floating",
+        "channels": "channels",
+        "groups": "groups",
+        "adjust_w": "adjust_weight",
+        "adjust_b": "adjust_bias",
+        "bias": "bias",
+        "alpha_shape": "alpha",
+        "alpha_type": "alpha",
+        "stride0": "stride",
+        "neg_pad": "padding",
+        "dilation0": "dilation",
+        "too_small": "kernel",
+        "not_tensor": "x",
+        "bad_padding": "padding",
+        "same_stride": "same",
+        "module_alpha_mode": "alpha_mode",
+        "module_rank": "x",
+        "groups_bool": "groups",
     }
     for name, word in expected_words.items():
         assert word in lines[name], (name, lines[name])
@@ -416,12 +461,21 @@ def test_fused_cpu_paths_channels_last_match_oracle(k, s, p, d, groups, bias, al
 @pytest.mark.parametrize(
     "kwargs,name",
     [
-        (dict(stride=-1), "stride"), (dict(stride=0), "stride"), (dict(stride=(1, 0)), "stride"),
-        (dict(kernel_size=0), "kernel_size"), (dict(kernel_size=(3, -1)), "kernel_size"),
-        (dict(padding=-1), "padding"), (dict(padding=(0, -2)), "padding"), (dict(padding="full"), "padding"),
-        (dict(dilation=0), "dilation"), (dict(groups=0), "groups"), (dict(groups=3), "groups"),
-        (dict(out_channels=6, groups=4), "groups"), (dict(in_channels=0), "in_channels"),
-        (dict(out_channels=-2), "out_channels"), (dict(alpha_mode="sometimes"), "alpha_mode"),
+        (dict(stride=-1), "stride"),
+        (dict(stride=0), "stride"),
+        (dict(stride=(1, 0)), "stride"),
+        (dict(kernel_size=0), "kernel_size"),
+        (dict(kernel_size=(3, -1)), "kernel_size"),
+        (dict(padding=-1), "padding"),
+        (dict(padding=(0, -2)), "padding"),
+        (dict(padding="full"), "padding"),
+        (dict(dilation=0), "dilation"),
+        (dict(groups=0), "groups"),
+        (dict(groups=3), "groups"),
+        (dict(out_channels=6, groups=4), "groups"),
+        (dict(in_channels=0), "in_channels"),
+        (dict(out_channels=-2), "out_channels"),
+        (dict(alpha_mode="sometimes"), "alpha_mode"),
         (dict(stride=2, padding="same"), "same"),
     ],
 )
@@ -432,8 +486,15 @@ def test_constructor_refuses_bad_arguments_naming_them(kwargs, name):
         icn.IcConv2d(**args)
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(stride=1.5), "stride"), (dict(kernel_size="3"), "kernel_size"),
-                                         (dict(groups=True), "groups"), (dict(dilation=(1, 2, 3)), "dilation")])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(stride=1.5), "stride"),
+        (dict(kernel_size="3"), "kernel_size"),
+        (dict(groups=True), "groups"),
+        (dict(dilation=(1, 2, 3)), "dilation"),
+    ],
+)
 def test_constructor_refuses_wrong_argument_types_naming_them(kwargs, name):
     args = dict(in_channels=4, out_channels=8, kernel_size=3)
     args.update(kwargs)
@@ -455,5 +516,7 @@ def test_double_backward_is_refused_naming_the_reference():
     torch.testing.assert_close(gx_ref, gx.detach())
     (gw,) = torch.autograd.grad(gx_ref.square().sum(), layer.weight)
     assert gw.abs().sum() > 0
-    assert torch.autograd.gradgradcheck(lambda x_, w_: ic_conv2d_reference(x_, w_, *args[1:]),
-                                        (x.detach()[:1].requires_grad_(), layer.weight.detach().requires_grad_()))
+    assert torch.autograd.gradgradcheck(
+        lambda x_, w_: ic_conv2d_reference(x_, w_, *args[1:]),
+        (x.detach()[:1].requires_grad_(), layer.weight.detach().requires_grad_()),
+    )

@@ -1,22 +1,22 @@
 """Shared infrastructure: ic_networks.io (atomic saves, safe loading, state_dict unwrapping), the one
 IC-layer predicate, the command line package, optional dependencies (extras), and the package's
 public names (``convert``/``profile`` are functions, their modules have their own names)."""
+
 import importlib
 import os
 import sys
 from pathlib import Path
 
+import ic_networks as icn
 import pytest
 import torch
-from torch import nn
-
-import ic_networks as icn
 from ic_networks import io
 from ic_networks.cli import build_parser, main
 from ic_networks.layers import IC_PARAM_NAMES, ic_keys, ic_layers, is_ic_layer
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable, ic_mobilenet_cifar
 from test_data_safety import _Payload  # unpickling it creates a marker file
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_atomic_write_fsyncs_file_and_folder_and_renames_from_the_same_folder(tm
     monkeypatch.setattr(io.os, "replace", replace)
     path = tmp_path / "sub" / "ck.pt"  # the folder is created
     assert io.atomic_save({"w": torch.arange(3)}, path) == path
-    (src, dst), = replaced
+    ((src, dst),) = replaced
     assert src.parent == dst.parent == path.parent and dst == path and src != path
     if synced[0] is not None:
         assert synced == [False, True]  # the file, then the folder that holds the new name
@@ -68,7 +68,8 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
 
 
 def test_detection_and_training_and_convert_share_the_one_atomic_save():
-    from ic_networks.cli import detection as det_cli, models as models_cli
+    from ic_networks.cli import detection as det_cli
+    from ic_networks.cli import models as models_cli
     from ic_networks.training import trainer
 
     assert det_cli.atomic_save is models_cli.atomic_save is trainer.atomic_save is io.atomic_save
@@ -167,7 +168,8 @@ def test_is_ic_layer_covers_every_ic_layer_type():
 
 def test_every_consumer_counts_the_mobilenet_pairs():
     from ic_networks.detection import count_ic_layers
-    from ic_networks.training.schedules import AlphaRamp, ic_layers as schedule_layers
+    from ic_networks.training.schedules import AlphaRamp
+    from ic_networks.training.schedules import ic_layers as schedule_layers
 
     model = ic_mobilenet_cifar()
     pairs = [m for m in model.modules() if isinstance(m, IcDepthwiseSeparable)]
@@ -208,8 +210,20 @@ def test_convert_and_profile_are_functions_and_their_modules_have_other_names():
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-VERBS = ["train", "eval", "demo", "study", "flops", "convert", "diagnose", "bench", "figures", "gradcam", "train-det",
-         "eval-det"]
+VERBS = [
+    "train",
+    "eval",
+    "demo",
+    "study",
+    "flops",
+    "convert",
+    "diagnose",
+    "bench",
+    "figures",
+    "gradcam",
+    "train-det",
+    "eval-det",
+]
 
 
 def test_every_verb_has_help(capsys):
@@ -231,8 +245,14 @@ def test_python_dash_m_ic_networks():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     from ic_networks.training import watchdog
 
-    out = watchdog.run([sys.executable, "-X", "faulthandler", "-m", "ic_networks", "bench", "--help"], 300, env=env,
-                       cwd=ROOT, merge_stderr=False, what="python -m ic_networks")
+    out = watchdog.run(
+        [sys.executable, "-X", "faulthandler", "-m", "ic_networks", "bench", "--help"],
+        300,
+        env=env,
+        cwd=ROOT,
+        merge_stderr=False,
+        what="python -m ic_networks",
+    )
     assert out.returncode == 0, out.stderr
     assert "usage: ic-networks bench" in out.stdout and "--channels-last" in out.stdout
 
@@ -243,12 +263,22 @@ def test_bench_tables_with_the_fused_rows():
     from ic_networks import bench
 
     def row(variant, fb):
-        return {"shape": "64@56", "variant": variant, "fwd_ms": fb / 2, "fwdbwd_ms": fb, "infer_ms": fb / 4,
-                "saved_mb": 1.0, "out_mb": 1.0}
+        return {
+            "shape": "64@56",
+            "variant": variant,
+            "fwd_ms": fb / 2,
+            "fwdbwd_ms": fb,
+            "infer_ms": fb / 4,
+            "saved_mb": 1.0,
+            "out_mb": 1.0,
+        }
 
     layers = [row("conv", 2.0), row("ic", 5.0), row("ic-fused", 2.5), row("reference", 5.5)]
-    models = [{"model": "resnet50", "step_ms": 100.0}, {"model": "ic_resnet50", "step_ms": 122.0},
-              {"model": "ic_resnet50-fused", "step_ms": 108.0}]
+    models = [
+        {"model": "resnet50", "step_ms": 100.0},
+        {"model": "ic_resnet50", "step_ms": 122.0},
+        {"model": "ic_resnet50-fused", "step_ms": 108.0},
+    ]
     text = bench.format_tables(layers, models, torch.device("cpu"), 8)
     lines = {ln.split(" | ")[1] if ln.startswith("| 64@56") else ln.split(" | ")[0]: ln for ln in text.splitlines()}
     assert "ref / ic-fused (fwd+bwd) |" in text
@@ -279,8 +309,10 @@ def test_shared_parsers_reject_bad_values(capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_parse_error(capsys):
-    for argv in (["bench", "--device", "cuda"], ["eval-det", "--checkpoint", "c", "--voc-root", "v", "--out", "o",
-                                                  "--device", "cuda:1"]):
+    for argv in (
+        ["bench", "--device", "cuda"],
+        ["eval-det", "--checkpoint", "c", "--voc-root", "v", "--out", "o", "--device", "cuda:1"],
+    ):
         with pytest.raises(SystemExit):
             main(argv)
         assert "CUDA is not available" in capsys.readouterr().err
@@ -290,8 +322,10 @@ def test_one_copy_of_each_parser():
     """positive_int and device parsing exist once (cli.common); the verb modules import them."""
     from ic_networks.cli import bench, common, detection, models, training
 
-    src = "".join((ROOT / "python" / "ic_networks" / "cli" / f"{m}.py").read_text()
-                  for m in ("bench", "detection", "models", "training", "viz"))
+    src = "".join(
+        (ROOT / "python" / "ic_networks" / "cli" / f"{m}.py").read_text()
+        for m in ("bench", "detection", "models", "training", "viz")
+    )
     assert "def positive_int" not in src and "def _positive" not in src and "def _device" not in src
     assert training.positive_int is detection.positive_int is bench.positive_int is common.positive_int
     assert models.positive_int is common.positive_int
@@ -305,10 +339,12 @@ def test_gradcam_without_captum_names_the_viz_extra(monkeypatch, tmp_path, capsy
 
     monkeypatch.setitem(sys.modules, "captum", None)  # "import captum" -> ImportError
     monkeypatch.setitem(sys.modules, "captum.attr", None)
-    with pytest.raises(ImportError, match=r'Grad-CAM needs the optional dependency \'captum\'.*pip install "ic-networks\[viz\]"'):
+    with pytest.raises(
+        ImportError, match=r'Grad-CAM needs the optional dependency \'captum\'.*pip install "ic-networks\[viz\]"'
+    ):
         gradcam(fmnist_cnn(), torch.randn(1, 28, 28), "features.0")
     rc = main(["gradcam", "--image", "fmnist:0", "--out", str(tmp_path / "g.png")])
-    assert rc == 1 and 'ic-networks[viz]' in capsys.readouterr().err
+    assert rc == 1 and "ic-networks[viz]" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
 
 
@@ -328,4 +364,4 @@ def test_pyproject_extras():
     assert {"pytest", "hypothesis", "onnx"} <= test
     assert any(d.startswith("pytest-codeblocks") for d in test)  # tests/test_docs.py
     self_extras = next(d for d in test if d.startswith("ic-networks["))  # pip install -e ".[test]" runs every test
-    assert {"viz", "detection"} <= set(self_extras[len("ic-networks["):-1].split(","))
+    assert {"viz", "detection"} <= set(self_extras[len("ic-networks[") : -1].split(","))

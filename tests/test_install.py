@@ -14,6 +14,7 @@ that is there, and nothing downloads.
   where the import of a force-installed wheel must also fail with the mismatch error.
 * With $IC_TEST_SDIST=1 (scripts/test.sh, once per CI run) the sdist builds from source and imports.
 """
+
 import glob
 import importlib.util
 import os
@@ -30,14 +31,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from packaging.requirements import Requirement
-
 from ic_networks import _torch_check
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- the check itself, on stamp files (no build) -------------------------------------------------
+
 
 def _fake_core(tmp_path, version):
     path = tmp_path / "_core.so"
@@ -72,6 +73,7 @@ def test_loaded_core_reports_the_running_torch():
 
 # --- the wheel in a fresh venv ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     if os.environ.get("IC_TEST_WHEEL"):
@@ -93,21 +95,31 @@ def _venv_beside(tmp_path, site_packages):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(purelib, "zz_outer_env.pth").write_text(str(site_packages) + "\n")
     return py
 
 
 def _run(py, code, env=None):
     # Away from the repository, so that ./python and ./tests are not on sys.path.
-    return subprocess.run([str(py), "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd="/", env=env or {**os.environ, "PYTHONPATH": ""})
+    return subprocess.run(
+        [str(py), "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env or {**os.environ, "PYTHONPATH": ""},
+    )
 
 
 def _pip(py, *args, env=None):
-    proc = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True,
-                          env=env or {**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [str(py), "-m", "pip", *args], capture_output=True, text=True, env=env or {**os.environ, "PYTHONPATH": ""}
+    )
     assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -129,12 +141,15 @@ def _installed_core(py, tmp_path):
 
 # --- a site with only some distributions, and a PATH without compilers --------------------------
 
+
 def _closure(roots, site):
     """The distributions in `site` that `roots` need, their dependencies (and those of the extras asked
     for) included, markers evaluated."""
     key = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
-    dists = {key(metadata.Distribution.at(p).metadata["Name"]): metadata.Distribution.at(p)
-             for p in Path(site).glob("*.dist-info")}
+    dists = {
+        key(metadata.Distribution.at(p).metadata["Name"]): metadata.Distribution.at(p)
+        for p in Path(site).glob("*.dist-info")
+    }
     found, seen, todo = {}, set(), [Requirement(r) for r in roots]
     while todo:
         req = todo.pop()
@@ -170,9 +185,25 @@ def _site_with(tmp_path, site, roots, leave_out=()):
     return farm
 
 
-COMPILERS = ["cargo", "rustc", "rustup", "maturin", "cc", "c++", "gcc", "g++", "clang", "clang++", "ld",
-             "gcc-12", "g++-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-g++", "x86_64-linux-gnu-gcc-12",
-             "x86_64-linux-gnu-g++-12"]
+COMPILERS = [
+    "cargo",
+    "rustc",
+    "rustup",
+    "maturin",
+    "cc",
+    "c++",
+    "gcc",
+    "g++",
+    "clang",
+    "clang++",
+    "ld",
+    "gcc-12",
+    "g++-12",
+    "x86_64-linux-gnu-gcc",
+    "x86_64-linux-gnu-g++",
+    "x86_64-linux-gnu-gcc-12",
+    "x86_64-linux-gnu-g++-12",
+]
 
 
 def _env_without_compilers(tmp_path, py):
@@ -183,7 +214,7 @@ def _env_without_compilers(tmp_path, py):
     for name in COMPILERS:
         stub = stubs / name
         # `--version` is how pip probes rustc for its user agent: not a compile, not recorded
-        stub.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] || echo {name} \"$@\" >> {calls}\nexit 127\n")
+        stub.write_text(f'#!/bin/sh\n[ "$1" = --version ] || echo {name} "$@" >> {calls}\nexit 127\n')
         stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", "CARGO", "RUSTC", "PYTHONPATH")}
     env["PATH"] = f"{Path(py).parent}{os.pathsep}{stubs}{os.pathsep}{env['PATH']}"
@@ -241,8 +272,13 @@ def test_wheel_folder_installs_without_a_compiler_and_passes_the_core_tests(tmp_
     assert took < 60, f"the install took {took:.0f} s"
     assert _installed_core(py, tmp_path)
     _check_op_and_torch(py, tmp_path, env=env)
-    tests = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *CORE_TESTS],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
+    tests = subprocess.run(
+        [str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *CORE_TESTS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
     assert not calls.exists(), f"the tests ran a compiler: {calls.read_text()}"
 
@@ -260,8 +296,12 @@ def _stand_in_torch(site, version):
 def _refused(py, folder, env=None):
     """pip install from the folder must fail in the resolver, naming torch, and touch no torch."""
     before = _torch_version_in(py)
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-index", "-f", str(folder), "ic-networks"],
-                          capture_output=True, text=True, env=env or {**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-index", "-f", str(folder), "ic-networks"],
+        capture_output=True,
+        text=True,
+        env=env or {**os.environ, "PYTHONPATH": ""},
+    )
     assert proc.returncode != 0, proc.stdout
     assert re.search(r"(satisfies the requirement|matching distribution found for) torch", proc.stderr), proc.stderr
     assert "Uninstalling torch" not in proc.stdout
@@ -285,9 +325,10 @@ def test_wheel_folder_is_refused_beside_another_torch_minor_simulated(tmp_path, 
     assert f"torch<{major}.{minor + 1},>={major}.{minor}" in err
 
 
-@pytest.mark.skipif(not os.environ.get("IC_TEST_OTHER_TORCH_SITE"),
-                    reason="set IC_TEST_OTHER_TORCH_SITE to a site-packages with another torch "
-                           "(scripts/compat.sh does)")
+@pytest.mark.skipif(
+    not os.environ.get("IC_TEST_OTHER_TORCH_SITE"),
+    reason="set IC_TEST_OTHER_TORCH_SITE to a site-packages with another torch (scripts/compat.sh does)",
+)
 def test_wheel_folder_is_refused_beside_another_real_torch_minor(tmp_path, wheel):
     _wheel_torch_minor(wheel)
     other_site = os.environ["IC_TEST_OTHER_TORCH_SITE"]
@@ -315,12 +356,15 @@ def test_release_wheel_is_manylinux_2_28_and_pins_its_torch(wheel):
         assert 'constrains the platform tag to "manylinux_2_28_x86_64"' in " ".join(show.stdout.split()), show.stdout
 
 
-@pytest.mark.skipif(not os.environ.get("IC_TEST_SDIST"),
-                    reason="set IC_TEST_SDIST=1 to build the sdist from source (a Rust build; scripts/test.sh does)")
+@pytest.mark.skipif(
+    not os.environ.get("IC_TEST_SDIST"),
+    reason="set IC_TEST_SDIST=1 to build the sdist from source (a Rust build; scripts/test.sh does)",
+)
 def test_sdist_builds_from_source_and_imports(tmp_path):
     out = tmp_path / "sdist"
-    proc = subprocess.run([sys.executable, "-m", "maturin", "sdist", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "maturin", "sdist", "--out", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (sdist,) = out.glob("ic_networks-*.tar.gz")
     py = _venv_beside(tmp_path, sysconfig.get_path("purelib"))
@@ -329,9 +373,13 @@ def test_sdist_builds_from_source_and_imports(tmp_path):
     # environment changes, so VIRTUAL_ENV stays the outer environment's (the same torch) and
     # CPLUS_INCLUDE_PATH (which .cargo/config.toml sets relative to the source tree) the checkout's
     # copy of the sdist's src/cpp/compat.
-    env = {**os.environ, "PYTHONPATH": "", "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}",
-           "CPLUS_INCLUDE_PATH": str(ROOT / "src" / "cpp" / "compat"),
-           "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": "",
+        "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}",
+        "CPLUS_INCLUDE_PATH": str(ROOT / "src" / "cpp" / "compat"),
+        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
+    }
     _pip(py, "install", "--no-index", "--no-deps", "--no-build-isolation", "--force-reinstall", str(sdist), env=env)
     assert _installed_core(py, tmp_path)
     _check_op_and_torch(py, tmp_path)
@@ -344,9 +392,9 @@ def test_wheel_beside_another_torch_minor_fails_clearly_simulated(tmp_path, whee
     core = _installed_core(py, tmp_path)
     data = core.read_bytes()
     at = data.index(_torch_check.MARKER) + len(_torch_check.MARKER)
-    old = data[at:data.index(b"\0", at)]
+    old = data[at : data.index(b"\0", at)]
     fake = b"2.1.0"
-    core.write_bytes(data[:at] + fake + b"\0" * (len(old) - len(fake)) + data[at + len(old):])
+    core.write_bytes(data[:at] + fake + b"\0" * (len(old) - len(fake)) + data[at + len(old) :])
     out = _run(py, "import ic_networks")
     assert out.returncode != 0
     assert "ImportError" in out.stderr
@@ -354,9 +402,10 @@ def test_wheel_beside_another_torch_minor_fails_clearly_simulated(tmp_path, whee
     assert _torch_check.REBUILD_COMMAND in out.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("IC_TEST_OTHER_TORCH_SITE"),
-                    reason="set IC_TEST_OTHER_TORCH_SITE to a site-packages with another torch "
-                           "(scripts/compat.sh does)")
+@pytest.mark.skipif(
+    not os.environ.get("IC_TEST_OTHER_TORCH_SITE"),
+    reason="set IC_TEST_OTHER_TORCH_SITE to a site-packages with another torch (scripts/compat.sh does)",
+)
 def test_wheel_beside_another_torch_minor_fails_clearly(tmp_path, wheel):
     site = os.environ["IC_TEST_OTHER_TORCH_SITE"]
     py = _venv_beside(tmp_path, site)

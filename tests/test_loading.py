@@ -1,23 +1,23 @@
 """Loading weights and files: a plain checkpoint gives the plain network through every loader, saved
 files respect the umask, and every kind of unreadable file gets its own one-line reason."""
+
 import json
 import logging
 import os
 import pickle
 import warnings
 
+import ic_networks as icn
 import pytest
 import torch
 import torchvision
-from torch import nn
-
-import ic_networks as icn
 from ic_networks import io
 from ic_networks.cli import main
 from ic_networks.layers import IC_PARAM_NAMES, ic_keys, ic_layers
-from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
+from ic_networks.models.cnn import ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable
 from ic_networks.nn import PlainStateDictWarning
+from torch import nn
 
 
 def _alphas(model):
@@ -115,14 +115,48 @@ def test_every_loader_gives_the_plain_model_from_a_plain_checkpoint(resnet18_pla
 
 def test_cli_diagnose_and_convert_load_plain_weights_at_alpha_0(resnet18_plain, tmp_path, capsys):
     plain, path, x, want = resnet18_plain
-    assert main(["diagnose", "resnet18", "--weights", str(path), "--probe", "noise", "--batch", "1",
-                 "--input-size", "32", "--eval"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "resnet18",
+                "--weights",
+                str(path),
+                "--probe",
+                "noise",
+                "--batch",
+                "1",
+                "--input-size",
+                "32",
+                "--eval",
+            ]
+        )
+        == 0
+    )
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| layer")]
     alphas = {r[2].strip() for r in rows if r[1].strip() != "layer"}
     assert alphas == {"0"}, alphas
     # an explicit --alpha is what the user asked for, plain checkpoint or not
-    assert main(["diagnose", "resnet18", "--weights", str(path), "--alpha", "0.5", "--probe", "noise",
-                 "--batch", "1", "--input-size", "32", "--eval"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "resnet18",
+                "--weights",
+                str(path),
+                "--alpha",
+                "0.5",
+                "--probe",
+                "noise",
+                "--batch",
+                "1",
+                "--input-size",
+                "32",
+                "--eval",
+            ]
+        )
+        == 0
+    )
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| layer")]
     assert {r[2].strip() for r in rows if r[1].strip() != "layer"} == {"0.5"}
     out = tmp_path / "ic.pth"
@@ -260,8 +294,10 @@ def test_every_loader_reports_the_same_reason(tmp_path, capsys):
             with pytest.raises(io.CheckpointError) as got:
                 load()
             assert str(got.value) == want
-        for argv in (["diagnose", "fmnist_cnn", "--weights", str(path), "--probe", "noise", "--batch", "1"],
-                     ["convert", "--model", "fmnist_cnn", "--weights", str(path), "--out", str(tmp_path / "o.pt")]):
+        for argv in (
+            ["diagnose", "fmnist_cnn", "--weights", str(path), "--probe", "noise", "--batch", "1"],
+            ["convert", "--model", "fmnist_cnn", "--weights", str(path), "--out", str(tmp_path / "o.pt")],
+        ):
             assert main(argv) == 1
             assert want in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists()
@@ -270,40 +306,70 @@ def test_every_loader_reports_the_same_reason(tmp_path, capsys):
 # torch.load(weights_only=True) failure texts. 2.15: generated with torch 2.15.0 (the reason on its
 # own line after "WeightsUnpickler error:", or the blocklist wording); 2.13: the layout in which the
 # reason follows "WeightsUnpickler error: " on the same line.
-_DOCS = ("\n\nCheck the documentation of torch.load to learn more about types accepted by default with weights_only "
-         "https://pytorch.org/docs/stable/generated/torch.load.html.")
-_UNSAFE_26 = ("In PyTorch 2.6, we changed the default value of the `weights_only` argument in `torch.load` from "
-              "`False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
-              "but it can result in arbitrary code execution. Do it only if you got the file from a trusted source.")
-_UNSAFE_OLD = ("Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it can result in "
-               "arbitrary code execution. Do it only if you got the file from a trusted source.")
-_FILE_ISSUE = ("Please file an issue with the following so that we can make `weights_only=True` compatible with "
-               "your use case: WeightsUnpickler error: ")
-_GLOBAL = ("Unsupported global: GLOBAL torch.nn.modules.linear.Linear was not an allowed global by default. Please "
-           "use `torch.serialization.add_safe_globals([torch.nn.modules.linear.Linear])` or the "
-           "`torch.serialization.safe_globals([torch.nn.modules.linear.Linear])` context manager to allowlist this "
-           "global if you trust this class/function.")
-_TWO_OPTIONS = ("Weights only load failed. This file can still be loaded, to do so you have two options, "
-                "\x1b[1mdo those steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) {unsafe}\n\t"
-                "(2) Alternatively, to load with `weights_only=True` please check the recommended steps in the "
-                "following error message.\n\tWeightsUnpickler error: ")
+_DOCS = (
+    "\n\nCheck the documentation of torch.load to learn more about types accepted by default with weights_only "
+    "https://pytorch.org/docs/stable/generated/torch.load.html."
+)
+_UNSAFE_26 = (
+    "In PyTorch 2.6, we changed the default value of the `weights_only` argument in `torch.load` from "
+    "`False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
+    "but it can result in arbitrary code execution. Do it only if you got the file from a trusted source."
+)
+_UNSAFE_OLD = (
+    "Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it can result in "
+    "arbitrary code execution. Do it only if you got the file from a trusted source."
+)
+_FILE_ISSUE = (
+    "Please file an issue with the following so that we can make `weights_only=True` compatible with "
+    "your use case: WeightsUnpickler error: "
+)
+_GLOBAL = (
+    "Unsupported global: GLOBAL torch.nn.modules.linear.Linear was not an allowed global by default. Please "
+    "use `torch.serialization.add_safe_globals([torch.nn.modules.linear.Linear])` or the "
+    "`torch.serialization.safe_globals([torch.nn.modules.linear.Linear])` context manager to allowlist this "
+    "global if you trust this class/function."
+)
+_TWO_OPTIONS = (
+    "Weights only load failed. This file can still be loaded, to do so you have two options, "
+    "\x1b[1mdo those steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) {unsafe}\n\t"
+    "(2) Alternatively, to load with `weights_only=True` please check the recommended steps in the "
+    "following error message.\n\tWeightsUnpickler error: "
+)
 MESSAGES = {
-    "2.15 operand": (f"Weights only load failed. {_UNSAFE_26}\n{_FILE_ISSUE}\n\nUnsupported operand 72{_DOCS}",
-                     ("opcode", 72)),
-    "2.15 blocked": (f"Weights only load failed. {_UNSAFE_26}\n\n\nTrying to load unsupported GLOBAL posix.system "
-                     f"whose module posix is blocked.{_DOCS}", ("code", "posix.system")),
-    "2.15 global": (_TWO_OPTIONS.format(unsafe=_UNSAFE_26) + _GLOBAL + _DOCS,
-                    ("code", "torch.nn.modules.linear.Linear")),
-    "2.15 other": (f"Weights only load failed. {_UNSAFE_26}\n{_FILE_ISSUE}\n\nUnsupported persistent id type"
-                   f"{_DOCS}", ("other", "Unsupported persistent id type")),
-    "2.13 operand": (f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Unsupported operand 72{_DOCS}",
-                     ("opcode", 72)),
-    "2.13 global": (_TWO_OPTIONS.format(unsafe=_UNSAFE_OLD) + _GLOBAL + _DOCS,
-                    ("code", "torch.nn.modules.linear.Linear")),
-    "2.13 reduce": (f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Trying to call reduce for unrecognized "
-                    f"function <built-in function system>{_DOCS}", ("code", "<built-in")),
-    "2.13 other": (f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Unsupported persistent id type{_DOCS}",
-                   ("other", "Unsupported persistent id type")),
+    "2.15 operand": (
+        f"Weights only load failed. {_UNSAFE_26}\n{_FILE_ISSUE}\n\nUnsupported operand 72{_DOCS}",
+        ("opcode", 72),
+    ),
+    "2.15 blocked": (
+        f"Weights only load failed. {_UNSAFE_26}\n\n\nTrying to load unsupported GLOBAL posix.system "
+        f"whose module posix is blocked.{_DOCS}",
+        ("code", "posix.system"),
+    ),
+    "2.15 global": (
+        _TWO_OPTIONS.format(unsafe=_UNSAFE_26) + _GLOBAL + _DOCS,
+        ("code", "torch.nn.modules.linear.Linear"),
+    ),
+    "2.15 other": (
+        f"Weights only load failed. {_UNSAFE_26}\n{_FILE_ISSUE}\n\nUnsupported persistent id type{_DOCS}",
+        ("other", "Unsupported persistent id type"),
+    ),
+    "2.13 operand": (
+        f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Unsupported operand 72{_DOCS}",
+        ("opcode", 72),
+    ),
+    "2.13 global": (
+        _TWO_OPTIONS.format(unsafe=_UNSAFE_OLD) + _GLOBAL + _DOCS,
+        ("code", "torch.nn.modules.linear.Linear"),
+    ),
+    "2.13 reduce": (
+        f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Trying to call reduce for unrecognized "
+        f"function <built-in function system>{_DOCS}",
+        ("code", "<built-in"),
+    ),
+    "2.13 other": (
+        f"Weights only load failed. {_UNSAFE_OLD}\n {_FILE_ISSUE}Unsupported persistent id type{_DOCS}",
+        ("other", "Unsupported persistent id type"),
+    ),
     "not weights_only": ("PytorchStreamReader failed reading zip archive: failed finding central directory", None),
 }
 

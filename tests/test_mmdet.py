@@ -3,6 +3,7 @@ mmengine's Runner on them (checkpoint loading with torch's weights_only default,
 
 Skipped when mmdetection is not installed (``bash scripts/setup_mmdet.sh``).
 """
+
 import os
 import pickle
 
@@ -12,7 +13,11 @@ import torch
 pytest.importorskip("mmdet", reason="mmdetection is not installed (bash scripts/setup_mmdet.sh, docs/detection.md)")
 pytest.importorskip("mmcv._ext", reason="mmcv was built without its ops (MMCV_WITH_OPS=1)")
 
+import ic_networks  # noqa: E402
+import ic_networks.integrations.mmdet as icmm  # noqa: E402
 import torchvision  # noqa: E402
+from ic_networks.io import atomic_save  # noqa: E402
+from ic_networks.training.trainer import CHECKPOINT, FINAL_WEIGHTS  # noqa: E402
 from mmcv.cnn import ConvModule  # noqa: E402
 from mmdet.registry import DATASETS, MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
@@ -22,11 +27,6 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 from mmengine.utils import import_modules_from_strings  # noqa: E402
-
-import ic_networks  # noqa: E402
-import ic_networks.integrations.mmdet as icmm  # noqa: E402
-from ic_networks.io import atomic_save  # noqa: E402
-from ic_networks.training.trainer import CHECKPOINT, FINAL_WEIGHTS  # noqa: E402
 
 pytestmark = pytest.mark.mmdet
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "mmdet")
@@ -54,8 +54,9 @@ def plain_resnet50(tmp_path_factory):
 def test_icresnet_from_config_dict(depth, channels, n_ic):
     torch.manual_seed(0)
     # zero_init_residual=False: with it the last BN of every block starts at 0, which blocks gradients.
-    backbone = MODELS.build(dict(type="ICResNet", depth=depth, frozen_stages=1, zero_init_residual=False,
-                                 init_cfg=None))
+    backbone = MODELS.build(
+        dict(type="ICResNet", depth=depth, frozen_stages=1, zero_init_residual=False, init_cfg=None)
+    )
     backbone.init_weights()
     names = [n for n, _ in _ic(backbone)]
     assert len(names) == n_ic
@@ -91,8 +92,9 @@ def test_icresnet_loads_plain_checkpoint_and_matches_resnet(plain_resnet50):
 
 
 def test_icconv2d_as_conv_cfg():
-    m = ConvModule(8, 16, 3, padding=1, conv_cfg=dict(type="IcConv2d", alpha=0.5, alpha_mode="fixed"),
-                   norm_cfg=dict(type="BN"))
+    m = ConvModule(
+        8, 16, 3, padding=1, conv_cfg=dict(type="IcConv2d", alpha=0.5, alpha_mode="fixed"), norm_cfg=dict(type="BN")
+    )
     assert isinstance(m.conv, ic_networks.IcConv2d) and float(m.conv.alpha) == 0.5
     assert m(torch.rand(2, 8, 10, 10)).shape == (2, 16, 10, 10)
     # Every conv of mmdet's ResNet (stem, 1x1, downsample) through conv_cfg, under the mmdet scope.
@@ -116,8 +118,11 @@ def _fake_batch(shapes, num_classes=20):
     inputs, samples = [], []
     for i, (h, w) in enumerate(shapes):
         inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
-        s = DetDataSample(metainfo=dict(img_id=i, img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
-                                        flip=False, flip_direction=None))
+        s = DetDataSample(
+            metainfo=dict(
+                img_id=i, img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0), flip=False, flip_direction=None
+            )
+        )
         s.gt_instances = InstanceData(
             bboxes=torch.tensor([[8.0, 12.0, w * 0.6, h * 0.7], [w * 0.3, h * 0.2, w - 4.0, h - 6.0]]),
             labels=torch.tensor([3, num_classes - 1]),
@@ -126,10 +131,13 @@ def _fake_batch(shapes, num_classes=20):
     return {"inputs": inputs, "data_samples": samples}
 
 
-@pytest.mark.parametrize("name,loss_keys", [
-    ("faster-rcnn_ic-r50_fpn_voc0712.py", {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}),
-    ("retinanet_ic-r50_fpn_voc0712.py", {"loss_cls", "loss_bbox"}),
-])
+@pytest.mark.parametrize(
+    "name,loss_keys",
+    [
+        ("faster-rcnn_ic-r50_fpn_voc0712.py", {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}),
+        ("retinanet_ic-r50_fpn_voc0712.py", {"loss_cls", "loss_bbox"}),
+    ],
+)
 def test_shipped_config_builds_detector_and_runs_loss(name, loss_keys, plain_resnet50):
     cfg = Config.fromfile(os.path.join(CONFIGS, name))
     assert cfg.custom_imports["imports"] == ["ic_networks.integrations.mmdet"]
@@ -181,9 +189,13 @@ def _runner(tmp_path, checkpoint, max_iters, lr=0.01, save=False, resume=False):
     cfg = Config.fromfile(os.path.join(CONFIGS, "retinanet_ic-r50_fpn_voc0712.py"))
     cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
     cfg.work_dir = str(tmp_path / "work")
-    cfg.train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                                sampler=dict(type="DefaultSampler", shuffle=False),
-                                dataset=dict(type="ICTestSyntheticDet"))
+    cfg.train_dataloader = dict(
+        batch_size=2,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type="DefaultSampler", shuffle=False),
+        dataset=dict(type="ICTestSyntheticDet"),
+    )
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters)
     for key in ("val_dataloader", "val_evaluator", "val_cfg", "test_dataloader", "test_evaluator", "test_cfg"):
         cfg[key] = None
@@ -226,7 +238,7 @@ def _ic_resnet50_state(alpha):
 def test_runner_init_cfg_loads_plain_torchvision_checkpoint(plain_resnet50, tmp_path):
     sd, path = plain_resnet50
     start = _train(_runner(tmp_path, path, max_iters=1))
-    got = {k[len("backbone."):]: v for k, v in start.state.items() if k.startswith("backbone.")}
+    got = {k[len("backbone.") :]: v for k, v in start.state.items() if k.startswith("backbone.")}
     for key in ("conv1.weight", "layer2.0.conv2.weight", "layer4.2.conv3.weight", "layer1.0.bn2.running_var"):
         assert torch.equal(got[key], sd[key]), key
     assert start.iter == 0 and start.optimizer_state == 0
@@ -243,12 +255,26 @@ def test_runner_init_cfg_loads_ic_networks_train_output(kind, tmp_path):
     if kind == "final weights":
         path = atomic_save(sd, out / FINAL_WEIGHTS)
     else:
-        path = atomic_save({"format": "ic_networks.training/1", "recipe": {"epochs": 1}, "model": sd,
-                            "optimizer": {"state": {}, "param_groups": []}, "epoch": 1, "step": 10}, out / CHECKPOINT)
+        path = atomic_save(
+            {
+                "format": "ic_networks.training/1",
+                "recipe": {"epochs": 1},
+                "model": sd,
+                "optimizer": {"state": {}, "param_groups": []},
+                "epoch": 1,
+                "step": 10,
+            },
+            out / CHECKPOINT,
+        )
     start = _train(_runner(tmp_path, path, max_iters=1))
-    got = {k[len("backbone."):]: v for k, v in start.state.items() if k.startswith("backbone.")}
-    for key in ("layer3.4.conv2.weight", "layer3.4.conv2.adjust_weight", "layer3.4.conv2.adjust_bias",
-                "layer1.0.conv2.alpha", "layer1.2.bn1.running_var"):
+    got = {k[len("backbone.") :]: v for k, v in start.state.items() if k.startswith("backbone.")}
+    for key in (
+        "layer3.4.conv2.weight",
+        "layer3.4.conv2.adjust_weight",
+        "layer3.4.conv2.adjust_bias",
+        "layer1.0.conv2.alpha",
+        "layer1.2.bn1.running_var",
+    ):
         assert torch.equal(got[key], sd[key]), key
     assert float(got["layer4.0.conv2.alpha"]) == 0.25
 

@@ -1,27 +1,33 @@
 """The IC model zoo: every builder trains, plain checkpoints load bit-identically, IC layer placement,
 weights sources (never downloading), the torchvision registry and the ``convert`` / ``flops`` commands."""
+
 import argparse
 import os
 import shutil
 
+import ic_networks.models as M
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
-from torchvision.models import _api
-
-import ic_networks.models as M
-from ic_networks.integrations.torchvision import ic_builder_names, register
 from ic_networks.cli import models as models_cli
 from ic_networks.detection import BUILDERS as DETECTORS
+from ic_networks.integrations.torchvision import ic_builder_names, register
 from ic_networks.layers import ic_keys
 from ic_networks.models._common import hub_checkpoint_path
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
+from torch import nn
+from torchvision.models import _api
 
-MINE_PLAIN = ["vgg16_cifar", "vgg19_cifar", "mobilenet_cifar", "se_resnet18_cifar", "se_resnet50_cifar",
-              "resnext29_2x64d_cifar"]
+MINE_PLAIN = [
+    "vgg16_cifar",
+    "vgg19_cifar",
+    "mobilenet_cifar",
+    "se_resnet18_cifar",
+    "se_resnet50_cifar",
+    "resnext29_2x64d_cifar",
+]
 
 
 def _input(entry, n=2):
@@ -60,8 +66,8 @@ def _save(obj, path):
 
 
 @pytest.mark.parametrize(
-    "ic_name", ["ic_resnet18", "ic_resnet50_c", "ic_efficientnet_b0"]
-    + [f"ic_{n}" for n in MINE_PLAIN],
+    "ic_name",
+    ["ic_resnet18", "ic_resnet50_c", "ic_efficientnet_b0"] + [f"ic_{n}" for n in MINE_PLAIN],
 )
 def test_plain_checkpoint_loads_bit_identical(ic_name, tmp_path):
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """IcConv2d as a first-class PyTorch op: registration by the native library, opcheck,
 torch.compile, autocast, channels_last, ONNX, TorchScript, torch.export, AOTInductor, DDP and
 thread safety."""
+
 import copy
 import datetime
 import os
@@ -8,17 +9,15 @@ import socket
 import threading
 import time
 
+import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES
+from ic_networks.reference import ic_conv2d_reference
 from torch import nn
 from torch._prims_common import check_significant_strides
 from torch._subclasses.fake_tensor import FakeTensorMode
-
-import ic_networks as icn
-from ic_networks.reference import ic_conv2d_reference
-
-from conftest import DEVICES
 
 OPS = torch.ops.ic_networks
 CL = torch.channels_last
@@ -36,9 +35,12 @@ def _args(dtype=torch.float64, device="cpu", n=2, cin=4, cout=6, k=3, groups=2, 
 def _small_model():
     torch.manual_seed(0)
     return nn.Sequential(
-        icn.IcConv2d(3, 8, 3, padding=1, alpha=0.5, alpha_mode="learnable"), nn.BatchNorm2d(8), nn.ReLU(),
+        icn.IcConv2d(3, 8, 3, padding=1, alpha=0.5, alpha_mode="learnable"),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
         icn.IcConv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False, alpha=0.0, alpha_mode="learnable"),
-        nn.BatchNorm2d(8), nn.ReLU(),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
         icn.IcConv2d(8, 4, (2, 3), padding="same", dilation=2, alpha=0.3),  # uneven 'same': an F.pad first
     )
 
@@ -65,10 +67,37 @@ def _grads(model):
 # --------------------------------------------------------------------------------------------------
 # opcheck and fake implementations
 # --------------------------------------------------------------------------------------------------
-def _backward_args(x, w, wa, b1, a, b2, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, needs=(True,) * 6, grad_format=torch.contiguous_format):
+def _backward_args(
+    x,
+    w,
+    wa,
+    b1,
+    a,
+    b2,
+    stride=(1, 1),
+    padding=(1, 1),
+    dilation=(1, 1),
+    groups=2,
+    needs=(True,) * 6,
+    grad_format=torch.contiguous_format,
+):
     out, relu_z = OPS.ic_conv2d_forward(x, w, wa, b1, a, b2, list(stride), list(padding), list(dilation), groups)
     grad = torch.randn(out.shape, dtype=out.dtype, device=out.device).contiguous(memory_format=grad_format)
-    return (grad, x, w, wa, b1, a, relu_z, b2 is not None, list(stride), list(padding), list(dilation), groups, list(needs))
+    return (
+        grad,
+        x,
+        w,
+        wa,
+        b1,
+        a,
+        relu_z,
+        b2 is not None,
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+        list(needs),
+    )
 
 
 def test_opcheck_every_op():
@@ -76,15 +105,21 @@ def test_opcheck_every_op():
     leaves = [t.requires_grad_() for t in (x, w, wa, b1, a, b2)]
     torch.library.opcheck(OPS.ic_conv2d_forward.default, (*leaves, [2, 1], [1, 0], [1, 2], 2))
     with torch.no_grad():  # the inference forward has no backward: plain tensors
-        torch.library.opcheck(OPS.ic_conv2d_inference.default, (*(t.detach() for t in leaves), [2, 1], [1, 0], [1, 2], 2))
+        torch.library.opcheck(
+            OPS.ic_conv2d_inference.default, (*(t.detach() for t in leaves), [2, 1], [1, 0], [1, 2], 2)
+        )
     with torch.no_grad():  # plain tensors: the backward op has no double backward
-        bargs = _backward_args(*(t.detach() for t in (x, w, wa, b1, a)), None, needs=(True, False, True, True, True, False))
+        bargs = _backward_args(
+            *(t.detach() for t in (x, w, wa, b1, a)), None, needs=(True, False, True, True, True, False)
+        )
     torch.library.opcheck(OPS.ic_conv2d_backward.default, bargs)
     torch.library.opcheck(OPS.boxsum.default, (x, [3, 2], [2, 1], [1, 0], [1, 2]))
     s = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     t, y = torch.randn(5, 7, dtype=torch.float64), torch.randint(0, 7, (5,))
     torch.library.opcheck(OPS.wld_loss.default, (s, t, y, 0.5, 0.005, 4.0))
-    torch.library.opcheck(OPS.wld_loss_backward.default, (torch.tensor(1.0, dtype=torch.float64), s.detach(), t, y, 0.5, 0.005, 4.0))
+    torch.library.opcheck(
+        OPS.wld_loss_backward.default, (torch.tensor(1.0, dtype=torch.float64), s.detach(), t, y, 0.5, 0.005, 4.0)
+    )
 
 
 def test_boxsum_op_is_differentiable():
@@ -107,8 +142,11 @@ def test_fake_matches_real_for_layouts(device, dtype, x_fmt, w_fmt):
     x, w, wa, b1, a, b2 = _args(dtype=dtype, device=device, groups=1, hw=(6, 6))
     x, w = x.contiguous(memory_format=fmt[x_fmt]), w.contiguous(memory_format=fmt[w_fmt])
     fwd = (x, w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)
-    checks = [(OPS.ic_conv2d_forward.default, fwd), (OPS.ic_conv2d_inference.default, fwd),
-              (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1]))]
+    checks = [
+        (OPS.ic_conv2d_forward.default, fwd),
+        (OPS.ic_conv2d_inference.default, fwd),
+        (OPS.boxsum.default, (x, [3, 3], [1, 1], [1, 1], [1, 1])),
+    ]
     for gf in (torch.contiguous_format, CL):
         checks.append((OPS.ic_conv2d_backward.default, _backward_args(x, w, wa, b1, a, b2, groups=1, grad_format=gf)))
     checks.append((OPS.ic_conv2d_forward.default, (x[:0], w, wa, b1, a, b2, [1, 1], [1, 1], [1, 1], 1)))
@@ -157,7 +195,7 @@ def test_compile_fullgraph_small_model_train_step():
     graphs = []
     compiled = torch.compile(compiled_model, backend=_recording_backend(graphs), fullgraph=True)
     x, target = torch.randn(2, 3, 12, 12), torch.tensor([1, 3])
-    for step in range(2):  # the second step reuses the graph (no recompilation)
+    for _ in range(2):  # the second step reuses the graph (no recompilation)
         l1 = _train_step(compiled, x, target)
         l2 = _train_step(eager, x, target)
         torch.testing.assert_close(l1, l2)
@@ -322,7 +360,9 @@ def test_channels_last_hot_path_has_no_activation_copies(device):
     names = {e.name for e in prof.events()}
     assert "ic_networks::ic_conv2d_forward" in names and "ic_networks::ic_conv2d_backward" in names
     largest_param = max(p.numel() for p in m.parameters())
-    copies = [(e.name, e.input_shapes[0]) for e in prof.events() if e.name in COPIES and e.input_shapes and e.input_shapes[0]]
+    copies = [
+        (e.name, e.input_shapes[0]) for e in prof.events() if e.name in COPIES and e.input_shapes and e.input_shapes[0]
+    ]
     big = [(n, s) for n, s in copies if torch.Size(s).numel() > largest_param]
     assert not big, big
 
@@ -342,8 +382,15 @@ def test_onnx_export_standard_ops_and_onnxruntime(tmp_path, dynamo):
     model = _small_model().eval()
     x = torch.randn(2, 3, 12, 12)
     path = str(tmp_path / "ic.onnx")
-    torch.onnx.export(model, (x,), path, dynamo=dynamo, input_names=["x"], output_names=["y"],
-                      dynamic_axes=None if dynamo else {"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (x,),
+        path,
+        dynamo=dynamo,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes=None if dynamo else {"x": {0: "n"}, "y": {0: "n"}},
+    )
     proto = onnx.load(path)
     onnx.checker.check_model(proto)
     op_types = {node.op_type for node in proto.graph.node}
@@ -408,7 +455,9 @@ def test_onnx_export_of_the_functional_api(tmp_path):
 
         def forward(self, x):
             m = self.ic
-            return icn.functional.ic_conv2d(x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, 2, "valid", 1, 1)
+            return icn.functional.ic_conv2d(
+                x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, 2, "valid", 1, 1
+            )
 
     model = Functional().eval()
     x = torch.randn(2, 3, 11, 11)
@@ -445,22 +494,27 @@ def _free_port():
 def _ddp_model():
     torch.manual_seed(0)
     return nn.Sequential(
-        icn.IcConv2d(3, 6, 3, padding=1, alpha=0.0, alpha_mode="learnable"), nn.ReLU(),
+        icn.IcConv2d(3, 6, 3, padding=1, alpha=0.0, alpha_mode="learnable"),
+        nn.ReLU(),
         icn.IcConv2d(6, 4, 3, padding=1, alpha=0.0),  # fixed alpha = 0: W' and b1 still get (zero) gradients
     )
 
 
 def _ddp_worker(rank, world, port, dump_dir=None):
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from ic_networks.training.engine import shutdown_distributed
     from ic_networks.training import watchdog
+    from ic_networks.training.engine import shutdown_distributed
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
     watchdog.arm(dump_dir)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         model = DDP(_ddp_model(), find_unused_parameters=False)
         single = _ddp_model()  # the same model without DDP, on the whole batch
@@ -470,7 +524,7 @@ def _ddp_worker(rank, world, port, dump_dir=None):
             x = torch.randn(2 * world, 3, 8, 8, generator=g)
             for opt in opts:
                 opt.zero_grad()
-            model(x[2 * rank: 2 * rank + 2]).square().mean().backward()
+            model(x[2 * rank : 2 * rank + 2]).square().mean().backward()
             single(x).square().mean().backward()
             for (name, p), q in zip(model.module.named_parameters(), single.parameters()):
                 assert p.grad is not None, (step, name)
@@ -494,10 +548,11 @@ def _ddp_worker(rank, world, port, dump_dir=None):
 
 def test_ddp_gloo_two_processes_alpha_zero_no_unused_parameters(tmp_path):
     import torch.multiprocessing as mp
-
     from ic_networks.training import watchdog
 
-    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     watchdog.join(ctx, 300, dump_dir=tmp_path, what="DDP workers")  # a hang fails with every worker's stacks
 
 
@@ -613,7 +668,9 @@ def test_eager_calls_take_the_registered_ops(device, fmt):
     m = icn.IcConv2d(8, 12, 3, stride=2, padding=1, groups=2, alpha=0.3, alpha_mode="learnable").to(device)
     x = torch.randn(3, 8, 11, 9, device=device).contiguous(memory_format=fmt).requires_grad_()
     events = _ic_events(lambda: m(x).square().sum().backward())
-    assert {"ic_networks::ic_conv2d", "ic_networks::ic_conv2d_forward", "ic_networks::ic_conv2d_backward"} <= events, events
+    assert {"ic_networks::ic_conv2d", "ic_networks::ic_conv2d_forward", "ic_networks::ic_conv2d_backward"} <= events, (
+        events
+    )
     assert "ic_networks::ic_conv2d_inference" not in events
     with torch.no_grad():
         events = _ic_events(lambda: m(x))

@@ -1,10 +1,10 @@
 """ic_networks.neuron (the IC neuron of eq. 3 on numpy, in Rust) and examples/xor.py."""
+
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ic_networks import neuron
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,11 @@ def reference(x, w, w_prime, b1, b2, activation="relu"):
     a = wx + b2
     if w_prime is not None:
         a = a + np.maximum(wx - w_prime * x.sum(-1) + b1, 0.0)
-    return {"relu": lambda v: np.maximum(v, 0.0), "identity": lambda v: v,
-            "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}[activation](a)
+    return {
+        "relu": lambda v: np.maximum(v, 0.0),
+        "identity": lambda v: v,
+        "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    }[activation](a)
 
 
 def load_example():
@@ -172,7 +175,9 @@ def test_region_map_layout():
     assert (labels == labels[0]).all()  # every row the same
     assert len(set(labels[0, xs > 0.3])) == 1 and len(set(labels[0, xs < 0.3])) == 1
     assert labels[0, 0] != labels[0, -1]
-    assert labels.max() + 1 == neuron.regions(np.array([1.0, 0.0]), None, None, -0.3, bounds=(-1.0, 1.0, 0.0, 3.0), resolution=11)
+    assert labels.max() + 1 == neuron.regions(
+        np.array([1.0, 0.0]), None, None, -0.3, bounds=(-1.0, 1.0, 0.0, 3.0), resolution=11
+    )
 
 
 def test_region_count_thin_wedge():
@@ -208,16 +213,19 @@ W = np.array([1.0, 2.0])
 X = np.ones((3, 2))
 
 
-@pytest.mark.parametrize("x,exc,match", [
-    ([[1.0, 2.0]], TypeError, "x: expected a numpy array"),
-    (np.ones((3, 2), dtype=np.int64), TypeError, "x: expected dtype float32 or float64"),
-    (np.ones((3, 2), dtype=np.complex128), TypeError, "x: expected dtype"),
-    (np.ones((3, 2), dtype=object), TypeError, "x: expected dtype"),
-    (np.ones((3, 2), dtype=np.float16), TypeError, "x: expected dtype"),
-    (np.ones((3, 2), dtype=">f8"), TypeError, "x: expected dtype"),
-    (np.ones((3, 2, 1)), ValueError, "x: expected a 1-D or 2-D array"),
-    (np.ones((3, 3)), ValueError, "x: has 3 features per sample but w has 2"),
-])
+@pytest.mark.parametrize(
+    "x,exc,match",
+    [
+        ([[1.0, 2.0]], TypeError, "x: expected a numpy array"),
+        (np.ones((3, 2), dtype=np.int64), TypeError, "x: expected dtype float32 or float64"),
+        (np.ones((3, 2), dtype=np.complex128), TypeError, "x: expected dtype"),
+        (np.ones((3, 2), dtype=object), TypeError, "x: expected dtype"),
+        (np.ones((3, 2), dtype=np.float16), TypeError, "x: expected dtype"),
+        (np.ones((3, 2), dtype=">f8"), TypeError, "x: expected dtype"),
+        (np.ones((3, 2, 1)), ValueError, "x: expected a 1-D or 2-D array"),
+        (np.ones((3, 3)), ValueError, "x: has 3 features per sample but w has 2"),
+    ],
+)
 def test_bad_x(x, exc, match):
     with pytest.raises(exc, match=match):
         neuron.forward(x, W, 0.5, 0.0, 0.0)
@@ -225,20 +233,23 @@ def test_bad_x(x, exc, match):
         neuron.grad(x, W, 0.5, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(w=[1.0, 2.0]), TypeError, "w: expected a numpy array"),
-    (dict(w=np.ones((1, 2))), ValueError, "w: expected a 1-D array"),
-    (dict(w=np.array([1.0, np.nan])), ValueError, "w: contains NaN"),
-    (dict(w=np.array([], dtype=np.float64)), ValueError, "w: expected at least one weight"),
-    (dict(w_prime=float("nan")), ValueError, "w_prime: expected a finite number"),
-    (dict(b1=float("inf")), ValueError, "b1: expected a finite number"),
-    (dict(b2=float("nan")), ValueError, "b2: expected a finite number"),
-    (dict(b2="1"), TypeError, "b2: expected a real number"),
-    (dict(w_prime=True), TypeError, "w_prime: expected a real number"),
-    (dict(w_prime=None), ValueError, "w_prime and b1: give both"),
-    (dict(activation="tanh"), ValueError, "activation: expected one of"),
-    (dict(activation=None), TypeError, "activation: expected a string"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(w=[1.0, 2.0]), TypeError, "w: expected a numpy array"),
+        (dict(w=np.ones((1, 2))), ValueError, "w: expected a 1-D array"),
+        (dict(w=np.array([1.0, np.nan])), ValueError, "w: contains NaN"),
+        (dict(w=np.array([], dtype=np.float64)), ValueError, "w: expected at least one weight"),
+        (dict(w_prime=float("nan")), ValueError, "w_prime: expected a finite number"),
+        (dict(b1=float("inf")), ValueError, "b1: expected a finite number"),
+        (dict(b2=float("nan")), ValueError, "b2: expected a finite number"),
+        (dict(b2="1"), TypeError, "b2: expected a real number"),
+        (dict(w_prime=True), TypeError, "w_prime: expected a real number"),
+        (dict(w_prime=None), ValueError, "w_prime and b1: give both"),
+        (dict(activation="tanh"), ValueError, "activation: expected one of"),
+        (dict(activation=None), TypeError, "activation: expected a string"),
+    ],
+)
 def test_bad_parameters(kwargs, exc, match):
     args = dict(x=X, w=W, w_prime=0.5, b1=0.0, b2=0.0, activation="relu")
     args.update(kwargs)
@@ -257,16 +268,19 @@ def test_bad_grad_output():
         neuron.grad(X[0], W, 0.5, 0.0, 0.0, grad_output=float("nan"))
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(w=np.ones(3)), ValueError, "w: regions are counted for 2-D inputs"),
-    (dict(bounds=(0, 1, 0)), ValueError, "bounds: expected 4 numbers"),
-    (dict(bounds=(1, 0, 0, 1)), ValueError, "bounds: expected x_min < x_max"),
-    (dict(bounds=(0, 1, 0, float("nan"))), ValueError, "bounds: expected a finite number"),
-    (dict(resolution=1), ValueError, "resolution: expected 2 <= resolution"),
-    (dict(resolution=neuron.MAX_RESOLUTION + 1), ValueError, "resolution: expected 2 <= resolution"),
-    (dict(resolution=64.0), TypeError, "resolution: expected an int"),
-    (dict(resolution=True), TypeError, "resolution: expected an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(w=np.ones(3)), ValueError, "w: regions are counted for 2-D inputs"),
+        (dict(bounds=(0, 1, 0)), ValueError, "bounds: expected 4 numbers"),
+        (dict(bounds=(1, 0, 0, 1)), ValueError, "bounds: expected x_min < x_max"),
+        (dict(bounds=(0, 1, 0, float("nan"))), ValueError, "bounds: expected a finite number"),
+        (dict(resolution=1), ValueError, "resolution: expected 2 <= resolution"),
+        (dict(resolution=neuron.MAX_RESOLUTION + 1), ValueError, "resolution: expected 2 <= resolution"),
+        (dict(resolution=64.0), TypeError, "resolution: expected an int"),
+        (dict(resolution=True), TypeError, "resolution: expected an int"),
+    ],
+)
 def test_bad_region_arguments(kwargs, exc, match):
     args = dict(w=W, w_prime=0.5, b1=0.0, b2=0.0)
     args.update(kwargs)

@@ -1,16 +1,16 @@
 """timm: the IC zoo in timm's registry (ic_networks.integrations.timm) and ``convert`` on timm's own models
 (the paper's Table 4 families), built with ``timm.create_model(pretrained=False)``; nothing is downloaded."""
+
 import importlib
 import sys
 import warnings
 
+import ic_networks as icn
 import pytest
 import torch
 import torchvision
-from torch import nn
-
-import ic_networks as icn
 from ic_networks import IcConv2d
+from torch import nn
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'ic-networks[timm]')")
 

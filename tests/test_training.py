@@ -1,5 +1,6 @@
 """Training engine: schedules, datasets, evaluation, checkpoints and exact resume, DDP, the CLI, and a
 real Fashion-MNIST run that must reach a stated accuracy."""
+
 import gzip
 import json
 import math
@@ -9,27 +10,26 @@ import socket
 import struct
 import time
 
+import ic_networks as icn
+import ic_networks.cli
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import Subset, TensorDataset
-
-import ic_networks as icn
-import ic_networks.cli
 from ic_networks.io import atomic_save, atomic_write
 from ic_networks.layers import ic_layers
-from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
+from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.training import data as D
+from ic_networks.training import trainer as trainer_mod
 from ic_networks.training.checkpoint import load_checkpoint
 from ic_networks.training.evaluate import evaluate
 from ic_networks.training.model_factory import make_student
-from ic_networks.training import trainer as trainer_mod
-from ic_networks.training.trainer import Trainer
 from ic_networks.training.recipes import RECIPES, get_recipe
 from ic_networks.training.schedules import AlphaRamp, LambdaSchedule, LrFactor
+from ic_networks.training.trainer import Trainer
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
 
 HAVE_FMNIST = (D.FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"Fashion-MNIST not installed ({D.FMNIST_APT})")
@@ -110,8 +110,9 @@ def test_alpha_ramp_and_logging_see_depthwise_separable_ic_layers(tmp_path, monk
     torch.manual_seed(0)
     student, teacher = TinyMobile(), nn.Sequential(nn.Flatten(), nn.Linear(64, 6))
     recipe = get_recipe("wld-fmnist", epochs=1, batch_size=16, alpha="ramp", alpha_start=0.0, alpha_end=0.02)
-    t = Trainer(student, recipe, _ddp_data(), _ddp_data(), tmp_path, teacher=teacher, device="cpu", log=None,
-                progress=False)
+    t = Trainer(
+        student, recipe, _ddp_data(), _ddp_data(), tmp_path, teacher=teacher, device="cpu", log=None, progress=False
+    )
     t.fit()
     assert t.steps_per_epoch == 2 and len(calls) == 2  # one WLD evaluation per step gives loss and CE
     assert t.metrics.epochs[0]["alpha"] == pytest.approx(0.02) == float(student.block.alpha)
@@ -132,9 +133,24 @@ def test_lr_factor():
 
 def test_recipes_follow_the_paper():
     r = RECIPES["scratch-imagenet"]
-    assert (r.epochs, r.batch_size, r.lr, r.momentum, r.weight_decay, r.lr_milestones) == (120, 256, 0.1, 0.9, 1e-4, (30, 60, 90))
+    assert (r.epochs, r.batch_size, r.lr, r.momentum, r.weight_decay, r.lr_milestones) == (
+        120,
+        256,
+        0.1,
+        0.9,
+        1e-4,
+        (30, 60, 90),
+    )
     r = RECIPES["wld-imagenet"]
-    assert (r.mode, r.epochs, r.lr, r.lr_milestones, r.e, r.lam_start, r.lam_end) == ("wld", 30, 0.001, (15,), 0.005, 0.9, 0.1)
+    assert (r.mode, r.epochs, r.lr, r.lr_milestones, r.e, r.lam_start, r.lam_end) == (
+        "wld",
+        30,
+        0.001,
+        (15,),
+        0.005,
+        0.9,
+        0.1,
+    )
     r = RECIPES["scratch-cifar"]
     assert (r.epochs, r.batch_size, r.lr, r.lr_milestones) == (200, 128, 0.1, (60, 120))
     assert {"wld-cifar", "scratch-fmnist", "wld-fmnist"} <= set(RECIPES)
@@ -249,7 +265,9 @@ def test_image_folder(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     b = D.build_datasets("imagenet", tmp_path, image_size=32)
     assert b.num_classes == 2 and len(b.train) == 4
     assert b.train[0][0].shape == (3, 32, 32) and b.val[0][0].shape == (3, 32, 32)
@@ -333,7 +351,11 @@ def test_atomic_writes(tmp_path):
 # Resume is exact
 # --------------------------------------------------------------------------------------------------
 def small_fmnist(n_train=384, n_val=128, augment=True):
-    x, y = D.load_fashion_mnist(train=True) if HAVE_FMNIST else (torch.randint(0, 256, (n_train, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (n_train,)))
+    x, y = (
+        D.load_fashion_mnist(train=True)
+        if HAVE_FMNIST
+        else (torch.randint(0, 256, (n_train, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (n_train,)))
+    )
     train_tf, val_tf, _ = D._small_transforms("fmnist", 28, augment)
     train = D.Seeded(D.TensorImages(x[:n_train], y[:n_train], train_tf), seed=5)
     val = D.TensorImages(x[-n_val:], y[-n_val:], val_tf)
@@ -417,8 +439,9 @@ def _ddp_data():
 
 def _engine_env(rank, world, port):
     """The environment torchrun gives a worker, so the engine's own init_distributed runs."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
 
 
 def _ddp_worker(rank, world, port, out):
@@ -434,7 +457,9 @@ def _ddp_worker(rank, world, port, out):
         torch.manual_seed(0)
         model = Flat()
         recipe = get_recipe("scratch-fmnist", epochs=1, batch_size=16, lr=0.1, weight_decay=0.0, lr_schedule="constant")
-        t = Trainer(model, recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True)
+        t = Trainer(
+            model, recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True
+        )
         summary = t.fit()
         torch.save({"state": model.state_dict(), "summary": summary}, os.path.join(out, f"rank{rank}.pt"))
         ok = True
@@ -457,7 +482,9 @@ def _dying_peer_worker(rank, world, port, out):
     try:
         torch.manual_seed(0)
         recipe = get_recipe("scratch-fmnist", epochs=2, batch_size=8, lr=0.1, weight_decay=0.0, lr_schedule="constant")
-        t = Trainer(Flat(), recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True)
+        t = Trainer(
+            Flat(), recipe, _ddp_data(), _ddp_data(), out, device="cpu", log=None, progress=False, overwrite=True
+        )
         step = t._train_step
 
         def dying_step(x, y):
@@ -485,10 +512,11 @@ def _free_port():
 
 def test_ddp_two_processes_gloo(tmp_path):
     import torch.multiprocessing as mp
-
     from ic_networks.training import watchdog
 
-    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     watchdog.join(ctx, 300, dump_dir=tmp_path, what="DDP trainer workers")  # a hang fails with every worker's stacks
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r0["summary"]["step"] == 2
@@ -525,9 +553,12 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys, monkeypatch):
 
     figures = {}  # path -> the matplotlib Figure written there
     save = metrics.save_figure
-    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: figures.setdefault(str(path), fig) and save(fig, path))
-    res = run_demo(tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, seeds=2,
-                   progress=False)
+    monkeypatch.setattr(
+        metrics, "save_figure", lambda fig, path: figures.setdefault(str(path), fig) and save(fig, path)
+    )
+    res = run_demo(
+        tiny_fmnist_dir(tmp_path), tmp_path / "demo", subset=384, epochs=1, wld_epochs=1, seeds=2, progress=False
+    )
     assert [r["run"] for r in res["runs"]] == ["plain", "ic", "wld", "plain+ce"]
     assert res["seeds"] == [0, 1] and [p["seed"] for p in res["per_seed"]] == [0, 1]
     for p in res["per_seed"]:  # conversion keeps the plain model's function
@@ -560,12 +591,19 @@ def test_demo_mean_curves_plot(tmp_path):
     from ic_networks.training.demo import _mean_curves
     from ic_networks.training.metrics import plot_curves
 
-    seeds = [{"epochs": [{"epoch": 1, "val_top1": v, "train_ce": l}],
-              "steps": [{"step": 10, "epoch": 0.5, "loss": l, "ce": l / 2}]}
-             for v, l in ((80.0, 1.0), (82.0, 3.0))]
+    seeds = [
+        {
+            "epochs": [{"epoch": 1, "val_top1": v, "train_ce": loss}],
+            "steps": [{"step": 10, "epoch": 0.5, "loss": loss, "ce": loss / 2}],
+        }
+        for v, loss in ((80.0, 1.0), (82.0, 3.0))
+    ]
     mean = _mean_curves(seeds, offset=2)
-    assert mean == {"epochs": [{"epoch": 1, "val_top1": 81.0, "train_ce": 2.0}],
-                    "steps": [{"epoch": 0.5, "loss": 2.0, "ce": 1.0}], "offset": 2}
+    assert mean == {
+        "epochs": [{"epoch": 1, "val_top1": 81.0, "train_ce": 2.0}],
+        "steps": [{"epoch": 0.5, "loss": 2.0, "ce": 1.0}],
+        "offset": 2,
+    }
     assert plot_curves({"wld": mean}, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -587,14 +625,29 @@ def tiny_fmnist_dir(root, n_train=512, n_test=256):
 def test_cli_train_then_eval(tmp_path, capsys):
     data = str(tiny_fmnist_dir(tmp_path))
     out = tmp_path / "run"
-    args = ["train", "--recipe", "scratch-fmnist", "--model", "fmnist_cnn", "--epochs", "1", "--data", data,
-            "--subset", "384", "--out", str(out)]
+    args = [
+        "train",
+        "--recipe",
+        "scratch-fmnist",
+        "--model",
+        "fmnist_cnn",
+        "--epochs",
+        "1",
+        "--data",
+        data,
+        "--subset",
+        "384",
+        "--out",
+        str(out),
+    ]
     assert icn.cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 3 and summary["train_samples"] == 384
     for name in ("checkpoint.pt", "model.pt", "metrics.csv", "metrics.json", "curves.png"):
         assert (out / name).is_file(), name
-    assert icn.cli.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", data, "--ten-crop", "--json"]) == 0
+    assert (
+        icn.cli.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", data, "--ten-crop", "--json"]) == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["single_crop"]["top1"] == pytest.approx(summary["val_top1"]) and res["ten_crop"]["n"] == 256
     assert icn.cli.main(args) == 1  # the folder holds a run: refuse to clobber it
@@ -602,8 +655,21 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert icn.cli.main(args + ["--resume"]) == 0  # a finished run: nothing left to train, same result
     assert json.loads(capsys.readouterr().out)["val_top1"] == summary["val_top1"]
     # WLD from that run's weights, stopped after one step
-    rc = icn.cli.main(["train", "--recipe", "wld-fmnist", "--teacher", str(out / "model.pt"), "--data", data,
-                       "--max-steps", "1", "--out", str(tmp_path / "wld")])
+    rc = icn.cli.main(
+        [
+            "train",
+            "--recipe",
+            "wld-fmnist",
+            "--teacher",
+            str(out / "model.pt"),
+            "--data",
+            data,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "wld"),
+        ]
+    )
     stopped = json.loads(capsys.readouterr().out)
     assert rc == 0 and not stopped["finished"] and stopped["stopped_by"] == "max_steps"
 
@@ -628,11 +694,11 @@ def test_fmnist_ic_cnn_reaches_80_percent(fmnist, tmp_path):
 
 def test_ddp_dead_peer_gives_an_error_naming_the_rank(tmp_path):
     import torch.multiprocessing as mp
-
     from ic_networks.training import watchdog
 
-    ctx = mp.start_processes(_dying_peer_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _dying_peer_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     p0, p1 = ctx.processes
     try:
         p0.join(300)  # rank 0 must notice the dead peer by itself (not ctx.join: it would kill rank 0)

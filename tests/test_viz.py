@@ -1,16 +1,16 @@
 """ic_networks.viz: Figure 2 PNGs, Grad-CAM, and the ``figures``/``gradcam`` commands."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-
 from ic_networks import IcConv2d
 from ic_networks.cli import main
+from ic_networks.cli.viz import GRADCAM_SIZE
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.viz import figures, gradcam, last_conv
-from ic_networks.cli.viz import GRADCAM_SIZE
+from PIL import Image
+from torch import nn
 
 
 def assert_png(path, size):
@@ -29,14 +29,14 @@ def test_figure_2a_region_colours(tmp_path):
     px = np.asarray(Image.open(tmp_path / "r.png").convert("RGB")).reshape(-1, 3)
     w = figures.REGIONS_SIZE[0]
     px = px.reshape(-1, w, 3)
-    palette = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in figures._REGION_COLOURS.colors]
+    palette = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in figures._REGION_COLOURS.colors]
 
     def colours(half):
         found = {tuple(p) for p in half.reshape(-1, 3)}
         return sum(c in found for c in palette)
 
     assert colours(px[:, : w // 2]) == 2
-    assert colours(px[:, w // 2:]) == 4
+    assert colours(px[:, w // 2 :]) == 4
 
 
 def test_write_figures_rejects_a_file_as_folder(tmp_path):
@@ -100,7 +100,7 @@ def test_gradcam_resnet_with_ic_convs():
 
     torch.manual_seed(0)
     model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5)
-    for name, mod in list(model.named_modules()):
+    for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3):
                 setattr(mod, child_name, IcConv2d.from_conv(child, alpha=1.0))
@@ -113,18 +113,21 @@ def test_gradcam_resnet_with_ic_convs():
     assert last_conv(model) == "layer4.0.conv2"
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(model="m"), TypeError, "model: expected an nn.Module"),
-    (dict(image=np.zeros((2, 5, 5))), TypeError, "image: expected a torch.Tensor"),
-    (dict(image=torch.zeros(2, 5, 5, dtype=torch.int64)), TypeError, "image: expected a floating-point"),
-    (dict(image=torch.zeros(2, 2, 5, 5)), ValueError, r"image: expected shape \(C, H, W\)"),
-    (dict(layer="nope"), ValueError, "layer: Tiny has no submodule named 'nope'"),
-    (dict(layer=nn.Conv2d(2, 2, 1)), ValueError, "layer: the given Conv2d is not a submodule"),
-    (dict(layer=3), TypeError, "layer: expected a submodule"),
-    (dict(target=4), ValueError, r"target: expected a class index in \[0, 4\)"),
-    (dict(target=1.0), TypeError, "target: expected an int"),
-    (dict(layer="fc"), ValueError, r"layer: Grad-CAM needs a layer with \(N, C, h, w\) output"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(model="m"), TypeError, "model: expected an nn.Module"),
+        (dict(image=np.zeros((2, 5, 5))), TypeError, "image: expected a torch.Tensor"),
+        (dict(image=torch.zeros(2, 5, 5, dtype=torch.int64)), TypeError, "image: expected a floating-point"),
+        (dict(image=torch.zeros(2, 2, 5, 5)), ValueError, r"image: expected shape \(C, H, W\)"),
+        (dict(layer="nope"), ValueError, "layer: Tiny has no submodule named 'nope'"),
+        (dict(layer=nn.Conv2d(2, 2, 1)), ValueError, "layer: the given Conv2d is not a submodule"),
+        (dict(layer=3), TypeError, "layer: expected a submodule"),
+        (dict(target=4), ValueError, r"target: expected a class index in \[0, 4\)"),
+        (dict(target=1.0), TypeError, "target: expected an int"),
+        (dict(layer="fc"), ValueError, r"layer: Grad-CAM needs a layer with \(N, C, h, w\) output"),
+    ],
+)
 def test_gradcam_errors(kwargs, exc, match):
     model = Tiny()
     args = dict(model=model, image=torch.zeros(2, 5, 5), layer="conv", target=None)
@@ -143,7 +146,9 @@ def test_cli_figures(tmp_path, capsys):
 
 def test_cli_gradcam_random_weights_warns(tmp_path, capsys):
     out = tmp_path / "sub" / "cam.png"
-    assert main(["gradcam", "--image", "fmnist:0", "--model", "fmnist_cnn", "--train-steps", "0", "--out", str(out)]) == 0
+    assert (
+        main(["gradcam", "--image", "fmnist:0", "--model", "fmnist_cnn", "--train-steps", "0", "--out", str(out)]) == 0
+    )
     err = capsys.readouterr().err
     assert "random weights" in err and "meaningless" in err
     assert_png(out, GRADCAM_SIZE)
@@ -156,8 +161,19 @@ def test_cli_gradcam_with_weights_and_image_file(tmp_path, capsys):
     img = (np.add.outer(np.arange(40), np.arange(30)) % 256).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "img.png")
     out = tmp_path / "cam.png"
-    argv = ["gradcam", "--image", str(tmp_path / "img.png"), "--plain-weights", str(tmp_path / "plain.pt"),
-            "--ic-weights", str(tmp_path / "ic.pt"), "--target", "3", "--out", str(out)]
+    argv = [
+        "gradcam",
+        "--image",
+        str(tmp_path / "img.png"),
+        "--plain-weights",
+        str(tmp_path / "plain.pt"),
+        "--ic-weights",
+        str(tmp_path / "ic.pt"),
+        "--target",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "meaningless" not in capsys.readouterr().err
     assert_png(out, GRADCAM_SIZE)

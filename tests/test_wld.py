@@ -1,14 +1,14 @@
 """The WLD loss (Rust custom op) against the formula written in plain PyTorch, its gradient, edge
 cases and errors."""
+
 import math
 
+import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.autograd import gradcheck
-
-import ic_networks as icn
 from ic_networks.functional import wld_loss, wld_loss_parts
+from torch.autograd import gradcheck
 
 
 def formula(s, t, y, lam, e=0.005, tau=4.0):
@@ -20,6 +20,7 @@ def formula(s, t, y, lam, e=0.005, tau=4.0):
 
 def paper_formula(s, t, y, lam, e=0.005, tau=4.0):
     """Paper eq. 8-10 written out with exponentials (hinge on L_kd, the printed L_ce is a typo)."""
+
     def p(z):
         ez = torch.exp(z / tau - (z / tau).max(1, keepdim=True).values)
         return ez / ez.sum(1, keepdim=True)
@@ -96,7 +97,9 @@ def test_cuda_checks_targets_without_a_host_sync():
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.testing.assert_close(loss.detach().cpu(), formula(s.detach().cpu(), t.cpu(), y.cpu(), 0.5)[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        loss.detach().cpu(), formula(s.detach().cpu(), t.cpu(), y.cpu(), 0.5)[0], rtol=1e-10, atol=1e-12
+    )
 
 
 def test_hinge_on_kd_not_ce():

@@ -16,20 +16,29 @@ The subpackages that need torchvision (``models``, ``detection``, ``integrations
 and ``neuron`` are imported on first use (``icn.models.ic_resnet50`` works as usual), so
 ``import ic_networks`` does not import torchvision.
 """
+
 import importlib
 import os
 
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
-from . import _torch_check  # noqa: F401  -- ImportError if _core was built against another torch
-from . import _core  # noqa: F401
-from . import functional, io, layers, reference  # noqa: F401
-from .functional import ic_conv2d, wld_loss  # noqa: F401
-from .nn import IcConv2d, WLDLoss  # noqa: F401
-from .layers import ic_layers, is_ic_layer  # noqa: F401
+from . import (  # noqa: F401  # noqa: F401
+    _core,  # noqa: F401
+    _torch_check,  # noqa: F401  -- ImportError if _core was built against another torch
+    conversion,
+    cuda_kernels,
+    diagnostics,
+    functional,
+    io,
+    layers,
+    profiling,
+    reference,
+)
 from .conversion import convert  # noqa: F401
+from .functional import ic_conv2d, wld_loss  # noqa: F401
+from .layers import ic_layers, is_ic_layer  # noqa: F401
+from .nn import IcConv2d, WLDLoss  # noqa: F401
 from .profiling import profile  # noqa: F401
-from . import conversion, cuda_kernels, diagnostics, profiling  # noqa: F401
 
 __version__ = _core.__version__
 
@@ -54,7 +63,26 @@ if os.environ.get("IC_NETWORKS_STACK_DIR"):  # started under a watchdog: dump st
     _watchdog.arm()
 
 __all__ = [
-    "IcConv2d", "WLDLoss", "ic_conv2d", "wld_loss", "convert", "profile", "is_ic_layer", "ic_layers",
-    "functional", "reference", "io", "layers", "conversion", "cuda_kernels", "diagnostics", "profiling", "models",
-    "neuron", "integrations", "training", "detection", "__version__",
+    "IcConv2d",
+    "WLDLoss",
+    "ic_conv2d",
+    "wld_loss",
+    "convert",
+    "profile",
+    "is_ic_layer",
+    "ic_layers",
+    "functional",
+    "reference",
+    "io",
+    "layers",
+    "conversion",
+    "cuda_kernels",
+    "diagnostics",
+    "profiling",
+    "models",
+    "neuron",
+    "integrations",
+    "training",
+    "detection",
+    "__version__",
 ]

@@ -1,7 +1,6 @@
 """Argument checks shared by the Python modules (the command line's parsers build on them)."""
-from __future__ import annotations
 
-from typing import List
+from __future__ import annotations
 
 from ._utils import pair
 
@@ -22,7 +21,7 @@ def nonnegative_int(name: str, value) -> int:
     return value
 
 
-def int_pair(name: str, value, minimum: int) -> List[int]:
+def int_pair(name: str, value, minimum: int) -> list[int]:
     """``value`` (an int or a pair of ints, see :func:`ic_networks._utils.pair`) as a pair whose
     entries are >= ``minimum``, else a ``TypeError`` / ``ValueError`` naming ``name``."""
     values = pair(name, value)

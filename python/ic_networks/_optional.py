@@ -10,6 +10,7 @@ extra              packages                needed by
 ``[timm]``         timm                    :mod:`ic_networks.integrations.timm`
 =================  ======================  ===============================================
 """
+
 from __future__ import annotations
 
 import importlib

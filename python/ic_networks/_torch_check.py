@@ -6,6 +6,7 @@ into the library (``_core.built_torch_version()``); this module reads that stamp
 before the library is loaded, and raises an ``ImportError`` naming both versions and the command
 that rebuilds ic-networks against the running torch.
 """
+
 from __future__ import annotations
 
 import importlib.machinery

@@ -1,14 +1,15 @@
 """Small argument helpers shared by the functional API and the modules: type normalisation only
 (the values are checked by the Rust core)."""
+
 from __future__ import annotations
 
 import numbers
-from typing import List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
-IntPair = Union[int, Sequence[int]]
+IntPair = int | Sequence[int]
 
 
-def pair(name: str, value: IntPair) -> List[int]:
+def pair(name: str, value: IntPair) -> list[int]:
     """``3 -> [3, 3]``, ``(1, 2) -> [1, 2]``; anything else raises a clear error."""
     if type(value) is int:  # fast paths
         return [value, value]
@@ -18,16 +19,18 @@ def pair(name: str, value: IntPair) -> List[int]:
         raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
     if isinstance(value, numbers.Integral):
         return [int(value), int(value)]
-    if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) in (1, 2)
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
     ):
         return [int(v) for v in value] * (2 // len(value))
     raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
 
 
 def resolve_padding(
-    padding: Union[str, IntPair], kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
-) -> Tuple[List[int], List[int]]:
+    padding: str | IntPair, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
+) -> tuple[list[int], list[int]]:
     """Turns ``padding`` (int, pair, ``'same'`` or ``'valid'``) into a symmetric padding and an extra
     right/bottom zero padding ``[0, extra_w, 0, extra_h]`` for ``F.pad`` (non-zero only for
     ``'same'`` with an even dilated kernel, as ``nn.Conv2d`` does it)."""

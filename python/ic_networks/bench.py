@@ -24,6 +24,7 @@ Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= c
 output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50. The
 measured numbers are in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,21 +60,23 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2) -> Dict[str, float]:
+def _interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, float]:
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             times[k].append(_time(fn, device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _saved_bytes(fn: Callable[[], torch.Tensor], exclude: List[torch.Tensor]) -> int:
+def _saved_bytes(fn: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
     """Bytes of the distinct storages autograd keeps for the backward of ``fn()``."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(t):
         st = t.untyped_storage()
@@ -96,7 +99,9 @@ class _Reference(nn.Module):
         from .reference import ic_conv2d_reference
 
         m = self.ic
-        return ic_conv2d_reference(x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return ic_conv2d_reference(
+            x, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, m.bias, m.stride, m.padding, m.dilation, m.groups
+        )
 
 
 def fused_available(device: torch.device) -> bool:
@@ -109,8 +114,9 @@ def fused_available(device: torch.device) -> bool:
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _routed(fn: Callable[[], object], on: Optional[bool], autocast: Optional[torch.dtype] = None,
-            device_type: str = "cuda") -> Callable[[], object]:
+def _routed(
+    fn: Callable[[], object], on: bool | None, autocast: torch.dtype | None = None, device_type: str = "cuda"
+) -> Callable[[], object]:
     """``fn`` run on the fused route (``on``), the libtorch route (``not on``) or as it is (None),
     under ``torch.autocast(device_type, autocast)`` when ``autocast`` is a dtype."""
     if on is None and autocast is None:
@@ -124,11 +130,20 @@ def _routed(fn: Callable[[], object], on: Optional[bool], autocast: Optional[tor
             if autocast is not None:
                 ctx.enter_context(torch.autocast(device_type, dtype=autocast))
             return fn()
+
     return run
 
 
-def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bool, stages=STAGES, channels_last: bool = False,
-                 dtype=torch.float32, autocast: Optional[torch.dtype] = None):
+def bench_layers(
+    device: torch.device,
+    batch: int,
+    repeats: int,
+    compile_ref: bool,
+    stages=STAGES,
+    channels_last: bool = False,
+    dtype=torch.float32,
+    autocast: torch.dtype | None = None,
+):
     from .nn import IcConv2d
 
     rows = []
@@ -162,12 +177,14 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
                 x.grad = None
                 for p in m.parameters():
                     p.grad = None
+
             return run
 
         def infer(m):
             def run():
                 with torch.no_grad():
                     m(x)
+
             return run
 
         t_f = _interleaved({k: as_variant(fwd(m), k) for k, m in variants.items()}, device, repeats)
@@ -181,16 +198,29 @@ def bench_layers(device: torch.device, batch: int, repeats: int, compile_ref: bo
         }
         out_bytes = go.numel() * go.element_size()
         for k in variants:
-            rows.append({
-                "shape": name, "variant": k, "fwd_ms": t_f[k] * 1e3, "fwdbwd_ms": t_fb[k] * 1e3, "infer_ms": t_i[k] * 1e3,
-                "saved_mb": saved[k] / 2**20 if k in saved else None, "out_mb": out_bytes / 2**20,
-            })
+            rows.append(
+                {
+                    "shape": name,
+                    "variant": k,
+                    "fwd_ms": t_f[k] * 1e3,
+                    "fwdbwd_ms": t_fb[k] * 1e3,
+                    "infer_ms": t_i[k] * 1e3,
+                    "saved_mb": saved[k] / 2**20 if k in saved else None,
+                    "out_mb": out_bytes / 2**20,
+                }
+            )
         print(f"  measured {name}", file=sys.stderr, flush=True)
     return rows
 
 
-def bench_models(device: torch.device, batch: int, size: int, repeats: int, names=("resnet18", "resnet50"),
-                 autocast: Optional[torch.dtype] = None):
+def bench_models(
+    device: torch.device,
+    batch: int,
+    size: int,
+    repeats: int,
+    names=("resnet18", "resnet50"),
+    autocast: torch.dtype | None = None,
+):
     import torchvision
 
     from . import models as icm
@@ -214,6 +244,7 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
+
             steps[k] = _routed(step, routes.get(k), autocast, device.type)
         t = _interleaved(steps, device, repeats, warmup=1)
         for k in pair:
@@ -225,15 +256,16 @@ def bench_models(device: torch.device, batch: int, size: int, repeats: int, name
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def _mb(v: Optional[float], fmt: str) -> str:
+def _mb(v: float | None, fmt: str) -> str:
     """A saved-bytes figure, or ``n/a`` where it was not measured (None; NaN in older JSON files)."""
     return "n/a" if v is None or v != v else format(v, fmt)
 
 
-def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str] = None, dtype=torch.float32) -> str:
+def format_tables(layer_rows, model_rows, device, batch, autocast: str | None = None, dtype=torch.float32) -> str:
     """The Markdown tables. The first line names the device, the precision and the sizes of the
     tables printed: ``batch`` for the layer rows, the rows' own batch and image size for the models."""
     precision = str(dtype).removeprefix("torch.") + (f" under {autocast} autocast" if autocast else "")
@@ -245,7 +277,8 @@ def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str]
     if layer_rows:
         fused = any(r["variant"] == "ic-fused" for r in layer_rows)
         out += [
-            "| shape | variant | fwd ms | fwd+bwd ms | infer ms | saved MB | fwd / conv | fwd+bwd / conv | infer / conv | saved - conv (outputs) | ref / ic (fwd+bwd) |"
+            "| shape | variant | fwd ms | fwd+bwd ms | infer ms | saved MB | fwd / conv | fwd+bwd / conv "
+            "| infer / conv | saved - conv (outputs) | ref / ic (fwd+bwd) |"
             + (" ref / ic-fused (fwd+bwd) |" if fused else ""),
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if fused else ""),
         ]
@@ -260,8 +293,9 @@ def format_tables(layer_rows, model_rows, device, batch, autocast: Optional[str]
             measured = r["saved_mb"] is not None and r["saved_mb"] == r["saved_mb"]
             extra = (r["saved_mb"] - base["saved_mb"]) / r["out_mb"] if measured else None
             out.append(
-                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} | {_mb(r['saved_mb'], '.1f')} | "
-                f"{r['fwd_ms'] / base['fwd_ms']:.2f}x | {r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['infer_ms'] / base['infer_ms']:.2f}x | "
+                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {r['infer_ms']:.2f} "
+                f"| {_mb(r['saved_mb'], '.1f')} | {r['fwd_ms'] / base['fwd_ms']:.2f}x "
+                f"| {r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['infer_ms'] / base['infer_ms']:.2f}x | "
                 f"{_mb(extra, '+.2f')} | {speed(r, 'ic')} |" + (f" {speed(r, 'ic-fused')} |" if fused else "")
             )
         out.append("")

@@ -9,24 +9,24 @@ the converted model computes exactly what the original did, bit for bit, in eval
 mode (BatchNorm running statistics included), and its ``state_dict`` keeps every original key;
 each converted conv adds ``adjust_weight``, ``adjust_bias`` and ``alpha``.
 """
-from typing import Callable, Iterable, Optional, Set, Tuple
 
 import copy
 import numbers
 import warnings
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from ._utils import pair
 from .layers import is_ic_layer
 from .nn import ALPHA_MODES, IcConv2d, _check_adjust_init
-from ._utils import pair
 
 __all__ = ["convert"]
 
 Include = Callable[[str, nn.Module], bool]
 
 
-def _kernel_size_set(kernel_sizes: Iterable) -> Set[Tuple[int, int]]:
+def _kernel_size_set(kernel_sizes: Iterable) -> set[tuple[int, int]]:
     """``(3, (1, 3))`` -> ``{(3, 3), (1, 3)}``: an int ``k`` means ``k x k``, a pair is ``(kh, kw)``."""
     if isinstance(kernel_sizes, (numbers.Integral, str)) or not isinstance(kernel_sizes, Iterable):
         raise TypeError(f"kernel_sizes: expected an iterable of ints or (kh, kw) pairs, got {kernel_sizes!r}")
@@ -41,7 +41,7 @@ def _kernel_size_set(kernel_sizes: Iterable) -> Set[Tuple[int, int]]:
 def convert(
     model: nn.Module,
     kernel_sizes: Iterable = (3,),
-    include: Optional[Include] = None,
+    include: Include | None = None,
     alpha: float = 0.0,
     alpha_mode: str = "learnable",
     inplace: bool = False,
@@ -110,8 +110,13 @@ def convert(
             if type(module) is not nn.Conv2d:
                 skipped[prefix] = type(module).__name__
                 return module
-            new = IcConv2d.from_conv(module, alpha=float(alpha), alpha_mode=alpha_mode, adjust_init=adjust_init,
-                                     adjust_bias_init=adjust_bias_init)
+            new = IcConv2d.from_conv(
+                module,
+                alpha=float(alpha),
+                alpha_mode=alpha_mode,
+                adjust_init=adjust_init,
+                adjust_bias_init=adjust_bias_init,
+            )
             replaced[id(module)] = new
             return new
         for name, child in list(module._modules.items()):  # every name, also of a shared child
@@ -128,12 +133,19 @@ def convert(
         names = ", ".join(repr(n) for n in list(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
             f"convert: left {len(skipped)} conv(s) unconverted: {kinds} is a subclass of nn.Conv2d and may override "
-            f"forward, which an IcConv2d would drop ({names})", UserWarning, stacklevel=2)
+            f"forward, which an IcConv2d would drop ({names})",
+            UserWarning,
+            stacklevel=2,
+        )
     if not replaced:
         wanted = ", ".join("x".join(map(str, s)) for s in sorted(sizes))
         warnings.warn(
             f"convert: nothing was converted: {type(model).__name__} has no nn.Conv2d with a kernel size in "
             f"kernel_sizes ({wanted})"
-            + (" accepted by include" if include is not None else "") + " outside IC layers; the result is "
-            + ("the model unchanged" if inplace else "an unchanged copy"), UserWarning, stacklevel=2)
+            + (" accepted by include" if include is not None else "")
+            + " outside IC layers; the result is "
+            + ("the model unchanged" if inplace else "an unchanged copy"),
+            UserWarning,
+            stacklevel=2,
+        )
     return model

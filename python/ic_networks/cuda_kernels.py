@@ -16,10 +16,11 @@ shared memory) run on the libtorch ops; :func:`calls` tells whether the route wa
 On a machine without a driver, or with CPU-only torch, nothing here fails: :func:`available` is
 ``False`` and the op uses its other paths.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, Optional, Union
+from collections.abc import Iterator
 
 import torch
 
@@ -33,7 +34,7 @@ def available() -> bool:
     return bool(_core.cuda_fused_available())
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """Why :func:`available` is ``False`` (``None`` when it is ``True``)."""
     return _core.cuda_fused_unavailable_reason()
 
@@ -61,7 +62,7 @@ def enabled_route(on: bool = True) -> Iterator[None]:
         _core.cuda_fused_set_enabled(was)
 
 
-def _ordinal(device: Union[None, int, str, torch.device]) -> int:
+def _ordinal(device: None | int | str | torch.device) -> int:
     if device is None:
         if not torch.cuda.is_available():
             raise RuntimeError(f"device: no CUDA device is available (fused CUDA kernels: {unavailable_reason()})")
@@ -81,7 +82,7 @@ def _ordinal(device: Union[None, int, str, torch.device]) -> int:
     return d.index if d.index is not None else torch.cuda.current_device()
 
 
-def warm_up(device: Union[None, int, str, torch.device] = None) -> Dict[str, object]:
+def warm_up(device: None | int | str | torch.device = None) -> dict[str, object]:
     """Compiles (or reads from the disk cache) and loads the kernels on ``device`` (default: the
     current CUDA device). Call it before capturing a CUDA graph; otherwise the first call on a
     device does it. Returns ``{"compute_capability", "cubin", "from_cache"}``. RuntimeError when

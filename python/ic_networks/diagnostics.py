@@ -14,10 +14,10 @@ its current train/eval mode under ``no_grad`` (in train mode BatchNorm's running
 move: pass a model in eval mode, or a copy, to leave it untouched). ``ic-networks diagnose``
 prints the table for a model of the zoo.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class BranchStats:
     conv_std: float
     branch_std: float
 
-    def as_dict(self) -> Dict[str, float]:
+    def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
@@ -45,8 +45,16 @@ def _layer_stats(name: str, m: IcConv2d, x: Tensor) -> BranchStats:
     xp = m.op_input(x)
     batched = xp if xp.dim() == 4 else xp.unsqueeze(0)
     _, relu_z = torch.ops.ic_networks.ic_conv2d_forward(
-        batched, m.weight, m.adjust_weight, m.adjust_bias, m.alpha, None,
-        list(m.stride), list(m._ic_padding), list(m.dilation), m.groups,
+        batched,
+        m.weight,
+        m.adjust_weight,
+        m.adjust_bias,
+        m.alpha,
+        None,
+        list(m.stride),
+        list(m._ic_padding),
+        list(m.dilation),
+        m.groups,
     )
     y = F.conv2d(batched, m.weight, None, m.stride, m._ic_padding, m.dilation, m.groups)
     alpha = float(m.alpha.detach())
@@ -56,7 +64,7 @@ def _layer_stats(name: str, m: IcConv2d, x: Tensor) -> BranchStats:
     return BranchStats(name, ratio, (relu_z > 0).double().mean().item(), alpha, conv, branch)
 
 
-def branch_ratios(model: nn.Module, x: Tensor) -> List[BranchStats]:
+def branch_ratios(model: nn.Module, x: Tensor) -> list[BranchStats]:
     """Runs ``model(x)`` once (no gradient) and returns one :class:`BranchStats` per ``IcConv2d``
     of ``model``, in the order of ``model.named_modules()`` (see the module docstring)."""
     if not isinstance(model, nn.Module):
@@ -66,12 +74,14 @@ def branch_ratios(model: nn.Module, x: Tensor) -> List[BranchStats]:
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, IcConv2d)]
     if not layers:
         raise ValueError("model: it has no IcConv2d layer (convert it with ic_networks.convert first)")
-    found: Dict[str, BranchStats] = {}
+    found: dict[str, BranchStats] = {}
     handles = []
     for name, m in layers:
+
         def hook(mod, inputs, _out, name=name):
             if name not in found:  # a layer called twice: its first call
                 found[name] = _layer_stats(name, mod, inputs[0])
+
         handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -82,11 +92,14 @@ def branch_ratios(model: nn.Module, x: Tensor) -> List[BranchStats]:
     return [found[n] for n, _ in layers if n in found]
 
 
-def format_branch_ratios(stats: List[BranchStats]) -> str:
+def format_branch_ratios(stats: list[BranchStats]) -> str:
     """A Markdown table of :func:`branch_ratios`, with the mean ratio as the last row."""
     lines = ["| layer | alpha | std(conv) | std(alpha relu(Z)) | ratio | Z > 0 |", "|---|---:|---:|---:|---:|---:|"]
     for s in stats:
-        lines.append(f"| {s.name} | {s.alpha:.4g} | {s.conv_std:.4g} | {s.branch_std:.4g} | {s.ratio:.3f} | {100 * s.active:.1f}% |")
+        lines.append(
+            f"| {s.name} | {s.alpha:.4g} | {s.conv_std:.4g} | {s.branch_std:.4g} | {s.ratio:.3f} "
+            f"| {100 * s.active:.1f}% |"
+        )
     if stats:
         mean = sum(s.ratio for s in stats) / len(stats)
         lines.append(f"| mean of {len(stats)} layers | | | | {mean:.3f} | |")

@@ -29,10 +29,12 @@ stand-in tensors with the fake tensors' shapes and dtypes (so ``torch.compile`` 
 messages). Python only converts what the ops' schemas cannot take (a float ``alpha``,
 ``padding='same'``).
 """
+
 from __future__ import annotations
 
 import functools
-from typing import List, NamedTuple, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +73,7 @@ def _export_reference(x: Tensor, *args) -> Tensor:
     return out.squeeze(0) if unbatched else out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _size_hint():
     """symbolic_shapes' hint of a symbolic size, looked up once (on first use: tracing has imported
     the module by then)."""
@@ -82,7 +84,7 @@ def _size_hint():
     return optimization_hint
 
 
-def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
+def _stand_in(t: Tensor | None) -> Tensor | None:
     """A CPU tensor with ``t``'s shape and dtype on one element of storage (zero strides), for the
     Rust validator; symbolic sizes take their hint (no guard is added)."""
     if t is None:
@@ -98,7 +100,7 @@ def _stand_in(t: Optional[Tensor]) -> Optional[Tensor]:
     return torch.empty_strided(shape, [0] * len(shape), dtype=t.dtype, device="cpu")
 
 
-def _validate(check, tensors: Sequence[Optional[Tensor]], *rest):
+def _validate(check, tensors: Sequence[Tensor | None], *rest):
     """Runs a Rust validator of ``_core`` on stand-ins for ``tensors`` (outside every mode)."""
     try:
         with no_dispatch(), torch._C.DisableTorchFunction():
@@ -115,7 +117,7 @@ def _tensor(name: str, t, optional: bool = False) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
 
 
-def _two(v: Sequence[int]) -> List[int]:
+def _two(v: Sequence[int]) -> list[int]:
     return [v[0], v[0]] if len(v) == 1 else list(v)
 
 
@@ -126,7 +128,14 @@ def _boxsum_meta(x: Tensor, kh: int, kw: int, stride, padding, dilation) -> Tens
 
 
 def _ic_conv2d_meta(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups):
-    _validate(_core.check_ic_conv2d, (x, weight, adjust_weight, adjust_bias, alpha, bias), list(stride), list(padding), list(dilation), groups)
+    _validate(
+        _core.check_ic_conv2d,
+        (x, weight, adjust_weight, adjust_bias, alpha, bias),
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+    )
     stride, padding, dilation = _two(stride), _two(padding), _two(dilation)
     # The same libtorch calls as the Rust forward, so the strides come out as the real ones:
     # out is laid out like y + p, relu_z like p (see src/ic_conv.rs).
@@ -149,8 +158,17 @@ def _ic_conv2d_inference_fake(x, weight, adjust_weight, adjust_bias, alpha, bias
 
 
 @torch.library.register_fake("ic_networks::ic_conv2d_backward")
-def _ic_conv2d_backward_fake(grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation, groups, needs):
-    _validate(_core.check_ic_conv2d, (x, weight, adjust_weight, adjust_bias, alpha, None), list(stride), list(padding), list(dilation), groups)
+def _ic_conv2d_backward_fake(
+    grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation, groups, needs
+):
+    _validate(
+        _core.check_ic_conv2d,
+        (x, weight, adjust_weight, adjust_bias, alpha, None),
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+    )
     stride, padding, dilation = _two(stride), _two(padding), _two(dilation)
     nx, nw, nwa, nb1, na, nb2 = needs
     nb2 = nb2 and has_bias
@@ -171,7 +189,14 @@ def _ic_conv2d_backward_fake(grad, x, weight, adjust_weight, adjust_bias, alpha,
         )
     vec = lambda need: grad.new_empty(cout) if need else none()  # noqa: E731
     dalpha = torch.empty(alpha.shape, dtype=alpha.dtype, device=grad.device) if na else none()
-    return (dx if nx else none(), dw if nw else none(), torch.empty_like(dwa) if nwa else none(), vec(nb1), dalpha, vec(nb2))
+    return (
+        dx if nx else none(),
+        dw if nw else none(),
+        torch.empty_like(dwa) if nwa else none(),
+        vec(nb1),
+        dalpha,
+        vec(nb2),
+    )
 
 
 @torch.library.register_fake("ic_networks::boxsum")
@@ -201,10 +226,10 @@ def ic_conv2d(
     weight: Tensor,
     adjust_weight: Tensor,
     adjust_bias: Tensor,
-    alpha: Union[Tensor, float],
-    bias: Optional[Tensor] = None,
+    alpha: Tensor | float,
+    bias: Tensor | None = None,
     stride: IntPair = 1,
-    padding: Union[str, IntPair] = 0,
+    padding: str | IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
 ) -> Tensor:
@@ -261,7 +286,13 @@ def boxsum(x: Tensor, kernel_size: IntPair, stride: IntPair = 1, padding: IntPai
     sum); an op (``torch.ops.ic_networks.boxsum``) that ``torch.compile`` traces.
     """
     _tensor("x", x)
-    return _BOXSUM(x, pair("kernel_size", kernel_size), pair("stride", stride), pair("padding", padding), pair("dilation", dilation))
+    return _BOXSUM(
+        x,
+        pair("kernel_size", kernel_size),
+        pair("stride", stride),
+        pair("padding", padding),
+        pair("dilation", dilation),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,7 +323,9 @@ def wld_loss_parts(
     _tensor("student_logits", student_logits)
     _tensor("teacher_logits", teacher_logits)
     _tensor("target", target)
-    return WLDParts(*_WLD_LOSS(student_logits, teacher_logits, target, _hyper("lam", lam), _hyper("e", e), _hyper("tau", tau)))
+    return WLDParts(
+        *_WLD_LOSS(student_logits, teacher_logits, target, _hyper("lam", lam), _hyper("e", e), _hyper("tau", tau))
+    )
 
 
 def wld_loss(

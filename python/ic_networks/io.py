@@ -19,6 +19,7 @@
   :func:`load_weights` loads a plain model's state_dict into its IC version with alpha = 0 on every
   IC layer the state_dict has no IC parameters for, so the IC model computes the plain one.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ import re
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,13 +41,22 @@ from torch import nn
 from .layers import IC_PARAM_NAMES, is_ic_layer
 
 __all__ = [
-    "atomic_write", "atomic_save", "atomic_write_text", "load", "unwrap_state_dict", "read_state_dict",
-    "load_weights", "CheckpointError", "diagnose_file", "WRAPPER_KEYS", "KEY_PREFIXES",
+    "atomic_write",
+    "atomic_save",
+    "atomic_write_text",
+    "load",
+    "unwrap_state_dict",
+    "read_state_dict",
+    "load_weights",
+    "CheckpointError",
+    "diagnose_file",
+    "WRAPPER_KEYS",
+    "KEY_PREFIXES",
 ]
 
 logger = logging.getLogger("ic_networks")
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Entries of a checkpoint dict that hold the model's state_dict, tried in this order.
 WRAPPER_KEYS = ("model", "state_dict")
@@ -153,7 +164,7 @@ _GLOBAL_PATTERNS = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _weights_only_reason(message: str) -> Optional[tuple]:
+def _weights_only_reason(message: str) -> tuple | None:
     """``(kind, detail)`` from the text of a ``torch.load(weights_only=True)`` failure: ``("code",
     name)`` for a pickled Python object (``name``: the global it names), ``("opcode", n)`` for a
     pickle opcode the weights-only unpickler does not read, ``("other", line)`` for another refusal,
@@ -178,7 +189,7 @@ def _weights_only_reason(message: str) -> Optional[tuple]:
     return "other", (lines[0] if lines else "")
 
 
-def _pickle_problem(f, count: int) -> Optional[tuple]:
+def _pickle_problem(f, count: int) -> tuple | None:
     """Parses (never runs) up to ``count`` consecutive pickles from ``f`` with ``pickletools``:
     ``("truncated", None)`` if the data ends inside one, ``("corrupt", error)`` for another error
     (a byte that is no pickle opcode, ...), else ``None``."""
@@ -211,11 +222,11 @@ def _is_text(head: bytes, whole: bool) -> bool:
     except UnicodeDecodeError as exc:
         if whole or exc.start < len(head) - 3:  # not just a character cut at the end of the sample
             return False
-        text = head[:exc.start].decode("utf-8")
+        text = head[: exc.start].decode("utf-8")
     return all(c.isprintable() or c in "\t\n\r\f" for c in text)
 
 
-def diagnose_file(path: PathLike, error: Union[str, BaseException] = "") -> tuple:
+def diagnose_file(path: PathLike, error: str | BaseException = "") -> tuple:
     """Why ``path`` is not a checkpoint ``torch.load(weights_only=True)`` reads: ``(kind, reason)``,
     ``reason`` one sentence, ``kind`` one of
 
@@ -339,14 +350,14 @@ def _strip_prefixes(keys):
     while keys:
         for p in KEY_PREFIXES:
             if all(k.startswith(p) for k in keys):
-                keys = [k[len(p):] for k in keys]
+                keys = [k[len(p) :] for k in keys]
                 break
         else:
             return keys
     return keys
 
 
-def unwrap_state_dict(obj: Any, what: str = "weights", source: Optional[PathLike] = None) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any, what: str = "weights", source: PathLike | None = None) -> dict[str, torch.Tensor]:
     """The state_dict inside ``obj``: ``obj["model"]`` or ``obj["state_dict"]`` when present (a
     training checkpoint), with a ``module.`` / ``_orig_mod.`` prefix that every key carries removed.
 
@@ -358,7 +369,9 @@ def unwrap_state_dict(obj: Any, what: str = "weights", source: Optional[PathLike
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         where = f"{os.fspath(source)!r} " if source is not None else ""
         raise RuntimeError(
             f"{what}: {where}does not hold a state_dict (a dict of tensors, or a checkpoint with one under "
@@ -367,7 +380,7 @@ def unwrap_state_dict(obj: Any, what: str = "weights", source: Optional[PathLike
     return dict(zip(_strip_prefixes(obj.keys()), obj.values()))
 
 
-def read_state_dict(source: Union[PathLike, Mapping[str, Any]], what: str = "weights") -> Dict[str, torch.Tensor]:
+def read_state_dict(source: PathLike | Mapping[str, Any], what: str = "weights") -> dict[str, torch.Tensor]:
     """:func:`unwrap_state_dict` of a path (read with :func:`load`) or of a mapping."""
     if isinstance(source, (str, os.PathLike)):
         return unwrap_state_dict(load(source, what), what, source)
@@ -376,8 +389,9 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]], what: str = "wei
     raise TypeError(f"{what}: expected a path or a state_dict, got {type(source).__name__}")
 
 
-def load_weights(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], what: str = "weights", *,
-                 plain_alpha: float = 0.0) -> nn.Module:
+def load_weights(
+    model: nn.Module, source: PathLike | Mapping[str, Any], what: str = "weights", *, plain_alpha: float = 0.0
+) -> nn.Module:
     """Loads ``source`` (a path, a state_dict or a checkpoint; see :func:`read_state_dict`) into
     ``model``; returns ``model``.
 
@@ -420,6 +434,11 @@ def load_weights(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], w
     if plain:
         logger.info(
             "%s: %d of %d IC layers of %s had no IC parameters in %s (plain weights): they start at alpha = %g",
-            what, len(plain), len(layers), type(model).__name__, where, plain_alpha,
+            what,
+            len(plain),
+            len(layers),
+            type(model).__name__,
+            where,
+            plain_alpha,
         )
     return model

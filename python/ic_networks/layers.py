@@ -13,9 +13,8 @@ alpha logging of the trainer, :func:`ic_networks.convert`, the checkpoint loader
 * ``set_alpha(value)``, which sets alpha in place;
 * the box sum's geometry: ``kernel_size``, ``stride``, ``padding``, ``dilation``.
 """
-from __future__ import annotations
 
-from typing import List, Set
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ def is_ic_layer(module: nn.Module) -> bool:
     )
 
 
-def ic_layers(model: nn.Module) -> List[nn.Module]:
+def ic_layers(model: nn.Module) -> list[nn.Module]:
     """Every IC layer in ``model`` (``model`` itself included), in ``modules()`` order. A wrapper
     such as ``DistributedDataParallel`` is walked through like any module."""
     if not isinstance(model, nn.Module):
@@ -46,7 +45,7 @@ def ic_layers(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if is_ic_layer(m)]
 
 
-def ic_keys(model: nn.Module) -> Set[str]:
+def ic_keys(model: nn.Module) -> set[str]:
     """The state_dict keys that the IC layers of ``model`` add (``<name>.adjust_weight``, ...)."""
     keys = set()
     for name, module in model.named_modules():

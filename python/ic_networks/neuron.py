@@ -23,11 +23,12 @@ negative that the relu term is 0 on the bounded input domain.)
   numbers (``ValueError`` for NaN/inf). NaN in ``x`` is not checked; it propagates to the output.
 * ReLU derivatives at exactly 0 are taken as 0 (both the inner and the outer ReLU).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ MAX_RESOLUTION = 4096
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _array(name: str, a, ndims: Tuple[int, ...]) -> np.ndarray:
+def _array(name: str, a, ndims: tuple[int, ...]) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name}: expected a numpy array (float32 or float64), got {type(a).__name__}; "
@@ -54,7 +55,7 @@ def _array(name: str, a, ndims: Tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def _real(name: str, v, optional: bool = False) -> Optional[float]:
+def _real(name: str, v, optional: bool = False) -> float | None:
     if v is None and optional:
         return None
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
@@ -65,7 +66,7 @@ def _real(name: str, v, optional: bool = False) -> Optional[float]:
     return v
 
 
-def _params(w, w_prime, b1, b2, activation) -> Tuple[np.ndarray, Optional[float], Optional[float], float, str]:
+def _params(w, w_prime, b1, b2, activation) -> tuple[np.ndarray, float | None, float | None, float, str]:
     w = _array("w", w, (1,))
     if w.size == 0:
         raise ValueError("w: expected at least one weight, got an empty array")
@@ -83,7 +84,7 @@ def _params(w, w_prime, b1, b2, activation) -> Tuple[np.ndarray, Optional[float]
     return w, w_prime, b1, b2, activation
 
 
-def _inputs(x, w: np.ndarray) -> Tuple[np.ndarray, bool]:
+def _inputs(x, w: np.ndarray) -> tuple[np.ndarray, bool]:
     """Returns x as (n, d) (a view) and whether it was a single sample."""
     x = _array("x", x, (1, 2))
     if x.shape[-1] != w.shape[0]:
@@ -91,8 +92,9 @@ def _inputs(x, w: np.ndarray) -> Tuple[np.ndarray, bool]:
     return (x[None, :], True) if x.ndim == 1 else (x, False)
 
 
-def forward(x: np.ndarray, w: np.ndarray, w_prime: Optional[float], b1: Optional[float], b2: float,
-            activation: str = "relu") -> Union[np.ndarray, np.floating]:
+def forward(
+    x: np.ndarray, w: np.ndarray, w_prime: float | None, b1: float | None, b2: float, activation: str = "relu"
+) -> np.ndarray | np.floating:
     """``y = f(a(x))`` for x (n, d) -> (n,), or x (d,) -> a numpy scalar; in x's dtype.
 
     >>> import numpy as np
@@ -108,8 +110,15 @@ def forward(x: np.ndarray, w: np.ndarray, w_prime: Optional[float], b1: Optional
     return y[0] if single else y
 
 
-def grad(x: np.ndarray, w: np.ndarray, w_prime: Optional[float], b1: Optional[float], b2: float,
-         activation: str = "relu", grad_output=None) -> Dict[str, object]:
+def grad(
+    x: np.ndarray,
+    w: np.ndarray,
+    w_prime: float | None,
+    b1: float | None,
+    b2: float,
+    activation: str = "relu",
+    grad_output=None,
+) -> dict[str, object]:
     """Gradients of ``sum_i grad_output_i * y_i`` (so, with ``grad_output = dL/dy``, those of a loss L).
 
     ``grad_output``: (n,) for x (n, d), or a real number / 0-d array for x (d,); ``None`` means all
@@ -159,9 +168,15 @@ def _grid_args(w, w_prime, b1, b2, activation, bounds, resolution):
     return w, w_prime, b1, b2, activation, bounds, int(resolution)
 
 
-def region_map(w: np.ndarray, w_prime: Optional[float], b1: Optional[float], b2: float,
-               bounds: Sequence[float] = (-1.0, 1.0, -1.0, 1.0), resolution: int = 256,
-               activation: str = "relu") -> np.ndarray:
+def region_map(
+    w: np.ndarray,
+    w_prime: float | None,
+    b1: float | None,
+    b2: float,
+    bounds: Sequence[float] = (-1.0, 1.0, -1.0, 1.0),
+    resolution: int = 256,
+    activation: str = "relu",
+) -> np.ndarray:
     """Labels (resolution, resolution) int64 of the linear pieces of a 2-D neuron on a grid.
 
     The grid has ``resolution`` evenly spaced points per axis over ``bounds = (x_min, x_max, y_min,
@@ -176,9 +191,15 @@ def region_map(w: np.ndarray, w_prime: Optional[float], b1: Optional[float], b2:
     return _core.neuron_regions(w, w_prime, b1, b2, activation, bounds, resolution)[1]
 
 
-def regions(w: np.ndarray, w_prime: Optional[float], b1: Optional[float], b2: float,
-            bounds: Sequence[float] = (-1.0, 1.0, -1.0, 1.0), resolution: int = 256,
-            activation: str = "relu") -> int:
+def regions(
+    w: np.ndarray,
+    w_prime: float | None,
+    b1: float | None,
+    b2: float,
+    bounds: Sequence[float] = (-1.0, 1.0, -1.0, 1.0),
+    resolution: int = 256,
+    activation: str = "relu",
+) -> int:
     """Number of linear pieces of a 2-D neuron on a grid over ``bounds`` (see :func:`region_map`).
 
     A plain ReLU neuron gives 2 when its line crosses the domain and 1 otherwise. An IC neuron

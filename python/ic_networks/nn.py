@@ -1,11 +1,12 @@
 """Modules: ``IcConv2d`` (a drop-in for ``nn.Conv2d``) and ``WLDLoss``."""
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import math
 import warnings
-from typing import Iterator, List, Mapping, Union
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +32,13 @@ class LoadsPlainState:
 
     plain_key = "weight"
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         plain = _is_plain_state(state_dict, prefix, self.plain_key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if plain:
             _loaded_plain_state(self, prefix, missing_keys)
 
@@ -80,7 +83,7 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
         out_channels: int,
         kernel_size: IntPair,
         stride: IntPair = 1,
-        padding: Union[str, IntPair] = 0,
+        padding: str | IntPair = 0,
         dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
@@ -100,8 +103,17 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
         _check_adjust_init(adjust_init, adjust_bias_init)
         _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-            device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self._resolve_padding()
         factory = {"device": device, "dtype": dtype}
@@ -141,8 +153,15 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
             self.reset_adjust_parameters()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, alpha: float = 0.0, alpha_mode: str = "learnable", *,
-                  adjust_init: str = "like_weight", adjust_bias_init: float = 0.0) -> "IcConv2d":
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        alpha: float = 0.0,
+        alpha_mode: str = "learnable",
+        *,
+        adjust_init: str = "like_weight",
+        adjust_bias_init: float = 0.0,
+    ) -> IcConv2d:
         """An ``IcConv2d`` with ``conv``'s configuration and a copy of its weights (W' and b1 are
         initialised by ``adjust_init`` / ``adjust_bias_init``).
 
@@ -152,9 +171,21 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
             raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
         w = conv.weight
         ic = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, conv.bias is not None, conv.padding_mode, alpha=alpha, alpha_mode=alpha_mode,
-            device=w.device, dtype=w.dtype, adjust_init=adjust_init, adjust_bias_init=adjust_bias_init,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            alpha=alpha,
+            alpha_mode=alpha_mode,
+            device=w.device,
+            dtype=w.dtype,
+            adjust_init=adjust_init,
+            adjust_bias_init=adjust_bias_init,
         )
         with torch.no_grad():
             ic.weight.copy_(w)
@@ -176,7 +207,9 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
         if self.padding_mode != "zeros":
             self._ic_padding, self._ic_extra = [0, 0], [0, 0, 0, 0]
         else:
-            self._ic_padding, self._ic_extra = resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride)
+            self._ic_padding, self._ic_extra = resolve_padding(
+                self.padding, self.kernel_size, self.dilation, self.stride
+            )
         self._ic_uneven = any(e != 0 for e in self._ic_extra)
 
     def __setstate__(self, state):
@@ -190,8 +223,16 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
         x = self.op_input(x)
         if torch.jit.is_scripting():
             return torch.ops.ic_networks.ic_conv2d(
-                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-                self.stride, self._ic_padding, self.dilation, self.groups,
+                x,
+                self.weight,
+                self.adjust_weight,
+                self.adjust_bias,
+                self.alpha,
+                self.bias,
+                self.stride,
+                self._ic_padding,
+                self.dilation,
+                self.groups,
             )
         else:
             return self._eager_forward(x)
@@ -202,12 +243,28 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
         if icf._exporting():
             return icf._export_reference(
-                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-                self.stride, self._ic_padding, self.dilation, self.groups,
+                x,
+                self.weight,
+                self.adjust_weight,
+                self.adjust_bias,
+                self.alpha,
+                self.bias,
+                self.stride,
+                self._ic_padding,
+                self.dilation,
+                self.groups,
             )
         return icf._IC_CONV2D(
-            x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
-            self.stride, self._ic_padding, self.dilation, self.groups,
+            x,
+            self.weight,
+            self.adjust_weight,
+            self.adjust_bias,
+            self.alpha,
+            self.bias,
+            self.stride,
+            self._ic_padding,
+            self.dilation,
+            self.groups,
         )
 
     def extra_repr(self) -> str:
@@ -243,7 +300,7 @@ class PlainStateDictWarning(UserWarning):
 #: False inside :func:`quiet_plain_loads` (loaders that report plain layers themselves).
 _WARN_PLAIN = contextvars.ContextVar("ic_networks_warn_plain", default=True)
 #: The ``missing_keys`` list of the last load_state_dict call that warned: one warning per call.
-_last_warned: List[List[str]] = [[]]
+_last_warned: list[list[str]] = [[]]
 
 
 @contextlib.contextmanager
@@ -261,7 +318,7 @@ def _is_plain_state(state_dict: Mapping, prefix: str, plain_key: str) -> bool:
     return prefix + plain_key in state_dict and not any(prefix + k in state_dict for k in IC_PARAM_NAMES)
 
 
-def _loaded_plain_state(layer: nn.Module, prefix: str, missing_keys: List[str]) -> None:
+def _loaded_plain_state(layer: nn.Module, prefix: str, missing_keys: list[str]) -> None:
     """What an IC layer's ``_load_from_state_dict`` does after loading a plain layer's state: alpha = 0
     (so it computes the plain layer), and a warning, once per ``load_state_dict`` call (torch passes
     every layer of one call the same ``missing_keys`` list)."""
@@ -273,14 +330,19 @@ def _loaded_plain_state(layer: nn.Module, prefix: str, missing_keys: List[str]) 
         f"{type(layer).__name__} {prefix[:-1] or '(the model itself)'} and any other IC layer of this "
         f"load_state_dict call whose state_dict has no {'/'.join(IC_PARAM_NAMES)} (a plain layer's) got "
         f"alpha = 0, so they compute the plain layer; their IC keys are in the result's missing_keys",
-        PlainStateDictWarning, stacklevel=3,
+        PlainStateDictWarning,
+        stacklevel=3,
     )
 
 
 def _check_adjust_init(adjust_init, adjust_bias_init) -> None:
     if adjust_init not in ADJUST_INITS:
         raise ValueError(f"adjust_init: expected one of {ADJUST_INITS}, got {adjust_init!r}")
-    if isinstance(adjust_bias_init, bool) or not isinstance(adjust_bias_init, (int, float)) or not math.isfinite(adjust_bias_init):
+    if (
+        isinstance(adjust_bias_init, bool)
+        or not isinstance(adjust_bias_init, (int, float))
+        or not math.isfinite(adjust_bias_init)
+    ):
         raise TypeError(f"adjust_bias_init: expected a finite float, got {adjust_bias_init!r}")
 
 

@@ -8,10 +8,11 @@ The box sum is a depthwise convolution with an all-ones kernel, so it exports as
 Being plain PyTorch, it is also differentiable twice, which the op is not: use it where a second
 derivative is needed (a gradient penalty).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,8 @@ def ic_conv2d_reference(
     weight: Tensor,
     adjust_weight: Tensor,
     adjust_bias: Tensor,
-    alpha: Union[Tensor, float],
-    bias: Optional[Tensor] = None,
+    alpha: Tensor | float,
+    bias: Tensor | None = None,
     stride=1,
     padding=0,
     dilation=1,

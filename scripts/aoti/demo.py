@@ -7,6 +7,7 @@ checks the package from Python (``aoti_load_package``), then builds ``runner.cpp
 compiler against the installed libtorch and runs the package from C++ (the runner loads the
 ic_networks op library itself). Prints the graph's ops and the C++ result; exit code 0 on a match.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,10 @@ import sys
 import sysconfig
 import time
 
+import ic_networks as icn
 import torch
 from torch import nn
 from torch.utils import cpp_extension
-
-import ic_networks as icn
 
 
 def main() -> int:
@@ -27,7 +27,9 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     torch.manual_seed(0)
     model = nn.Sequential(
-        icn.IcConv2d(3, 8, 3, padding=1, alpha=0.5), nn.ReLU(), icn.IcConv2d(8, 4, 3, stride=2, padding=1, alpha=0.3),
+        icn.IcConv2d(3, 8, 3, padding=1, alpha=0.5),
+        nn.ReLU(),
+        icn.IcConv2d(8, 4, 3, stride=2, padding=1, alpha=0.3),
     ).eval()
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
@@ -47,16 +49,36 @@ def main() -> int:
     exe = os.path.join(work, "runner")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.cpp")
     cmd = [
-        os.environ.get("CXX", "c++"), "-O1", "-std=c++20", src, "-o", exe,
+        os.environ.get("CXX", "c++"),
+        "-O1",
+        "-std=c++20",
+        src,
+        "-o",
+        exe,
         *[f"-I{p}" for p in cpp_extension.include_paths()],
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
-        f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-ltorch", "-ltorch_cpu", "-lc10", "-ldl",
+        f"-L{torch_lib}",
+        f"-Wl,-rpath,{torch_lib}",
+        "-ltorch",
+        "-ltorch_cpu",
+        "-lc10",
+        "-ldl",
     ]
     t0 = time.time()
     subprocess.run(cmd, check=True)
     print(f"built {exe} in {time.time() - t0:.0f} s")
     libpython = os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY"))
-    r = subprocess.run([exe, package, icn._core.__file__, libpython, os.path.join(work, "x.bin"), os.path.join(work, "want.bin"), *map(str, x.shape)])
+    r = subprocess.run(
+        [
+            exe,
+            package,
+            icn._core.__file__,
+            libpython,
+            os.path.join(work, "x.bin"),
+            os.path.join(work, "want.bin"),
+            *map(str, x.shape),
+        ]
+    )
     print("C++ runner exit code", r.returncode)
     return r.returncode
 

@@ -13,11 +13,11 @@ optional dependency) print ``ic-networks VERB: error: ...`` and return 1; bad op
 options that cannot go together (:class:`.common.UsageError`), print the verb's usage and exit with
 status 2.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 from . import bench, detection, models, training, viz
 from .common import UsageError
@@ -29,7 +29,8 @@ VERB_MODULES = (training, models, bench, viz, detection)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ic-networks", description="IC Networks: IC convolution models with a Rust core.",
+        prog="ic-networks",
+        description="IC Networks: IC convolution models with a Rust core.",
         epilog="Run 'ic-networks VERB --help' for the options of a verb.",
     )
     sub = parser.add_subparsers(dest="command", metavar="VERB")
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

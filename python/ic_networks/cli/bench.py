@@ -1,4 +1,5 @@
 """Verb ``ic-networks bench``: the tables of :mod:`ic_networks.bench` (layer and model benchmarks)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,28 @@ def run(args) -> int:
         raise ValueError(f"--shapes: expected names from {[s[0] for s in bench.STAGES]}, got {args.shapes!r}")
     print(f"ic-networks bench on {bench.machine_description(device)}", file=sys.stderr)
     amp = bench.AUTOCAST[args.autocast] if args.autocast else None
-    layer_rows = [] if args.skip_layers else bench.bench_layers(device, args.batch, args.repeats, not args.no_compile, stages,
-                                                                 args.channels_last, autocast=amp)
-    model_rows = [] if args.skip_models else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats,
-                                                                 autocast=amp)
+    layer_rows = (
+        []
+        if args.skip_layers
+        else bench.bench_layers(
+            device, args.batch, args.repeats, not args.no_compile, stages, args.channels_last, autocast=amp
+        )
+    )
+    model_rows = (
+        []
+        if args.skip_models
+        else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats, autocast=amp)
+    )
     text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast)
     print(text)
     if args.json:
-        doc = {"device": bench.machine_description(device), "autocast": args.autocast, "layer_batch": args.batch,
-               "layers": layer_rows, "models": model_rows}
+        doc = {
+            "device": bench.machine_description(device),
+            "autocast": args.autocast,
+            "layer_batch": args.batch,
+            "layers": layer_rows,
+            "models": model_rows,
+        }
         atomic_write_text(json.dumps(doc, indent=1) + "\n", args.json)
     return 0
 
@@ -45,8 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes", default="", help="comma-separated subset of " + ",".join(s[0] for s in bench.STAGES))
     p.add_argument("--channels-last", action="store_true", help="run the layer benchmark in channels_last")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--autocast", choices=sorted(bench.AUTOCAST), default=None,
-                   help="run every row under torch.autocast with this dtype (float32 weights and inputs)")
+    p.add_argument(
+        "--autocast",
+        choices=sorted(bench.AUTOCAST),
+        default=None,
+        help="run every row under torch.autocast with this dtype (float32 weights and inputs)",
+    )
     p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--model-batch", type=positive_int, default=8, help="train-step batch size (default 8)")
@@ -57,7 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "bench", help="benchmark the IC layer and IC-ResNets against plain ones",
-                 description=bench.__doc__.split("\n\n", 1)[1], formatter_class=RAW)
+    p = add_verb(
+        sub,
+        "bench",
+        help="benchmark the IC layer and IC-ResNets against plain ones",
+        description=bench.__doc__.split("\n\n", 1)[1],
+        formatter_class=RAW,
+    )
     add_arguments(p)
     p.set_defaults(func=run)

@@ -3,11 +3,12 @@
 Each ``type=`` function turns a bad value into an ``argparse`` error that names the option (exit
 status 2, usage printed), before any model or dataset is touched.
 """
+
 from __future__ import annotations
 
 import argparse
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -16,8 +17,17 @@ from .._checks import nonnegative_int as _nonnegative_int
 from .._checks import positive_int as _positive_int
 
 __all__ = [
-    "positive_int", "nonnegative_int", "device", "resolve_device", "add_device_argument", "add_workers_argument",
-    "add_out_argument", "RAW", "plain", "add_verb", "UsageError",
+    "positive_int",
+    "nonnegative_int",
+    "device",
+    "resolve_device",
+    "add_device_argument",
+    "add_workers_argument",
+    "add_out_argument",
+    "RAW",
+    "plain",
+    "add_verb",
+    "UsageError",
 ]
 
 #: Keeps the line breaks of a verb's description (recipe lists, module docstrings).
@@ -28,7 +38,7 @@ _ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")  # :mod:`ic_networks.bench`, :func:
 _LITERAL = re.compile(r"``([^`]*)``|`([^`]*)`")
 
 
-def _role(m: "re.Match") -> str:
+def _role(m: re.Match) -> str:
     tilde, target = m.group(1), m.group(2).lstrip(".")
     return target.rsplit(".", 1)[-1] if tilde else target
 
@@ -45,7 +55,7 @@ class UsageError(Exception):
     message, and exits with status 2, as for any other bad option."""
 
 
-def add_verb(sub, name: str, help: str, description: Optional[str] = None, **kw) -> argparse.ArgumentParser:
+def add_verb(sub, name: str, help: str, description: str | None = None, **kw) -> argparse.ArgumentParser:
     """The parser of verb ``name``: ``help`` is its line in ``ic-networks --help`` and the first line
     of ``ic-networks NAME --help``, followed by ``description`` (plain text, without reST markup)."""
     first = help[:1].upper() + help[1:] + ("" if help.endswith(".") else ".")
@@ -98,7 +108,7 @@ def device(s: str):
     return dev
 
 
-def resolve_device(value) -> "torch.device":
+def resolve_device(value) -> torch.device:
     """The parsed ``--device`` as a ``torch.device`` (``None``/auto: the default device)."""
     if value is not None:
         return value
@@ -108,15 +118,26 @@ def resolve_device(value) -> "torch.device":
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    p.add_argument("--device", type=device, default=device(default), metavar="DEVICE",
-                   help=f"auto (CUDA if available), cpu, cuda, cuda:N (default {default})")
+    p.add_argument(
+        "--device",
+        type=device,
+        default=device(default),
+        metavar="DEVICE",
+        help=f"auto (CUDA if available), cpu, cuda, cuda:N (default {default})",
+    )
 
 
 def add_workers_argument(p: argparse.ArgumentParser, default: int = 0) -> None:
-    p.add_argument("--workers", type=nonnegative_int, default=default, metavar="N",
-                   help=f"data loader worker processes (default {default})")
+    p.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=default,
+        metavar="N",
+        help=f"data loader worker processes (default {default})",
+    )
 
 
-def add_out_argument(p: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None,
-                     metavar: str = "DIR") -> None:
+def add_out_argument(
+    p: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = None, metavar: str = "DIR"
+) -> None:
     p.add_argument("--out", required=required, default=default, metavar=metavar, help=help)

@@ -8,12 +8,12 @@ and appends one JSON line per epoch to ``<out>/log.jsonl``. ``eval-det`` writes
 the batch size (0.02 x batch/16 for Faster R-CNN, 0.01 x batch/16 for RetinaNet). The mAP needs
 the ``[detection]`` extra (``pip install "ic-networks[detection]"``).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from typing import Dict
 
 import torch
 from torch import nn
@@ -24,7 +24,12 @@ from ..detection.engine import append_jsonl, evaluate, make_optimizer, train_one
 from ..detection.voc import VOC_CLASSES, collate, voc_datasets
 from ..io import atomic_save, atomic_write_text, load
 from .common import (
-    add_device_argument, add_out_argument, add_verb, add_workers_argument, positive_int, resolve_device,
+    add_device_argument,
+    add_out_argument,
+    add_verb,
+    add_workers_argument,
+    positive_int,
+    resolve_device,
 )
 
 __all__ = ["register", "train_det", "eval_det"]
@@ -46,19 +51,30 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = add_verb(
-        sub, "train-det", help="train an IC Faster R-CNN / RetinaNet on local PASCAL VOC (torchvision)",
+        sub,
+        "train-det",
+        help="train an IC Faster R-CNN / RetinaNet on local PASCAL VOC (torchvision)",
         description="Writes OUT/last.pt after every epoch (and resumes from it when it exists), one JSON line per "
         "epoch to OUT/log.jsonl, and evaluates VOC mAP@0.5 after the last epoch (the [detection] extra). The default "
         "learning rate is mmdetection's, rescaled to the batch size. Only local files are read.",
     )
     p.add_argument("--model", choices=sorted(BUILDERS), default="fasterrcnn_ic_resnet50_fpn")
     _common(p)
-    p.add_argument("--train-sets", nargs="+", default=["2007-trainval", "2012-trainval"],
-                   help="VOC splits to train on (default VOC 07+12)")
+    p.add_argument(
+        "--train-sets",
+        nargs="+",
+        default=["2007-trainval", "2012-trainval"],
+        help="VOC splits to train on (default VOC 07+12)",
+    )
     p.add_argument("--epochs", type=positive_int, default=12)
     p.add_argument("--lr", type=float, default=None, help="default: mmdet's, rescaled to the batch size")
-    p.add_argument("--lr-steps", type=int, nargs="*", default=None,
-                   help="epochs at which the lr drops 10x (default: 2/3 and 11/12 of --epochs)")
+    p.add_argument(
+        "--lr-steps",
+        type=int,
+        nargs="*",
+        default=None,
+        help="epochs at which the lr drops 10x (default: 2/3 and 11/12 of --epochs)",
+    )
     p.add_argument("--warmup-iters", type=int, default=500)
     p.add_argument("--weights-backbone", default=None, help="local state_dict of a plain or IC ResNet-50")
     p.add_argument("--trainable-backbone-layers", type=int, default=None)
@@ -67,7 +83,9 @@ def register(sub) -> None:
     p.set_defaults(func=train_det)
 
     p = add_verb(
-        sub, "eval-det", help="VOC mAP@0.5 of a train-det checkpoint",
+        sub,
+        "eval-det",
+        help="VOC mAP@0.5 of a train-det checkpoint",
         description="Evaluates a train-det checkpoint (last.pt) on a local VOC split and writes OUT/metrics.json "
         "(the [detection] extra).",
     )
@@ -76,7 +94,7 @@ def register(sub) -> None:
     p.set_defaults(func=eval_det)
 
 
-def _plain_args(args) -> Dict:
+def _plain_args(args) -> dict:
     """The command's options as plain values (stored in the checkpoint)."""
     return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items() if k != "func"}
 
@@ -86,8 +104,15 @@ def _loader(ds, args, shuffle: bool) -> DataLoader:
         ds = Subset(ds, range(min(args.limit, len(ds))))
     if len(ds) == 0:
         raise ValueError(f"--voc-root: the selected VOC split(s) under {args.voc_root!r} are empty")
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.workers, collate_fn=collate,
-                      drop_last=False, persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=args.batch_size,
+        shuffle=shuffle,
+        num_workers=args.workers,
+        collate_fn=collate,
+        drop_last=False,
+        persistent_workers=False,
+    )
 
 
 def _build(arch: str, args, **kw) -> nn.Module:
@@ -97,9 +122,16 @@ def _build(arch: str, args, **kw) -> nn.Module:
 def train_det(args) -> int:
     device = resolve_device(args.device)
     train_loader = _loader(voc_datasets(args.voc_root, args.train_sets, train=True), args, shuffle=True)
-    test_loader = None if args.no_eval else _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, False)
-    model = _build(args.model, args, weights_backbone=args.weights_backbone,
-                   trainable_backbone_layers=args.trainable_backbone_layers, ic_alpha=args.ic_alpha).to(device)
+    test_loader = (
+        None if args.no_eval else _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, False)
+    )
+    model = _build(
+        args.model,
+        args,
+        weights_backbone=args.weights_backbone,
+        trainable_backbone_layers=args.trainable_backbone_layers,
+        ic_alpha=args.ic_alpha,
+    ).to(device)
     lr = args.lr if args.lr is not None else BASE_LR[args.model] * args.batch_size / 16
     steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * 8 / 12), round(args.epochs * 11 / 12)]
     opt, sched = make_optimizer(model, lr, len(train_loader), steps, args.warmup_iters)
@@ -119,8 +151,17 @@ def train_det(args) -> int:
     for epoch in range(start, args.epochs):
         print(f"epoch {epoch + 1}/{args.epochs}")
         losses = train_one_epoch(model, opt, sched, train_loader, device)
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch + 1, "arch": args.model, "args": _plain_args(args)}, ckpt_path)
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "arch": args.model,
+                "args": _plain_args(args),
+            },
+            ckpt_path,
+        )
         append_jsonl(os.path.join(args.out, "log.jsonl"), {"epoch": epoch + 1, **losses})
         print(f"  mean loss {losses['loss']:.4f}; checkpoint {ckpt_path}")
     if test_loader is not None:
@@ -129,7 +170,7 @@ def train_det(args) -> int:
     return 0
 
 
-def _write_metrics(out: str, metrics: Dict[str, float]) -> None:
+def _write_metrics(out: str, metrics: dict[str, float]) -> None:
     path = os.path.join(out, "metrics.json")
     atomic_write_text(json.dumps(metrics, indent=2) + "\n", path)
     print(f"VOC mAP@0.5 = {metrics['map50']:.4f} (written to {path})")
@@ -146,7 +187,9 @@ def eval_det(args) -> int:
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"--checkpoint: does not match {ckpt['arch']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"--checkpoint: does not match {ckpt['arch']}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     loader = _loader(voc_datasets(args.voc_root, [args.test_set], train=False), args, shuffle=False)
     os.makedirs(args.out, exist_ok=True)
     _write_metrics(args.out, evaluate(model.to(device), loader, device))

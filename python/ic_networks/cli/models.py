@@ -14,6 +14,7 @@
   noise. The model, built afresh (and loaded from ``--weights``), runs in train mode (batch
   statistics) unless ``--eval``; nothing is written.
 """
+
 import argparse
 
 import torch
@@ -56,10 +57,14 @@ def _flops(args) -> int:
     base = rows[0][1]
     md, m = _unit(base.macs)  # one unit for every multiply-add column, chosen by the plain model
     pd, pp = _unit(base.params)
-    print(f"input {tuple(size)}; multiply-adds as in ic_networks.profile (box-sum additions listed apart); "
-          "K = 10^3, M = 10^6, G = 10^9")
-    header = (f"{'model':<26}{'params':>10}{m + 'MACs':>9}{'IC layers':>11}{'IC params':>11}{'W1x1 ' + m + 'MACs':>12}"
-              f"{'elem ' + m + 'MACs':>12}{'box ' + m + 'adds':>11}{'d MACs':>9}")
+    print(
+        f"input {tuple(size)}; multiply-adds as in ic_networks.profile (box-sum additions listed apart); "
+        "K = 10^3, M = 10^6, G = 10^9"
+    )
+    header = (
+        f"{'model':<26}{'params':>10}{m + 'MACs':>9}{'IC layers':>11}{'IC params':>11}{'W1x1 ' + m + 'MACs':>12}"
+        f"{'elem ' + m + 'MACs':>12}{'box ' + m + 'adds':>11}{'d MACs':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, p in rows:
@@ -116,27 +121,48 @@ def _diagnose(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     names = ", ".join(sorted(ZOO))
-    p = add_verb(sub, "flops", help="params and multiply-adds of a plain model against its IC version",
-                       description=f"Models: {names} (or their plain names).")
+    p = add_verb(
+        sub,
+        "flops",
+        help="params and multiply-adds of a plain model against its IC version",
+        description=f"Models: {names} (or their plain names).",
+    )
     p.add_argument("name", help="zoo model, plain or IC name (e.g. resnet50, ic_resnet50_b)")
-    p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
-                   help="S (square), H W, or N C H W; default: the model's (224 ImageNet, 32 CIFAR, 28 FMNIST)")
+    p.add_argument(
+        "--input-size",
+        type=positive_int,
+        nargs="+",
+        metavar="N",
+        help="S (square), H W, or N C H W; default: the model's (224 ImageNet, 32 CIFAR, 28 FMNIST)",
+    )
     p.set_defaults(func=_flops)
 
-    p = add_verb(sub, "convert", help="turn a plain checkpoint into an IC state_dict (alpha = 0)",
-                       description=f"Models: {names} (or their plain names).")
+    p = add_verb(
+        sub,
+        "convert",
+        help="turn a plain checkpoint into an IC state_dict (alpha = 0)",
+        description=f"Models: {names} (or their plain names).",
+    )
     p.add_argument("--model", required=True, help="zoo model, plain or IC name (e.g. resnet50)")
     p.add_argument("--weights", required=True, help="local state_dict file of the plain model")
     add_out_argument(p, "where to write the IC state_dict", required=True, metavar="PATH")
     p.set_defaults(func=_convert)
 
-    p = add_verb(sub, "diagnose", help="per IC layer: std(alpha relu(Z)) / std(conv) on a probe batch",
-                       description=f"Models: {names} (or their plain names).")
+    p = add_verb(
+        sub,
+        "diagnose",
+        help="per IC layer: std(alpha relu(Z)) / std(conv) on a probe batch",
+        description=f"Models: {names} (or their plain names).",
+    )
     p.add_argument("name", help="zoo model, plain or IC name (e.g. ic_resnet50)")
     p.add_argument("--weights", help="local state_dict of the IC model (default: random initialisation)")
     p.add_argument("--alpha", type=float, help="alpha of every IC layer (default: the builder's, 1 from scratch)")
-    p.add_argument("--probe", choices=("fmnist", "noise"), default="fmnist",
-                   help="Fashion-MNIST test images resized to the input (default) or Gaussian noise")
+    p.add_argument(
+        "--probe",
+        choices=("fmnist", "noise"),
+        default="fmnist",
+        help="Fashion-MNIST test images resized to the input (default) or Gaussian noise",
+    )
     p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--batch", type=positive_int, default=16, help="probe batch size (default 16)")
     p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="S or H W (default: the model's)")

@@ -11,11 +11,11 @@ without that set, or with ``--train-steps 0``, or for other models, its weights 
 maps mean nothing: the command says so and still renders. Grad-CAM needs Captum, the ``[viz]``
 extra (``pip install "ic-networks[viz]"``).
 """
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,29 +37,56 @@ TRAIN_STEPS, TRAIN_BATCH = 100, 32
 
 
 def register(sub) -> None:
-    p = add_verb(sub, "figures", help="write the PNGs of the paper's Figure 2 (neuron regions, XOR)",
-                 description="Writes fig2a_regions.png and fig2b_xor.png into --out.")
+    p = add_verb(
+        sub,
+        "figures",
+        help="write the PNGs of the paper's Figure 2 (neuron regions, XOR)",
+        description="Writes fig2a_regions.png and fig2b_xor.png into --out.",
+    )
     add_out_argument(p, f"output folder, created if missing (default {FIGURES_OUT})", default=FIGURES_OUT)
-    p.add_argument("--resolution", type=positive_int, default=400, help="grid points per axis for the regions (default 400)")
+    p.add_argument(
+        "--resolution", type=positive_int, default=400, help="grid points per axis for the regions (default 400)"
+    )
     p.set_defaults(func=_figures)
 
-    p = add_verb(sub, "gradcam", help="Grad-CAM maps of a plain and an IC model side by side (Figure 3)",
-                 description=__doc__.split("\n\n")[1])
-    p.add_argument("--image", default="fmnist:0",
-                   help="an image file, or fmnist:N, the N-th Fashion-MNIST test image (default fmnist:0; "
-                   "0-9 are shipped with the package)")
-    p.add_argument("--model", default="fmnist_cnn", help="plain model name (default fmnist_cnn); its IC version is ic_NAME")
+    p = add_verb(
+        sub,
+        "gradcam",
+        help="Grad-CAM maps of a plain and an IC model side by side (Figure 3)",
+        description=__doc__.split("\n\n")[1],
+    )
+    p.add_argument(
+        "--image",
+        default="fmnist:0",
+        help="an image file, or fmnist:N, the N-th Fashion-MNIST test image (default fmnist:0; "
+        "0-9 are shipped with the package)",
+    )
+    p.add_argument(
+        "--model", default="fmnist_cnn", help="plain model name (default fmnist_cnn); its IC version is ic_NAME"
+    )
     p.add_argument("--plain-weights", metavar="P", help="weights of the plain model (state_dict or checkpoint)")
     p.add_argument("--ic-weights", metavar="Q", help="weights of the IC model (state_dict or checkpoint)")
     add_out_argument(p, f"output PNG (default {GRADCAM_OUT})", default=GRADCAM_OUT, metavar="PNG")
-    p.add_argument("--train-steps", type=nonnegative_int, default=TRAIN_STEPS, metavar="N",
-                   help="a Fashion-MNIST model given no weights is trained for N SGD steps of batch "
-                   f"{TRAIN_BATCH} on the local training set first (default {TRAIN_STEPS}; 0: random weights)")
+    p.add_argument(
+        "--train-steps",
+        type=nonnegative_int,
+        default=TRAIN_STEPS,
+        metavar="N",
+        help="a Fashion-MNIST model given no weights is trained for N SGD steps of batch "
+        f"{TRAIN_BATCH} on the local training set first (default {TRAIN_STEPS}; 0: random weights)",
+    )
     p.add_argument("--data", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--layer", help="layer to explain, a qualified module name (default: the last conv larger than 1x1; a post-ReLU layer such as features.10 of fmnist_cnn or layer4 of a ResNet is often clearer)")
+    p.add_argument(
+        "--layer",
+        help="layer to explain, a qualified module name (default: the last conv larger than 1x1; a post-ReLU "
+        "layer such as features.10 of fmnist_cnn or layer4 of a ResNet is often clearer)",
+    )
     p.add_argument("--target", type=int, help="class to explain (default: each model's prediction)")
-    p.add_argument("--dataset", choices=sorted(DATASETS),
-                   help="input statistics and size (default: fmnist for fmnist models, else imagenet)")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        help="input statistics and size (default: fmnist for fmnist models, else imagenet)",
+    )
     p.add_argument("--num-classes", type=positive_int, default=10, help="classes of the models (default 10)")
     p.set_defaults(func=_gradcam)
 
@@ -72,7 +99,7 @@ def _figures(args) -> int:
     return 0
 
 
-def build_pair(name: str, num_classes: int, in_channels: int) -> Tuple[nn.Module, nn.Module]:
+def build_pair(name: str, num_classes: int, in_channels: int) -> tuple[nn.Module, nn.Module]:
     """The plain model ``name`` and its IC version (``ic_<name>``, or ``convert(alpha=1, fixed)``)."""
     from ..training.model_factory import build_model
 
@@ -87,7 +114,7 @@ def build_pair(name: str, num_classes: int, in_channels: int) -> Tuple[nn.Module
     return plain, ic
 
 
-def fmnist_test_image(index: int, data=None) -> Tuple[np.ndarray, int]:
+def fmnist_test_image(index: int, data=None) -> tuple[np.ndarray, int]:
     """``(image uint8 (28, 28), label)``: Fashion-MNIST test image ``index``, from the copy shipped
     with the package for 0-9 (unless ``data`` names a dataset folder), else from the dataset."""
     from ..viz.samples import bundled_fmnist_test_image
@@ -102,7 +129,7 @@ def fmnist_test_image(index: int, data=None) -> Tuple[np.ndarray, int]:
     return images[index, 0].numpy(), int(labels[index])
 
 
-def load_image(spec: str, dataset: str, data=None) -> Tuple[torch.Tensor, np.ndarray, Optional[str]]:
+def load_image(spec: str, dataset: str, data=None) -> tuple[torch.Tensor, np.ndarray, str | None]:
     """``(normalised tensor (C, S, S), image in [0, 1] (S, S) or (S, S, 3) for display, label or None)``."""
     mean, std, side, channels = DATASETS[dataset]
     label = None
@@ -149,8 +176,12 @@ def _quick_train(models, steps: int, data) -> list:
     order = torch.randperm(len(images), generator=gen)[: steps * TRAIN_BATCH]
     order = order.repeat(-(-steps * TRAIN_BATCH // len(order)))[: steps * TRAIN_BATCH]  # a tiny set: reused
     for kind, model in models:
-        print(f"training the {kind} model for {steps} steps of batch {TRAIN_BATCH} on Fashion-MNIST "
-              "(pass --plain-weights/--ic-weights to use trained weights)", file=sys.stderr, flush=True)
+        print(
+            f"training the {kind} model for {steps} steps of batch {TRAIN_BATCH} on Fashion-MNIST "
+            "(pass --plain-weights/--ic-weights to use trained weights)",
+            file=sys.stderr,
+            flush=True,
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         model.train()
         for idx in order.view(steps, TRAIN_BATCH):
@@ -165,8 +196,8 @@ def _quick_train(models, steps: int, data) -> list:
 
 def _gradcam(args) -> int:
     from ..io import load_weights
-    from ..viz.figures import DPI
     from ..viz.attribution import gradcam, last_conv, require_captum, resolve_layer
+    from ..viz.figures import DPI
 
     require_captum()  # before any model is built
 
@@ -188,8 +219,11 @@ def _gradcam(args) -> int:
     random = [kind for kind, _ in random]
     if random:
         which = " and ".join(random)
-        print(f"warning: the {which} model{'s have' if len(random) > 1 else ' has'} random weights, so the "
-              "Grad-CAM maps are meaningless; pass --plain-weights and --ic-weights", file=sys.stderr)
+        print(
+            f"warning: the {which} model{'s have' if len(random) > 1 else ' has'} random weights, so the "
+            "Grad-CAM maps are meaningless; pass --plain-weights and --ic-weights",
+            file=sys.stderr,
+        )
     layer = args.layer or last_conv(plain)
     resolve_layer(ic, layer)  # the same name must exist in both
 
@@ -212,8 +246,11 @@ def _gradcam(args) -> int:
         ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         im = ax.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
         title = f"{kind} {args.model.removeprefix('ic_')}: {name} (p = {float(prob[cls]):.2f})"
-        ax.set_title(title + ("\nRANDOM WEIGHTS" if kind in random else ""), fontsize=12,
-                     color="#b2182b" if kind in random else "black")
+        ax.set_title(
+            title + ("\nRANDOM WEIGHTS" if kind in random else ""),
+            fontsize=12,
+            color="#b2182b" if kind in random else "black",
+        )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -8,6 +8,7 @@
 * ``ic-networks train-det`` / ``eval-det``: :mod:`ic_networks.cli.detection`;
 * mmdetection: ``ic_networks.integrations.mmdet`` (an ``ICResNet`` backbone), ``configs/mmdet/``.
 """
+
 from .builders import (  # noqa: F401
     count_ic_layers,
     fasterrcnn_ic_resnet50_fpn,
@@ -18,8 +19,15 @@ from .builders import (  # noqa: F401
 from .voc import VOC_CLASSES, VOCDataset, voc_map  # noqa: F401
 
 __all__ = [
-    "fasterrcnn_ic_resnet50_fpn", "retinanet_ic_resnet50_fpn", "ic_resnet50_fpn_backbone", "load_backbone_state",
-    "count_ic_layers", "BUILDERS", "VOC_CLASSES", "VOCDataset", "voc_map",
+    "fasterrcnn_ic_resnet50_fpn",
+    "retinanet_ic_resnet50_fpn",
+    "ic_resnet50_fpn_backbone",
+    "load_backbone_state",
+    "count_ic_layers",
+    "BUILDERS",
+    "VOC_CLASSES",
+    "VOCDataset",
+    "voc_map",
 ]
 
 #: The detector builders by name (the names ``register()`` gives them in torchvision).

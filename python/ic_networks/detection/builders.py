@@ -14,10 +14,12 @@ in torchvision's ``BackboneWithFPN`` exactly as ``fasterrcnn_resnet50_fpn`` /
   values then overwrite it) and a fixed alpha = 1 from scratch (eq. 6), as in
   :mod:`ic_networks.models`.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,14 +35,17 @@ from ..layers import IC_PARAM_NAMES, ic_layers, is_ic_layer
 from ..nn import quiet_plain_loads
 
 __all__ = [
-    "fasterrcnn_ic_resnet50_fpn", "retinanet_ic_resnet50_fpn", "ic_resnet50_fpn_backbone", "load_backbone_state",
+    "fasterrcnn_ic_resnet50_fpn",
+    "retinanet_ic_resnet50_fpn",
+    "ic_resnet50_fpn_backbone",
+    "load_backbone_state",
     "count_ic_layers",
 ]
 
-WeightsBackbone = Union[None, str, os.PathLike, Mapping[str, torch.Tensor]]
+WeightsBackbone = None | str | os.PathLike | Mapping[str, torch.Tensor]
 
 
-def load_backbone_state(body: nn.Module, weights_backbone: Union[str, os.PathLike, Mapping[str, Any]]) -> None:
+def load_backbone_state(body: nn.Module, weights_backbone: str | os.PathLike | Mapping[str, Any]) -> None:
     """Loads a plain or IC ResNet-50 state_dict (a path, a mapping, or a training checkpoint; see
     :func:`ic_networks.io.read_state_dict`) into the IC ResNet-50 ``body``.
 
@@ -67,9 +72,11 @@ def load_backbone_state(body: nn.Module, weights_backbone: Union[str, os.PathLik
     if wrong or missing or unexpected:
         raise RuntimeError(
             "weights_backbone: not a ResNet-50 state_dict; "
-            + "; ".join(f"{what} {keys[:4]}{'...' if len(keys) > 4 else ''}"
-                        for what, keys in (("wrong shapes", wrong), ("missing keys", missing),
-                                           ("unexpected keys", unexpected)) if keys)
+            + "; ".join(
+                f"{what} {keys[:4]}{'...' if len(keys) > 4 else ''}"
+                for what, keys in (("wrong shapes", wrong), ("missing keys", missing), ("unexpected keys", unexpected))
+                if keys
+            )
         )
     alphas = {name: float(m.alpha.detach()) for name, m in body.named_modules() if is_ic_layer(m)}
     with quiet_plain_loads():  # a plain backbone is expected here: its IC layers keep the builder's ic_alpha
@@ -81,11 +88,11 @@ def load_backbone_state(body: nn.Module, weights_backbone: Union[str, os.PathLik
 
 def ic_resnet50_fpn_backbone(
     weights_backbone: WeightsBackbone = None,
-    trainable_layers: Optional[int] = None,
-    returned_layers: Optional[list] = None,
-    extra_blocks: Optional[nn.Module] = None,
-    ic_alpha: Optional[float] = None,
-    ic_alpha_mode: Optional[str] = None,
+    trainable_layers: int | None = None,
+    returned_layers: list | None = None,
+    extra_blocks: nn.Module | None = None,
+    ic_alpha: float | None = None,
+    ic_alpha_mode: str | None = None,
 ) -> BackboneWithFPN:
     """IC-ResNet-50 + FPN (256 channels), see the module docstring for the conventions."""
     pretrained = weights_backbone is not None
@@ -103,8 +110,13 @@ def ic_resnet50_fpn_backbone(
     if ic_alpha_mode is None:
         ic_alpha_mode = "learnable" if pretrained else "fixed"
     norm_layer: Callable[..., nn.Module] = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    body = convert(resnet50(weights=None, norm_layer=norm_layer), kernel_sizes=(3,), alpha=ic_alpha,
-                   alpha_mode=ic_alpha_mode, inplace=True)
+    body = convert(
+        resnet50(weights=None, norm_layer=norm_layer),
+        kernel_sizes=(3,),
+        alpha=ic_alpha,
+        alpha_mode=ic_alpha_mode,
+        inplace=True,
+    )
     if pretrained:
         load_backbone_state(body, weights_backbone)
     return _resnet_fpn_extractor(body, trainable_layers, returned_layers=returned_layers, extra_blocks=extra_blocks)
@@ -119,10 +131,10 @@ def _check_num_classes(num_classes: Any) -> int:
 def fasterrcnn_ic_resnet50_fpn(
     num_classes: int = 91,
     weights_backbone: WeightsBackbone = None,
-    trainable_backbone_layers: Optional[int] = None,
+    trainable_backbone_layers: int | None = None,
     *,
-    ic_alpha: Optional[float] = None,
-    ic_alpha_mode: Optional[str] = None,
+    ic_alpha: float | None = None,
+    ic_alpha_mode: str | None = None,
     **kwargs: Any,
 ) -> FasterRCNN:
     """Faster R-CNN with an IC-ResNet-50-FPN backbone (torchvision's ``fasterrcnn_resnet50_fpn``, v1).
@@ -137,18 +149,19 @@ def fasterrcnn_ic_resnet50_fpn(
             (``None``: learnable 0 with ``weights_backbone``, fixed 1 without).
         **kwargs: passed to :class:`torchvision.models.detection.FasterRCNN` (e.g. ``min_size``).
     """
-    backbone = ic_resnet50_fpn_backbone(weights_backbone, trainable_backbone_layers, ic_alpha=ic_alpha,
-                                        ic_alpha_mode=ic_alpha_mode)
+    backbone = ic_resnet50_fpn_backbone(
+        weights_backbone, trainable_backbone_layers, ic_alpha=ic_alpha, ic_alpha_mode=ic_alpha_mode
+    )
     return FasterRCNN(backbone, num_classes=_check_num_classes(num_classes), **kwargs)
 
 
 def retinanet_ic_resnet50_fpn(
     num_classes: int = 91,
     weights_backbone: WeightsBackbone = None,
-    trainable_backbone_layers: Optional[int] = None,
+    trainable_backbone_layers: int | None = None,
     *,
-    ic_alpha: Optional[float] = None,
-    ic_alpha_mode: Optional[str] = None,
+    ic_alpha: float | None = None,
+    ic_alpha_mode: str | None = None,
     **kwargs: Any,
 ) -> RetinaNet:
     """RetinaNet with an IC-ResNet-50-FPN backbone (torchvision's ``retinanet_resnet50_fpn``, v1: FPN
@@ -156,9 +169,14 @@ def retinanet_ic_resnet50_fpn(
     kept 1..``num_classes - 1`` as for Faster R-CNN (torchvision's COCO convention, 21 for PASCAL VOC),
     so the same datasets serve both; label 0 is then a class no anchor is positive for, whose scores
     training drives to 0."""
-    backbone = ic_resnet50_fpn_backbone(weights_backbone, trainable_backbone_layers, returned_layers=[2, 3, 4],
-                                        extra_blocks=LastLevelP6P7(256, 256), ic_alpha=ic_alpha,
-                                        ic_alpha_mode=ic_alpha_mode)
+    backbone = ic_resnet50_fpn_backbone(
+        weights_backbone,
+        trainable_backbone_layers,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+        ic_alpha=ic_alpha,
+        ic_alpha_mode=ic_alpha_mode,
+    )
     return RetinaNet(backbone, num_classes=_check_num_classes(num_classes), **kwargs)
 
 

@@ -5,12 +5,14 @@ Schedule (decision, mmdetection's 1x recipe rescaled): SGD with momentum 0.9 and
 a linear warm-up from 0.001x over the first ``warmup_iters`` iterations, and the learning rate divided
 by 10 at each epoch in ``lr_steps``.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,8 +23,9 @@ from .voc import voc_map
 __all__ = ["make_optimizer", "train_one_epoch", "predict", "evaluate", "append_jsonl"]
 
 
-def make_optimizer(model: nn.Module, lr: float, iters_per_epoch: int, lr_steps: Sequence[int],
-                   warmup_iters: int = 500) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    model: nn.Module, lr: float, iters_per_epoch: int, lr_steps: Sequence[int], warmup_iters: int = 500
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """SGD and a per-iteration scheduler (warm-up, then steps at the epochs in ``lr_steps``)."""
     if not (lr > 0):
         raise ValueError(f"lr: expected a positive float, got {lr!r}")
@@ -39,16 +42,23 @@ def make_optimizer(model: nn.Module, lr: float, iters_per_epoch: int, lr_steps: 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _to(targets: List[Dict[str, Any]], device: torch.device) -> List[Dict[str, Any]]:
+def _to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader: DataLoader,
-                    device: torch.device, log_every: int = 20, log=print) -> Dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loader: DataLoader,
+    device: torch.device,
+    log_every: int = 20,
+    log=print,
+) -> dict[str, float]:
     """One epoch; returns the mean of each loss term and of their sum (``'loss'``). A non-finite loss
     stops training with a RuntimeError rather than corrupting the weights."""
     model.train()
-    sums: Dict[str, float] = {}
+    sums: dict[str, float] = {}
     n = 0
     t0 = time.time()
     for i, (images, targets) in enumerate(loader):
@@ -65,13 +75,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         for k, v in {**losses, "loss": loss}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if log_every and (i + 1) % log_every == 0:
-            log(f"  iter {i + 1}/{len(loader)} loss {sums['loss'] / n:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
-                f"({(time.time() - t0) / n:.2f} s/iter)")
+            log(
+                f"  iter {i + 1}/{len(loader)} loss {sums['loss'] / n:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
+                f"({(time.time() - t0) / n:.2f} s/iter)"
+            )
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> Tuple[List[dict], List[dict]]:
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[list[dict], list[dict]]:
     """Eval-mode predictions and the matching targets, on the CPU."""
     model.eval()
     preds, gts = [], []
@@ -82,13 +94,17 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> Tuple
     return preds, gts
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, class_metrics: bool = True) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, class_metrics: bool = True
+) -> dict[str, float]:
     """VOC mAP@0.5 (see :func:`ic_networks.detection.voc.voc_map`)."""
     preds, gts = predict(model, loader, device)
     return voc_map(preds, gts, class_metrics=class_metrics)
 
 
-def append_jsonl(path: str, record: Dict[str, Any]) -> None:
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                            for k, v in record.items()}) + "\n")
+        f.write(
+            json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
+            + "\n"
+        )

@@ -13,10 +13,11 @@ Conventions (decisions):
   for VOC07 test) comes out slightly lower. torchmetrics and pycocotools are the ``[detection]``
   extra (``pip install "ic-networks[detection]"``); :func:`voc_map` names it when they are missing.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -29,8 +30,26 @@ from .._optional import require
 __all__ = ["VOC_CLASSES", "VOCDataset", "voc_datasets", "parse_voc_split", "voc_map", "collate"]
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 _LABEL = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
 _IMAGE_SETS = ("train", "trainval", "val", "test")
@@ -56,8 +75,9 @@ class VOCDataset(Dataset):
     horizontally with probability ``hflip`` (boxes with them).
     """
 
-    def __init__(self, root: str, year: str = "2007", image_set: str = "trainval", train: bool = False,
-                 hflip: float = 0.5) -> None:
+    def __init__(
+        self, root: str, year: str = "2007", image_set: str = "trainval", train: bool = False, hflip: float = 0.5
+    ) -> None:
         if image_set not in _IMAGE_SETS:
             raise ValueError(f"image_set: expected one of {_IMAGE_SETS}, got {image_set!r}")
         if image_set == "test" and year != "2007":
@@ -74,7 +94,7 @@ class VOCDataset(Dataset):
     def __len__(self) -> int:
         return len(self.voc)
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         img, ann = self.voc[index]
         ann = ann["annotation"]
         boxes, labels, difficult = [], [], []
@@ -100,11 +120,13 @@ class VOCDataset(Dataset):
             if self.hflip and torch.rand(()) < self.hflip:
                 image = image.flip(-1)
                 b = target["boxes"]
-                target["boxes"] = torch.stack([image.shape[-1] - b[:, 2], b[:, 1], image.shape[-1] - b[:, 0], b[:, 3]], 1)
+                target["boxes"] = torch.stack(
+                    [image.shape[-1] - b[:, 2], b[:, 1], image.shape[-1] - b[:, 0], b[:, 3]], 1
+                )
         return image, target
 
 
-def parse_voc_split(spec: str) -> Tuple[str, str]:
+def parse_voc_split(spec: str) -> tuple[str, str]:
     """``'2007-trainval'`` -> ``('2007', 'trainval')``."""
     year, sep, image_set = str(spec).partition("-")
     if not sep or not year.isdigit() or image_set not in _IMAGE_SETS:
@@ -120,14 +142,15 @@ def voc_datasets(root: str, splits: Iterable[str], train: bool) -> Dataset:
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
-def collate(batch: Sequence) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+def collate(batch: Sequence) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """Lists of images and targets, the input format of torchvision's detectors."""
     images, targets = zip(*batch)
     return list(images), list(targets)
 
 
-def voc_map(predictions: Sequence[Dict[str, Tensor]], targets: Sequence[Dict[str, Tensor]],
-            class_metrics: bool = False) -> Dict[str, float]:
+def voc_map(
+    predictions: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]], class_metrics: bool = False
+) -> dict[str, float]:
     """mAP at IoU 0.5 of torchvision-style ``predictions`` (``boxes``, ``scores``, ``labels``) against
     VOC ``targets`` (``difficult`` ones ignored), with torchmetrics' ``MeanAveragePrecision``.
 
@@ -138,12 +161,14 @@ def voc_map(predictions: Sequence[Dict[str, Tensor]], targets: Sequence[Dict[str
     MeanAveragePrecision = require("torchmetrics.detection", "VOC mAP").MeanAveragePrecision
     if len(predictions) != len(targets):
         raise ValueError(f"predictions: expected one per target ({len(targets)}), got {len(predictions)}")
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5],
-                                  class_metrics=class_metrics)
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], class_metrics=class_metrics)
     preds = [{k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")} for p in predictions]
     gts = [
-        {"boxes": t["boxes"].cpu(), "labels": t["labels"].cpu(),
-         "iscrowd": t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool)).cpu().long()}
+        {
+            "boxes": t["boxes"].cpu(),
+            "labels": t["labels"].cpu(),
+            "iscrowd": t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool)).cpu().long(),
+        }
         for t in targets
     ]
     metric.update(preds, gts)

@@ -27,12 +27,13 @@ checkpoint=...)`` takes it as well as ``OUT/model.pt``.
 Use it from a config with
 ``custom_imports = dict(imports=["ic_networks.integrations.mmdet"], allow_failed_imports=False)``.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import pickle
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,7 @@ def _loads_checkpoint(init_cfg) -> bool:
 class ICResNet(ResNet):
     """mmdet's ``ResNet`` with IC 3x3 block convs; see the module docstring for the conventions."""
 
-    def __init__(self, *args, ic_alpha: Optional[float] = None, ic_alpha_mode: Optional[str] = None,
-                 **kwargs) -> None:
+    def __init__(self, *args, ic_alpha: float | None = None, ic_alpha_mode: str | None = None, **kwargs) -> None:
         if ic_alpha_mode is not None and ic_alpha_mode not in ALPHA_MODES:
             raise ValueError(f"ic_alpha_mode: expected one of {ALPHA_MODES}, got {ic_alpha_mode!r}")
         if ic_alpha is not None and (isinstance(ic_alpha, bool) or not isinstance(ic_alpha, (int, float))):
@@ -80,29 +80,52 @@ class ICResNet(ResNet):
         if ic_alpha_mode is None:
             ic_alpha_mode = "learnable" if pretrained else "fixed"
         stages = set(self.res_layers)
-        convert(self, kernel_sizes=(3,), include=lambda name, m: name.split(".")[0] in stages,
-                alpha=float(ic_alpha), alpha_mode=ic_alpha_mode, inplace=True)
+        convert(
+            self,
+            kernel_sizes=(3,),
+            include=lambda name, m: name.split(".")[0] in stages,
+            alpha=float(ic_alpha),
+            alpha_mode=ic_alpha_mode,
+            inplace=True,
+        )
         self._freeze_stages()  # again: the new IC parameters of frozen stages must be frozen too
 
 
 def _history_buffer_getattr(obj: Any, name: Any) -> Any:
     """What ``builtins.getattr`` may do while unpickling: look up a ``HistoryBuffer`` statistics method
     (pickle writes ``HistoryBuffer.min`` as ``getattr(HistoryBuffer, "min")``), nothing else."""
-    if obj is HistoryBuffer and isinstance(name, str) and (
-            name in HistoryBuffer._statistics_methods or name in ("min", "max", "mean", "current")):
+    if (
+        obj is HistoryBuffer
+        and isinstance(name, str)
+        and (name in HistoryBuffer._statistics_methods or name in ("min", "max", "mean", "current"))
+    ):
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(f"refusing getattr({obj!r}, {name!r}): only HistoryBuffer statistics methods")
 
 
-@functools.lru_cache(maxsize=None)
-def _safe_globals() -> List[Any]:
+@functools.cache
+def _safe_globals() -> list[Any]:
     """The globals of an mmengine checkpoint besides tensors, under the names pickle writes."""
     multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
-    allowed: List[Any] = [HistoryBuffer, np.ndarray, np.dtype, (_history_buffer_getattr, "builtins.getattr")]
+    allowed: list[Any] = [HistoryBuffer, np.ndarray, np.dtype, (_history_buffer_getattr, "builtins.getattr")]
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 and numpy 1 pickles
         allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
-    kinds = (bool, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-             np.float16, np.float32, np.float64, np.complex64, np.complex128)
+    kinds = (
+        bool,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+    )
     dtype_classes = {type(np.dtype(k)) for k in kinds} - {np.dtype}  # numpy.dtypes.Float64DType, ...
     return allowed + sorted(dtype_classes, key=lambda c: c.__name__)
 

@@ -31,7 +31,9 @@ MobileNet-V2/V3 and others built from ``nn.Conv2d``); timm's ``Conv2dSame`` (the
 left as it is with a warning, and ``CondConv2d``/``MixedConv2d`` wrappers are not ``nn.Conv2d``
 (``MixedConv2d``'s inner convs are). Needs the ``[timm]`` extra.
 """
-from typing import Any, Callable, Dict, List, Optional
+
+from collections.abc import Callable
+from typing import Any
 
 from .._optional import require
 
@@ -50,9 +52,16 @@ def _entrypoint(name: str) -> Callable[..., Any]:
     builder = getattr(models, name)
     input_size = tuple(ZOO[name].input_size[1:]) if name in ZOO else (3, 224, 224)
 
-    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
-                   cache_dir: Any = None, in_chans: Optional[int] = None, device: Any = None, dtype: Any = None,
-                   **kwargs: Any):
+    def entrypoint(
+        pretrained: bool = False,
+        pretrained_cfg: Any = None,
+        pretrained_cfg_overlay: Any = None,
+        cache_dir: Any = None,
+        in_chans: int | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        **kwargs: Any,
+    ):
         if pretrained:
             raise ValueError(
                 f"{name}: timm has no pretrained weights for the IC zoo and ic-networks downloads nothing; "
@@ -72,17 +81,17 @@ def _entrypoint(name: str) -> Callable[..., Any]:
     return entrypoint
 
 
-_ENTRYPOINTS: Dict[str, Callable[..., Any]] = {name: _entrypoint(name) for name in ic_builder_names()}
+_ENTRYPOINTS: dict[str, Callable[..., Any]] = {name: _entrypoint(name) for name in ic_builder_names()}
 globals().update(_ENTRYPOINTS)
 __all__ += sorted(_ENTRYPOINTS)  # timm's register_model lists an entry point in its module's __all__
 
 
-def entrypoints() -> Dict[str, Callable[..., Any]]:
+def entrypoints() -> dict[str, Callable[..., Any]]:
     """The timm entry points :func:`register` adds, by name."""
     return dict(_ENTRYPOINTS)
 
 
-def register() -> List[str]:
+def register() -> list[str]:
     """Registers every IC classifier builder with timm; returns the names."""
     for name, fn in _ENTRYPOINTS.items():
         if is_model(name) and model_entrypoint(name) is not fn:

@@ -19,7 +19,8 @@ torchvision-based classifiers, ``get_model_weights`` know them. Plain CIFAR buil
 registered. Registering is idempotent; a *different* model already registered under one of the
 names is an error, and then nothing is registered.
 """
-from typing import Callable, Dict, List
+
+from collections.abc import Callable
 
 from torchvision.models import _api
 
@@ -28,12 +29,12 @@ from .. import models
 __all__ = ["register", "ic_builder_names", "builders"]
 
 
-def ic_builder_names() -> List[str]:
+def ic_builder_names() -> list[str]:
     """The classifier names :func:`register` adds: every ``ic_*`` builder of ``ic_networks.models``."""
     return sorted(n for n in models.__all__ if n.startswith("ic_") and callable(getattr(models, n)))
 
 
-def builders() -> Dict[str, Callable]:
+def builders() -> dict[str, Callable]:
     """Every builder :func:`register` adds, by name (classifiers and detectors)."""
     from ..detection import BUILDERS
 
@@ -42,7 +43,7 @@ def builders() -> Dict[str, Callable]:
     return out
 
 
-def register() -> List[str]:
+def register() -> list[str]:
     """Registers every IC builder (classifiers and detectors) with torchvision; returns the names."""
     todo = builders()
     for name, fn in todo.items():

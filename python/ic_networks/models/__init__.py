@@ -7,16 +7,22 @@ IC builders also take ``alpha`` / ``alpha_mode`` (default: 1 fixed from scratch,
 weights). See :mod:`ic_networks.models._common`. Which convs become IC layers is documented in
 each builder's module.
 """
-from .resnet import *  # noqa: F401,F403
-from .efficientnet import *  # noqa: F401,F403
-from .vgg import *  # noqa: F401,F403
-from .mobilenet import *  # noqa: F401,F403
-from .cifar_resnet import *  # noqa: F401,F403
-from .cnn import *  # noqa: F401,F403
+
 from . import cifar_resnet, cnn, efficientnet, mobilenet, resnet, vgg
 from ._zoo import ZOO, ZooEntry, lookup  # noqa: F401
+from .cifar_resnet import *  # noqa: F401,F403
+from .cnn import *  # noqa: F401,F403
+from .efficientnet import *  # noqa: F401,F403
+from .mobilenet import *  # noqa: F401,F403
+from .resnet import *  # noqa: F401,F403
+from .vgg import *  # noqa: F401,F403
 
 __all__ = (
-    resnet.__all__ + efficientnet.__all__ + vgg.__all__ + mobilenet.__all__ + cifar_resnet.__all__ + cnn.__all__
+    resnet.__all__
+    + efficientnet.__all__
+    + vgg.__all__
+    + mobilenet.__all__
+    + cifar_resnet.__all__
+    + cnn.__all__
     + ["ZOO", "ZooEntry", "lookup"]
 )

@@ -26,9 +26,10 @@ Default alpha: an IC model trained from scratch (``weights=None``) gets the pape
 learnable parameter, so it starts exactly as the plain model (the WLD recipe). An IC checkpoint's
 own ``alpha`` values overwrite this. ``alpha=`` / ``alpha_mode=`` override both.
 """
+
 import os
 import urllib.parse
-from typing import Callable, Dict, Iterable, Optional, Tuple, Type
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -40,7 +41,12 @@ from ..io import load_weights
 from ..nn import ALPHA_MODES
 
 __all__ = [
-    "hub_checkpoint_path", "resolve_weights", "load_local", "resolve_alpha", "build_plain", "build_ic",
+    "hub_checkpoint_path",
+    "resolve_weights",
+    "load_local",
+    "resolve_alpha",
+    "build_plain",
+    "build_ic",
     "build_torchvision_ic",
 ]
 
@@ -51,7 +57,9 @@ def hub_checkpoint_path(weights: WeightsEnum) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, num_classes: Optional[int] = None) -> Optional[str]:
+def resolve_weights(
+    weights, weights_enum: type[WeightsEnum] | None = None, num_classes: int | None = None
+) -> str | None:
     """The local file that ``weights`` names (``None`` for ``None``), checked before any model is built.
 
     ``num_classes``, when given, must agree with a torchvision enum's number of categories.
@@ -73,7 +81,9 @@ def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, n
             raise FileNotFoundError(f"weights: no such file {path!r}")
         member = weights_enum[name]
     else:
-        raise TypeError(f"weights: expected None, a local path or a torchvision WeightsEnum, got {type(weights).__name__}")
+        raise TypeError(
+            f"weights: expected None, a local path or a torchvision WeightsEnum, got {type(weights).__name__}"
+        )
     classes = len(member.meta["categories"])
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"num_classes: {member} has {classes} classes, got {num_classes}")
@@ -86,14 +96,14 @@ def resolve_weights(weights, weights_enum: Optional[Type[WeightsEnum]] = None, n
     return path
 
 
-def load_local(model: nn.Module, path: Optional[str], plain_alpha: float = 0.0) -> nn.Module:
+def load_local(model: nn.Module, path: str | None, plain_alpha: float = 0.0) -> nn.Module:
     """Loads the state_dict file ``path`` (from :func:`resolve_weights`; ``None``: nothing) into
     ``model`` with :func:`ic_networks.io.load_weights` (IC layers without IC parameters in the file
     get alpha = ``plain_alpha``); returns ``model``."""
     return model if path is None else load_weights(model, path, plain_alpha=plain_alpha)
 
 
-def resolve_alpha(weights, alpha: Optional[float], alpha_mode: Optional[str]) -> Tuple[float, str]:
+def resolve_alpha(weights, alpha: float | None, alpha_mode: str | None) -> tuple[float, str]:
     """Default alpha: ``(1.0, 'fixed')`` from scratch, ``(0.0, 'learnable')`` on weights."""
     scratch = weights is None
     alpha = (1.0 if scratch else 0.0) if alpha is None else alpha
@@ -114,12 +124,12 @@ def build_plain(make: Callable[[], nn.Module], weights, num_classes: int) -> nn.
 def build_ic(
     make_plain: Callable[[], nn.Module],
     weights,
-    weights_enum: Optional[Type[WeightsEnum]],
+    weights_enum: type[WeightsEnum] | None,
     num_classes: int,
-    alpha: Optional[float],
-    alpha_mode: Optional[str],
+    alpha: float | None,
+    alpha_mode: str | None,
     kernel_sizes: Iterable = (3,),
-    include: Optional[Callable[[str, nn.Module], bool]] = None,
+    include: Callable[[str, nn.Module], bool] | None = None,
 ) -> nn.Module:
     """Checks the arguments, builds the plain model, converts it in place (:func:`ic_networks.convert`)
     and loads ``weights``."""
@@ -131,12 +141,12 @@ def build_ic(
 
 def build_torchvision_ic(
     builder: Callable[..., nn.Module],
-    weights_enum: Type[WeightsEnum],
+    weights_enum: type[WeightsEnum],
     weights,
     num_classes: int,
-    alpha: Optional[float],
-    alpha_mode: Optional[str],
-    kwargs: Dict,
+    alpha: float | None,
+    alpha_mode: str | None,
+    kwargs: dict,
     kernel_sizes: Iterable,
     include: Callable[[str, nn.Module], bool],
 ) -> nn.Module:
@@ -151,5 +161,11 @@ def build_torchvision_ic(
         )
     return build_ic(
         lambda: builder(weights=None, num_classes=num_classes, **kwargs),
-        weights, weights_enum, num_classes, alpha, alpha_mode, kernel_sizes, include,
+        weights,
+        weights_enum,
+        num_classes,
+        alpha,
+        alpha_mode,
+        kernel_sizes,
+        include,
     )

@@ -2,8 +2,9 @@
 
 Used by ``ic-networks flops`` / ``ic-networks convert`` and by the torchvision registration.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
 
 import torchvision.models as tvm
 
@@ -24,7 +25,7 @@ class ZooEntry:
     plain_name: str
     plain: Callable
     ic: Callable
-    input_size: Tuple[int, ...]
+    input_size: tuple[int, ...]
 
 
 def _entries():
@@ -33,7 +34,12 @@ def _entries():
     yield "resnet50", tvm.resnet50, resnet.ic_resnet50_b, IMAGENET
     yield "resnet50", tvm.resnet50, resnet.ic_resnet50_c, IMAGENET
     for b in (0, 1, 2):
-        yield f"efficientnet_b{b}", getattr(tvm, f"efficientnet_b{b}"), getattr(efficientnet, f"ic_efficientnet_b{b}"), IMAGENET
+        yield (
+            f"efficientnet_b{b}",
+            getattr(tvm, f"efficientnet_b{b}"),
+            getattr(efficientnet, f"ic_efficientnet_b{b}"),
+            IMAGENET,
+        )
     for module, names in (
         (vgg, ("vgg16_cifar", "vgg19_cifar")),
         (mobilenet, ("mobilenet_cifar",)),
@@ -45,7 +51,7 @@ def _entries():
     yield "fmnist_resnet", cnn.fmnist_resnet, cnn.ic_fmnist_resnet, FMNIST
 
 
-ZOO: Dict[str, ZooEntry] = {
+ZOO: dict[str, ZooEntry] = {
     ic.__name__: ZooEntry(ic.__name__, plain_name, plain, ic, size) for plain_name, plain, ic, size in _entries()
 }
 

@@ -15,8 +15,9 @@ IC versions follow the ResNet rule (docs/design.md, model table): every 3x3 conv
 (grouped ones too: W' follows ``groups``); the stem, the 1x1 convs, the shortcuts and the SE
 layers stay plain.
 """
+
 import os
-from typing import List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -24,14 +25,21 @@ from .._checks import positive_int
 from ._common import build_ic, build_plain
 
 __all__ = [
-    "CifarResNet", "se_resnet18_cifar", "se_resnet50_cifar", "resnext29_2x64d_cifar",
-    "ic_se_resnet18_cifar", "ic_se_resnet50_cifar", "ic_resnext29_2x64d_cifar",
+    "CifarResNet",
+    "se_resnet18_cifar",
+    "se_resnet50_cifar",
+    "resnext29_2x64d_cifar",
+    "ic_se_resnet18_cifar",
+    "ic_se_resnet50_cifar",
+    "ic_resnext29_2x64d_cifar",
 ]
 
-Path = Union[str, os.PathLike]
+Path = str | os.PathLike
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> List[nn.Module]:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
     return [conv, nn.BatchNorm2d(out_channels)]
 
@@ -59,8 +67,15 @@ class Block(nn.Module):
     1x1 to ``out_channels``). ``se``: squeeze-excitation at the end of the branch.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, width: Optional[int] = None,
-                 groups: int = 1, se: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        width: int | None = None,
+        groups: int = 1,
+        se: bool = False,
+    ) -> None:
         super().__init__()
         if width is None:
             layers = _conv_bn(in_channels, out_channels, 3, stride) + [nn.ReLU(inplace=True)]
@@ -125,34 +140,49 @@ def _ic(arch: str, weights, num_classes: int, alpha, alpha_mode) -> CifarResNet:
     return build_ic(make, weights, None, num_classes, alpha, alpha_mode, (3,), _in_blocks)
 
 
-def se_resnet18_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarResNet:
+def se_resnet18_cifar(weights: Path | None = None, num_classes: int = 10) -> CifarResNet:
     """Plain SE-ResNet-18 for CIFAR-10."""
     return _plain("se_resnet18", weights, num_classes)
 
 
-def se_resnet50_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarResNet:
+def se_resnet50_cifar(weights: Path | None = None, num_classes: int = 10) -> CifarResNet:
     """Plain SE-ResNet-50 for CIFAR-10."""
     return _plain("se_resnet50", weights, num_classes)
 
 
-def resnext29_2x64d_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarResNet:
+def resnext29_2x64d_cifar(weights: Path | None = None, num_classes: int = 10) -> CifarResNet:
     """Plain ResNeXt-29 (2x64d) for CIFAR-10."""
     return _plain("resnext29_2x64d", weights, num_classes)
 
 
-def ic_se_resnet18_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
-                         alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarResNet:
+def ic_se_resnet18_cifar(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> CifarResNet:
     """IC-SE-ResNet-18 for CIFAR-10: the blocks' 3x3 convs are IC layers."""
     return _ic("se_resnet18", weights, num_classes, alpha, alpha_mode)
 
 
-def ic_se_resnet50_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
-                         alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarResNet:
+def ic_se_resnet50_cifar(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> CifarResNet:
     """IC-SE-ResNet-50 for CIFAR-10: the bottlenecks' 3x3 convs are IC layers."""
     return _ic("se_resnet50", weights, num_classes, alpha, alpha_mode)
 
 
-def ic_resnext29_2x64d_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
-                             alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarResNet:
+def ic_resnext29_2x64d_cifar(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> CifarResNet:
     """IC-ResNeXt-29 (2x64d) for CIFAR-10: the bottlenecks' grouped 3x3 convs are IC layers."""
     return _ic("resnext29_2x64d", weights, num_classes, alpha, alpha_mode)

@@ -14,10 +14,11 @@ IC model trained from scratch share their keys. Builders follow the zoo's conven
 (:mod:`ic_networks.models._common`): ``weights`` is None or a local state_dict path; alpha defaults
 to 1 (fixed) from scratch and 0 (learnable) on weights.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -26,7 +27,7 @@ from ._common import build_ic, build_plain
 
 __all__ = ["FmnistCNN", "FmnistResNet", "fmnist_cnn", "ic_fmnist_cnn", "fmnist_resnet", "ic_fmnist_resnet"]
 
-Path = Union[str, os.PathLike]
+Path = str | os.PathLike
 
 
 class FmnistCNN(nn.Module):
@@ -40,8 +41,12 @@ class FmnistCNN(nn.Module):
             raise ValueError(f"widths: expected three positive ints, got {widths!r}")
         layers, c = [], in_channels
         for w in widths:
-            layers += [nn.Conv2d(c, positive_int("widths", w), 3, padding=1, bias=False), nn.BatchNorm2d(w),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, positive_int("widths", w), 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c = w
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c * 3 * 3, num_classes)
@@ -52,13 +57,19 @@ class FmnistCNN(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def fmnist_cnn(weights: Optional[Path] = None, num_classes: int = 10, in_channels: int = 1) -> FmnistCNN:
+def fmnist_cnn(weights: Path | None = None, num_classes: int = 10, in_channels: int = 1) -> FmnistCNN:
     """The plain CNN."""
     return build_plain(lambda: FmnistCNN(num_classes, in_channels), weights, num_classes)
 
 
-def ic_fmnist_cnn(weights: Optional[Path] = None, num_classes: int = 10, in_channels: int = 1, *,
-                  alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> FmnistCNN:
+def ic_fmnist_cnn(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> FmnistCNN:
     """The IC CNN: every 3x3 conv is an IC layer (alpha 1, fixed, from scratch)."""
     return build_ic(lambda: FmnistCNN(num_classes, in_channels), weights, None, num_classes, alpha, alpha_mode)
 
@@ -87,8 +98,9 @@ class FmnistResNet(nn.Module):
     ``n`` basic blocks with ``widths`` channels at 28x28, 14x14 and 7x7, global average pooling and
     a linear classifier. Depth 8 with widths (16, 32, 64): 77,754 parameters."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, depth: int = 8,
-                 widths: Sequence[int] = (16, 32, 64)) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, depth: int = 8, widths: Sequence[int] = (16, 32, 64)
+    ) -> None:
         super().__init__()
         positive_int("num_classes", num_classes)
         positive_int("in_channels", in_channels)
@@ -98,7 +110,9 @@ class FmnistResNet(nn.Module):
             raise ValueError(f"widths: expected three positive ints, got {widths!r}")
         n = (depth - 2) // 6
         c = positive_int("widths", widths[0])
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+        )
         blocks = []
         for i, w in enumerate(widths):
             for j in range(n):
@@ -113,12 +127,23 @@ class FmnistResNet(nn.Module):
         return self.classifier(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def fmnist_resnet(weights: Optional[Path] = None, num_classes: int = 10, in_channels: int = 1, depth: int = 8) -> FmnistResNet:
+def fmnist_resnet(
+    weights: Path | None = None, num_classes: int = 10, in_channels: int = 1, depth: int = 8
+) -> FmnistResNet:
     """The plain residual network."""
     return build_plain(lambda: FmnistResNet(num_classes, in_channels, depth), weights, num_classes)
 
 
-def ic_fmnist_resnet(weights: Optional[Path] = None, num_classes: int = 10, in_channels: int = 1, depth: int = 8, *,
-                     alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> FmnistResNet:
+def ic_fmnist_resnet(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    depth: int = 8,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> FmnistResNet:
     """The IC residual network: every 3x3 conv is an IC layer (the 1x1 shortcuts stay plain)."""
-    return build_ic(lambda: FmnistResNet(num_classes, in_channels, depth), weights, None, num_classes, alpha, alpha_mode)
+    return build_ic(
+        lambda: FmnistResNet(num_classes, in_channels, depth), weights, None, num_classes, alpha, alpha_mode
+    )

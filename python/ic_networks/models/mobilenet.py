@@ -20,24 +20,28 @@ one convolution, so the fused Rust op (``ic_conv2d``) does not apply; the collis
 from the Rust box sum (``ic_networks.functional.boxsum``, differentiable) and three cheap torch
 ops. Every tensor gets its gradient, W' and b1 zeros (not None) while alpha = 0.
 """
+
 import math
 import os
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as icf
-from ..nn import ALPHA_MODES, LoadsPlainState
 from .._checks import positive_int
+from ..nn import ALPHA_MODES, LoadsPlainState
 from ._common import build_plain, load_local, resolve_alpha, resolve_weights
 
 __all__ = [
-    "DepthwiseSeparable", "IcDepthwiseSeparable", "CifarMobileNet", "mobilenet_cifar", "ic_mobilenet_cifar",
+    "DepthwiseSeparable",
+    "IcDepthwiseSeparable",
+    "CifarMobileNet",
+    "mobilenet_cifar",
+    "ic_mobilenet_cifar",
 ]
 
-Path = Union[str, os.PathLike]
+Path = str | os.PathLike
 
 _CONFIG = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
 
@@ -47,7 +51,9 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(in_channels, in_channels, kernel_size, stride, kernel_size // 2, groups=in_channels, bias=False)
+        self.dw = nn.Conv2d(
+            in_channels, in_channels, kernel_size, stride, kernel_size // 2, groups=in_channels, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
@@ -71,8 +77,15 @@ class IcDepthwiseSeparable(LoadsPlainState, DepthwiseSeparable):
 
     plain_key = "pw.weight"
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3,
-                 alpha: float = 1.0, alpha_mode: str = "fixed") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        alpha: float = 1.0,
+        alpha_mode: str = "fixed",
+    ) -> None:
         super().__init__(in_channels, out_channels, stride, kernel_size)
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode: expected one of {ALPHA_MODES}, got {alpha_mode!r}")
@@ -121,7 +134,9 @@ class CifarMobileNet(nn.Module):
         for entry in _CONFIG:
             out_channels, stride = entry if isinstance(entry, tuple) else (entry, 1)
             if ic:
-                blocks.append(IcDepthwiseSeparable(in_channels, out_channels, stride, alpha=alpha, alpha_mode=alpha_mode))
+                blocks.append(
+                    IcDepthwiseSeparable(in_channels, out_channels, stride, alpha=alpha, alpha_mode=alpha_mode)
+                )
             else:
                 blocks.append(DepthwiseSeparable(in_channels, out_channels, stride))
             in_channels = out_channels
@@ -133,13 +148,18 @@ class CifarMobileNet(nn.Module):
         return self.classifier(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
-def mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10) -> CifarMobileNet:
+def mobilenet_cifar(weights: Path | None = None, num_classes: int = 10) -> CifarMobileNet:
     """Plain MobileNet (v1) for CIFAR-10."""
     return build_plain(lambda: CifarMobileNet(num_classes), weights, num_classes)
 
 
-def ic_mobilenet_cifar(weights: Optional[Path] = None, num_classes: int = 10, *,
-                       alpha: Optional[float] = None, alpha_mode: Optional[str] = None) -> CifarMobileNet:
+def ic_mobilenet_cifar(
+    weights: Path | None = None,
+    num_classes: int = 10,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+) -> CifarMobileNet:
     """IC-MobileNet (v1) for CIFAR-10: every depthwise + pointwise pair is one IC layer."""
     path = resolve_weights(weights, None, num_classes)
     alpha, alpha_mode = resolve_alpha(weights, alpha, alpha_mode)

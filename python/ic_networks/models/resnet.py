@@ -12,8 +12,9 @@ The module tree and every plain state_dict key are torchvision's, so torchvision
 (see :mod:`ic_networks.models._common` for ``weights`` and the default ``alpha``). Extra keyword
 arguments go to the torchvision builder (e.g. ``zero_init_residual=True``).
 """
+
 import os
-from typing import Any, Optional, Union
+from typing import Any
 
 import torchvision.models as tvm
 from torch import nn
@@ -29,10 +30,16 @@ from torchvision.models import (
 from ._common import build_torchvision_ic
 
 __all__ = [
-    "ic_resnet18", "ic_resnet34", "ic_resnet50", "ic_resnet101", "ic_resnet152", "ic_resnet50_b", "ic_resnet50_c",
+    "ic_resnet18",
+    "ic_resnet34",
+    "ic_resnet50",
+    "ic_resnet101",
+    "ic_resnet152",
+    "ic_resnet50_b",
+    "ic_resnet50_c",
 ]
 
-Path = Union[str, os.PathLike]
+Path = str | os.PathLike
 
 
 def _in_blocks(name: str, module: nn.Module) -> bool:
@@ -43,49 +50,113 @@ def _conv1_or_3x3(name: str, module: nn.Module) -> bool:
     return _in_blocks(name, module) and (module.kernel_size == (3, 3) or name.endswith(".conv1"))
 
 
-def _ic_resnet(builder, weights_enum, weights, num_classes, alpha, alpha_mode, kwargs, kernel_sizes=(3,), include=_in_blocks):
-    return build_torchvision_ic(builder, weights_enum, weights, num_classes, alpha, alpha_mode, kwargs, kernel_sizes, include)
+def _ic_resnet(
+    builder, weights_enum, weights, num_classes, alpha, alpha_mode, kwargs, kernel_sizes=(3,), include=_in_blocks
+):
+    return build_torchvision_ic(
+        builder, weights_enum, weights, num_classes, alpha, alpha_mode, kwargs, kernel_sizes, include
+    )
 
 
-def ic_resnet18(weights: Optional[Union[ResNet18_Weights, Path]] = None, num_classes: int = 1000, *,
-                alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet18(
+    weights: ResNet18_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-18: torchvision's ResNet-18 with IC 3x3 convs in the residual blocks."""
     return _ic_resnet(tvm.resnet18, ResNet18_Weights, weights, num_classes, alpha, alpha_mode, kwargs)
 
 
-def ic_resnet34(weights: Optional[Union[ResNet34_Weights, Path]] = None, num_classes: int = 1000, *,
-                alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet34(
+    weights: ResNet34_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-34: torchvision's ResNet-34 with IC 3x3 convs in the residual blocks."""
     return _ic_resnet(tvm.resnet34, ResNet34_Weights, weights, num_classes, alpha, alpha_mode, kwargs)
 
 
-def ic_resnet50(weights: Optional[Union[ResNet50_Weights, Path]] = None, num_classes: int = 1000, *,
-                alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet50(
+    weights: ResNet50_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-50: torchvision's ResNet-50 with an IC 3x3 conv in every bottleneck."""
     return _ic_resnet(tvm.resnet50, ResNet50_Weights, weights, num_classes, alpha, alpha_mode, kwargs)
 
 
-def ic_resnet101(weights: Optional[Union[ResNet101_Weights, Path]] = None, num_classes: int = 1000, *,
-                 alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet101(
+    weights: ResNet101_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-101: torchvision's ResNet-101 with an IC 3x3 conv in every bottleneck."""
     return _ic_resnet(tvm.resnet101, ResNet101_Weights, weights, num_classes, alpha, alpha_mode, kwargs)
 
 
-def ic_resnet152(weights: Optional[Union[ResNet152_Weights, Path]] = None, num_classes: int = 1000, *,
-                 alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet152(
+    weights: ResNet152_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-152: torchvision's ResNet-152 with an IC 3x3 conv in every bottleneck."""
     return _ic_resnet(tvm.resnet152, ResNet152_Weights, weights, num_classes, alpha, alpha_mode, kwargs)
 
 
-def ic_resnet50_b(weights: Optional[Union[ResNet50_Weights, Path]] = None, num_classes: int = 1000, *,
-                  alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet50_b(
+    weights: ResNet50_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-50-B: IC-ResNet-50 whose first 1x1 conv of every bottleneck is an IC layer too."""
-    return _ic_resnet(tvm.resnet50, ResNet50_Weights, weights, num_classes, alpha, alpha_mode, kwargs,
-                      kernel_sizes=(1, 3), include=_conv1_or_3x3)
+    return _ic_resnet(
+        tvm.resnet50,
+        ResNet50_Weights,
+        weights,
+        num_classes,
+        alpha,
+        alpha_mode,
+        kwargs,
+        kernel_sizes=(1, 3),
+        include=_conv1_or_3x3,
+    )
 
 
-def ic_resnet50_c(weights: Optional[Union[ResNet50_Weights, Path]] = None, num_classes: int = 1000, *,
-                  alpha: Optional[float] = None, alpha_mode: Optional[str] = None, **kwargs: Any) -> ResNet:
+def ic_resnet50_c(
+    weights: ResNet50_Weights | Path | None = None,
+    num_classes: int = 1000,
+    *,
+    alpha: float | None = None,
+    alpha_mode: str | None = None,
+    **kwargs: Any,
+) -> ResNet:
     """IC-ResNet-50-C: every conv of every bottleneck's residual branch (1x1, 3x3, 1x1) is an IC layer."""
-    return _ic_resnet(tvm.resnet50, ResNet50_Weights, weights, num_classes, alpha, alpha_mode, kwargs,
-                      kernel_sizes=(1, 3), include=_in_blocks)
+    return _ic_resnet(
+        tvm.resnet50,
+        ResNet50_Weights,
+        weights,
+        num_classes,
+        alpha,
+        alpha_mode,
+        kwargs,
+        kernel_sizes=(1, 3),
+        include=_in_blocks,
+    )

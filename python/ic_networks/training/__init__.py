@@ -8,9 +8,10 @@ Modules: :mod:`.recipes` (named recipes), :mod:`.schedules` (lambda, alpha, lr),
 helpers), :mod:`.evaluate`, :mod:`.trainer` (the :class:`Trainer`), :mod:`.engine` (:func:`train`),
 :mod:`.checkpoint` (RNG state), :mod:`.metrics` (CSV/JSON/curves), :mod:`.demo`.
 """
+
 from ..io import load_weights
-from .distributed import init_distributed, shutdown_distributed
 from .data import DataBundle, build_datasets, load_cifar10, load_fashion_mnist, read_idx
+from .distributed import init_distributed, shutdown_distributed
 from .engine import train
 from .evaluate import evaluate
 from .model_factory import build_model, make_student, models_for_recipe
@@ -19,7 +20,24 @@ from .schedules import AlphaRamp, LambdaSchedule, LrFactor
 from .trainer import Trainer
 
 __all__ = [
-    "AlphaRamp", "DataBundle", "LambdaSchedule", "LrFactor", "RECIPES", "Recipe", "Trainer", "build_datasets",
-    "build_model", "evaluate", "get_recipe", "load_cifar10", "load_fashion_mnist", "load_weights", "make_student",
-    "models_for_recipe", "read_idx", "train", "init_distributed", "shutdown_distributed",
+    "AlphaRamp",
+    "DataBundle",
+    "LambdaSchedule",
+    "LrFactor",
+    "RECIPES",
+    "Recipe",
+    "Trainer",
+    "build_datasets",
+    "build_model",
+    "evaluate",
+    "get_recipe",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_weights",
+    "make_student",
+    "models_for_recipe",
+    "read_idx",
+    "train",
+    "init_distributed",
+    "shutdown_distributed",
 ]

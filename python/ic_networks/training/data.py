@@ -19,14 +19,15 @@ corners, the centre and their horizontal flips (``torchvision.transforms.TenCrop
 Random augmentation is made a pure function of ``(seed, epoch, index)`` by :class:`Seeded`, so a
 run resumed mid-epoch (or run with a different number of loader workers) sees the same crops.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,13 +38,33 @@ from torchvision import transforms as T
 from .._checks import positive_int
 
 __all__ = [
-    "FMNIST_DIR", "FMNIST_APT", "FMNIST_CLASSES", "DATASETS", "read_idx", "load_fashion_mnist", "load_cifar10",
-    "TensorImages", "Seeded", "DataBundle", "build_datasets",
+    "FMNIST_DIR",
+    "FMNIST_APT",
+    "FMNIST_CLASSES",
+    "DATASETS",
+    "read_idx",
+    "load_fashion_mnist",
+    "load_cifar10",
+    "TensorImages",
+    "Seeded",
+    "DataBundle",
+    "build_datasets",
 ]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_APT = "sudo apt-get install dataset-fashion-mnist"
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DATASETS = ("fmnist", "cifar10", "imagenet")
 
 _STATS = {
@@ -74,7 +95,9 @@ def read_idx(path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"path: {path} is truncated or corrupt: header says {dims} ({expected} bytes), file has {len(raw) - header}")
+        raise ValueError(
+            f"path: {path} is truncated or corrupt: header says {dims} ({expected} bytes), file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -88,7 +111,7 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
-def load_fashion_mnist(root=None, train: bool = True) -> Tuple[Tensor, Tensor]:
+def load_fashion_mnist(root=None, train: bool = True) -> tuple[Tensor, Tensor]:
     """``(images uint8 (N, 1, 28, 28), labels int64 (N,))`` from the IDX files in ``root``
     (default: ``$IC_FMNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``)."""
     root = Path(root if root is not None else os.environ.get("IC_FMNIST_DIR", FMNIST_DIR))
@@ -113,12 +136,19 @@ def _cifar_dir(root: Path) -> Path:
 # What CIFAR-10's python batches hold: a dict of bytes/str keys to a uint8 ndarray, lists of ints and
 # bytes. Unpickling them needs numpy's array reconstruction and nothing else (``_codecs.encode`` is how
 # Python 3 writes bytes at pickle protocol 2; ``_frombuffer`` is numpy's array at protocol 5).
-_CIFAR_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})
+_CIFAR_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -132,7 +162,8 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _CIFAR_GLOBALS:
             raise pickle.UnpicklingError(
-                f"it references {module}.{name}, which a CIFAR-10 batch never holds (refused: unpickling it could run code)"
+                f"it references {module}.{name}, which a CIFAR-10 batch never holds "
+                "(refused: unpickling it could run code)"
             )
         return super().find_class(module, name)
 
@@ -140,7 +171,7 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("it uses persistent ids, which a CIFAR-10 batch never holds")
 
 
-def load_cifar10(root, train: bool = True) -> Tuple[Tensor, Tensor]:
+def load_cifar10(root, train: bool = True) -> tuple[Tensor, Tensor]:
     """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` from CIFAR-10's python pickle batches.
 
     ``train=True`` reads every ``data_batch_*`` present (normally 1..5), ``False`` reads ``test_batch``.
@@ -169,7 +200,9 @@ def load_cifar10(root, train: bool = True) -> Tuple[Tensor, Tensor]:
             raise ValueError(f"data: {f} lacks the 'data'/'labels' entries of a CIFAR-10 batch")
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-            raise ValueError(f"data: {f} has data of shape {data.shape} and {len(labels)} labels; expected (N, 3072) and N")
+            raise ValueError(
+                f"data: {f} has data of shape {data.shape} and {len(labels)} labels; expected (N, 3072) and N"
+            )
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(np.asarray(labels, dtype=np.int64))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
@@ -184,7 +217,9 @@ class TensorImages(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
         if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
-            raise ValueError(f"images/labels: expected (N, C, H, W) and (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"images/labels: expected (N, C, H, W) and (N,), got {tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -246,8 +281,10 @@ def _small_transforms(name: str, size: int, augment: bool):
 def _imagenet_transforms(size: int, augment: bool):
     to_tensor = T.Compose([T.ToTensor(), T.Normalize(*_STATS["imagenet"])])
     resize = int(round(size * 256 / 224))
-    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), to_tensor]) if augment else T.Compose(
-        [T.Resize(resize), T.CenterCrop(size), to_tensor]
+    train = (
+        T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), to_tensor])
+        if augment
+        else T.Compose([T.Resize(resize), T.CenterCrop(size), to_tensor])
     )
     single = T.Compose([T.Resize(resize), T.CenterCrop(size), to_tensor])
     ten = T.Compose([T.Resize(resize), T.TenCrop(size), _StackCrops(to_tensor)])
@@ -259,7 +296,9 @@ def _image_folder(root: Path, split: str, transform):
 
     d = root / split
     if not d.is_dir():
-        raise FileNotFoundError(f"ImageFolder: {d} not found; expected {root}/train/<class>/... and {root}/val/<class>/...")
+        raise FileNotFoundError(
+            f"ImageFolder: {d} not found; expected {root}/train/<class>/... and {root}/val/<class>/..."
+        )
     try:
         return ImageFolder(str(d), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
@@ -278,7 +317,7 @@ class DataBundle:
     in_channels: int
 
 
-def _subset(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
+def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     if n is None or n >= len(ds):
         return ds
     positive_int("train_subset", n)
@@ -291,7 +330,7 @@ def build_datasets(
     root=None,
     *,
     augment: bool = True,
-    train_subset: Optional[int] = None,
+    train_subset: int | None = None,
     seed: int = 0,
     image_size: int = 224,
 ) -> DataBundle:

@@ -23,42 +23,47 @@ ten minutes on two CPU cores; the accuracies are measured on the full 10,000-ima
 prints the tables and writes ``results.json``, ``curves.png`` (curves averaged over seeds) and one
 folder per seed and run (``seed<k>/<run>``) under ``--out``.
 """
+
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
 from .._checks import positive_int
-from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ..io import atomic_write_text
+from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
 from .data import FMNIST_APT, build_datasets
 from .evaluate import evaluate
-from .model_factory import make_student
-from .trainer import Trainer
 from .metrics import plot_curves
+from .model_factory import make_student
 from .recipes import get_recipe
 from .stats import mean_std, paired_diff
+from .trainer import Trainer
 
 __all__ = ["run_demo", "format_table", "format_comparisons", "DEFAULTS", "RUNS"]
 
 DEFAULTS = {"subset": 10000, "epochs": 3, "wld_epochs": 1, "seed": 0, "seeds": 3}
 RUNS = ("plain", "ic", "wld", "plain+ce")
 #: (name, a, b): the paired differences b - a the demo reports
-COMPARISONS = (("IC from scratch vs plain", "plain", "ic"), ("WLD vs CE control", "plain+ce", "wld"),
-               ("WLD vs its plain start", "plain", "wld"))
+COMPARISONS = (
+    ("IC from scratch vs plain", "plain", "ic"),
+    ("WLD vs CE control", "plain+ce", "wld"),
+    ("WLD vs its plain start", "plain", "wld"),
+)
 
 
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def format_table(rows: List[Dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the demo's runs (mean ± std over seeds when a row has ``top1_std``)."""
     head = "| run | model | params | epochs | test top-1 | test top-5 | time |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
@@ -71,23 +76,32 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_comparisons(comparisons: List[Dict[str, Any]]) -> str:
+def format_comparisons(comparisons: list[dict[str, Any]]) -> str:
     """A Markdown table of the paired differences (percentage points)."""
     lines = ["| comparison | difference (top-1) | 95 % interval | seeds better | verdict |", "|---|---:|---|---:|---|"]
     for c in comparisons:
         ci = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
-        lines.append(f"| {c['name']} | {c['mean']:+.2f} ± {c['std']:.2f} | {ci} | {c['wins']}/{c['n']} | {c['verdict']} |")
+        lines.append(
+            f"| {c['name']} | {c['mean']:+.2f} ± {c['std']:.2f} | {ci} | {c['wins']}/{c['n']} | {c['verdict']} |"
+        )
     return "\n".join(lines)
 
 
-def _mean_curves(per_seed: List[Dict[str, Any]], offset: int) -> Dict[str, Any]:
+def _mean_curves(per_seed: list[dict[str, Any]], offset: int) -> dict[str, Any]:
     """Epoch rows and step losses averaged over seeds (same number of steps for every seed)."""
     n = len(per_seed)
-    epochs = [{"epoch": rows[0]["epoch"], "val_top1": sum(r["val_top1"] for r in rows) / n,
-               "train_ce": sum(r["train_ce"] for r in rows) / n}
-              for rows in zip(*(c["epochs"] for c in per_seed))]
-    steps = [{"epoch": ss[0]["epoch"], "loss": sum(s["loss"] for s in ss) / n, "ce": sum(s["ce"] for s in ss) / n}
-             for ss in zip(*(c["steps"] for c in per_seed))]
+    epochs = [
+        {
+            "epoch": rows[0]["epoch"],
+            "val_top1": sum(r["val_top1"] for r in rows) / n,
+            "train_ce": sum(r["train_ce"] for r in rows) / n,
+        }
+        for rows in zip(*(c["epochs"] for c in per_seed))
+    ]
+    steps = [
+        {"epoch": ss[0]["epoch"], "loss": sum(s["loss"] for s in ss) / n, "ce": sum(s["ce"] for s in ss) / n}
+        for ss in zip(*(c["steps"] for c in per_seed))
+    ]
     return {"epochs": epochs, "steps": steps, "offset": offset}
 
 
@@ -95,15 +109,15 @@ def run_demo(
     data=None,
     out_dir="runs/demo",
     *,
-    subset: Optional[int] = DEFAULTS["subset"],
+    subset: int | None = DEFAULTS["subset"],
     epochs: int = DEFAULTS["epochs"],
     wld_epochs: int = DEFAULTS["wld_epochs"],
     seed: int = DEFAULTS["seed"],
     seeds: int = DEFAULTS["seeds"],
     workers: int = 0,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     log: Callable[[str], None] = print,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Runs the demo (module docstring) for seeds ``seed .. seed + seeds - 1`` and returns
     ``{"runs": [...], "per_seed": [...], "comparisons": [...], "table": str, ...}``.
     Raises ``FileNotFoundError`` (naming the apt command) when the dataset is missing."""
@@ -120,25 +134,37 @@ def run_demo(
     )
     scratch = get_recipe("scratch-fmnist", epochs=epochs)
     wld = get_recipe("wld-fmnist", epochs=wld_epochs)
-    descs = {"plain": "plain CNN, from scratch", "ic": "IC CNN (alpha=1), from scratch",
-             "wld": "plain -> IC, WLD fine-tuned", "plain+ce": "plain, fine-tuned with CE (control)"}
+    descs = {
+        "plain": "plain CNN, from scratch",
+        "ic": "IC CNN (alpha=1), from scratch",
+        "wld": "plain -> IC, WLD fine-tuned",
+        "plain+ce": "plain, fine-tuned with CE (control)",
+    }
     probe = torch.stack([bundle.val[i][0] for i in range(min(256, len(bundle.val)))])  # bit-identity check
-    per_seed: List[Dict[str, Any]] = []
-    curves: Dict[str, List[Dict[str, Any]]] = {name: [] for name in RUNS}
-    first: Dict[str, Dict[str, Any]] = {}
+    per_seed: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
+    first: dict[str, dict[str, Any]] = {}
 
     for s in range(seed, seed + seeds):
         common = dict(workers=workers, seed=s, overwrite=True, progress=progress, log=log)
-        rows: Dict[str, Dict[str, Any]] = {}
+        rows: dict[str, dict[str, Any]] = {}
 
         def run(name: str, model, recipe, teacher=None) -> None:
             log(f"\n== seed {s}, {name}: {descs[name]}")
-            trainer = Trainer(model, recipe, bundle.train, bundle.val, out / f"seed{s}" / name, teacher=teacher, **common)
+            trainer = Trainer(
+                model, recipe, bundle.train, bundle.val, out / f"seed{s}" / name, teacher=teacher, **common
+            )
             summary = trainer.fit()
-            rows[name] = {"top1": summary["val_top1"], "top5": summary["val_top5"], "time_s": summary["time_s"],
-                          "alpha": trainer.metrics.epochs[-1].get("alpha"),
-                          "curve": [r["val_top1"] for r in trainer.metrics.epochs]}
-            first.setdefault(name, {"run": name, "model": descs[name], "params": _params(model), "epochs": recipe.epochs})
+            rows[name] = {
+                "top1": summary["val_top1"],
+                "top5": summary["val_top5"],
+                "time_s": summary["time_s"],
+                "alpha": trainer.metrics.epochs[-1].get("alpha"),
+                "curve": [r["val_top1"] for r in trainer.metrics.epochs],
+            }
+            first.setdefault(
+                name, {"run": name, "model": descs[name], "params": _params(model), "epochs": recipe.epochs}
+            )
             curves[name].append(trainer.metrics.state())
 
         torch.manual_seed(s)
@@ -154,7 +180,10 @@ def run_demo(
             if not torch.equal(student.eval()(probe), teacher(probe)):
                 raise RuntimeError("the converted model's logits differ from the plain model's at alpha=0")
         before = evaluate(student, bundle.val)
-        log(f"\nconverted plain -> IC at alpha=0: logits bit-identical to the plain model's; test top-1 {before['top1']:.2f}%")
+        log(
+            "\nconverted plain -> IC at alpha=0: logits bit-identical to the plain model's; "
+            f"test top-1 {before['top1']:.2f}%"
+        )
         run("wld", student, wld, teacher=teacher)
 
         control = fmnist_cnn()
@@ -167,15 +196,26 @@ def run_demo(
         t1 = mean_std([p["runs"][name]["top1"] for p in per_seed])
         t5 = mean_std([p["runs"][name]["top5"] for p in per_seed])
         tm = mean_std([p["runs"][name]["time_s"] for p in per_seed])
-        table_rows.append({**first[name], "top1": t1.mean, "top1_std": t1.std, "top5": t5.mean, "top5_std": t5.std,
-                           "time_s": tm.mean, "seeds": t1.n})
+        table_rows.append(
+            {
+                **first[name],
+                "top1": t1.mean,
+                "top1_std": t1.std,
+                "top5": t5.mean,
+                "top5_std": t5.std,
+                "time_s": tm.mean,
+                "seeds": t1.n,
+            }
+        )
     comparisons = []
     for cname, a, b in COMPARISONS:
         d = paired_diff([p["runs"][a]["top1"] for p in per_seed], [p["runs"][b]["top1"] for p in per_seed])
         comparisons.append({"name": cname, "a": a, "b": b, **d.as_dict()})
     # epochs until the IC run reaches the plain run's final test accuracy (per seed; None: never)
-    reach = [next((i + 1 for i, v in enumerate(p["runs"]["ic"]["curve"]) if v >= p["runs"]["plain"]["top1"]), None)
-             for p in per_seed]
+    reach = [
+        next((i + 1 for i, v in enumerate(p["runs"]["ic"]["curve"]) if v >= p["runs"]["plain"]["top1"]), None)
+        for p in per_seed
+    ]
     total = time.perf_counter() - t_start
     table, comp = format_table(table_rows), format_comparisons(comparisons)
     alpha_wld = mean_std([p["runs"]["wld"]["alpha"] for p in per_seed])
@@ -199,8 +239,12 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "results.json")
     mean_curves = {name: _mean_curves(curves[name], epochs if name in ("wld", "plain+ce") else 0) for name in RUNS}
-    plot_curves(mean_curves, out / "curves.png",
-                title=f"Fashion-MNIST, {n_train:,} training images, mean of {seeds} seed(s)", eval_set="test set")
+    plot_curves(
+        mean_curves,
+        out / "curves.png",
+        title=f"Fashion-MNIST, {n_train:,} training images, mean of {seeds} seed(s)",
+        eval_set="test set",
+    )
     reach_txt = ", ".join("never" if e is None else str(e) for e in reach)
     log(
         f"\nFashion-MNIST demo: {n_train:,} training images, all {len(bundle.val):,} test images, seeds "

@@ -7,6 +7,7 @@ environment; :func:`init_distributed` joins the group (nccl on CUDA, gloo on CPU
 (no ``WORLD_SIZE``, or 1) never initialises a process group, and every helper here then acts as
 the one-process case.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,8 +19,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
-    "dist_info", "default_device", "dist_timeout", "init_distributed", "release_ddp_reducers", "shutdown_distributed",
-    "rank_error", "all_reduce", "DIST_TIMEOUT_ENV",
+    "dist_info",
+    "default_device",
+    "dist_timeout",
+    "init_distributed",
+    "release_ddp_reducers",
+    "shutdown_distributed",
+    "rank_error",
+    "all_reduce",
+    "DIST_TIMEOUT_ENV",
 ]
 
 

@@ -3,10 +3,12 @@
 It joins the process group under ``torchrun`` (:mod:`.distributed`), builds the datasets
 (:mod:`.data`) and the models (:mod:`.model_factory`) of a recipe and runs the :class:`~.trainer.Trainer`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -32,10 +34,10 @@ def train(
     seed: int = 0,
     device=None,
     ckpt_every: int = 0,
-    max_steps: Optional[int] = None,
-    progress: Optional[bool] = None,
+    max_steps: int | None = None,
+    progress: bool | None = None,
     log: Callable[[str], None] = print,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Builds the datasets (``data``: local path) and models of ``recipe`` and runs :class:`Trainer`.
     Joins the process group first when started by ``torchrun``. Returns the run summary."""
     if recipe.mode == "wld" and teacher_weights is None:
@@ -50,9 +52,21 @@ def train(
     model, teacher = models_for_recipe(recipe, bundle.num_classes, bundle.in_channels, teacher_weights)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / f"{recipe.name}-{recipe.model}"
     trainer = Trainer(
-        model, recipe, bundle.train, bundle.val, out_dir, teacher=teacher, val_ten_crop=bundle.val_ten_crop,
-        device=device, amp=amp, workers=workers, seed=seed, ckpt_every=ckpt_every, overwrite=overwrite,
-        progress=progress, log=log,
+        model,
+        recipe,
+        bundle.train,
+        bundle.val,
+        out_dir,
+        teacher=teacher,
+        val_ten_crop=bundle.val_ten_crop,
+        device=device,
+        amp=amp,
+        workers=workers,
+        seed=seed,
+        ckpt_every=ckpt_every,
+        overwrite=overwrite,
+        progress=progress,
+        log=log,
     )
     try:
         summary = trainer.fit(resume=resume, max_steps=max_steps)

@@ -11,11 +11,12 @@ conventions that evaluation and training share.
 * **Progress**: tqdm bars on rank 0 when stderr is a terminal (``progress=None``); without bars,
   ``log`` (when given) gets a line at least every ``log_every_s`` seconds.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ __all__ = ["evaluate", "autocast", "show_progress", "PROGRESS_EVERY_S"]
 PROGRESS_EVERY_S = 20.0
 
 
-def show_progress(progress: Optional[bool], rank: int) -> bool:
+def show_progress(progress: bool | None, rank: int) -> bool:
     """Whether to draw progress bars: ``progress``, or when it is None, whether stderr is a
     terminal; never on a rank other than 0."""
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -49,14 +50,14 @@ def evaluate(
     dataset: Dataset,
     *,
     batch_size: int = 256,
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
     amp: bool = False,
     workers: int = 0,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     desc: str = "eval",
-    log: Optional[Callable[[str], None]] = None,
+    log: Callable[[str], None] | None = None,
     log_every_s: float = PROGRESS_EVERY_S,
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """``{"top1", "top5", "loss", "n"}`` of ``model`` on ``dataset`` (accuracies in percent).
 
     Samples of shape ``(n_crops, C, H, W)`` are multi-crop: the logits of the crops are averaged.
@@ -69,7 +70,9 @@ def evaluate(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = dist_info()
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n

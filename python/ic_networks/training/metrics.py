@@ -14,14 +14,16 @@ Files (all written atomically) in the run folder:
 Plots use matplotlib's object API with the Agg canvas, never ``pyplot``, so no display is needed and
 no global backend is switched.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 from ..io import atomic_write, atomic_write_text
 
@@ -40,16 +42,16 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLog:
-    def __init__(self, out_dir, epochs: Optional[List[dict]] = None, steps: Optional[List[dict]] = None) -> None:
+    def __init__(self, out_dir, epochs: list[dict] | None = None, steps: list[dict] | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self.epochs: List[dict] = list(epochs or [])
-        self.steps: List[dict] = list(steps or [])
+        self.epochs: list[dict] = list(epochs or [])
+        self.steps: list[dict] = list(steps or [])
 
-    def state(self) -> Dict[str, List[dict]]:
+    def state(self) -> dict[str, list[dict]]:
         return {"epochs": list(self.epochs), "steps": list(self.steps)}
 
-    def write(self, summary: Optional[Mapping[str, Any]] = None, title: str = "") -> None:
-        keys: List[str] = []
+    def write(self, summary: Mapping[str, Any] | None = None, title: str = "") -> None:
+        keys: list[str] = []
         for row in self.epochs:
             keys += [k for k in row if k not in keys]
         buf = io.StringIO()
@@ -63,8 +65,9 @@ class MetricsLog:
         plot_curves({title or "run": self.state()}, self.out_dir / "curves.png")
 
 
-def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str = "",
-                eval_set: str = "validation") -> Path:
+def plot_curves(
+    runs: Mapping[str, Mapping[str, list[dict]]], path, title: str = "", eval_set: str = "validation"
+) -> Path:
     """One PNG with two panels for any number of runs: ``{label: {"epochs": rows, "steps": steps}}``,
     plus an optional ``"offset"`` (epochs) for a run that continues another one. The loss panel
     plots the step entries and each epoch row's ``train_ce`` (its mean over the epoch, a marker at
@@ -80,13 +83,20 @@ def plot_curves(runs: Mapping[str, Mapping[str, List[dict]]], path, title: str =
         steps = run.get("steps") or []
         colour = None
         if steps:
-            (line,) = ax_loss.plot([off + s["epoch"] for s in steps], [s.get("ce", s["loss"]) for s in steps],
-                                   label=label, lw=1)
+            (line,) = ax_loss.plot(
+                [off + s["epoch"] for s in steps], [s.get("ce", s["loss"]) for s in steps], label=label, lw=1
+            )
             colour = line.get_color()
         means = [r for r in run.get("epochs") or [] if r.get("train_ce") is not None]
         if means:
-            ax_loss.plot([off + r["epoch"] for r in means], [r["train_ce"] for r in means], marker="s", ls="none",
-                         color=colour, label=None if steps else label)
+            ax_loss.plot(
+                [off + r["epoch"] for r in means],
+                [r["train_ce"] for r in means],
+                marker="s",
+                ls="none",
+                color=colour,
+                label=None if steps else label,
+            )
         rows = [r for r in run.get("epochs") or [] if r.get("val_top1") is not None]
         if rows:
             ax_acc.plot([off + r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label=label)

@@ -1,4 +1,5 @@
 """Models for the training engine: a model by name, the WLD student, and the pair a recipe needs."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
-"""Named training recipes: the paper's (ImageNet, CIFAR-10; docs/design.md) and small Fashion-MNIST ones for a 2-core CPU.
+"""Named training recipes: the paper's (ImageNet, CIFAR-10; docs/design.md) and small Fashion-MNIST ones
+for a 2-core CPU.
 
 A :class:`Recipe` is plain data; :func:`get_recipe` returns one by name, with overrides applied.
 ``batch_size`` is the *global* batch: under DDP each of the ``world_size`` processes takes
@@ -18,11 +19,11 @@ EfficientNets in the paper drop the lr every 10 epochs (``--lr-step 10``). Weigh
 every parameter except alpha. ``ic_lr_mult`` (default 1, ``--ic-lr-mult``) gives the IC branch's
 parameters (W', b1, alpha) their own learning rate, ``lr * ic_lr_mult``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
 
 from .._checks import positive_int
 
@@ -41,12 +42,12 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_schedule: str = "step"  # 'step' | 'cosine' | 'constant'
-    lr_milestones: Tuple[int, ...] = ()  # epochs at which lr *= lr_gamma
+    lr_milestones: tuple[int, ...] = ()  # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
     augment: bool = True
     ten_crop: bool = False  # also report 10-crop accuracy at the end
-    train_subset: Optional[int] = None  # keep a fixed random subset of the training set
+    train_subset: int | None = None  # keep a fixed random subset of the training set
     label_smoothing: float = 0.0
     ic_lr_mult: float = 1.0  # lr of the IC branch's parameters (W', b1, alpha) = lr * ic_lr_mult
     # WLD only
@@ -72,7 +73,7 @@ class Recipe:
         if not self.ic_lr_mult > 0:
             raise ValueError(f"ic_lr_mult: expected > 0, got {self.ic_lr_mult!r}")
 
-    def replace(self, **changes) -> "Recipe":
+    def replace(self, **changes) -> Recipe:
         """A copy with ``changes`` (None values are ignored, so CLI defaults pass through)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -88,43 +89,83 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         d = dict(d)
         d["lr_milestones"] = tuple(d.get("lr_milestones", ()))
         return cls(**d)
 
 
-RECIPES: Dict[str, Recipe] = {
+RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
         Recipe(
-            "scratch-imagenet", "imagenet", "ic_resnet50", "scratch", epochs=120, batch_size=256, lr=0.1,
-            lr_milestones=(30, 60, 90), ten_crop=True,
+            "scratch-imagenet",
+            "imagenet",
+            "ic_resnet50",
+            "scratch",
+            epochs=120,
+            batch_size=256,
+            lr=0.1,
+            lr_milestones=(30, 60, 90),
+            ten_crop=True,
             description="paper §5: SGD m=0.9 wd=1e-4, batch 256, lr 0.1 /10 every 30 epochs, 120 epochs",
         ),
         Recipe(
-            "wld-imagenet", "imagenet", "resnet50", "wld", epochs=30, batch_size=256, lr=0.001,
-            lr_milestones=(15,), ten_crop=True,
+            "wld-imagenet",
+            "imagenet",
+            "resnet50",
+            "wld",
+            epochs=30,
+            batch_size=256,
+            lr=0.001,
+            lr_milestones=(15,),
+            ten_crop=True,
             description="paper §4: WLD 30 epochs, lr 0.001 /10 every 15, e=0.005, lambda 0.9->0.1",
         ),
         Recipe(
-            "scratch-cifar", "cifar10", "ic_vgg16_cifar", "scratch", epochs=200, batch_size=128, lr=0.1,
+            "scratch-cifar",
+            "cifar10",
+            "ic_vgg16_cifar",
+            "scratch",
+            epochs=200,
+            batch_size=128,
+            lr=0.1,
             lr_milestones=(60, 120),
             description="paper §5: 200 epochs, batch 128, lr 0.1 /10 at 60 and 120, SGD m=0.9 wd=1e-4",
         ),
         Recipe(
-            "wld-cifar", "cifar10", "vgg16_cifar", "wld", epochs=30, batch_size=128, lr=0.001,
+            "wld-cifar",
+            "cifar10",
+            "vgg16_cifar",
+            "wld",
+            epochs=30,
+            batch_size=128,
+            lr=0.001,
             lr_milestones=(15,),
             description="WLD on CIFAR-10 with the ImageNet WLD schedule (30 epochs, lr 0.001 /10 after 15)",
         ),
         Recipe(
-            "scratch-fmnist", "fmnist", "ic_fmnist_cnn", "scratch", epochs=3, batch_size=128, lr=0.05,
-            lr_schedule="cosine", augment=False,
+            "scratch-fmnist",
+            "fmnist",
+            "ic_fmnist_cnn",
+            "scratch",
+            epochs=3,
+            batch_size=128,
+            lr=0.05,
+            lr_schedule="cosine",
+            augment=False,
             description="small: Fashion-MNIST CNN from scratch, 3 epochs, lr 0.05 cosine (minutes on 2 cores)",
         ),
         Recipe(
-            "wld-fmnist", "fmnist", "fmnist_cnn", "wld", epochs=2, batch_size=128, lr=0.005,
-            lr_schedule="cosine", augment=False,
+            "wld-fmnist",
+            "fmnist",
+            "fmnist_cnn",
+            "wld",
+            epochs=2,
+            batch_size=128,
+            lr=0.005,
+            lr_schedule="cosine",
+            augment=False,
             description="small: WLD fine-tuning of the converted Fashion-MNIST CNN, 2 epochs, lr 0.005 cosine",
         ),
     ]

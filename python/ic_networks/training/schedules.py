@@ -17,10 +17,11 @@ Conventions (decisions):
   ``1/gamma`` at each milestone *epoch* (the paper's recipes), ``"cosine"`` decays to 0 over the
   run; both with an optional linear warm-up.
 """
+
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -73,13 +74,15 @@ class LambdaSchedule:
 
 
 class AlphaRamp:
-    """Sets alpha of every IC layer of ``model`` (:func:`ic_networks.layers.ic_layers`) by hand: linear from ``start`` to ``end`` over
-    ``total_steps`` optimiser steps. Call it with the step index before each step."""
+    """Sets alpha of every IC layer of ``model`` (:func:`ic_networks.ic_layers`) by hand: linear from
+    ``start`` to ``end`` over ``total_steps`` optimiser steps. Call it with the step index before each step."""
 
     def __init__(self, model: nn.Module, total_steps: int, start: float = 0.0, end: float = 0.02) -> None:
         self.layers = ic_layers(model)
         if not self.layers:
-            raise ValueError("model: an alpha ramp needs a model with IC layers (IcConv2d, IcDepthwiseSeparable, ...), found none")
+            raise ValueError(
+                "model: an alpha ramp needs a model with IC layers (IcConv2d, IcDepthwiseSeparable, ...), found none"
+            )
         self.total_steps = _check_total(total_steps)
         self.start, self.end = float(start), float(end)
 
@@ -130,6 +133,6 @@ class LrFactor:
         return f
 
 
-def milestones_every(period: int, epochs: int) -> List[int]:
+def milestones_every(period: int, epochs: int) -> list[int]:
     """``[period, 2*period, ...]`` below ``epochs`` (lr divided by 10 every ``period`` epochs)."""
     return list(range(period, epochs, period)) if period > 0 else []

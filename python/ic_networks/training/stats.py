@@ -5,20 +5,48 @@ settings) "exceeds the seed noise" when its two-sided 95 % Student-t interval ex
 for 3 seeds means ``|mean| > 2.48 * std`` of the per-seed differences. No scipy: the t quantiles
 for up to 30 degrees of freedom are tabulated below.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 __all__ = ["MeanStd", "PairedDiff", "mean_std", "paired_diff", "t975"]
 
 # two-sided 95 % quantiles of Student's t, t_{0.975, df}, df = 1..30
 _T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
 )
 
 
@@ -55,8 +83,8 @@ class PairedDiff:
     mean: float
     std: float
     n: int
-    low: Optional[float]  # None with one seed (no interval)
-    high: Optional[float]
+    low: float | None  # None with one seed (no interval)
+    high: float | None
     wins: int  # seeds where b > a
     losses: int  # seeds where b < a
 

@@ -27,6 +27,7 @@ finished runs, so an interrupted study resumes. Runs go to ``jobs`` worker proce
 torch thread each. ``OUT/results.json`` holds every run and the summary, ``OUT/report.md`` the
 tables, ``OUT/study.png`` the plots.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,9 +35,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from torch.utils.data import Subset
@@ -58,19 +60,21 @@ class StudyConfig:
     val_images: int = 5_000
     epochs: int = 2
     wld_epochs: int = 1
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    nets: Tuple[str, ...] = NETS
-    lrs: Tuple[float, ...] = (0.05, 0.1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    nets: tuple[str, ...] = NETS
+    lrs: tuple[float, ...] = (0.05, 0.1)
     batch_size: int = 128
-    parts: Tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = PARTS
     probe_images: int = 256  # validation images for the branch-ratio diagnostic
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images", "epochs", "wld_epochs", "batch_size", "probe_images"):
             positive_int(name, getattr(self, name))
         if self.train_images + self.val_images > 60_000:
-            raise ValueError(f"train_images + val_images: at most 60000 (the training set), got "
-                             f"{self.train_images + self.val_images}")
+            raise ValueError(
+                f"train_images + val_images: at most 60000 (the training set), got "
+                f"{self.train_images + self.val_images}"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: expected distinct seeds, got {self.seeds!r}")
         bad = [n for n in self.nets if n not in NETS]
@@ -84,8 +88,13 @@ class StudyConfig:
 
     def data_key(self) -> dict:
         """What a run's result depends on besides its cell and seed."""
-        return {"train_images": self.train_images, "val_images": self.val_images, "batch_size": self.batch_size,
-                "split_seed": SPLIT_SEED, "probe_images": self.probe_images}
+        return {
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "batch_size": self.batch_size,
+            "split_seed": SPLIT_SEED,
+            "probe_images": self.probe_images,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,11 @@ class WldCell:
     tau: float = 4.0
 
 
-def scratch_cells(nets: Sequence[str] = NETS, lrs: Sequence[float] = (0.05, 0.1)) -> List[ScratchCell]:
+def scratch_cells(nets: Sequence[str] = NETS, lrs: Sequence[float] = (0.05, 0.1)) -> list[ScratchCell]:
     """The part-``scratch`` cells (module docstring), plain first."""
-    cells: List[ScratchCell] = []
+    cells: list[ScratchCell] = []
     for net in nets:
-        for lr in (lrs if net == "cnn" else lrs[:1]):
+        for lr in lrs if net == "cnn" else lrs[:1]:
             cells.append(ScratchCell(f"{net}/plain/lr{lr:g}", net, False, lr))
             cells.append(ScratchCell(f"{net}/ic/lr{lr:g}", net, True, lr))
         lr = lrs[0]
@@ -141,7 +150,7 @@ def scratch_cells(nets: Sequence[str] = NETS, lrs: Sequence[float] = (0.05, 0.1)
 _CNN_ONLY = ("W'~N(0,0.01²)", "b1=+0.5")
 
 
-def wld_cells() -> List[WldCell]:
+def wld_cells() -> list[WldCell]:
     """The part-``wld`` cells (module docstring), the CE control first."""
     return [
         WldCell("CE control (plain, fine-tuned)", "ce"),
@@ -155,7 +164,7 @@ def wld_cells() -> List[WldCell]:
 
 
 # ----------------------------------------------------------------------------------------- runs
-_DATA: Dict[tuple, Any] = {}
+_DATA: dict[tuple, Any] = {}
 
 
 def _data(cfg: dict, root):
@@ -167,27 +176,35 @@ def _data(cfg: dict, root):
         bundle = build_datasets("fmnist", root, augment=False)
         perm = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(cfg["split_seed"])).tolist()
         val = Subset(bundle.train, perm[: cfg["val_images"]])
-        train = Subset(bundle.train, perm[cfg["val_images"]: cfg["val_images"] + cfg["train_images"]])
+        train = Subset(bundle.train, perm[cfg["val_images"] : cfg["val_images"] + cfg["train_images"]])
         probe = torch.stack([val[i][0] for i in range(min(cfg["probe_images"], len(val)))])
         _DATA.clear()
         _DATA[key] = (train, val, bundle.val, probe)
     return _DATA[key]
 
 
-def _build(net: str, ic: bool = False, adjust_init: str = "like_weight", alpha: float = 1.0,
-           alpha_mode: str = "fixed", b1: float = 0.0, **_ignored):
+def _build(
+    net: str,
+    ic: bool = False,
+    adjust_init: str = "like_weight",
+    alpha: float = 1.0,
+    alpha_mode: str = "fixed",
+    b1: float = 0.0,
+    **_ignored,
+):
     """The ``net`` (``cnn`` | ``resnet``), converted to IC with these settings when ``ic``."""
-    from ..models.cnn import FmnistCNN, FmnistResNet
     from ..conversion import convert
+    from ..models.cnn import FmnistCNN, FmnistResNet
 
     model = FmnistCNN() if net == "cnn" else FmnistResNet(depth=8)
     if ic:
-        model = convert(model, alpha=alpha, alpha_mode=alpha_mode, adjust_init=adjust_init,
-                        adjust_bias_init=b1, inplace=True)
+        model = convert(
+            model, alpha=alpha, alpha_mode=alpha_mode, adjust_init=adjust_init, adjust_bias_init=b1, inplace=True
+        )
     return model
 
 
-def _ratios(model, probe, train_mode: bool) -> Optional[dict]:
+def _ratios(model, probe, train_mode: bool) -> dict | None:
     from ..diagnostics import branch_ratios
     from ..layers import ic_layers
 
@@ -199,8 +216,10 @@ def _ratios(model, probe, train_mode: bool) -> Optional[dict]:
     return {"mean": sum(s.ratio for s in stats) / len(stats), "layers": [s.as_dict() for s in stats]}
 
 
-def _curve(trainer) -> List[dict]:
-    return [{k: r.get(k) for k in ("epoch", "train_ce", "train_loss", "val_top1", "alpha")} for r in trainer.metrics.epochs]
+def _curve(trainer) -> list[dict]:
+    return [
+        {k: r.get(k) for k in ("epoch", "train_ce", "train_loss", "val_top1", "alpha")} for r in trainer.metrics.epochs
+    ]
 
 
 def run_job(job: dict) -> dict:
@@ -220,8 +239,13 @@ def run_job(job: dict) -> dict:
     if part == "scratch":
         torch.manual_seed(seed)
         model = _build(**cell)
-        recipe = get_recipe("scratch-fmnist", epochs=job["epochs"], lr=cell["lr"], batch_size=job["data"]["batch_size"],
-                            model=("ic_" if cell["ic"] else "") + cell["net"])
+        recipe = get_recipe(
+            "scratch-fmnist",
+            epochs=job["epochs"],
+            lr=cell["lr"],
+            batch_size=job["data"]["batch_size"],
+            model=("ic_" if cell["ic"] else "") + cell["net"],
+        )
         init_ratio = _ratios(model, probe, train_mode=True)
     else:
         from ..conversion import convert
@@ -237,20 +261,37 @@ def run_job(job: dict) -> dict:
             teacher = None
         else:
             model = convert(teacher, alpha=cell["alpha_start"], alpha_mode="learnable")
-            recipe = get_recipe("wld-fmnist", epochs=job["epochs"], ic_lr_mult=cell["ic_lr_mult"], e=cell["e"],
-                                tau=cell["tau"], alpha_start=cell["alpha_start"])
+            recipe = get_recipe(
+                "wld-fmnist",
+                epochs=job["epochs"],
+                ic_lr_mult=cell["ic_lr_mult"],
+                e=cell["e"],
+                tau=cell["tau"],
+                alpha_start=cell["alpha_start"],
+            )
         recipe = recipe.replace(batch_size=job["data"]["batch_size"])
         init_ratio = None
-    trainer = Trainer(model, recipe, train, val, out, teacher=teacher, seed=seed, overwrite=True, progress=False, log=None)
+    trainer = Trainer(
+        model, recipe, train, val, out, teacher=teacher, seed=seed, overwrite=True, progress=False, log=None
+    )
     summary = trainer.fit()
     trainer.close()
     model.eval()
     test_m = evaluate(model, test, progress=False)
     result = {
-        "part": part, "cell": cell, "seed": seed, "epochs": job["epochs"], "data": job["data"],
-        "val_top1": summary["val_top1"], "test_top1": test_m["top1"], "test_loss": test_m["loss"],
-        "curve": _curve(trainer), "time_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
-        "ratio_init": init_ratio, "ratio_end": _ratios(model, probe, train_mode=False),
+        "part": part,
+        "cell": cell,
+        "seed": seed,
+        "epochs": job["epochs"],
+        "data": job["data"],
+        "val_top1": summary["val_top1"],
+        "test_top1": test_m["top1"],
+        "test_loss": test_m["loss"],
+        "curve": _curve(trainer),
+        "time_s": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+        "ratio_init": init_ratio,
+        "ratio_end": _ratios(model, probe, train_mode=False),
     }
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "result.json")
     return result
@@ -261,7 +302,7 @@ def _slug(name: str) -> str:
     return keep + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
 
 
-def _cached(job: dict) -> Optional[dict]:
+def _cached(job: dict) -> dict | None:
     path = Path(job["out"]) / "result.json"
     if not path.is_file():
         return None
@@ -273,7 +314,7 @@ def _cached(job: dict) -> Optional[dict]:
     return r if same else None
 
 
-def _run_all(jobs: List[dict], workers: int, log: Callable[[str], None]) -> List[dict]:
+def _run_all(jobs: list[dict], workers: int, log: Callable[[str], None]) -> list[dict]:
     done = {}
     for j in jobs:  # finished runs of an earlier study, read once
         r = _cached(j)
@@ -302,7 +343,10 @@ def _run_all(jobs: List[dict], workers: int, log: Callable[[str], None]) -> List
 
 
 def _describe(r: dict) -> str:
-    return f"{r['cell']['name']} seed {r['seed']}: val {r['val_top1']:.2f}% test {r['test_top1']:.2f}% in {r['time_s']:.0f} s"
+    return (
+        f"{r['cell']['name']} seed {r['seed']}: val {r['val_top1']:.2f}% test {r['test_top1']:.2f}% "
+        f"in {r['time_s']:.0f} s"
+    )
 
 
 def run_study(
@@ -312,7 +356,7 @@ def run_study(
     *,
     jobs: int = 2,
     log: Callable[[str], None] = print,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Runs the parts of ``cfg`` (module docstring) and returns ``{"runs", "summary", "report"}``.
     Raises ``FileNotFoundError`` (naming the apt command) when Fashion-MNIST is missing."""
     positive_int("jobs", jobs)
@@ -324,14 +368,25 @@ def run_study(
     dkey = cfg.data_key()
     threads = 1 if jobs > 1 else None
     base = {"data": dkey, "root": None if data is None else str(data), "threads": threads}
-    runs: List[dict] = []
+    runs: list[dict] = []
     if "scratch" in cfg.parts:
         cells = scratch_cells(cfg.nets, cfg.lrs)
-        log(f"study, part scratch: {len(cells)} cells x {len(cfg.seeds)} seeds, {cfg.epochs} epochs on "
-            f"{cfg.train_images:,} images (validation: {cfg.val_images:,} held out of the training set)")
-        sjobs = [dict(base, part="scratch", cell=dataclasses.asdict(c), seed=s, epochs=cfg.epochs,
-                      out=str(out / "runs" / "scratch" / _slug(c.name) / f"seed{s}"))
-                 for c in cells for s in cfg.seeds]
+        log(
+            f"study, part scratch: {len(cells)} cells x {len(cfg.seeds)} seeds, {cfg.epochs} epochs on "
+            f"{cfg.train_images:,} images (validation: {cfg.val_images:,} held out of the training set)"
+        )
+        sjobs = [
+            dict(
+                base,
+                part="scratch",
+                cell=dataclasses.asdict(c),
+                seed=s,
+                epochs=cfg.epochs,
+                out=str(out / "runs" / "scratch" / _slug(c.name) / f"seed{s}"),
+            )
+            for c in cells
+            for s in cfg.seeds
+        ]
         sjobs.sort(key=lambda j: (j["cell"]["net"] != "resnet", not j["cell"]["ic"]))  # longest first
         runs += _run_all(sjobs, jobs, log)
     if "wld" in cfg.parts:
@@ -339,34 +394,58 @@ def run_study(
         teachers = {}
         for s in cfg.seeds:
             path = out / "runs" / "scratch" / _slug(teacher_cell.name) / f"seed{s}"
-            if _cached(dict(cell=dataclasses.asdict(teacher_cell), data=dkey, epochs=cfg.epochs, out=str(path))) is None:
-                raise ValueError(f"parts: the wld part needs the scratch part's {teacher_cell.name} runs "
-                                 f"(seed {s} missing in {path}): run the scratch part first")
+            if (
+                _cached(dict(cell=dataclasses.asdict(teacher_cell), data=dkey, epochs=cfg.epochs, out=str(path)))
+                is None
+            ):
+                raise ValueError(
+                    f"parts: the wld part needs the scratch part's {teacher_cell.name} runs "
+                    f"(seed {s} missing in {path}): run the scratch part first"
+                )
             teachers[s] = str(path / "model.pt")
         cells = wld_cells()
-        log(f"study, part wld: {len(cells)} cells x {len(cfg.seeds)} seeds, {cfg.wld_epochs} epoch(s), teacher: "
-            f"each seed's {teacher_cell.name}")
-        wjobs = [dict(base, part="wld", cell=dict(dataclasses.asdict(c), net="cnn"), seed=s, epochs=cfg.wld_epochs,
-                      teacher=teachers[s], out=str(out / "runs" / "wld" / _slug(c.name) / f"seed{s}"))
-                 for c in cells for s in cfg.seeds]
+        log(
+            f"study, part wld: {len(cells)} cells x {len(cfg.seeds)} seeds, {cfg.wld_epochs} epoch(s), teacher: "
+            f"each seed's {teacher_cell.name}"
+        )
+        wjobs = [
+            dict(
+                base,
+                part="wld",
+                cell=dict(dataclasses.asdict(c), net="cnn"),
+                seed=s,
+                epochs=cfg.wld_epochs,
+                teacher=teachers[s],
+                out=str(out / "runs" / "wld" / _slug(c.name) / f"seed{s}"),
+            )
+            for c in cells
+            for s in cfg.seeds
+        ]
         runs += _run_all(wjobs, jobs, log)
     summary = summarize(runs, cfg)
     report = format_report(summary, cfg)
-    result = {"config": dataclasses.asdict(cfg), "summary": summary, "runs": runs,
-              "total_time_s": time.perf_counter() - t0, "jobs": jobs}
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "summary": summary,
+        "runs": runs,
+        "total_time_s": time.perf_counter() - t0,
+        "jobs": jobs,
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "results.json")
     atomic_write_text(report + "\n", out / "report.md")
     plot_study(summary, runs, out / "study.png")
-    log("\n" + report + f"\n\ntotal {result['total_time_s']:.0f} s. Wrote {out / 'results.json'}, "
-        f"{out / 'report.md'} and {out / 'study.png'}.")
+    log(
+        "\n" + report + f"\n\ntotal {result['total_time_s']:.0f} s. Wrote {out / 'results.json'}, "
+        f"{out / 'report.md'} and {out / 'study.png'}."
+    )
     result["report"] = report
     return result
 
 
 # -------------------------------------------------------------------------------------- summary
-def _by_cell(runs: List[dict], part: str) -> Dict[str, List[dict]]:
-    cells: Dict[str, List[dict]] = {}
+def _by_cell(runs: list[dict], part: str) -> dict[str, list[dict]]:
+    cells: dict[str, list[dict]] = {}
     for r in runs:
         if r["part"] == part:
             cells.setdefault(r["cell"]["name"], []).append(r)
@@ -375,16 +454,17 @@ def _by_cell(runs: List[dict], part: str) -> Dict[str, List[dict]]:
     return cells
 
 
-def _epochs_to(curve_ic: List[dict], target: float) -> Optional[int]:
+def _epochs_to(curve_ic: list[dict], target: float) -> int | None:
     for row in curve_ic:
         if row["val_top1"] is not None and row["val_top1"] >= target:
             return int(row["epoch"])
     return None
 
 
-def _cell_summary(rs: List[dict], ref: Optional[List[dict]]) -> dict:
-    s: Dict[str, Any] = {
-        "cell": rs[0]["cell"], "seeds": [r["seed"] for r in rs],
+def _cell_summary(rs: list[dict], ref: list[dict] | None) -> dict:
+    s: dict[str, Any] = {
+        "cell": rs[0]["cell"],
+        "seeds": [r["seed"] for r in rs],
         "val": dataclasses.asdict(mean_std([r["val_top1"] for r in rs])),
         "test": dataclasses.asdict(mean_std([r["test_top1"] for r in rs])),
         "time_s": mean_std([r["time_s"] for r in rs]).mean,
@@ -408,14 +488,14 @@ def _cell_summary(rs: List[dict], ref: Optional[List[dict]]) -> dict:
     return s
 
 
-def summarize(runs: List[dict], cfg: StudyConfig) -> Dict[str, Any]:
+def summarize(runs: list[dict], cfg: StudyConfig) -> dict[str, Any]:
     """Per cell: val/test mean ± std, paired differences against the reference cell (plain at the
     same lr for ``scratch``, the CE control for ``wld``), branch ratios, epochs to reach the
     reference's final validation accuracy; and the settings chosen on validation."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     cells = _by_cell(runs, "scratch")
     if cells:
-        part: Dict[str, Any] = {}
+        part: dict[str, Any] = {}
         for name, rs in cells.items():
             c = rs[0]["cell"]
             ref = cells.get(f"{c['net']}/plain/lr{c['lr']:g}")
@@ -428,10 +508,18 @@ def summarize(runs: List[dict], cfg: StudyConfig) -> Dict[str, Any]:
             if plain and ic:
                 bp = max(plain, key=lambda n: plain[n]["val"]["mean"])
                 bi = max(ic, key=lambda n: ic[n]["val"]["mean"])
-                d = paired_diff([r["test_top1"] for r in cells[bp]], [r["test_top1"] for r in cells[bi]]) \
-                    if [r["seed"] for r in cells[bp]] == [r["seed"] for r in cells[bi]] else None
-                chosen[net] = {"plain": bp, "plain_candidates": len(plain), "ic": bi, "ic_candidates": len(ic),
-                               "d_test": None if d is None else d.as_dict()}
+                d = (
+                    paired_diff([r["test_top1"] for r in cells[bp]], [r["test_top1"] for r in cells[bi]])
+                    if [r["seed"] for r in cells[bp]] == [r["seed"] for r in cells[bi]]
+                    else None
+                )
+                chosen[net] = {
+                    "plain": bp,
+                    "plain_candidates": len(plain),
+                    "ic": bi,
+                    "ic_candidates": len(ic),
+                    "d_test": None if d is None else d.as_dict(),
+                }
         out["scratch"] = {"cells": part, "chosen_on_val": chosen}
     cells = _by_cell(runs, "wld")
     if cells:
@@ -442,7 +530,7 @@ def summarize(runs: List[dict], cfg: StudyConfig) -> Dict[str, Any]:
     return out
 
 
-def _fmt(v: Optional[float], spec: str = ".2f", none: str = "–") -> str:
+def _fmt(v: float | None, spec: str = ".2f", none: str = "–") -> str:
     return none if v is None else format(v, spec)
 
 
@@ -450,21 +538,21 @@ def _ms(d: dict) -> str:
     return f"{d['mean']:.2f} ± {d['std']:.2f}"
 
 
-def _diff(d: Optional[dict]) -> str:
+def _diff(d: dict | None) -> str:
     if not d:
         return "–"
     return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']})"
 
 
-def _reach(v: Optional[list]) -> str:
+def _reach(v: list | None) -> str:
     if not v:
         return "–"
     return ", ".join("–" if e is None else str(e) for e in v)
 
 
-def format_report(summary: Dict[str, Any], cfg: StudyConfig) -> str:
+def format_report(summary: dict[str, Any], cfg: StudyConfig) -> str:
     """Markdown tables of :func:`summarize`."""
-    lines: List[str] = []
+    lines: list[str] = []
     n = len(cfg.seeds)
     if "scratch" in summary:
         s = summary["scratch"]
@@ -475,7 +563,8 @@ def format_report(summary: Dict[str, Any], cfg: StudyConfig) -> str:
             "seeds); *reach* = epoch at which IC's validation accuracy first reaches plain's final one, per seed "
             "(– never); *ratio* = mean over IC layers of std(alpha·relu(Z)) / std(conv) at init → after training.",
             "",
-            "| cell | val top-1 | test top-1 | Δ val | Δ test | verdict (Δ val) | reach | ratio | alpha end | CE epoch 1 | time |",
+            "| cell | val top-1 | test top-1 | Δ val | Δ test | verdict (Δ val) | reach | ratio | alpha end "
+            "| CE epoch 1 | time |",
             "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|",
         ]
         for name, c in s["cells"].items():
@@ -488,14 +577,18 @@ def format_report(summary: Dict[str, Any], cfg: StudyConfig) -> str:
             )
         for net, ch in s["chosen_on_val"].items():
             d = ch["d_test"]
-            lines += ["", f"Chosen on validation, {net}: plain = {ch['plain']} (best of {ch['plain_candidates']}), "
-                      f"IC = {ch['ic']} (best of {ch['ic_candidates']}); test Δ (IC − plain) = {_diff(d)}"
-                      + (f", {d['verdict']}" if d else "")]
+            lines += [
+                "",
+                f"Chosen on validation, {net}: plain = {ch['plain']} (best of {ch['plain_candidates']}), "
+                f"IC = {ch['ic']} (best of {ch['ic_candidates']}); test Δ (IC − plain) = {_diff(d)}"
+                + (f", {d['verdict']}" if d else ""),
+            ]
     if "wld" in summary:
         w = summary["wld"]
         lines += [
             "" if lines else "",
-            f"### WLD fine-tuning of the plain CNN: {cfg.wld_epochs} epoch(s), {n} seeds (teacher = that seed's plain CNN)",
+            f"### WLD fine-tuning of the plain CNN: {cfg.wld_epochs} epoch(s), {n} seeds "
+            "(teacher = that seed's plain CNN)",
             "",
             f"Δ = paired difference against the {w['reference']}.",
             "",
@@ -511,7 +604,7 @@ def format_report(summary: Dict[str, Any], cfg: StudyConfig) -> str:
     return "\n".join(lines).strip()
 
 
-def plot_study(summary: Dict[str, Any], runs: List[dict], path) -> Path:
+def plot_study(summary: dict[str, Any], runs: list[dict], path) -> Path:
     """Left: test top-1 per scratch cell (mean ± std, one bar colour per network); right: mean
     validation curves of plain and the IC default at the first lr."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

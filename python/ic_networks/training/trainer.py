@@ -35,12 +35,14 @@ Conventions and decisions:
   ``stopped_by: "max_steps"``; ``--resume`` continues it) and ``model``, the recipe's model name,
   which ``ic-networks eval --model`` takes.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,7 +72,7 @@ def param_groups(model: nn.Module, recipe: Recipe) -> list:
     """SGD parameter groups: weight decay on every parameter except alpha; the IC branch's
     parameters (W', b1, alpha) at ``recipe.lr * recipe.ic_lr_mult``. Empty groups are left out."""
     ic_names = ic_keys(model)
-    buckets: Dict[tuple, list] = {}
+    buckets: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             alpha = name.rsplit(".", 1)[-1] == "alpha"
@@ -106,18 +108,18 @@ class Trainer:
         val_set: Dataset,
         out_dir,
         *,
-        teacher: Optional[nn.Module] = None,
-        val_ten_crop: Optional[Dataset] = None,
+        teacher: nn.Module | None = None,
+        val_ten_crop: Dataset | None = None,
         device=None,
         amp: bool = False,
         workers: int = 0,
         seed: int = 0,
         ckpt_every: int = 0,
         log_every: int = 10,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         overwrite: bool = False,
-        progress: Optional[bool] = None,
-        log: Optional[Callable[[str], None]] = print,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = print,
         progress_every: float = PROGRESS_EVERY_S,
     ) -> None:
         if not isinstance(recipe, Recipe):
@@ -161,7 +163,11 @@ class Trainer:
 
         self.optimizer = torch.optim.SGD(param_groups(model, recipe), lr=recipe.lr, momentum=recipe.momentum)
         self.lr_factor = LrFactor(
-            recipe.lr_schedule, self.steps_per_epoch, self.total_steps, recipe.lr_milestones, recipe.lr_gamma,
+            recipe.lr_schedule,
+            self.steps_per_epoch,
+            self.total_steps,
+            recipe.lr_milestones,
+            recipe.lr_gamma,
             int(round(recipe.warmup_epochs * self.steps_per_epoch)),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -169,7 +175,8 @@ class Trainer:
         self.lam = LambdaSchedule(self.total_steps, recipe.lam_start, recipe.lam_end, recipe.lam_shape)
         self.alpha_ramp = (
             AlphaRamp(model, self.total_steps, recipe.alpha_start, recipe.alpha_end)
-            if recipe.mode == "wld" and recipe.alpha == "ramp" else None
+            if recipe.mode == "wld" and recipe.alpha == "ramp"
+            else None
         )
 
         self.epoch = self.batch = self.step = 0
@@ -190,7 +197,7 @@ class Trainer:
         dist.all_gather_object(out, obj)
         return out
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         local = self._gather({"rng": rng_state(), "acc": self.acc.cpu()})
         return {
             "format": "ic_networks.training/1",
@@ -214,9 +221,11 @@ class Trainer:
         if self.rank == 0:
             atomic_save(state, self.checkpoint_path)
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         old = state.get("recipe", {})
-        diff = {k: (old.get(k), v) for k, v in self.recipe.to_dict().items() if k not in _COMPAT_IGNORE and old.get(k) != v}
+        diff = {
+            k: (old.get(k), v) for k, v in self.recipe.to_dict().items() if k not in _COMPAT_IGNORE and old.get(k) != v
+        }
         if diff:
             raise ValueError(f"resume: the checkpoint was made with a different recipe: {diff} (checkpoint, now)")
         self.model.load_state_dict(state["model"])
@@ -237,15 +246,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ training
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
+        )
         sampler.set_epoch(epoch)
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        indices = list(sampler)[skip_batches * self.per_rank_batch:]
+        indices = list(sampler)[skip_batches * self.per_rank_batch :]
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)  # worker seeds; not the global RNG
         return DataLoader(
-            self.train_set, batch_size=self.per_rank_batch, sampler=indices, drop_last=True,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=gen,
+            self.train_set,
+            batch_size=self.per_rank_batch,
+            sampler=indices,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=gen,
         )
 
     def _train_step(self, x: Tensor, y: Tensor) -> None:
@@ -276,32 +292,50 @@ class Trainer:
         nt = ld.new_tensor(n)
         self.acc += torch.stack([ld, cd, correct.double(), nt, ld, cd, nt])
 
-    def _log_window(self) -> Optional[float]:
+    def _log_window(self) -> float | None:
         w = all_reduce(self.acc[4:].clone()).tolist()
         self.acc[4:] = 0
         if w[2] == 0:
             return None
         loss = w[0] / w[2]
-        self.metrics.steps.append({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss, "ce": w[1] / w[2]})
+        self.metrics.steps.append(
+            {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss, "ce": w[1] / w[2]}
+        )
         return loss
 
-    def _alpha_mean(self) -> Optional[float]:
+    def _alpha_mean(self) -> float | None:
         layers = ic_layers(self.model)
         return sum(float(m.alpha.detach()) for m in layers) / len(layers) if layers else None
 
-    def _end_epoch(self, epoch: int, t0: float) -> Dict[str, Any]:
+    def _end_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
         e = all_reduce(self.acc[:4].clone()).tolist()
         self.acc[:4] = 0
-        val = evaluate(self.model, self.val_set, batch_size=self.eval_batch_size, device=self.device, amp=self.amp,
-                       workers=self.workers, progress=self._show_progress(), desc="val", log=self.log,
-                       log_every_s=self.progress_every)
+        val = evaluate(
+            self.model,
+            self.val_set,
+            batch_size=self.eval_batch_size,
+            device=self.device,
+            amp=self.amp,
+            workers=self.workers,
+            progress=self._show_progress(),
+            desc="val",
+            log=self.log,
+            log_every_s=self.progress_every,
+        )
         self.elapsed += time.perf_counter() - t0
         row = {
-            "epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": e[0] / e[3], "train_ce": e[1] / e[3], "train_acc": 100.0 * e[2] / e[3],
-            "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": e[0] / e[3],
+            "train_ce": e[1] / e[3],
+            "train_acc": 100.0 * e[2] / e[3],
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
             "lam": self.lam(max(self.step - 1, 0)) if self.recipe.mode == "wld" else None,
-            "alpha": self._alpha_mean(), "time_s": self.elapsed,
+            "alpha": self._alpha_mean(),
+            "time_s": self.elapsed,
         }
         self.metrics.epochs.append(row)
         self.log(
@@ -314,11 +348,11 @@ class Trainer:
     def _show_progress(self) -> bool:
         return show_progress(self.progress, self.rank)
 
-    def _write_metrics(self, summary: Optional[dict] = None) -> None:
+    def _write_metrics(self, summary: dict | None = None) -> None:
         if self.rank == 0:
             self.metrics.write(summary, title=f"{self.recipe.name}: {type(self.model).__name__}")
 
-    def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    def fit(self, resume: bool = False, max_steps: int | None = None) -> dict[str, Any]:
         """Trains to ``recipe.epochs`` (or stops, with a checkpoint, once ``max_steps`` global steps
         are done: ``summary["finished"]`` is then False and ``summary["stopped_by"]`` is
         ``"max_steps"``). Returns a summary dict with the final validation metrics (``val_top1``,
@@ -337,10 +371,12 @@ class Trainer:
         :func:`~.distributed.release_ddp_reducers`). The trainer can still evaluate, not train, afterwards."""
         self.net = self.model
 
-    def _fit(self, resume: bool, max_steps: Optional[int]) -> Dict[str, Any]:
+    def _fit(self, resume: bool, max_steps: int | None) -> dict[str, Any]:
         if resume and self.checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
-            self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+            self.log(
+                f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}"
+            )
         else:
             if self.checkpoint_path.is_file() and not self.overwrite and not resume:
                 raise ValueError(
@@ -360,8 +396,14 @@ class Trainer:
         while self.epoch < self.recipe.epochs:
             t0 = time.perf_counter()
             loader = self._loader(self.epoch, self.batch)
-            bar = tqdm(loader, total=len(loader), initial=0, leave=False, disable=not self._show_progress(),
-                       desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}")
+            bar = tqdm(
+                loader,
+                total=len(loader),
+                initial=0,
+                leave=False,
+                disable=not self._show_progress(),
+                desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}",
+            )
             for x, y in bar:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
@@ -397,29 +439,54 @@ class Trainer:
     def _progress_line(self, t0: float) -> None:
         done = self.acc[3].item()
         loss = f"  train loss {self.acc[0].item() / done:.4f}" if done else ""
-        self.log(f"epoch {self.epoch + 1}/{self.recipe.epochs}  batch {self.batch}/{self.steps_per_epoch}  "
-                 f"step {self.step}/{self.total_steps}{loss}  ({self.elapsed + time.perf_counter() - t0:.1f} s)")
+        self.log(
+            f"epoch {self.epoch + 1}/{self.recipe.epochs}  batch {self.batch}/{self.steps_per_epoch}  "
+            f"step {self.step}/{self.total_steps}{loss}  ({self.elapsed + time.perf_counter() - t0:.1f} s)"
+        )
 
-    def _stopped(self) -> Dict[str, Any]:
+    def _stopped(self) -> dict[str, Any]:
         """The summary of a run stopped at ``max_steps`` (its checkpoint is written)."""
-        summary = {"finished": False, "stopped_by": "max_steps", "recipe": self.recipe.name,
-                   "model": self.recipe.model, "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps}
+        summary = {
+            "finished": False,
+            "stopped_by": "max_steps",
+            "recipe": self.recipe.name,
+            "model": self.recipe.model,
+            "epoch": self.epoch,
+            "step": self.step,
+            "total_steps": self.total_steps,
+        }
         self._write_metrics(summary)
         self.log(f"stopped at step {self.step} of {self.total_steps} (max_steps); --resume continues the run")
         return summary
 
-    def _finish(self) -> Dict[str, Any]:
+    def _finish(self) -> dict[str, Any]:
         last = self.metrics.epochs[-1] if self.metrics.epochs else {}
         summary = {
-            "finished": True, "recipe": self.recipe.name, "model": self.recipe.model,
-            "epochs": self.recipe.epochs, "step": self.step, "time_s": self.elapsed,
-            "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "val_loss": last.get("val_loss"),
-            "train_samples": len(self.train_set), "world_size": self.world,
+            "finished": True,
+            "recipe": self.recipe.name,
+            "model": self.recipe.model,
+            "epochs": self.recipe.epochs,
+            "step": self.step,
+            "time_s": self.elapsed,
+            "val_top1": last.get("val_top1"),
+            "val_top5": last.get("val_top5"),
+            "val_loss": last.get("val_loss"),
+            "train_samples": len(self.train_set),
+            "world_size": self.world,
         }
         if self.recipe.ten_crop and self.val_ten_crop is not None:
-            ten = evaluate(self.model, self.val_ten_crop, batch_size=max(1, self.eval_batch_size // 10),
-                           device=self.device, amp=self.amp, workers=self.workers, progress=self._show_progress(),
-                           desc="10-crop", log=self.log, log_every_s=self.progress_every)
+            ten = evaluate(
+                self.model,
+                self.val_ten_crop,
+                batch_size=max(1, self.eval_batch_size // 10),
+                device=self.device,
+                amp=self.amp,
+                workers=self.workers,
+                progress=self._show_progress(),
+                desc="10-crop",
+                log=self.log,
+                log_every_s=self.progress_every,
+            )
             summary.update({"ten_crop_top1": ten["top1"], "ten_crop_top5": ten["top5"], "ten_crop_loss": ten["loss"]})
             self.log(f"10-crop: top-1 {ten['top1']:.2f}%  top-5 {ten['top5']:.2f}%")
         if self.rank == 0:

@@ -13,6 +13,7 @@ by itself. The helpers here turn a hang into a report:
 
 Used by the test suite and ``scripts/stress_ddp.py``; nothing here sleeps to make a test pass.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -21,8 +22,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
 
 __all__ = ["WorkerHang", "arm", "armed_by_env", "join", "run", "stack_report", "DUMP_DIR_ENV"]
 
@@ -35,7 +36,7 @@ class WorkerHang(RuntimeError):
     """Worker processes did not finish before their deadline; the message holds their stacks."""
 
 
-def arm(dump_dir: Optional[os.PathLike] = None) -> Optional[Path]:
+def arm(dump_dir: os.PathLike | None = None) -> Path | None:
     """In a worker process: on ``SIGUSR1`` write every thread's Python stack to
     ``dump_dir/stacks-<pid>.txt`` (``dump_dir`` defaults to ``$IC_NETWORKS_STACK_DIR``; without
     either, to stderr). Returns the file's path, or None for stderr. Arming again with the same
@@ -58,7 +59,7 @@ def armed_by_env() -> bool:
     return bool(os.environ.get(DUMP_DIR_ENV))
 
 
-def _children(pid: int) -> List[int]:
+def _children(pid: int) -> list[int]:
     """Direct and indirect children of ``pid`` (from /proc; empty where that is unavailable)."""
     out, frontier = [], [pid]
     while frontier:
@@ -78,15 +79,19 @@ def _native_stacks(pid: int, timeout: float = 120.0) -> str:
     if gdb is None:
         return "(no native stacks: gdb is not installed)"
     try:
-        r = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 25"],
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 25"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except (subprocess.TimeoutExpired, OSError) as exc:
         return f"(gdb failed: {exc})"
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("Thread ", "#"))]
     return "\n".join(lines) or r.stderr.strip()[-2000:]
 
 
-def stack_report(pids: Iterable[int], dump_dir: Optional[os.PathLike] = None, native: bool = True) -> str:
+def stack_report(pids: Iterable[int], dump_dir: os.PathLike | None = None, native: bool = True) -> str:
     """Signals each live process in ``pids`` to dump its Python stacks (see :func:`arm`), and
     returns a report with those stacks and, with ``native=True``, gdb's backtrace of every thread."""
     pids = [p for p in pids if _alive(p)]
@@ -129,7 +134,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def join(ctx, timeout: float, dump_dir: Optional[os.PathLike] = None, what: str = "workers") -> None:
+def join(ctx, timeout: float, dump_dir: os.PathLike | None = None, what: str = "workers") -> None:
     """Waits for a ``torch.multiprocessing`` context (``start_processes(..., join=False)``) up to
     ``timeout`` seconds. A worker's exception is re-raised as ``ctx.join`` raises it. Past the
     deadline the workers' stacks are collected, the workers killed, and :class:`WorkerHang` raised."""
@@ -147,8 +152,15 @@ def join(ctx, timeout: float, dump_dir: Optional[os.PathLike] = None, what: str 
                 p.join(5)
 
 
-def run(cmd: Sequence[str], timeout: float, dump_dir: Optional[os.PathLike] = None, env=None, cwd=None,
-        what: Optional[str] = None, merge_stderr: bool = True) -> subprocess.CompletedProcess:
+def run(
+    cmd: Sequence[str],
+    timeout: float,
+    dump_dir: os.PathLike | None = None,
+    env=None,
+    cwd=None,
+    what: str | None = None,
+    merge_stderr: bool = True,
+) -> subprocess.CompletedProcess:
     """Runs ``cmd`` (for example ``torchrun ...``) with a deadline; its output is captured
     (stderr into stdout unless ``merge_stderr=False``). Past the deadline the stacks of the command
     and all its descendants are collected (a Python child dumps its own stacks when it called
@@ -158,17 +170,20 @@ def run(cmd: Sequence[str], timeout: float, dump_dir: Optional[os.PathLike] = No
     if dump_dir is not None:
         env[DUMP_DIR_ENV] = str(dump_dir)
     err = subprocess.STDOUT if merge_stderr else subprocess.PIPE
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                            cwd=cwd, start_new_session=True)
+    proc = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=cwd, start_new_session=True
+    )
     try:
         out, errs = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timed_out:
         pids = [proc.pid] + _children(proc.pid)
         report = stack_report(pids, dump_dir)
         _kill_group(proc)
         out, errs = proc.communicate()
         tail = (out or "")[-4000:] + ("\n--- stderr ---\n" + errs[-4000:] if errs else "")
-        raise WorkerHang(f"{what or cmd[0]} still running after {timeout:.0f} s\n{report}\n--- output ---\n{tail}")
+        raise WorkerHang(
+            f"{what or cmd[0]} still running after {timeout:.0f} s\n{report}\n--- output ---\n{tail}"
+        ) from timed_out
     finally:
         if proc.poll() is None:
             _kill_group(proc)

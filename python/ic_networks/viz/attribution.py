@@ -9,10 +9,10 @@ Captum (pure Python, needs only torch/numpy/matplotlib) was chosen over ``grad-c
 the ``[viz]`` extra: ``pip install "ic-networks[viz]"``; without it :func:`gradcam` raises an
 ``ImportError`` that says so.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ def require_captum():
     return require("captum.attr", "Grad-CAM")
 
 
-def resolve_layer(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     """``layer`` as a module of ``model``: a module, or its qualified name as in ``named_modules()``."""
     if isinstance(layer, str):
         try:
@@ -54,7 +54,7 @@ def last_conv(model: nn.Module) -> str:
     return spatial[-1] if spatial else convs[-1][0]
 
 
-def gradcam(model: nn.Module, image: Tensor, layer: Union[str, nn.Module], target: Optional[int] = None) -> np.ndarray:
+def gradcam(model: nn.Module, image: Tensor, layer: str | nn.Module, target: int | None = None) -> np.ndarray:
     """The Grad-CAM heatmap of ``model`` for one image: a float32 numpy array (H, W) in [0, 1].
 
     Args:

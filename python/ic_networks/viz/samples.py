@@ -1,10 +1,10 @@
 """Fashion-MNIST test images 0-9, shipped with the package (``data/fashion_mnist_t10k_0-9.npz``,
 4 KB; the copyright notice is ``data/LICENSE.fashion-mnist``), so that ``ic-networks gradcam`` has an
 input without the dataset installed."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 
@@ -13,7 +13,7 @@ __all__ = ["SAMPLES", "bundled_fmnist_test_image"]
 SAMPLES = Path(__file__).with_name("data") / "fashion_mnist_t10k_0-9.npz"
 
 
-def bundled_fmnist_test_image(index: int) -> Tuple[np.ndarray, int]:
+def bundled_fmnist_test_image(index: int) -> tuple[np.ndarray, int]:
     """``(image uint8 (28, 28), label)``: Fashion-MNIST test image ``index`` (0 to 9), the same bytes
     as in the dataset's ``t10k-images-idx3-ubyte``."""
     with np.load(SAMPLES, allow_pickle=False) as f:
