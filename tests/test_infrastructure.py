@@ -12,9 +12,9 @@ import pytest
 import torch
 from ic_networks import io
 from ic_networks.cli import build_parser, main
-from ic_networks.layers import IC_PARAM_NAMES, ic_keys, ic_layers, is_ic_layer
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable, ic_mobilenet_cifar
+from ic_networks.nn import IC_PARAM_NAMES, ic_keys, ic_layers, is_ic_layer
 from test_data_safety import _Payload  # unpickling it creates a marker file
 from torch import nn
 

@@ -13,10 +13,9 @@ import torch
 import torchvision
 from ic_networks import io
 from ic_networks.cli import main
-from ic_networks.layers import IC_PARAM_NAMES, ic_keys, ic_layers
 from ic_networks.models.cnn import ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable
-from ic_networks.nn import PlainStateDictWarning
+from ic_networks.nn import IC_PARAM_NAMES, PlainStateDictWarning, ic_keys, ic_layers
 from torch import nn
 
 

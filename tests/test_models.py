@@ -13,10 +13,9 @@ import torchvision
 from ic_networks.cli import models as models_cli
 from ic_networks.detection import BUILDERS as DETECTORS
 from ic_networks.integrations.torchvision import ic_builder_names, register
-from ic_networks.layers import ic_keys
 from ic_networks.models._common import hub_checkpoint_path
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
-from ic_networks.nn import IcConv2d
+from ic_networks.nn import IcConv2d, ic_keys
 from torch import nn
 from torchvision.models import _api
 

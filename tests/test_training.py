@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ic_networks.io import atomic_save, atomic_write
-from ic_networks.layers import ic_layers
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
+from ic_networks.nn import ic_layers
 from ic_networks.training import data as D
 from ic_networks.training import trainer as trainer_mod
 from ic_networks.training.checkpoint import load_checkpoint

@@ -22,22 +22,22 @@ import os
 
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
-from . import (  # noqa: F401  # noqa: F401
-    _core,  # noqa: F401
+# isort: off  -- the order matters
+# isort: on
+from . import (  # noqa: F401
+    _core,
     _torch_check,  # noqa: F401  -- ImportError if _core was built against another torch
     conversion,
     cuda_kernels,
     diagnostics,
     functional,
     io,
-    layers,
     profiling,
     reference,
 )
 from .conversion import convert  # noqa: F401
 from .functional import ic_conv2d, wld_loss  # noqa: F401
-from .layers import ic_layers, is_ic_layer  # noqa: F401
-from .nn import IcConv2d, WLDLoss  # noqa: F401
+from .nn import IcConv2d, WLDLoss, ic_layers, is_ic_layer  # noqa: F401
 from .profiling import profile  # noqa: F401
 
 __version__ = _core.__version__
@@ -74,7 +74,6 @@ __all__ = [
     "functional",
     "reference",
     "io",
-    "layers",
     "conversion",
     "cuda_kernels",
     "diagnostics",

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from ._utils import pair
-from .layers import is_ic_layer
-from .nn import ALPHA_MODES, IcConv2d, _check_adjust_init
+from .nn import ALPHA_MODES, IcConv2d, _check_adjust_init, is_ic_layer
 
 __all__ = ["convert"]
 

@@ -19,9 +19,9 @@ imported. They live in the ``ic_networks`` namespace (``torch.ops.ic_networks``)
 * ``wld_loss(student_logits, teacher_logits, target, lam, e, tau) -> (loss, ce, kd)`` and its
   ``wld_loss_backward``.
 
-This module holds the fake (meta) kernels, which reproduce the real outputs' shapes, dtypes,
-devices and strides, so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace the ops and
-``torch.library.opcheck`` passes, and the user-facing functions below.
+This module holds the user-facing functions below and registers the ops' fake (meta) kernels
+(:mod:`ic_networks._fake`), so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace the ops
+and ``torch.library.opcheck`` passes.
 
 Argument errors come from one validator, in Rust: the real kernels raise ``ValueError`` /
 ``TypeError`` / ``RuntimeError`` naming the argument, and the fake kernels call the same checks on
@@ -32,82 +32,25 @@ messages). Python only converts what the ops' schemas cannot take (a float ``alp
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._mode_utils import no_dispatch
 
-from . import _core  # registers the ops
+from . import _fake, _ops
+from ._ops import OPS
 from ._utils import IntPair, pair, resolve_padding
-from .reference import ic_conv2d_reference
 
 __all__ = ["ic_conv2d", "wld_loss", "wld_loss_parts", "WLDParts", "boxsum"]
 
-_OPS = torch.ops.ic_networks
-_IC_CONV2D = _OPS.ic_conv2d.default
-_WLD_LOSS = _OPS.wld_loss.default
-_BOXSUM = _OPS.boxsum.default
+_WLD_LOSS = OPS.wld_loss.default
+_BOXSUM = OPS.boxsum.default
 
-
-def _exporting() -> bool:
-    """True while torch.onnx export or torch.jit.trace runs: formats that get the plain-PyTorch formula."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-# --------------------------------------------------------------------------------------------------
-# Fake (meta) kernels
-# --------------------------------------------------------------------------------------------------
-class _NoHint(Exception):
-    pass
-
-
-def _export_reference(x: Tensor, *args) -> Tensor:
-    """The plain-PyTorch formula (``reference.ic_conv2d_reference``), unbatched input included:
-    what an ONNX export or ``torch.jit.trace`` records instead of the op."""
-    unbatched = x.dim() == 3
-    out = ic_conv2d_reference(x.unsqueeze(0) if unbatched else x, *args)
-    return out.squeeze(0) if unbatched else out
-
-
-@functools.cache
-def _size_hint():
-    """symbolic_shapes' hint of a symbolic size, looked up once (on first use: tracing has imported
-    the module by then)."""
-    try:
-        from torch.fx.experimental.symbolic_shapes import optimization_hint
-    except ImportError:  # torch < 2.12 calls it size_hint
-        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
-    return optimization_hint
-
-
-def _stand_in(t: Tensor | None) -> Tensor | None:
-    """A CPU tensor with ``t``'s shape and dtype on one element of storage (zero strides), for the
-    Rust validator; symbolic sizes take their hint (no guard is added)."""
-    if t is None:
-        return None
-    shape = []
-    for s in t.shape:
-        if type(s) is not int:
-            try:
-                s = _size_hint()(s)
-            except Exception as e:  # an unbacked size: nothing to check it against
-                raise _NoHint from e
-        shape.append(int(s))
-    return torch.empty_strided(shape, [0] * len(shape), dtype=t.dtype, device="cpu")
-
-
-def _validate(check, tensors: Sequence[Tensor | None], *rest):
-    """Runs a Rust validator of ``_core`` on stand-ins for ``tensors`` (outside every mode)."""
-    try:
-        with no_dispatch(), torch._C.DisableTorchFunction():
-            stand_ins = [_stand_in(t) for t in tensors]
-    except _NoHint:
-        return None
-    return check(*stand_ins, *rest)
+# The fake kernels live in _fake.py; they are registered here, in the module that the C++ library
+# names as their home (``set_python_module("ic_networks.functional")``).
+for _op, _kernel in _fake.KERNELS.items():
+    torch.library.register_fake(f"ic_networks::{_op}", _kernel)
 
 
 def _tensor(name: str, t, optional: bool = False) -> None:
@@ -115,107 +58,6 @@ def _tensor(name: str, t, optional: bool = False) -> None:
     is the TypeError that names the argument."""
     if not isinstance(t, Tensor) and not (optional and t is None):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-
-
-def _two(v: Sequence[int]) -> list[int]:
-    return [v[0], v[0]] if len(v) == 1 else list(v)
-
-
-def _boxsum_meta(x: Tensor, kh: int, kw: int, stride, padding, dilation) -> Tensor:
-    """A tensor shaped, strided and typed like the box sum of ``x``."""
-    ones = x.new_empty(x.shape[1], 1, kh, kw)
-    return F.conv2d(x, ones, None, stride, padding, dilation, x.shape[1])
-
-
-def _ic_conv2d_meta(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups):
-    _validate(
-        _core.check_ic_conv2d,
-        (x, weight, adjust_weight, adjust_bias, alpha, bias),
-        list(stride),
-        list(padding),
-        list(dilation),
-        groups,
-    )
-    stride, padding, dilation = _two(stride), _two(padding), _two(dilation)
-    # The same libtorch calls as the Rust forward, so the strides come out as the real ones:
-    # out is laid out like y + p, relu_z like p (see src/ic_conv.rs).
-    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    if x.shape[0] == 0:
-        return y, torch.empty_like(y)
-    s = _boxsum_meta(x, weight.shape[2], weight.shape[3], stride, padding, dilation)
-    p = F.conv2d(s, adjust_weight, None, 1, 0, 1, groups)
-    return y + p, p
-
-
-@torch.library.register_fake("ic_networks::ic_conv2d_forward")
-def _ic_conv2d_forward_fake(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups):
-    return _ic_conv2d_meta(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
-
-
-@torch.library.register_fake("ic_networks::ic_conv2d_inference")
-def _ic_conv2d_inference_fake(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups):
-    return _ic_conv2d_meta(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)[0]
-
-
-@torch.library.register_fake("ic_networks::ic_conv2d_backward")
-def _ic_conv2d_backward_fake(
-    grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation, groups, needs
-):
-    _validate(
-        _core.check_ic_conv2d,
-        (x, weight, adjust_weight, adjust_bias, alpha, None),
-        list(stride),
-        list(padding),
-        list(dilation),
-        groups,
-    )
-    stride, padding, dilation = _two(stride), _two(padding), _two(dilation)
-    nx, nw, nwa, nb1, na, nb2 = needs
-    nb2 = nb2 and has_bias
-    cout = weight.shape[0]
-    none = lambda: x.new_empty(0)  # noqa: E731  (a fresh one each time: outputs must not alias)
-    if x.shape[0] == 0:  # the Rust backward returns zeros_like(...) of each argument
-        like = (x, weight, adjust_weight, adjust_bias, alpha, adjust_bias)
-        return tuple(torch.empty_like(t) if need else none() for need, t in zip((nx, nw, nwa, nb1, na, nb2), like))
-    # Layouts as the real backward's: libtorch's convolution_backward for x, W and W'.
-    dx, dw, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [nx, nw, False]
-    )
-    dwa = None
-    if nwa:
-        s = _boxsum_meta(x, weight.shape[2], weight.shape[3], stride, padding, dilation)
-        _, dwa, _ = torch.ops.aten.convolution_backward(
-            grad, s, adjust_weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups, [False, True, False]
-        )
-    vec = lambda need: grad.new_empty(cout) if need else none()  # noqa: E731
-    dalpha = torch.empty(alpha.shape, dtype=alpha.dtype, device=grad.device) if na else none()
-    return (
-        dx if nx else none(),
-        dw if nw else none(),
-        torch.empty_like(dwa) if nwa else none(),
-        vec(nb1),
-        dalpha,
-        vec(nb2),
-    )
-
-
-@torch.library.register_fake("ic_networks::boxsum")
-def _boxsum_fake(x, kernel_size, stride, padding, dilation):
-    checked = _validate(_core.check_boxsum, (x,), list(kernel_size), list(stride), list(padding), list(dilation))
-    kh, kw = checked[:2] if checked is not None else _two(kernel_size)
-    return _boxsum_meta(x, kh, kw, _two(stride), _two(padding), _two(dilation))
-
-
-@torch.library.register_fake("ic_networks::wld_loss")
-def _wld_loss_fake(student_logits, teacher_logits, target, lam, e, tau):
-    _validate(_core.check_wld, (student_logits, teacher_logits, target), lam, e, tau)
-    return student_logits.new_empty(()), student_logits.new_empty(()), student_logits.new_empty(())
-
-
-@torch.library.register_fake("ic_networks::wld_loss_backward")
-def _wld_loss_backward_fake(grad, student_logits, teacher_logits, target, lam, e, tau):
-    _validate(_core.check_wld, (student_logits, teacher_logits, target), lam, e, tau)
-    return torch.empty_like(student_logits)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,9 +113,7 @@ def ic_conv2d(
         padding, extra = resolve_padding(padding, weight.shape[2:], pair("dilation", dilation), pair("stride", stride))
         if any(extra):
             x = F.pad(x, extra)
-    if _exporting():
-        return _export_reference(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
-    return _IC_CONV2D(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
+    return _ops.ic_conv2d(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import IC_PARAM_NAMES, is_ic_layer
+from .nn import IC_PARAM_NAMES, is_ic_layer
 
 __all__ = [
     "atomic_write",

@@ -1,4 +1,18 @@
-"""Modules: ``IcConv2d`` (a drop-in for ``nn.Conv2d``) and ``WLDLoss``."""
+"""Modules: ``IcConv2d`` (a drop-in for ``nn.Conv2d``) and ``WLDLoss``; what counts as an IC layer.
+
+An *IC layer* is a module that computes ``Y + alpha * relu(Y - conv1x1(boxsum(X), W') + b1)`` for
+its own ``Y``: :class:`IcConv2d` (``Y`` is one convolution) and
+:class:`~ic_networks.models.mobilenet.IcDepthwiseSeparable` (``Y`` is MobileNet's depthwise +
+pointwise pair). They share an interface, and :func:`is_ic_layer` tests for it rather than for a
+class, so a new IC layer type is seen everywhere (:func:`ic_networks.profile`, the alpha ramp and
+alpha logging of the trainer, :func:`ic_networks.convert`, the checkpoint loaders) once it has:
+
+* ``adjust_weight`` (an ``nn.Parameter``, W' of shape ``(Cout, Cin, 1, 1)``) and ``adjust_bias``
+  (b1, an ``nn.Parameter``);
+* ``alpha``: a 0-d tensor, a parameter (``alpha_mode="learnable"``) or a buffer (``"fixed"``);
+* ``set_alpha(value)``, which sets alpha in place;
+* the box sum's geometry: ``kernel_size``, ``stride``, ``padding``, ``dilation``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +26,56 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _ops
 from . import functional as icf
 from ._checks import int_pair, positive_int
 from ._utils import IntPair, resolve_padding
-from .layers import IC_PARAM_NAMES
 
-__all__ = ["IcConv2d", "WLDLoss", "ALPHA_MODES", "ADJUST_INITS", "PlainStateDictWarning"]
+__all__ = [
+    "IcConv2d",
+    "WLDLoss",
+    "ALPHA_MODES",
+    "ADJUST_INITS",
+    "PlainStateDictWarning",
+    "IC_PARAM_NAMES",
+    "is_ic_layer",
+    "ic_layers",
+    "ic_keys",
+]
+
+#: The state_dict entries an IC layer adds to the plain layer's.
+IC_PARAM_NAMES = ("adjust_weight", "adjust_bias", "alpha")
+
+
+def is_ic_layer(module: nn.Module) -> bool:
+    """True if ``module`` itself is an IC layer (see the module docstring); a model that merely
+    contains IC layers is not one."""
+    return (
+        isinstance(getattr(module, "adjust_weight", None), nn.Parameter)
+        and isinstance(getattr(module, "adjust_bias", None), nn.Parameter)
+        and isinstance(getattr(module, "alpha", None), torch.Tensor)
+        and callable(getattr(module, "set_alpha", None))
+        and hasattr(module, "kernel_size")
+    )
+
+
+def ic_layers(model: nn.Module) -> list[nn.Module]:
+    """Every IC layer in ``model`` (``model`` itself included), in ``modules()`` order. A wrapper
+    such as ``DistributedDataParallel`` is walked through like any module."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    return [m for m in model.modules() if is_ic_layer(m)]
+
+
+def ic_keys(model: nn.Module) -> set[str]:
+    """The state_dict keys that the IC layers of ``model`` add (``<name>.adjust_weight``, ...)."""
+    keys = set()
+    for name, module in model.named_modules():
+        if is_ic_layer(module):
+            prefix = f"{name}." if name else ""
+            keys.update(prefix + k for k in IC_PARAM_NAMES)
+    return keys
+
 
 ALPHA_MODES = ("fixed", "learnable")
 #: initialisations of W' (``adjust_init``): W's kaiming-uniform distribution; the same divided by
@@ -212,60 +270,23 @@ class IcConv2d(LoadsPlainState, nn.Conv2d):
             )
         self._ic_uneven = any(e != 0 for e in self._ic_extra)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "_ic_padding" not in self.__dict__:  # a module pickled before the padding was resolved
-            self._resolve_padding()
-        self.__dict__.setdefault("adjust_init", "like_weight")  # pickled before the init options
-        self.__dict__.setdefault("adjust_bias_init", 0.0)
-
     def forward(self, x: Tensor) -> Tensor:
         x = self.op_input(x)
         if torch.jit.is_scripting():
             return torch.ops.ic_networks.ic_conv2d(
-                x,
-                self.weight,
-                self.adjust_weight,
-                self.adjust_bias,
-                self.alpha,
-                self.bias,
-                self.stride,
-                self._ic_padding,
-                self.dilation,
-                self.groups,
-            )
-        else:
-            return self._eager_forward(x)
+                x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+                self.stride, self._ic_padding, self.dilation, self.groups,
+            )  # fmt: skip
+        return self._eager_forward(x)
 
     @torch.jit.unused
     def _eager_forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        if icf._exporting():
-            return icf._export_reference(
-                x,
-                self.weight,
-                self.adjust_weight,
-                self.adjust_bias,
-                self.alpha,
-                self.bias,
-                self.stride,
-                self._ic_padding,
-                self.dilation,
-                self.groups,
-            )
-        return icf._IC_CONV2D(
-            x,
-            self.weight,
-            self.adjust_weight,
-            self.adjust_bias,
-            self.alpha,
-            self.bias,
-            self.stride,
-            self._ic_padding,
-            self.dilation,
-            self.groups,
-        )
+        return _ops.ic_conv2d(
+            x, self.weight, self.adjust_weight, self.adjust_bias, self.alpha, self.bias,
+            self.stride, self._ic_padding, self.dilation, self.groups,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={float(self.alpha.detach()):g}, alpha_mode={self.alpha_mode}"

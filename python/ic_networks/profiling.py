@@ -40,7 +40,7 @@ prints 24.2M. The paper's figure needs one more Cout-vector per IC layer (e.g. a
 which these layers omit because BatchNorm follows, or a bias on the W' conv); no counting
 convention recovers parameters that the layer does not have.
 
-An IC layer is what :func:`ic_networks.layers.is_ic_layer` accepts (``IcConv2d``, the MobileNet
+An IC layer is what :func:`ic_networks.is_ic_layer` accepts (``IcConv2d``, the MobileNet
 ``IcDepthwiseSeparable`` pair).
 The pass runs on the meta device (no memory, no compute), so even ResNet-152 is counted in
 milliseconds and the model is not touched.
@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .layers import IC_PARAM_NAMES, is_ic_layer
+from .nn import IC_PARAM_NAMES, is_ic_layer
 
 __all__ = ["profile", "Profile"]
 

@@ -2,7 +2,7 @@
 
 It is the test oracle, and the documented path for export formats that cannot hold the op
 (ONNX, ``torch.jit.trace``): ``IcConv2d`` and ``functional.ic_conv2d`` switch to it only while such
-an export is running (``functional._exporting``). It never stands in for the Rust op otherwise.
+an export is running (``ic_networks._ops.exporting``). It never stands in for the Rust op otherwise.
 
 The box sum is a depthwise convolution with an all-ones kernel, so it exports as a standard Conv.
 Being plain PyTorch, it is also differentiable twice, which the op is not: use it where a second

@@ -20,9 +20,9 @@ import argparse
 import torch
 
 from ..io import atomic_save
-from ..layers import ic_layers
 from ..models._common import load_local, resolve_weights
 from ..models._zoo import ZOO, lookup
+from ..nn import ic_layers
 from ..profiling import profile
 from .common import add_out_argument, add_verb, positive_int
 

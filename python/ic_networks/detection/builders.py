@@ -31,8 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..conversion import convert
 from ..io import read_state_dict
-from ..layers import IC_PARAM_NAMES, ic_layers, is_ic_layer
-from ..nn import quiet_plain_loads
+from ..nn import IC_PARAM_NAMES, ic_layers, is_ic_layer, quiet_plain_loads
 
 __all__ = [
     "fasterrcnn_ic_resnet50_fpn",
@@ -181,5 +180,5 @@ def retinanet_ic_resnet50_fpn(
 
 
 def count_ic_layers(model: nn.Module) -> int:
-    """Number of IC layers in ``model`` (:func:`ic_networks.layers.ic_layers`)."""
+    """Number of IC layers in ``model`` (:func:`ic_networks.ic_layers`)."""
     return len(ic_layers(model))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .._checks import positive_int
-from ..layers import ic_layers
+from ..nn import ic_layers
 
 __all__ = ["progress", "LambdaSchedule", "AlphaRamp", "LrFactor", "ic_layers", "milestones_every", "SHAPES"]
 

@@ -206,7 +206,7 @@ def _build(
 
 def _ratios(model, probe, train_mode: bool) -> dict | None:
     from ..diagnostics import branch_ratios
-    from ..layers import ic_layers
+    from ..nn import ic_layers
 
     if not ic_layers(model):
         return None

@@ -21,7 +21,7 @@ Conventions and decisions:
 * **WLD.** The teacher runs in eval mode without gradient; the loss is
   :func:`ic_networks.functional.wld_loss` on float32 logits, evaluated once per step (its CE term
   is logged), with lambda from :class:`~.schedules.LambdaSchedule`. Alpha is learnt, ramped
-  (:class:`~.schedules.AlphaRamp`, on every IC layer that :func:`ic_networks.layers.is_ic_layer`
+  (:class:`~.schedules.AlphaRamp`, on every IC layer that :func:`ic_networks.is_ic_layer`
   accepts) or left fixed, as the recipe says. Weight decay skips the ``alpha`` parameters; the IC
   branch's parameters learn at ``lr * recipe.ic_lr_mult`` (:func:`param_groups`).
 * **AMP** (``amp=True``): autocast in bfloat16 on CPU, float16 with a ``GradScaler`` on CUDA.
@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .._checks import nonnegative_int
 from ..functional import wld_loss_parts
 from ..io import atomic_save
-from ..layers import ic_keys, ic_layers
+from ..nn import ic_keys, ic_layers
 from .checkpoint import load_checkpoint, rng_state, set_rng_state
 from .distributed import all_reduce, default_device, dist_info, rank_error
 from .evaluate import PROGRESS_EVERY_S, autocast, evaluate, show_progress
