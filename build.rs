@@ -14,24 +14,34 @@ use std::path::{Path, PathBuf};
 const MANYLINUX_COMPAT: &str = "src/cpp/compat/manylinux_2_28.c";
 
 fn main() {
-    const CPP: [&str; 5] = ["src/cpp/aten_shim.cpp", "src/cpp/ops.cpp", "src/cpp/kernels.cpp", "src/cpp/autograd.cpp", "src/cpp/autocast.cpp"];
+    const CPP: [&str; 5] = [
+        "src/cpp/aten_shim.cpp",
+        "src/cpp/ops.cpp",
+        "src/cpp/kernels.cpp",
+        "src/cpp/autograd.cpp",
+        "src/cpp/autocast.cpp",
+    ];
     for f in CPP.iter().chain(&["src/cpp/ops.h", "src/cpp/error_buf.h"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=IC_NETWORKS_CXX11_ABI");
-    let lib_dir = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch lib dir"),
-    );
+    let lib_dir =
+        PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report the libtorch lib dir"));
     let torch_root = lib_dir.parent().expect("libtorch lib dir has a parent").to_path_buf();
     let abi = std::env::var("IC_NETWORKS_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
     let cxx_std = torch_build(&torch_root);
 
+    // Our own C++ builds with -Wall -Wextra at zero warnings; torch's headers are system headers
+    // (-isystem), so that their warnings are not ours.
     cc::Build::new()
         .cpp(true)
         .pic(true)
-        .warnings(false)
-        .include(torch_root.join("include"))
-        .include(torch_root.join("include/torch/csrc/api/include"))
+        .warnings(true)
+        .extra_warnings(true)
+        .flag("-isystem")
+        .flag(torch_root.join("include").display().to_string())
+        .flag("-isystem")
+        .flag(torch_root.join("include/torch/csrc/api/include").display().to_string())
         .flag(cxx_std)
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")

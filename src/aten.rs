@@ -84,8 +84,10 @@ pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) ->
         return Ok(());
     }
     // SAFETY: the trampoline matches the C signature; ctx outlives the call.
-    call_shim(|err, len| unsafe { icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err, len) })
-        .map_err(|m| Error::Runtime(format!("parallel kernel: {m}")))
+    call_shim(|err, len| unsafe {
+        icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err, len)
+    })
+    .map_err(|m| Error::Runtime(format!("parallel kernel: {m}")))
 }
 
 /// A raw pointer that parallel tasks may share; each task touches a disjoint part.

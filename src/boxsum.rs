@@ -23,7 +23,9 @@ pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> 
 /// Adjoint of [`boxsum`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W), the gradient on an input of shape
 /// `in_shape`, laid out like `grad`.
 pub fn boxsum_backward(grad: &Tensor, in_shape: &[i64], kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
-    let shape: [i64; 4] = in_shape.try_into().map_err(|_| Error::Runtime(format!("boxsum_backward: expected a 4-D input shape, got {in_shape:?}")))?;
+    let shape: [i64; 4] = in_shape
+        .try_into()
+        .map_err(|_| Error::Runtime(format!("boxsum_backward: expected a 4-D input shape, got {in_shape:?}")))?;
     match cpu::kernel_plan(&[grad]) {
         Some((kind, lay)) => cpu::boxsum::backward(grad, shape, kh, kw, g, kind, lay.order()),
         None => {

@@ -5,7 +5,14 @@ use tch::Kind;
 
 /// Float element types the CPU kernels are written for.
 pub trait Elem:
-    Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::AddAssign
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
 {
     const ZERO: Self;
     fn from_f64(v: f64) -> Self;
@@ -81,6 +88,8 @@ mod tests {
         assert_eq!(dispatch_float!(Kind::Double, T => size_of_elem::<T>()).unwrap(), 8);
         let e = dispatch_float!(Kind::Half, T => size_of_elem::<T>()).unwrap_err();
         assert!(e.to_string().contains("Half"), "{e}");
-        assert!(has_kernel(Kind::Double) && !has_kernel(Kind::BFloat16) && is_float(Kind::Half) && !is_float(Kind::Int64));
+        assert!(
+            has_kernel(Kind::Double) && !has_kernel(Kind::BFloat16) && is_float(Kind::Half) && !is_float(Kind::Int64)
+        );
     }
 }

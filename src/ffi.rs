@@ -179,9 +179,23 @@ pub unsafe extern "C" fn icn_rs_ic_conv2d_backward(
     run(sink, || {
         let g = geometry(stride, padding, dilation, groups)?;
         let n = std::slice::from_raw_parts(needs, 6);
-        let needs = NeedsGrad { x: n[0] != 0, weight: n[1] != 0, adjust_weight: n[2] != 0, adjust_bias: n[3] != 0, alpha: n[4] != 0, bias: n[5] != 0 };
-        let (gr, x, w, wa, ba, a, rz) =
-            (borrow(grad), borrow(x), borrow(weight), borrow(adjust_weight), borrow(adjust_bias), borrow(alpha), borrow(relu_z));
+        let needs = NeedsGrad {
+            x: n[0] != 0,
+            weight: n[1] != 0,
+            adjust_weight: n[2] != 0,
+            adjust_bias: n[3] != 0,
+            alpha: n[4] != 0,
+            bias: n[5] != 0,
+        };
+        let (gr, x, w, wa, ba, a, rz) = (
+            borrow(grad),
+            borrow(x),
+            borrow(weight),
+            borrow(adjust_weight),
+            borrow(adjust_bias),
+            borrow(alpha),
+            borrow(relu_z),
+        );
         let r = ic_conv::backward(&gr, &x, &w, &wa, &ba, &a, &rz, has_bias != 0, &g, &needs)?;
         let slots = std::slice::from_raw_parts_mut(grads, 6);
         for (slot, t) in slots.iter_mut().zip([r.x, r.weight, r.adjust_weight, r.adjust_bias, r.alpha, r.bias]) {

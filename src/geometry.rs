@@ -136,7 +136,13 @@ mod tests {
     #[test]
     fn lists_are_checked() {
         assert_eq!(ConvGeometry::from_lists(&[2], &[1, 0], &[1], 1).unwrap().stride, [2, 2]);
-        for (s, p, d, g, name) in [(&[0][..], &[0][..], &[1][..], 1, "stride"), (&[1], &[-1], &[1], 1, "padding"), (&[1], &[0], &[0], 1, "dilation"), (&[1], &[0], &[1], 0, "groups"), (&[1, 1, 1], &[0], &[1], 1, "stride")] {
+        for (s, p, d, g, name) in [
+            (&[0][..], &[0][..], &[1][..], 1, "stride"),
+            (&[1], &[-1], &[1], 1, "padding"),
+            (&[1], &[0], &[0], 1, "dilation"),
+            (&[1], &[0], &[1], 0, "groups"),
+            (&[1, 1, 1], &[0], &[1], 1, "stride"),
+        ] {
             let e = ConvGeometry::from_lists(s, p, d, g).unwrap_err().to_string();
             assert!(e.contains(name), "{e}");
         }

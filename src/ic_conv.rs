@@ -72,7 +72,8 @@ impl CallTraits {
     /// The traits of a call whose first tensor is `x`.
     pub fn of(ts: &[&Tensor]) -> Self {
         let x = ts[0];
-        let layout = layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
+        let layout =
+            layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
         Self { device: cuda::backend_device(x), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
     }
 }
@@ -179,7 +180,14 @@ pub fn backward(
 }
 
 /// The backward on an [`IcArgs`] (its `bias` unused: `has_bias` says whether there is one).
-pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, g: &ConvGeometry, needs: &NeedsGrad) -> Result<IcGrads> {
+pub fn run_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    a: &IcArgs,
+    has_bias: bool,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<IcGrads> {
     let d = check_args(&IcArgs { bias: None, ..*a }, g)?;
     let IcArgs { x, weight, alpha, .. } = *a;
     check_backward(grad, relu_z, x, &d)?;
@@ -212,7 +220,9 @@ pub fn run_backward(grad: &Tensor, relu_z: &Tensor, a: &IcArgs, has_bias: bool, 
             return Ok(out);
         }
         let parts = match backend {
-            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => plan.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
+            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => {
+                plan.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?
+            }
             Backend::Cuda => cuda::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
             Backend::Libtorch => libtorch::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
         };
@@ -243,7 +253,13 @@ fn apply_adjust_sign(p: AdjustParts) -> Result<(Option<Tensor>, Option<Tensor>)>
 
 /// Gradients of an empty batch: zeros of each argument's shape.
 fn zero_grads(a: &IcArgs, needs: &NeedsGrad, cout: i64) -> Result<IcGrads> {
-    let z = |on: bool, t: &Tensor| -> Result<Option<Tensor>> { if on { Ok(Some(t.f_zeros_like()?)) } else { Ok(None) } };
+    let z = |on: bool, t: &Tensor| -> Result<Option<Tensor>> {
+        if on {
+            Ok(Some(t.f_zeros_like()?))
+        } else {
+            Ok(None)
+        }
+    };
     Ok(IcGrads {
         x: z(needs.x, a.x)?,
         weight: z(needs.weight, a.weight)?,
@@ -280,7 +296,17 @@ mod tests {
             // (device, dtype, layout, kernels on, cin, cout, geometry, adjust path) -> backend
             (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
             (Device::Cpu, Kind::Double, nhwc, true, 4, 8, s1, true, CpuFusedBox(plan(Kind::Double, Order::Nhwc, true))),
-            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s1g2, true, CpuFusedBox(plan(Kind::Float, Order::Nhwc, false))),
+            (
+                Device::Cpu,
+                Kind::Float,
+                nhwc,
+                true,
+                4,
+                6,
+                s1g2,
+                true,
+                CpuFusedBox(plan(Kind::Float, Order::Nhwc, false)),
+            ),
             (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1g2, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
             // expanding channels: the box sum first, then the 1x1
             (Device::Cpu, Kind::Float, nchw, true, 2, 8, s1, true, CpuFused(plan(Kind::Float, Order::Nchw, true))),
@@ -313,7 +339,11 @@ mod tests {
         assert_eq!(CallTraits::of(&[&x.transpose(2, 3)]).layout, None);
         // one memory order for all, or none
         let cl = crate::layout::conform(&x, crate::layout::Order::Nhwc).unwrap();
-        let y = crate::layout::conform(&Tensor::zeros([2, 6, 7, 6], (Kind::Float, Device::Cpu)), crate::layout::Order::Nhwc).unwrap();
+        let y = crate::layout::conform(
+            &Tensor::zeros([2, 6, 7, 6], (Kind::Float, Device::Cpu)),
+            crate::layout::Order::Nhwc,
+        )
+        .unwrap();
         assert_eq!(CallTraits::of(&[&cl, &y]).layout, Some(Layout::Nhwc { c: 4 }));
         // a channel slice of an NHWC tensor is not dense
         assert_eq!(CallTraits::of(&[&cl, &cl.narrow(1, 0, 2)]).layout, None);

@@ -55,15 +55,29 @@ fn check_ic_conv2d(
     groups: i64,
 ) -> PyResult<(i64, i64, i64, i64)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, groups).map_err(to_py)?;
-    let d = ic_conv::check_inputs(&x.0, &weight.0, &adjust_weight.0, &adjust_bias.0, &alpha.0, bias.as_ref().map(|b| &b.0), &g)
-        .map_err(to_py)?;
+    let d = ic_conv::check_inputs(
+        &x.0,
+        &weight.0,
+        &adjust_weight.0,
+        &adjust_bias.0,
+        &alpha.0,
+        bias.as_ref().map(|b| &b.0),
+        &g,
+    )
+    .map_err(to_py)?;
     Ok((d.n, d.cout, d.ho, d.wo))
 }
 
 /// Argument check of the box sum (see [`check_ic_conv2d`]). Returns `(kh, kw, ho, wo)`.
 #[pyfunction]
 #[pyo3(signature = (x, kernel_size, stride, padding, dilation))]
-fn check_boxsum(x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>) -> PyResult<(i64, i64, i64, i64)> {
+fn check_boxsum(
+    x: PyTensor,
+    kernel_size: Vec<i64>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+) -> PyResult<(i64, i64, i64, i64)> {
     let g = ic_conv::ConvGeometry::from_lists(&stride, &padding, &dilation, 1).map_err(to_py)?;
     let [kh, kw, ho, wo] = validate::check_boxsum(&x.0, &kernel_size, &g).map_err(to_py)?;
     Ok((kh, kw, ho, wo))
@@ -72,7 +86,14 @@ fn check_boxsum(x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: V
 /// Argument check of the WLD loss (shapes, dtypes, hyper-parameters; see [`check_ic_conv2d`]).
 #[pyfunction]
 #[pyo3(signature = (student_logits, teacher_logits, target, lam, e, tau))]
-fn check_wld(student_logits: PyTensor, teacher_logits: PyTensor, target: PyTensor, lam: f64, e: f64, tau: f64) -> PyResult<()> {
+fn check_wld(
+    student_logits: PyTensor,
+    teacher_logits: PyTensor,
+    target: PyTensor,
+    lam: f64,
+    e: f64,
+    tau: f64,
+) -> PyResult<()> {
     wld::WldConfig { lam, e, tau }.validate().map_err(to_py)?;
     wld::check_args(&student_logits.0, &teacher_logits.0, &target.0).map_err(to_py)?;
     Ok(())
@@ -128,14 +149,28 @@ fn as1<'a>(a: ndarray::ArrayViewD<'a, f64>, name: &str) -> PyResult<ndarray::Arr
 /// IC neuron forward on x (n, d) -> y (n), in x's dtype.
 #[pyfunction]
 #[pyo3(signature = (x, w, w_prime, b1, b2, activation))]
-fn neuron_forward(py: Python<'_>, x: FloatArray<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: Option<f64>, b2: f64, activation: &str) -> PyResult<PyObject> {
+fn neuron_forward(
+    py: Python<'_>,
+    x: FloatArray<'_>,
+    w: FloatArray<'_>,
+    w_prime: Option<f64>,
+    b1: Option<f64>,
+    b2: f64,
+    activation: &str,
+) -> PyResult<PyObject> {
     let p = neuron_params(w_prime, b1, b2, activation)?;
     let f32_out = x.is_f32();
     if x.ndim() != 2 || w.ndim() != 1 {
         return Err(PyValueError::new_err("x: expected (n, d) and w: expected (d,)"));
     }
-    let y: Array1<f64> = x.with_f64("x", |xv| w.with_f64("w", |wv| neuron::forward(as2(xv.view(), "x")?, as1(wv, "w")?, &p).map_err(to_py)))?;
-    Ok(if f32_out { y.mapv(|v| v as f32).into_pyarray(py).into_any().unbind() } else { y.into_pyarray(py).into_any().unbind() })
+    let y: Array1<f64> = x.with_f64("x", |xv| {
+        w.with_f64("w", |wv| neuron::forward(as2(xv.view(), "x")?, as1(wv, "w")?, &p).map_err(to_py))
+    })?;
+    Ok(if f32_out {
+        y.mapv(|v| v as f32).into_pyarray(py).into_any().unbind()
+    } else {
+        y.into_pyarray(py).into_any().unbind()
+    })
 }
 
 /// Gradients of sum_i grad_output_i * y_i: a dict with x, w, w_prime, b1, b2.
@@ -156,7 +191,9 @@ fn neuron_grad<'py>(
     let f32_out = x.is_f32();
     let g = x.with_f64("x", |xv| {
         w.with_f64("w", |wv| {
-            grad_output.with_f64("grad_output", |gv| neuron::grad(as2(xv.view(), "x")?, as1(wv, "w")?, &p, as1(gv, "grad_output")?).map_err(to_py))
+            grad_output.with_f64("grad_output", |gv| {
+                neuron::grad(as2(xv.view(), "x")?, as1(wv, "w")?, &p, as1(gv, "grad_output")?).map_err(to_py)
+            })
         })
     })?;
     let d = PyDict::new(py);
@@ -177,7 +214,16 @@ fn neuron_grad<'py>(
 #[pyfunction]
 #[pyo3(signature = (w, w_prime, b1, b2, activation, bounds, resolution))]
 #[allow(clippy::too_many_arguments)]
-fn neuron_regions(py: Python<'_>, w: FloatArray<'_>, w_prime: Option<f64>, b1: Option<f64>, b2: f64, activation: &str, bounds: [f64; 4], resolution: usize) -> PyResult<(usize, PyObject)> {
+fn neuron_regions(
+    py: Python<'_>,
+    w: FloatArray<'_>,
+    w_prime: Option<f64>,
+    b1: Option<f64>,
+    b2: f64,
+    activation: &str,
+    bounds: [f64; 4],
+    resolution: usize,
+) -> PyResult<(usize, PyObject)> {
     let p = neuron_params(w_prime, b1, b2, activation)?;
     let (n, labels) = w.with_f64("w", |wv| neuron::regions(as1(wv, "w")?, &p, bounds, resolution).map_err(to_py))?;
     Ok((n, labels.into_pyarray(py).into_any().unbind()))

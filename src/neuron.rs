@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::value_err;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use std::cmp::Ordering;
 
 /// The outer activation `f`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +141,12 @@ fn pattern(x0: f64, x1: f64, w: ArrayView1<'_, f64>, p: &Params) -> u8 {
 /// grid; counting patterns (not grid-connected components) also keeps slivers thinner than the
 /// grid spacing from splitting. Returns `(count, labels)`; labels[i, j] is the piece of the point
 /// (x0_j, x1_i), numbered in order of first appearance, with x1 growing with i.
-pub fn regions(w: ArrayView1<'_, f64>, p: &Params, bounds: [f64; 4], resolution: usize) -> Result<(usize, Array2<i64>)> {
+pub fn regions(
+    w: ArrayView1<'_, f64>,
+    p: &Params,
+    bounds: [f64; 4],
+    resolution: usize,
+) -> Result<(usize, Array2<i64>)> {
     if w.len() != 2 {
         return Err(value_err!("w: regions are counted for 2-D inputs, so w needs 2 weights, got {}", w.len()));
     }
@@ -148,7 +154,10 @@ pub fn regions(w: ArrayView1<'_, f64>, p: &Params, bounds: [f64; 4], resolution:
         return Err(value_err!("resolution: expected at least 2 grid points per axis, got {resolution}"));
     }
     let [a0, a1, c0, c1] = bounds;
-    if !(a1 > a0) || !(c1 > c0) || bounds.iter().any(|v| !v.is_finite()) {
+    if a1.partial_cmp(&a0) != Some(Ordering::Greater)
+        || c1.partial_cmp(&c0) != Some(Ordering::Greater)
+        || bounds.iter().any(|v| !v.is_finite())
+    {
         return Err(value_err!("bounds: expected finite (x_min, x_max, y_min, y_max) with min < max, got {bounds:?}"));
     }
     let r = resolution;
@@ -193,7 +202,8 @@ mod tests {
     fn thin_sliver_is_one_region() {
         // a collision region thinner than the grid spacing must not split into pieces
         let w = array![1.0, -0.6];
-        let (n, _) = regions(w.view(), &Params::ic(0.2, 0.0, 0.1, Activation::Relu), [-1.0, 1.0, -1.0, 1.0], 256).unwrap();
+        let (n, _) =
+            regions(w.view(), &Params::ic(0.2, 0.0, 0.1, Activation::Relu), [-1.0, 1.0, -1.0, 1.0], 256).unwrap();
         assert_eq!(n, 4);
     }
 
@@ -208,7 +218,8 @@ mod tests {
         let h = 1e-6;
         let fd_b1 = (f(&Params { b1: p.b1 + h, ..p }, &w) - f(&Params { b1: p.b1 - h, ..p }, &w)) / (2.0 * h);
         assert!((fd_b1 - an.b1).abs() < 1e-6);
-        let fd_wp = (f(&Params { w_prime: p.w_prime + h, ..p }, &w) - f(&Params { w_prime: p.w_prime - h, ..p }, &w)) / (2.0 * h);
+        let fd_wp = (f(&Params { w_prime: p.w_prime + h, ..p }, &w) - f(&Params { w_prime: p.w_prime - h, ..p }, &w))
+            / (2.0 * h);
         assert!((fd_wp - an.w_prime).abs() < 1e-6);
     }
 }

@@ -65,7 +65,10 @@ pub fn check_args(a: &IcArgs, g: &ConvGeometry) -> Result<IcDims> {
         return Err(type_err!("x: expected a floating-point tensor, got dtype {:?}", x.kind()));
     }
     if weight.dim() != 4 {
-        return Err(value_err!("weight: expected a 4-D (Cout, Cin/groups, kh, kw) tensor, got shape {:?}", weight.size()));
+        return Err(value_err!(
+            "weight: expected a 4-D (Cout, Cin/groups, kh, kw) tensor, got shape {:?}",
+            weight.size()
+        ));
     }
     check_same("weight", weight, x)?;
     check_same("adjust_weight", adjust_weight, x)?;
@@ -144,7 +147,10 @@ pub fn check_boxsum(x: &Tensor, kernel_size: &[i64], g: &ConvGeometry) -> Result
         return Err(value_err!("x: expected a 4-D (N, C, H, W) tensor, got shape {:?}", x.size()));
     }
     if !is_float(x.kind()) {
-        return Err(type_err!("x: expected a floating-point tensor (float16/bfloat16/float32/float64), got dtype {:?}", x.kind()));
+        return Err(type_err!(
+            "x: expected a floating-point tensor (float16/bfloat16/float32/float64), got dtype {:?}",
+            x.kind()
+        ));
     }
     let s = x.size();
     if s[1] == 0 || s[2] == 0 || s[3] == 0 {
@@ -174,7 +180,9 @@ mod tests {
         let x = Tensor::zeros([1, 2, 5, 5], (Kind::Float, tch::Device::Cpu));
         assert_eq!(check_boxsum(&x, &[3], &g).unwrap(), [3, 3, 3, 3]);
         assert!(matches!(check_boxsum(&x, &[0, 3], &g), Err(Error::Value(m)) if m.starts_with("kernel_size")));
-        assert!(matches!(check_boxsum(&x, &[6, 6], &g), Err(Error::Value(m)) if m.contains("smaller than the dilated kernel")));
+        assert!(
+            matches!(check_boxsum(&x, &[6, 6], &g), Err(Error::Value(m)) if m.contains("smaller than the dilated kernel"))
+        );
         let xi = Tensor::zeros([1, 2, 5, 5], (Kind::Int64, tch::Device::Cpu));
         assert!(matches!(check_boxsum(&xi, &[3], &g), Err(Error::Type(m)) if m.starts_with("x:")));
     }

@@ -19,6 +19,7 @@
 use crate::aten::assert_async;
 use crate::error::{Error, Result};
 use crate::{type_err, value_err};
+use std::cmp::Ordering;
 use tch::{Device, Kind, Tensor};
 
 /// Hyper-parameters of the loss; defaults are the paper's `e` and a temperature of 4.
@@ -40,10 +41,10 @@ impl WldConfig {
         if !(0.0..=1.0).contains(&self.lam) {
             return Err(value_err!("lam: expected a value in [0, 1], got {}", self.lam));
         }
-        if !(self.e >= 0.0) || !self.e.is_finite() {
+        if !matches!(self.e.partial_cmp(&0.0), Some(Ordering::Greater | Ordering::Equal)) || !self.e.is_finite() {
             return Err(value_err!("e: expected a finite value >= 0, got {}", self.e));
         }
-        if !(self.tau > 0.0) || !self.tau.is_finite() {
+        if self.tau.partial_cmp(&0.0) != Some(Ordering::Greater) || !self.tau.is_finite() {
             return Err(value_err!("tau: expected a finite value > 0, got {}", self.tau));
         }
         Ok(())
@@ -61,7 +62,10 @@ pub struct WldOutput {
 /// `(batch, classes)`. The fake (meta) kernels call this too.
 pub fn check_args(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result<(i64, i64)> {
     if student.dim() != 2 {
-        return Err(value_err!("student_logits: expected a 2-D (batch, classes) tensor, got shape {:?}", student.size()));
+        return Err(value_err!(
+            "student_logits: expected a 2-D (batch, classes) tensor, got shape {:?}",
+            student.size()
+        ));
     }
     if teacher.size() != student.size() {
         return Err(value_err!(
@@ -83,7 +87,10 @@ pub fn check_args(student: &Tensor, teacher: &Tensor, target: &Tensor) -> Result
         return Err(value_err!("target: expected shape [{b}] (one class index per row), got {:?}", target.size()));
     }
     if b == 0 || k == 0 {
-        return Err(value_err!("student_logits: expected a non-empty batch and classes, got shape {:?}", student.size()));
+        return Err(value_err!(
+            "student_logits: expected a non-empty batch and classes, got shape {:?}",
+            student.size()
+        ));
     }
     if teacher.device() != student.device() || target.device() != student.device() {
         return Err(Error::Runtime("teacher_logits and target must be on the student_logits' device".into()));

@@ -29,7 +29,12 @@ fn nvrtc_compiles_every_kernel_for_every_arch() {
         assert!(supported.contains(&a), "NVRTC does not list sm_{a}");
         let c = nvrtc::compile(a, true).unwrap_or_else(|e| panic!("sm_{a}: {e}"));
         assert!(c.cubin.as_ref().unwrap().starts_with(b"\x7fELF"));
-        eprintln!("NVRTC sm_{a}: CUBIN {} bytes + PTX {} chars in {:.2} s", c.cubin.as_ref().unwrap().len(), c.ptx.len(), c.seconds);
+        eprintln!(
+            "NVRTC sm_{a}: CUBIN {} bytes + PTX {} chars in {:.2} s",
+            c.cubin.as_ref().unwrap().len(),
+            c.ptx.len(),
+            c.seconds
+        );
         bad.extend(nvrtc::lint(&c));
     }
     let hi = *supported.last().unwrap();
@@ -61,7 +66,8 @@ fn disk_cache_round_trip() {
     let _ = std::fs::remove_dir_all(&dir);
     let a = nvrtc::image_for(80, Some(&dir)).unwrap();
     assert!(!a.from_cache && a.is_cubin && a.ptx.is_some());
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].starts_with("sm_80-nvrtc") && files[0].ends_with(".cubin"), "{files:?}");
     let b = nvrtc::image_for(80, Some(&dir)).unwrap();

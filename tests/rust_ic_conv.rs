@@ -55,7 +55,8 @@ fn check_case_with(kind: Kind, nhwc: bool, g: ConvGeometry, k: i64, grad_layout:
     let a = Tensor::from(0.7f64).to_kind(kind);
 
     let fwd = ic_conv::forward(&x, &w, &wa, &b1, &a, Some(&b2), &g).unwrap();
-    let leaves: Vec<Tensor> = [&x, &w, &wa, &b1, &a, &b2].iter().map(|t| t.detach().copy().set_requires_grad(true)).collect();
+    let leaves: Vec<Tensor> =
+        [&x, &w, &wa, &b1, &a, &b2].iter().map(|t| t.detach().copy().set_requires_grad(true)).collect();
     let r = reference(&leaves[0], &leaves[1], &leaves[2], &leaves[3], &leaves[4], &leaves[5], &g);
     let tol = if kind == Kind::Double { 1e-10 } else { 1e-4 };
     assert!(max_diff(&fwd.out, &r) < tol, "forward differs: {}", max_diff(&fwd.out, &r));
@@ -112,7 +113,12 @@ fn half_types_take_the_libtorch_backend() {
     tch::manual_seed(4);
     let opts = (Kind::Double, Device::Cpu);
     let g = ConvGeometry { padding: [1, 1], ..Default::default() };
-    let (x, w, wa, b1) = (Tensor::randn([2, 4, 7, 6], opts), Tensor::randn([6, 4, 3, 3], opts) * 0.3, Tensor::randn([6, 4, 1, 1], opts) * 0.3, Tensor::randn([6], opts));
+    let (x, w, wa, b1) = (
+        Tensor::randn([2, 4, 7, 6], opts),
+        Tensor::randn([6, 4, 3, 3], opts) * 0.3,
+        Tensor::randn([6, 4, 1, 1], opts) * 0.3,
+        Tensor::randn([6], opts),
+    );
     let a = Tensor::from(0.5f64);
     let want = ic_conv::forward(&x, &w, &wa, &b1, &a, None, &g).unwrap().out;
     let bf = |t: &Tensor| t.to_kind(Kind::BFloat16);
@@ -136,9 +142,17 @@ fn alpha_zero_is_bit_identical_to_conv() {
     let w = Tensor::randn([8, 8, 3, 3], opts);
     let b2 = Tensor::randn([8], opts);
     let g = ConvGeometry { padding: [1, 1], ..Default::default() };
-    let out = ic_conv::forward(&x, &w, &Tensor::randn([8, 8, 1, 1], opts), &Tensor::randn([8], opts), &Tensor::from(0.0f32), Some(&b2), &g)
-        .unwrap()
-        .out;
+    let out = ic_conv::forward(
+        &x,
+        &w,
+        &Tensor::randn([8, 8, 1, 1], opts),
+        &Tensor::randn([8], opts),
+        &Tensor::from(0.0f32),
+        Some(&b2),
+        &g,
+    )
+    .unwrap()
+    .out;
     let conv = x.conv2d(&w, Some(&b2), [1, 1], [1, 1], [1, 1], 1);
     assert!(out.equal(&conv));
 }
@@ -158,9 +172,17 @@ fn errors_name_the_argument() {
     let g = ConvGeometry::default();
     let x = Tensor::randn([1, 4, 5, 5], opts);
     let w = Tensor::randn([4, 4, 3, 3], opts);
-    let e = ic_conv::forward(&x, &w, &Tensor::randn([4, 4, 3, 3], opts), &Tensor::randn([4], opts), &Tensor::from(1.0f32), None, &g)
-        .err()
-        .unwrap();
+    let e = ic_conv::forward(
+        &x,
+        &w,
+        &Tensor::randn([4, 4, 3, 3], opts),
+        &Tensor::randn([4], opts),
+        &Tensor::from(1.0f32),
+        None,
+        &g,
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("adjust_weight"), "{e}");
     assert!(ConvGeometry::from_lists(&[0], &[0], &[1], 1).unwrap_err().to_string().contains("stride"));
 }
@@ -195,7 +217,9 @@ fn cpu_boxsum_matches_libtorch_in_every_geometry() {
     tch::manual_seed(3);
     for kind in [Kind::Float, Kind::Double] {
         for nhwc in [false, true] {
-            for (k, s, p, d) in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (1, 1, 1, 1), (3, 2, 0, 2), (1, 2, 0, 1)] {
+            for (k, s, p, d) in
+                [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (1, 1, 1, 1), (3, 2, 0, 2), (1, 2, 0, 1)]
+            {
                 let g = ConvGeometry { stride: [s, s], padding: [p, p], dilation: [d, d], groups: 1 };
                 let mut x = Tensor::randn([2, 3, 9, 8], (kind, Device::Cpu));
                 if nhwc {

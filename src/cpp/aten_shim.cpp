@@ -19,23 +19,21 @@ extern "C" {
 // the Rust side owns (tch frees them with `delete`). Returns 0 on success; otherwise 1 and a
 // NUL-terminated message in `err`.
 int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input, const at::Tensor* weight,
-                             const int64_t* stride, const int64_t* padding, const int64_t* dilation,
-                             int64_t groups, int need_input, int need_weight, at::Tensor** grad_input,
-                             at::Tensor** grad_weight, char* err, size_t err_len) {
-  *grad_input = nullptr;
-  *grad_weight = nullptr;
-  try {
-    std::array<bool, 3> mask{need_input != 0, need_weight != 0, false};
-    std::vector<int64_t> output_padding{0, 0};
-    auto res = at::convolution_backward(*grad_out, *input, *weight, c10::nullopt, at::IntArrayRef(stride, 2),
-                                        at::IntArrayRef(padding, 2), at::IntArrayRef(dilation, 2), false,
-                                        output_padding, groups, mask);
-    if (need_input) *grad_input = new at::Tensor(std::get<0>(res));
-    if (need_weight) *grad_weight = new at::Tensor(std::get<1>(res));
-    return 0;
-  } catch (const std::exception& e) {
-    return icn::write_error(err, err_len, e.what());
-  }
+                             const int64_t* stride, const int64_t* padding, const int64_t* dilation, int64_t groups,
+                             int need_input, int need_weight, at::Tensor** grad_input, at::Tensor** grad_weight,
+                             char* err, size_t err_len) {
+    *grad_input = nullptr;
+    *grad_weight = nullptr;
+    try {
+        std::array<bool, 3> mask{need_input != 0, need_weight != 0, false};
+        std::vector<int64_t> output_padding{0, 0};
+        auto res = at::convolution_backward(*grad_out, *input, *weight, c10::nullopt, at::IntArrayRef(stride, 2),
+                                            at::IntArrayRef(padding, 2), at::IntArrayRef(dilation, 2), false,
+                                            output_padding, groups, mask);
+        if (need_input) *grad_input = new at::Tensor(std::get<0>(res));
+        if (need_weight) *grad_weight = new at::Tensor(std::get<1>(res));
+        return 0;
+    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
 }
 
 // Runs f(ctx, b, e) over [begin, end) split by at::parallel_for, i.e. on libtorch's own intra-op
@@ -44,42 +42,36 @@ int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input
 typedef int (*icn_range_fn)(void* ctx, int64_t begin, int64_t end);
 
 int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, void* ctx, char* err, size_t err_len) {
-  std::atomic<int> failed{0};
-  try {
-    at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-      if (f(ctx, b, e) != 0) failed.store(1);
-    });
-  } catch (const std::exception& e) {
-    return icn::write_error(err, err_len, e.what());
-  }
-  if (failed.load()) icn::write_error(err, err_len, "a parallel kernel task failed");
-  return failed.load();
+    std::atomic<int> failed{0};
+    try {
+        at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+            if (f(ctx, b, e) != 0) failed.store(1);
+        });
+    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
+    if (failed.load()) icn::write_error(err, err_len, "a parallel kernel task failed");
+    return failed.load();
 }
 
 // at::_assert_async(cond, msg): a device-side check of a one-element boolean tensor (no host sync on
 // CUDA). Returns 0, or 1 with a message in `err` when the call itself fails.
 int icn_assert_async(const at::Tensor* cond, const char* msg, char* err, size_t err_len) {
-  try {
-    at::_assert_async(*cond, msg);
-    return 0;
-  } catch (const std::exception& e) {
-    return icn::write_error(err, err_len, e.what());
-  }
+    try {
+        at::_assert_async(*cond, msg);
+        return 0;
+    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
 }
 
 // PyTorch's current stream on CUDA device `index` as a raw cudaStream_t (borrowed), through the
 // device-guard interface that torch's CUDA library registers in c10: no CUDA header or library is
 // needed at build time. Returns 0, or 1 with a message (CPU-only torch: CUDA is not registered).
 int icn_current_cuda_stream(int64_t index, void** stream, char* err, size_t err_len) {
-  *stream = nullptr;
-  try {
-    const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
-    const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
-    *stream = impl->getStreamNativeHandle(impl->getStream(device));
-    return 0;
-  } catch (const std::exception& e) {
-    return icn::write_error(err, err_len, e.what());
-  }
+    *stream = nullptr;
+    try {
+        const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+        const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+        *stream = impl->getStreamNativeHandle(impl->getStream(device));
+        return 0;
+    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
 }
 
 }  // extern "C"

@@ -26,7 +26,7 @@ namespace {
 
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
 // The public op: the training forward when a gradient may be needed (its relu_z output is kept for
@@ -35,18 +35,18 @@ c10::TypedOperatorHandle<Sig> handle(const char* name) {
 Tensor ic_conv2d_composite(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                            const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const bool unbatched = x.dim() == 3;
-  const Tensor xb = unbatched ? x.unsqueeze(0) : x;
-  const Tensor* b = bias.has_value() ? &*bias : nullptr;
-  Tensor out;
-  if (wants_grad({&xb, &weight, &adjust_weight, &adjust_bias, &alpha, b})) {
-    out = std::get<0>(call_ic_conv2d_forward(xb, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding,
-                                             dilation, groups));
-  } else {
-    out = call_ic_conv2d_inference(xb, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
-                                   groups);
-  }
-  return unbatched ? out.squeeze(0) : out;
+    const bool unbatched = x.dim() == 3;
+    const Tensor xb = unbatched ? x.unsqueeze(0) : x;
+    const Tensor* b = bias.has_value() ? &*bias : nullptr;
+    Tensor out;
+    if (wants_grad({&xb, &weight, &adjust_weight, &adjust_bias, &alpha, b})) {
+        out = std::get<0>(call_ic_conv2d_forward(xb, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding,
+                                                 dilation, groups));
+    } else {
+        out = call_ic_conv2d_inference(xb, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation,
+                                       groups);
+    }
+    return unbatched ? out.squeeze(0) : out;
 }
 
 }  // namespace
@@ -55,74 +55,74 @@ std::tuple<Tensor, Tensor> call_ic_conv2d_forward(const Tensor& x, const Tensor&
                                                   const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                                   int64_t groups) {
-  static auto op = handle<decltype(ic_conv2d_forward_kernel)>("ic_networks::ic_conv2d_forward");
-  return op.call(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups);
+    static auto op = handle<decltype(ic_conv2d_forward_kernel)>("ic_networks::ic_conv2d_forward");
+    return op.call(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups);
 }
 
 Tensor call_ic_conv2d_inference(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                 const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
                                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  static auto op = handle<decltype(ic_conv2d_inference_kernel)>("ic_networks::ic_conv2d_inference");
-  return op.call(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups);
+    static auto op = handle<decltype(ic_conv2d_inference_kernel)>("ic_networks::ic_conv2d_inference");
+    return op.call(x, weight, adjust_weight, adjust_bias, alpha, bias, stride, padding, dilation, groups);
 }
 
 Tensor6 call_ic_conv2d_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                 const Tensor& adjust_bias, const Tensor& alpha, const Tensor& relu_z, bool has_bias,
                                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                                 std::array<bool, 6> needs) {
-  static auto op = handle<decltype(ic_conv2d_backward_kernel)>("ic_networks::ic_conv2d_backward");
-  return op.call(grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation,
-                 groups, needs);
+    static auto op = handle<decltype(ic_conv2d_backward_kernel)>("ic_networks::ic_conv2d_backward");
+    return op.call(grad, x, weight, adjust_weight, adjust_bias, alpha, relu_z, has_bias, stride, padding, dilation,
+                   groups, needs);
 }
 
 Tensor call_boxsum(const Tensor& x, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                    IntArrayRef dilation) {
-  static auto op = handle<decltype(boxsum_kernel)>("ic_networks::boxsum");
-  return op.call(x, kernel_size, stride, padding, dilation);
+    static auto op = handle<decltype(boxsum_kernel)>("ic_networks::boxsum");
+    return op.call(x, kernel_size, stride, padding, dilation);
 }
 
 std::tuple<Tensor, Tensor, Tensor> call_wld_loss(const Tensor& student_logits, const Tensor& teacher_logits,
                                                  const Tensor& target, double lam, double e, double tau) {
-  static auto op = handle<decltype(wld_loss_kernel)>("ic_networks::wld_loss");
-  return op.call(student_logits, teacher_logits, target, lam, e, tau);
+    static auto op = handle<decltype(wld_loss_kernel)>("ic_networks::wld_loss");
+    return op.call(student_logits, teacher_logits, target, lam, e, tau);
 }
 
 Tensor call_wld_loss_backward(const Tensor& grad, const Tensor& student_logits, const Tensor& teacher_logits,
                               const Tensor& target, double lam, double e, double tau) {
-  static auto op = handle<decltype(wld_loss_backward_kernel)>("ic_networks::wld_loss_backward");
-  return op.call(grad, student_logits, teacher_logits, target, lam, e, tau);
+    static auto op = handle<decltype(wld_loss_backward_kernel)>("ic_networks::wld_loss_backward");
+    return op.call(grad, student_logits, teacher_logits, target, lam, e, tau);
 }
 
 void define_ops(torch::Library& m) {
-  m.set_python_module("ic_networks.functional");
-  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
-  m.def(
-      "ic_conv2d(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
-      "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor",
-      tags);
-  m.def(
-      "ic_conv2d_forward(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
-      "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> (Tensor, Tensor)",
-      tags);
-  m.def(
-      "ic_conv2d_inference(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
-      "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor",
-      tags);
-  m.def(
-      "ic_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, "
-      "Tensor alpha, Tensor relu_z, bool has_bias, int[] stride, int[] padding, int[] dilation, int groups, "
-      "bool[6] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-      tags);
-  m.def("boxsum(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation) -> Tensor", tags);
-  m.def(
-      "wld_loss(Tensor student_logits, Tensor teacher_logits, Tensor target, float lam, float e, float tau) "
-      "-> (Tensor, Tensor, Tensor)",
-      tags);
-  m.def(
-      "wld_loss_backward(Tensor grad, Tensor student_logits, Tensor teacher_logits, Tensor target, float lam, "
-      "float e, float tau) -> Tensor",
-      tags);
-  m.impl("ic_conv2d", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(ic_conv2d_composite));
+    m.set_python_module("ic_networks.functional");
+    const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+    m.def(
+        "ic_conv2d(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
+        "Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor",
+        tags);
+    m.def(
+        "ic_conv2d_forward(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
+        "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> (Tensor, Tensor)",
+        tags);
+    m.def(
+        "ic_conv2d_inference(Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, Tensor alpha, "
+        "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor",
+        tags);
+    m.def(
+        "ic_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor adjust_weight, Tensor adjust_bias, "
+        "Tensor alpha, Tensor relu_z, bool has_bias, int[] stride, int[] padding, int[] dilation, int groups, "
+        "bool[6] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        tags);
+    m.def("boxsum(Tensor x, int[] kernel_size, int[] stride, int[] padding, int[] dilation) -> Tensor", tags);
+    m.def(
+        "wld_loss(Tensor student_logits, Tensor teacher_logits, Tensor target, float lam, float e, float tau) "
+        "-> (Tensor, Tensor, Tensor)",
+        tags);
+    m.def(
+        "wld_loss_backward(Tensor grad, Tensor student_logits, Tensor teacher_logits, Tensor target, float lam, "
+        "float e, float tau) -> Tensor",
+        tags);
+    m.impl("ic_conv2d", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(ic_conv2d_composite));
 }
 
 }  // namespace icn
@@ -132,30 +132,28 @@ extern "C" {
 // Registers the ic_networks ops (schemas and every kernel) once per process; later calls do
 // nothing. Returns 0, or 1 with a NUL-terminated message in `err`.
 int icn_register_ops(char* err, size_t err_len) {
-  using torch::Library;
-  using torch::detail::TorchLibraryInit;
-  static std::mutex mu;
-  static bool done = false;
-  std::lock_guard<std::mutex> lock(mu);
-  if (done) return 0;
-  try {
-    // Kept for the life of the process: dropping a Library deregisters what it registered.
-    static TorchLibraryInit def(Library::DEF, &icn::define_ops, "ic_networks", std::nullopt, __FILE__, __LINE__);
-    static TorchLibraryInit cpu(Library::IMPL, &icn::register_cpu, "ic_networks", c10::DispatchKey::CPU, __FILE__,
-                                __LINE__);
-    static TorchLibraryInit cuda(Library::IMPL, &icn::register_cuda, "ic_networks", c10::DispatchKey::CUDA,
-                                 __FILE__, __LINE__);
-    static TorchLibraryInit autograd(Library::IMPL, &icn::register_autograd, "ic_networks",
-                                     c10::DispatchKey::Autograd, __FILE__, __LINE__);
-    static TorchLibraryInit autocast_cpu(Library::IMPL, &icn::register_autocast_cpu, "ic_networks",
-                                         c10::DispatchKey::AutocastCPU, __FILE__, __LINE__);
-    static TorchLibraryInit autocast_cuda(Library::IMPL, &icn::register_autocast_cuda, "ic_networks",
-                                          c10::DispatchKey::AutocastCUDA, __FILE__, __LINE__);
-    done = true;
-    return 0;
-  } catch (const std::exception& e) {
-    return icn::write_error(err, err_len, e.what());
-  }
+    using torch::Library;
+    using torch::detail::TorchLibraryInit;
+    static std::mutex mu;
+    static bool done = false;
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) return 0;
+    try {
+        // Kept for the life of the process: dropping a Library deregisters what it registered.
+        static TorchLibraryInit def(Library::DEF, &icn::define_ops, "ic_networks", std::nullopt, __FILE__, __LINE__);
+        static TorchLibraryInit cpu(Library::IMPL, &icn::register_cpu, "ic_networks", c10::DispatchKey::CPU, __FILE__,
+                                    __LINE__);
+        static TorchLibraryInit cuda(Library::IMPL, &icn::register_cuda, "ic_networks", c10::DispatchKey::CUDA,
+                                     __FILE__, __LINE__);
+        static TorchLibraryInit autograd(Library::IMPL, &icn::register_autograd, "ic_networks",
+                                         c10::DispatchKey::Autograd, __FILE__, __LINE__);
+        static TorchLibraryInit autocast_cpu(Library::IMPL, &icn::register_autocast_cpu, "ic_networks",
+                                             c10::DispatchKey::AutocastCPU, __FILE__, __LINE__);
+        static TorchLibraryInit autocast_cuda(Library::IMPL, &icn::register_autocast_cuda, "ic_networks",
+                                              c10::DispatchKey::AutocastCUDA, __FILE__, __LINE__);
+        done = true;
+        return 0;
+    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
 }
 
 }  // extern "C"

@@ -21,16 +21,16 @@ using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // Device kernels (kernels.cpp): argument checks and computation in Rust.
 std::tuple<Tensor, Tensor> ic_conv2d_forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
-                                                    const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
-                                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                                    int64_t groups);
+                                                    const Tensor& adjust_bias, const Tensor& alpha,
+                                                    const OptTensor& bias, IntArrayRef stride, IntArrayRef padding,
+                                                    IntArrayRef dilation, int64_t groups);
 Tensor ic_conv2d_inference_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                   const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups);
-Tensor6 ic_conv2d_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
-                                  const Tensor& adjust_bias, const Tensor& alpha, const Tensor& relu_z, bool has_bias,
-                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                  std::array<bool, 6> needs);
+Tensor6 ic_conv2d_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                  const Tensor& adjust_weight, const Tensor& adjust_bias, const Tensor& alpha,
+                                  const Tensor& relu_z, bool has_bias, IntArrayRef stride, IntArrayRef padding,
+                                  IntArrayRef dilation, int64_t groups, std::array<bool, 6> needs);
 Tensor boxsum_kernel(const Tensor& x, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                      IntArrayRef dilation);
 std::tuple<Tensor, Tensor, Tensor> wld_loss_kernel(const Tensor& student_logits, const Tensor& teacher_logits,
@@ -60,18 +60,18 @@ Tensor call_wld_loss_backward(const Tensor& grad, const Tensor& student_logits, 
 // Whether autograd records a call on these tensors (grad mode on, one of them requires grad;
 // null or undefined entries are skipped).
 inline bool wants_grad(std::initializer_list<const Tensor*> ts) {
-  if (!c10::GradMode::is_enabled()) return false;
-  for (const Tensor* t : ts) {
-    if (t != nullptr && t->defined() && t->requires_grad()) return true;
-  }
-  return false;
+    if (!c10::GradMode::is_enabled()) return false;
+    for (const Tensor* t : ts) {
+        if (t != nullptr && t->defined() && t->requires_grad()) return true;
+    }
+    return false;
 }
 
 // Registration bodies, one per dispatch key (each file registers its own).
-void define_ops(torch::Library& m);          // ops.cpp: schemas + CompositeImplicitAutograd ic_conv2d
-void register_cpu(torch::Library& m);        // kernels.cpp
-void register_cuda(torch::Library& m);       // kernels.cpp
-void register_autograd(torch::Library& m);   // autograd.cpp
+void define_ops(torch::Library& m);              // ops.cpp: schemas + CompositeImplicitAutograd ic_conv2d
+void register_cpu(torch::Library& m);            // kernels.cpp
+void register_cuda(torch::Library& m);           // kernels.cpp
+void register_autograd(torch::Library& m);       // autograd.cpp
 void register_autocast_cpu(torch::Library& m);   // autocast.cpp
 void register_autocast_cuda(torch::Library& m);  // autocast.cpp
 

@@ -103,7 +103,7 @@ fn tap_row(ax: &Axis, o: usize, i: usize) -> Option<usize> {
 #[inline]
 fn tap_out(ax: &Axis, r: usize, i: usize) -> Option<usize> {
     let q = (r + ax.p) as i64 - (i * ax.d) as i64;
-    if q < 0 || q as usize % ax.s != 0 {
+    if q < 0 || !(q as usize).is_multiple_of(ax.s) {
         return None;
     }
     let o = q as usize / ax.s;
@@ -215,7 +215,13 @@ pub(crate) fn row_buf_len(b: &Blocks) -> usize {
 
 /// Box sum of one block, handing each output row (`b.w.n_out * b.v` values, built in `row`) to
 /// `f(o, row)` instead of storing it: lets a consumer fuse its own elementwise work.
-pub(crate) fn for_each_output_row<T: Elem>(x: &[T], b: &Blocks, vp: &mut [T], row: &mut [T], mut f: impl FnMut(usize, &[T])) {
+pub(crate) fn for_each_output_row<T: Elem>(
+    x: &[T],
+    b: &Blocks,
+    vp: &mut [T],
+    row: &mut [T],
+    mut f: impl FnMut(usize, &[T]),
+) {
     let (wi, pad) = (b.w.n_in * b.v, b.w.p * b.v);
     for o in 0..b.h.n_out {
         let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
@@ -267,7 +273,15 @@ pub fn forward(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, order
 }
 
 /// Adjoint of [`forward`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W) = `in_shape`, in grad's order.
-pub fn backward(grad: &Tensor, in_shape: [i64; 4], kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, order: Order) -> Result<Tensor> {
+pub fn backward(
+    grad: &Tensor,
+    in_shape: [i64; 4],
+    kh: i64,
+    kw: i64,
+    g: &ConvGeometry,
+    kind: Kind,
+    order: Order,
+) -> Result<Tensor> {
     require(&[grad], kind, order)?;
     let b = Blocks::new(&in_shape, order, kh, kw, g);
     check_grid(grad, &in_shape, &b)?;
@@ -278,7 +292,15 @@ pub fn backward(grad: &Tensor, in_shape: [i64; 4], kh: i64, kw: i64, g: &ConvGeo
 
 /// `dst -= boxsum^T(grad)` in place: `dst` (N, C, H, W) and `grad` (N, C, Ho, Wo) dense in
 /// `order`. Saves the caller a temporary the size of `dst` and a pass over it.
-pub fn backward_sub_(dst: &Tensor, grad: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, order: Order) -> Result<()> {
+pub fn backward_sub_(
+    dst: &Tensor,
+    grad: &Tensor,
+    kh: i64,
+    kw: i64,
+    g: &ConvGeometry,
+    kind: Kind,
+    order: Order,
+) -> Result<()> {
     require(&[grad, dst], kind, order)?;
     let b = Blocks::new(&dst.size(), order, kh, kw, g);
     check_grid(grad, &dst.size(), &b)?;
@@ -289,7 +311,9 @@ pub fn backward_sub_(dst: &Tensor, grad: &Tensor, kh: i64, kw: i64, g: &ConvGeom
 fn check_grid(grad: &Tensor, in_shape: &[i64], b: &Blocks) -> Result<()> {
     let gs = grad.size();
     if gs[..2] != in_shape[..2] || gs[2] != b.h.n_out as i64 || gs[3] != b.w.n_out as i64 {
-        return Err(crate::error::Error::Runtime(format!("internal: box-sum gradient {gs:?} does not fit an input of shape {in_shape:?}")));
+        return Err(crate::error::Error::Runtime(format!(
+            "internal: box-sum gradient {gs:?} does not fit an input of shape {in_shape:?}"
+        )));
     }
     Ok(())
 }

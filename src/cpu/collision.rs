@@ -46,7 +46,10 @@ fn require_same(ts: &[&Tensor], kind: Kind, order: Order) -> Result<Layout> {
     let lay = require(ts, kind, order)?;
     let size = ts[0].size();
     if ts[0].numel() == 0 || ts[1..].iter().any(|t| t.size() != size) {
-        return Err(Error::Runtime(format!("internal: collision kernel on shapes {:?}", ts.iter().map(|t| t.size()).collect::<Vec<_>>())));
+        return Err(Error::Runtime(format!(
+            "internal: collision kernel on shapes {:?}",
+            ts.iter().map(|t| t.size()).collect::<Vec<_>>()
+        )));
     }
     Ok(lay)
 }
@@ -62,7 +65,14 @@ fn units(lay: Layout) -> (usize, usize) {
 
 /// Fused forward on the conv temporaries `y` and `p` (N, C, Ho, Wo), which it overwrites; returns
 /// `(out, relu_z)` sharing their storage. `shift`: (C).
-pub fn forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor, kind: Kind, order: Order) -> Result<(Tensor, Tensor)> {
+pub fn forward(
+    y: &Tensor,
+    p: &Tensor,
+    shift: &Tensor,
+    alpha: &Tensor,
+    kind: Kind,
+    order: Order,
+) -> Result<(Tensor, Tensor)> {
     let lay = require_same(&[y, p], kind, order)?;
     let a = scalar(alpha)?;
     let shift = shift.f_to_kind(kind)?.f_contiguous()?;
@@ -84,7 +94,7 @@ fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -
             let step = |yv: &mut T, pv: &mut T, s: T| {
                 let r = relu(*yv - *pv + s);
                 *pv = r;
-                *yv = *yv + alpha * r;
+                *yv += alpha * r;
             };
             if per == 1 {
                 let s = sh[u % c];
@@ -98,7 +108,14 @@ fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -
 
 /// Fused backward of the collision term for `grad` and `relu_z` (N, C, Ho, Wo): `gy` (when x or
 /// W need it), `gz` with alpha included, and the reductions `needs` asks for.
-pub fn backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, kind: Kind, order: Order) -> Result<CollisionGrads> {
+pub fn backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    needs: &NeedsGrad,
+    kind: Kind,
+    order: Order,
+) -> Result<CollisionGrads> {
     let lay = require_same(&[grad, relu_z], kind, order)?;
     let a = scalar(alpha)?;
     let gz = relu_z.f_empty_like()?;
@@ -130,11 +147,16 @@ pub(crate) fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
 /// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
 pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
     let mut tot = [0.0f64; 3];
-    for (((gc, rc), gyc), gzc) in g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK)) {
+    for (((gc, rc), gyc), gzc) in
+        g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK))
+    {
         let mut acc = [[T::ZERO; LANES]; 3];
         let n = gc.len() / LANES * LANES;
-        for (((gl, rl), gyl), gzl) in
-            gc[..n].chunks_exact(LANES).zip(rc[..n].chunks_exact(LANES)).zip(gyc[..n].chunks_exact_mut(LANES)).zip(gzc[..n].chunks_exact_mut(LANES))
+        for (((gl, rl), gyl), gzl) in gc[..n]
+            .chunks_exact(LANES)
+            .zip(rc[..n].chunks_exact(LANES))
+            .zip(gyc[..n].chunks_exact_mut(LANES))
+            .zip(gzc[..n].chunks_exact_mut(LANES))
         {
             for l in 0..LANES {
                 let (gv, rv) = (gl[l], rl[l]);
@@ -170,7 +192,13 @@ pub(crate) struct Sums {
 
 impl Sums {
     /// The requested reductions as tensors of `kind`, with the kernel's other outputs.
-    pub(crate) fn into_grads(self, kind: Kind, needs: &NeedsGrad, gy: Option<Tensor>, adjust: AdjustGrad) -> Result<CollisionGrads> {
+    pub(crate) fn into_grads(
+        self,
+        kind: Kind,
+        needs: &NeedsGrad,
+        gy: Option<Tensor>,
+        adjust: AdjustGrad,
+    ) -> Result<CollisionGrads> {
         let vec_t = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::from_slice(v).f_to_kind(kind)?) };
         Ok(CollisionGrads {
             gy,
@@ -183,7 +211,15 @@ impl Sums {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha: T, lay: Layout, c: usize) -> Result<Sums> {
+fn bwd<T: Elem>(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    gy: &Tensor,
+    gz: &Tensor,
+    alpha: T,
+    lay: Layout,
+    c: usize,
+) -> Result<Sums> {
     let (len, per) = units(lay);
     // Work blocks of whole units; each block owns one slot of partial sums (per-channel vectors
     // for NHWC, one (db1, db2, dalpha) triple per plane for NCHW).
@@ -199,7 +235,8 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
     // strides; every block writes its own unit ranges and its own partial-sum slots.
     let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
     let (gys, gzs) = unsafe { (shared::<T>(gy), shared::<T>(gz)) };
-    let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
+    let (pb1, pb2, pa) =
+        (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(n_blocks, 1, |lo, hi| {
         let mut acc = if per == 1 { Vec::new() } else { vec![T::ZERO; 3 * c] };
         for blk in lo..hi {
@@ -212,7 +249,8 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: &Tensor, gz: &Tensor, alpha:
                 let mut sa = 0.0;
                 for (i, u) in (u0..u1).enumerate() {
                     let sl = i * len..(i + 1) * len;
-                    let [b1, b2, a] = plane_bwd(&g[sl.clone()], &r[sl.clone()], &mut gyb[sl.clone()], &mut gzb[sl], alpha);
+                    let [b1, b2, a] =
+                        plane_bwd(&g[sl.clone()], &r[sl.clone()], &mut gyb[sl.clone()], &mut gzb[sl], alpha);
                     unsafe {
                         pb1.slice(u, 1)[0] = b1;
                         pb2.slice(u, 1)[0] = b2;
@@ -245,7 +283,16 @@ pub(crate) fn reduce_sums(part_a: &[f64], part_b1: &[f64], part_b2: &[f64], c: u
 /// per-channel sums of gz and g into `b1`, `b2` and returns sum g*r. Running sums in T per channel
 /// (`acc`: 3c scratch), vectorised across channels, flushed to f64 every FLUSH pixels.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn pixels_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T, acc: &mut [T], b1: &mut [f64], b2: &mut [f64]) -> f64 {
+pub(crate) fn pixels_bwd<T: Elem>(
+    g: &[T],
+    r: &[T],
+    gy: &mut [T],
+    gz: &mut [T],
+    alpha: T,
+    acc: &mut [T],
+    b1: &mut [f64],
+    b2: &mut [f64],
+) -> f64 {
     let c = b1.len();
     let mut sa = 0.0;
     acc.fill(T::ZERO);

@@ -32,7 +32,10 @@ fn plan(q: &Tensor, y: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, 
     let b = Blocks::new(&qs, order, kh, kw, g);
     let same = qs[0] == ys[0] && qs[1] == ys[1] && b.h.n_out as i64 == ys[2] && b.w.n_out as i64 == ys[3];
     if !g.unit_stride() || !same || y.numel() == 0 {
-        return Err(Error::Runtime(format!("internal: fused box-sum collision on {qs:?} -> {ys:?} with stride {:?}", g.stride)));
+        return Err(Error::Runtime(format!(
+            "internal: fused box-sum collision on {qs:?} -> {ys:?} with stride {:?}",
+            g.stride
+        )));
     }
     Ok(b)
 }
@@ -49,7 +52,14 @@ pub struct BoxPlan<'g> {
 
 /// Forward from `q` = conv1x1(x, W') (N, Cout, H, W) and `y` = conv(x, W) + b2 (N, Cout, Ho, Wo),
 /// which becomes `out` in place. Returns `(out, relu_z)`, `relu_z` only if `keep_relu_z`.
-pub fn forward(y: &Tensor, q: &Tensor, shift: &Tensor, alpha: &Tensor, p: &BoxPlan, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub fn forward(
+    y: &Tensor,
+    q: &Tensor,
+    shift: &Tensor,
+    alpha: &Tensor,
+    p: &BoxPlan,
+    keep_relu_z: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let b = plan(q, y, p.kh, p.kw, p.g, p.kind, p.order)?;
     let a = scalar(alpha)?;
     let shift = shift.f_to_kind(p.kind)?.f_contiguous()?;
@@ -76,7 +86,7 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
                 let yr = &mut yb[o * wo..(o + 1) * wo];
                 let mut step = |i: usize, s: T| {
                     let r = relu(yr[i] - p[i] + s);
-                    yr[i] = yr[i] + alpha * r;
+                    yr[i] += alpha * r;
                     r
                 };
                 match rb.as_deref_mut() {
@@ -107,10 +117,21 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
 /// Backward of [`forward`] for an input of shape `in_shape` (N, Cout, H, W): `gy` (when x or W
 /// need it), `G = boxsum^T(alpha * grad * [relu_z > 0])` on the input grid as
 /// [`AdjustGrad::OnInput`], and the requested reductions. `grad`, `relu_z`: (N, Cout, Ho, Wo).
-pub fn backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, in_shape: [i64; 4], p: &BoxPlan) -> Result<CollisionGrads> {
+pub fn backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    needs: &NeedsGrad,
+    in_shape: [i64; 4],
+    p: &BoxPlan,
+) -> Result<CollisionGrads> {
     require(&[grad, relu_z], p.kind, p.order)?;
     if grad.size() != relu_z.size() {
-        return Err(Error::Runtime(format!("internal: grad {:?} and relu_z {:?} differ in shape", grad.size(), relu_z.size())));
+        return Err(Error::Runtime(format!(
+            "internal: grad {:?} and relu_z {:?} differ in shape",
+            grad.size(),
+            relu_z.size()
+        )));
     }
     let gq = empty(in_shape, p.kind, p.order)?;
     let b = plan(&gq, grad, p.kh, p.kw, p.g, p.kind, p.order)?;
@@ -121,7 +142,15 @@ pub fn backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGra
     sums.into_grads(p.kind, needs, gy, AdjustGrad::OnInput(gq))
 }
 
-fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor, alpha: T, b: &Blocks, c: usize) -> Result<Sums> {
+fn bwd<T: Elem>(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    gy: Option<&Tensor>,
+    gq: &Tensor,
+    alpha: T,
+    b: &Blocks,
+    c: usize,
+) -> Result<Sums> {
     let (il, ol, v) = (b.in_len(), b.out_len(), b.v);
     // Partial sums: NCHW one slot per plane (= block), NHWC one c-vector per image (= block).
     let slots = if v == 1 { b.count } else { b.count * c };
@@ -131,7 +160,8 @@ fn bwd<T: Elem>(grad: &Tensor, relu_z: &Tensor, gy: Option<&Tensor>, gq: &Tensor
     let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
     let gys = gy.map(|t| unsafe { shared::<T>(t) });
     let gqs = unsafe { shared::<T>(gq) };
-    let (pb1, pb2, pa) = (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
+    let (pb1, pb2, pa) =
+        (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut gz, mut acc) = (vec![T::ZERO; ol], vec![T::ZERO; (b.w.n_out * v).max(3 * c)]);
         let mut gy_scratch = if gys.is_none() { vec![T::ZERO; ol] } else { Vec::new() };

@@ -72,9 +72,13 @@ impl Gemm1x1 {
         let lay = require(ts, self.kind, self.order)?;
         let s = ts[0].size();
         match (self.order, lay) {
-            (Order::Nchw, Layout::Nchw { hw, .. }) => Ok(Shape::Batched { n: s[0], groups: self.groups, hw: hw as i64 }),
+            (Order::Nchw, Layout::Nchw { hw, .. }) => {
+                Ok(Shape::Batched { n: s[0], groups: self.groups, hw: hw as i64 })
+            }
             (Order::Nhwc, _) if self.groups == 1 => Ok(Shape::Flat { rows: s[0] * s[2] * s[3] }),
-            _ => Err(Error::Runtime(format!("internal: no GEMM form for {:?} with groups={}", self.order, self.groups))),
+            _ => {
+                Err(Error::Runtime(format!("internal: no GEMM form for {:?} with groups={}", self.order, self.groups)))
+            }
         }
     }
 
@@ -92,7 +96,14 @@ impl Gemm1x1 {
 
     /// Gradients `(dS, dW')` of [`Self::forward`] for the output gradient `gp`; each only when
     /// asked for.
-    pub fn backward(&self, gp: &Tensor, s: &Tensor, w: &Tensor, need_s: bool, need_w: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    pub fn backward(
+        &self,
+        gp: &Tensor,
+        s: &Tensor,
+        w: &Tensor,
+        need_s: bool,
+        need_w: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (ws, sz) = (w.size(), s.size());
         let (cout, cig) = (ws[0], ws[1]);
         match self.shape(&[gp, s])? {
@@ -100,7 +111,11 @@ impl Gemm1x1 {
                 let cog = cout / groups;
                 let gm = gp.f_view([n * groups, cog, hw])?;
                 let sm = s.f_view([n * groups, cig, hw])?;
-                let ds = if need_s { Some(weight_batches(w, n, groups, true)?.f_bmm(&gm)?.f_view(sz.as_slice())?) } else { None };
+                let ds = if need_s {
+                    Some(weight_batches(w, n, groups, true)?.f_bmm(&gm)?.f_view(sz.as_slice())?)
+                } else {
+                    None
+                };
                 let dw = if need_w { Some(weight_grad(&gm, &sm, n, groups)?.f_view(ws.as_slice())?) } else { None };
                 Ok((ds, dw))
             }

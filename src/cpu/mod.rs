@@ -94,7 +94,15 @@ impl Plan {
     }
 
     /// `(dS, dW')` of [`Self::pointwise`] for `gp`, dS in the plan's order.
-    fn pointwise_backward(&self, gp: &Tensor, s: &Tensor, w: &Tensor, groups: i64, need_s: bool, need_w: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn pointwise_backward(
+        &self,
+        gp: &Tensor,
+        s: &Tensor,
+        w: &Tensor,
+        groups: i64,
+        need_s: bool,
+        need_w: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if self.gemm {
             return self.gemm(groups).backward(gp, s, w, need_s, need_w);
         }
@@ -105,7 +113,14 @@ impl Plan {
     /// CpuFused forward after `y = conv2d(x, W) + b2` (N, Cout, Ho, Wo): `S = boxsum(x)` (N, Cin,
     /// Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes `out` into y's buffer and
     /// `relu_z` into p's. Returns `(out, relu_z)`.
-    pub fn forward(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        y: &Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+    ) -> Result<(Tensor, Tensor)> {
         let s = boxsum::forward(a.x, d.kh, d.kw, g, self.kind, self.order)?;
         let p = self.pointwise(&s, a.adjust_weight, g.groups)?;
         drop(s);
@@ -115,19 +130,41 @@ impl Plan {
     /// CpuFusedBox forward (stride 1): `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the
     /// collision kernel box-sums Q row by row into `out` (y's buffer); `relu_z` only when
     /// `keep_relu_z`.
-    pub fn forward_box(&self, y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward_box(
+        &self,
+        y: &Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+        keep_relu_z: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let q = self.pointwise(a.x, a.adjust_weight, g.groups)?;
         collision_box::forward(y, &q, shift, a.alpha, &self.boxes(d, g), keep_relu_z)
     }
 
     /// CpuFused collision backward: `gy`, `gz` (alpha included) and the reductions.
-    pub fn collision_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad) -> Result<CollisionGrads> {
+    pub fn collision_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+    ) -> Result<CollisionGrads> {
         collision::backward(grad, relu_z, alpha, needs, self.kind, self.order)
     }
 
     /// CpuFusedBox collision backward (stride 1): `gy`, `G = boxsum^T(gz)` on x's grid and the
     /// reductions.
-    pub fn collision_box_backward(&self, grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
+    pub fn collision_box_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+        d: &IcDims,
+        g: &ConvGeometry,
+    ) -> Result<CollisionGrads> {
         collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.boxes(d, g))
     }
 
@@ -137,7 +174,15 @@ impl Plan {
     /// otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part is in `dxb`.
     /// Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed (see
     /// `libtorch::adjust_backward`).
-    pub fn adjust_backward(&self, adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+    pub fn adjust_backward(
+        &self,
+        adjust: AdjustGrad,
+        dx: Option<Tensor>,
+        a: &IcArgs,
+        d: &IcDims,
+        g: &ConvGeometry,
+        needs: &NeedsGrad,
+    ) -> Result<AdjustParts> {
         let (x, adjust_weight) = (a.x, a.adjust_weight);
         let (need_x, need_w) = (needs.x, needs.adjust_weight);
         let dx_in_order = dx.as_ref().is_some_and(|t| layout_of(t).map(|l| l.order()) == Some(self.order));
@@ -168,7 +213,9 @@ impl Plan {
                         boxsum::backward_sub_(dx, &ds, d.kh, d.kw, g, self.kind, self.order)?;
                         None
                     }
-                    (Some(ds), _) => Some(boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, self.kind, self.order)?),
+                    (Some(ds), _) => {
+                        Some(boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, self.kind, self.order)?)
+                    }
                     (None, _) => None,
                 };
                 Ok(AdjustParts { dx, dxb, dwa, scale })

@@ -48,7 +48,14 @@ fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
 
 /// The forward after `y = conv(x, W) + b2`: `(out, relu_z)`, `relu_z` only with `keep_relu_z`
 /// on the fused route (the libtorch route always returns it).
-pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub fn forward(
+    y: Tensor,
+    a: &IcArgs,
+    shift: &Tensor,
+    d: &IcDims,
+    g: &ConvGeometry,
+    keep_relu_z: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     if let Some(stream) = fused_stream(&y)? {
         if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
             fused::record_call();
@@ -60,7 +67,14 @@ pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeomet
 }
 
 /// The collision backward (`gy`, the P path's gradient, the sums).
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry) -> Result<CollisionGrads> {
+pub fn collision_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    needs: &NeedsGrad,
+    d: &IcDims,
+    g: &ConvGeometry,
+) -> Result<CollisionGrads> {
     if let Some(stream) = fused_stream(grad)? {
         if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
             fused::record_call();
@@ -72,7 +86,14 @@ pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs:
 
 /// The P path's gradients, for the route [`collision_backward`] took (its [`AdjustGrad`] says
 /// which).
-pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+pub fn adjust_backward(
+    adjust: AdjustGrad,
+    dx: Option<Tensor>,
+    a: &IcArgs,
+    d: &IcDims,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<AdjustParts> {
     match adjust {
         AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs),
         AdjustGrad::Gz { gz, scale: None } => {

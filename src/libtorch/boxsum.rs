@@ -26,7 +26,11 @@ pub fn backward(grad: &Tensor, in_shape: [i64; 4], kh: i64, kw: i64, g: &ConvGeo
     // libtorch reads only the input's shape and memory format: an uninitialised stand-in will do.
     let opts = (grad.kind(), grad.device());
     let [n, c, h, w] = in_shape;
-    let like = if nhwc { Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])? } else { Tensor::f_empty(in_shape, opts)? };
+    let like = if nhwc {
+        Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?
+    } else {
+        Tensor::f_empty(in_shape, opts)?
+    };
     let ones = ones_kernel(&like, kh, kw)?;
     let depthwise = ConvGeometry { groups: c, ..*g };
     let (gi, _) = convolution_backward(grad, &like, &ones, &depthwise, true, false)?;

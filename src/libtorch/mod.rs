@@ -41,7 +41,14 @@ pub fn forward(y: Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeomet
 /// `G = boxsum^T(gz)` on x's grid: `dx = W'^T G`, `dW' = G x^T` (one box-sum pass instead of two).
 /// With a stride, G would be s^2 times larger than S, so the strided path recomputes
 /// `S = boxsum(x)`.
-pub fn adjust_backward(adjust: AdjustGrad, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+pub fn adjust_backward(
+    adjust: AdjustGrad,
+    dx: Option<Tensor>,
+    a: &IcArgs,
+    d: &IcDims,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<AdjustParts> {
     let (x, adjust_weight) = (a.x, a.adjust_weight);
     let AdjustGrad::Gz { gz, scale } = adjust else {
         return Err(Error::Runtime("internal: the libtorch backward got a box-sum gradient on the input grid".into()));

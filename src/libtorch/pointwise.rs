@@ -14,6 +14,13 @@ pub fn forward(s: &Tensor, w: &Tensor, groups: i64, bias: Option<&Tensor>) -> Re
 }
 
 /// Gradients `(dS, dW')` of [`forward`] for the output gradient `gp`; each only when asked for.
-pub fn backward(gp: &Tensor, s: &Tensor, w: &Tensor, groups: i64, need_s: bool, need_w: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+pub fn backward(
+    gp: &Tensor,
+    s: &Tensor,
+    w: &Tensor,
+    groups: i64,
+    need_s: bool,
+    need_w: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     convolution_backward(gp, s, w, &ConvGeometry::pointwise(groups), need_s, need_w)
 }

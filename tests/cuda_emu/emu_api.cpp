@@ -23,7 +23,8 @@ extern "C" long ic_emu_launch(const char* name, unsigned gx, unsigned gy, unsign
                               int order, void** args) {
     std::function<void()> body;
     const std::string n(name);
-#define IC_EMU_ENTRY(k) if (n == #k) body = bind(k, args);
+#define IC_EMU_ENTRY(k) \
+    if (n == #k) body = bind(k, args);
     IC_FOR_EACH_ENTRY(IC_EMU_ENTRY)
 #undef IC_EMU_ENTRY
     if (!body) return -1;
@@ -46,10 +47,16 @@ extern "C" void ic_emu_convert(float* f, unsigned short* h, long n, int kind, in
     for (long i = 0; i < n; i++) {
         if (kind == 0) {
             ic_f16* p = reinterpret_cast<ic_f16*>(h + i);
-            if (dir == 0) IcTraits<ic_f16>::store(p, f[i]); else f[i] = IcTraits<ic_f16>::load(p);
+            if (dir == 0)
+                IcTraits<ic_f16>::store(p, f[i]);
+            else
+                f[i] = IcTraits<ic_f16>::load(p);
         } else {
             ic_bf16* p = reinterpret_cast<ic_bf16*>(h + i);
-            if (dir == 0) IcTraits<ic_bf16>::store(p, f[i]); else f[i] = IcTraits<ic_bf16>::load(p);
+            if (dir == 0)
+                IcTraits<ic_bf16>::store(p, f[i]);
+            else
+                f[i] = IcTraits<ic_bf16>::load(p);
         }
     }
 }

@@ -28,20 +28,43 @@ CUresult cuInit(unsigned) { return 34; }
 #else
 CUresult cuInit(unsigned) { return 0; }
 #endif
-CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
-CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return 101; *d = 0; return 0; }
-CUresult cuDeviceGetAttribute(int* v, int attrib, int) {
-    if (attrib == 75) *v = 9;        // COMPUTE_CAPABILITY_MAJOR
-    else if (attrib == 76) *v = 0;   // MINOR
-    else *v = 0;
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
     return 0;
 }
-CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &primary_ctx_storage; return 0; }
-CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_ctx; return 0; }
+CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return 0;
+}
+CUresult cuDeviceGet(int* d, int ordinal) {
+    if (ordinal != 0) return 101;
+    *d = 0;
+    return 0;
+}
+CUresult cuDeviceGetAttribute(int* v, int attrib, int) {
+    if (attrib == 75)
+        *v = 9;  // COMPUTE_CAPABILITY_MAJOR
+    else if (attrib == 76)
+        *v = 0;  // MINOR
+    else
+        *v = 0;
+    return 0;
+}
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int) {
+    *ctx = &primary_ctx_storage;
+    return 0;
+}
+CUresult cuCtxGetCurrent(void** ctx) {
+    *ctx = current_ctx;
+    return 0;
+}
 static void* ctx_stack[16];
 static int ctx_depth = 0;
-CUresult cuCtxPushCurrent_v2(void* ctx) { ctx_stack[ctx_depth++] = current_ctx; current_ctx = ctx; return 0; }
+CUresult cuCtxPushCurrent_v2(void* ctx) {
+    ctx_stack[ctx_depth++] = current_ctx;
+    current_ctx = ctx;
+    return 0;
+}
 CUresult cuCtxPopCurrent_v2(void** ctx) {
     if (ctx_depth == 0) return 201;
     if (ctx) *ctx = current_ctx;
@@ -56,7 +79,7 @@ CUresult cuModuleLoadData(void** m, const void* image) {
         unsigned short machine;
         memcpy(&machine, p + 18, 2);
         if (p[4] != 2 || machine != 190) return 200;  // CUDA_ERROR_INVALID_IMAGE
-        if (reject_cubin) return 209;                  // CUDA_ERROR_NO_BINARY_FOR_GPU
+        if (reject_cubin) return 209;                 // CUDA_ERROR_NO_BINARY_FOR_GPU
         last_image = 1;
     } else if (strstr(reinterpret_cast<const char*>(p), ".version") != nullptr) {
         last_image = 2;
@@ -73,7 +96,10 @@ CUresult cuModuleGetFunction(void** f, void*, const char* name) {
     return 0;
 }
 CUresult cuFuncSetAttribute(void*, int, int) { return 0; }
-CUresult cuStreamIsCapturing(void*, int* status) { *status = capturing ? 1 : 0; return 0; }
+CUresult cuStreamIsCapturing(void*, int* status) {
+    *status = capturing ? 1 : 0;
+    return 0;
+}
 CUresult cuStreamSynchronize(void*) {
     syncs++;
     if (capturing) return 901;  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: never sync a capturing stream
@@ -81,11 +107,20 @@ CUresult cuStreamSynchronize(void*) {
 }
 CUresult cuGetErrorString(CUresult r, const char** s) {
     switch (r) {
-        case 34: *s = "CUDA driver is a stub library"; break;
-        case 200: *s = "device kernel image is invalid"; break;
-        case 209: *s = "no kernel image is available for execution on the device"; break;
-        case 700: *s = "an illegal memory access was encountered"; break;
-        default: *s = "fake driver error";
+        case 34:
+            *s = "CUDA driver is a stub library";
+            break;
+        case 200:
+            *s = "device kernel image is invalid";
+            break;
+        case 209:
+            *s = "no kernel image is available for execution on the device";
+            break;
+        case 700:
+            *s = "an illegal memory access was encountered";
+            break;
+        default:
+            *s = "fake driver error";
     }
     return 0;
 }
@@ -97,8 +132,10 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     const std::string name(static_cast<const char*>(f));
     const bool f64 = name.size() > 4 && name.compare(name.size() - 4, 4, "_f64") == 0;
     int ia = -1;  // the index of the by-value alpha (the pointer follows it)
-    if (name.rfind("ic_fwd_box_", 0) == 0) ia = 5;
-    else if (name.rfind("ic_bwd_box_", 0) == 0) ia = 4;
+    if (name.rfind("ic_fwd_box_", 0) == 0)
+        ia = 5;
+    else if (name.rfind("ic_bwd_box_", 0) == 0)
+        ia = 4;
     if (ia >= 0) {
         last_alpha = f64 ? *static_cast<double*>(params[ia]) : *static_cast<float*>(params[ia]);
         last_alpha_ptr = *static_cast<void**>(params[ia + 1]) != nullptr;
@@ -117,5 +154,8 @@ int fake_libcuda_launches() { return launches; }
 int fake_libcuda_syncs() { return syncs; }
 int fake_libcuda_module_loads() { return module_loads; }
 int fake_libcuda_last_image() { return last_image; }
-int fake_libcuda_last_alpha(double* v) { *v = last_alpha; return last_alpha_ptr; }
+int fake_libcuda_last_alpha(double* v) {
+    *v = last_alpha;
+    return last_alpha_ptr;
+}
 }

@@ -20,13 +20,11 @@
 #if !__has_include(<ATen/ops/cholesky.h>)
 #include <ATen/ops/linalg_cholesky.h>
 namespace torch {
-inline at::Tensor cholesky(const at::Tensor &self, bool upper = false) {
-  return at::linalg_cholesky(self, upper);
-}
+inline at::Tensor cholesky(const at::Tensor &self, bool upper = false) { return at::linalg_cholesky(self, upper); }
 inline at::Tensor &cholesky_out(at::Tensor &out, const at::Tensor &self, bool upper = false) {
-  return at::linalg_cholesky_out(out, self, upper);
+    return at::linalg_cholesky_out(out, self, upper);
 }
-} // namespace torch
+}  // namespace torch
 #endif
 
 // torch.qr(A, some) -> torch.linalg.qr(A, mode): some=true is mode "reduced", some=false "complete".
@@ -34,13 +32,13 @@ inline at::Tensor &cholesky_out(at::Tensor &out, const at::Tensor &self, bool up
 #include <ATen/ops/linalg_qr.h>
 namespace torch {
 inline std::tuple<at::Tensor, at::Tensor> qr(const at::Tensor &self, bool some = true) {
-  return at::linalg_qr(self, some ? "reduced" : "complete");
+    return at::linalg_qr(self, some ? "reduced" : "complete");
 }
-inline std::tuple<at::Tensor &, at::Tensor &> qr_out(at::Tensor &Q, at::Tensor &R,
-                                                     const at::Tensor &self, bool some = true) {
-  return at::linalg_qr_out(Q, R, self, some ? "reduced" : "complete");
+inline std::tuple<at::Tensor &, at::Tensor &> qr_out(at::Tensor &Q, at::Tensor &R, const at::Tensor &self,
+                                                     bool some = true) {
+    return at::linalg_qr_out(Q, R, self, some ? "reduced" : "complete");
 }
-} // namespace torch
+}  // namespace torch
 #endif
 
 // Ops that tch's wrapper calls but an older torch (2.11) does not have yet: defined as functions that
@@ -49,13 +47,15 @@ inline std::tuple<at::Tensor &, at::Tensor &> qr_out(at::Tensor &Q, at::Tensor &
 #include <stdexcept>
 #include <tuple>
 using ic_networks_tensor_pair = std::tuple<at::Tensor, at::Tensor>;
-#define IC_NETWORKS_TORCH_MISSING(ret, name)                                                       \
-  namespace torch {                                                                               \
-  template <class... Args> inline ret name(Args &&...) {                                          \
-    throw std::runtime_error("torch::" #name " does not exist in the torch that ic-networks was "  \
-                             "built against (it is newer); see docs/install.md");                 \
-  }                                                                                               \
-  }
+#define IC_NETWORKS_TORCH_MISSING(ret, name)                                          \
+    namespace torch {                                                                 \
+    template <class... Args>                                                          \
+    inline ret name(Args &&...) {                                                     \
+        throw std::runtime_error("torch::" #name                                      \
+                                 " does not exist in the torch that ic-networks was " \
+                                 "built against (it is newer); see docs/install.md"); \
+    }                                                                                 \
+    }
 #if !__has_include(<ATen/ops/_flash_attention_forward_no_dropout_inplace.h>)
 IC_NETWORKS_TORCH_MISSING(at::Tensor, _flash_attention_forward_no_dropout_inplace)
 #endif
@@ -100,7 +100,7 @@ IC_NETWORKS_TORCH_MISSING(at::Tensor, _upsample_lanczos2d_aa_out)
 IC_NETWORKS_TORCH_MISSING(ic_networks_tensor_pair, _scaled_dot_product_attention_math_for_mps)
 #endif
 
-#endif // torch headers visible
-#endif // C++ with __has_include
+#endif  // torch headers visible
+#endif  // C++ with __has_include
 
-#endif // IC_NETWORKS_TORCH_COMPAT_H
+#endif  // IC_NETWORKS_TORCH_COMPAT_H

@@ -27,6 +27,8 @@
  * tests/test_install.py checks the built wheel with `auditwheel show`; a new symbol that is too
  * new makes that test name it.
  */
+/* OLD(...) takes assembler symbol names (name@VERSION), which are not C: not for clang-format. */
+/* clang-format off */
 #include <stddef.h>
 #include <sys/syscall.h>
 

@@ -127,7 +127,12 @@ fn mapped(prefix: &str) -> Vec<PathBuf> {
 
 /// Tries `candidates` in order (a full path, or a bare name for the loader's search); the first
 /// that loads with every entry point wins. The error lists what each candidate said.
-fn load_first<T>(what: &str, candidates: &[String], api: unsafe fn(&Library) -> Result<T, String>, any: fn(&T) -> *const c_void) -> Result<Loaded<T>, String> {
+fn load_first<T>(
+    what: &str,
+    candidates: &[String],
+    api: unsafe fn(&Library) -> Result<T, String>,
+    any: fn(&T) -> *const c_void,
+) -> Result<Loaded<T>, String> {
     let mut tried = Vec::new();
     for c in candidates {
         // SAFETY: loading a CUDA library runs its initialisers, which have no preconditions.
@@ -181,7 +186,12 @@ fn is_nvrtc(name: &str) -> bool {
 /// libnvrtc files in `dir`, the highest version first.
 fn nvrtc_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_str().map(is_nvrtc).unwrap_or(false)).map(|e| e.path().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_str().map(is_nvrtc).unwrap_or(false))
+                .map(|e| e.path().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort_by(|a, b| b.cmp(a));
     v
@@ -192,7 +202,11 @@ pub fn nvrtc_candidates() -> Vec<String> {
     if let Some(p) = env_path("IC_NETWORKS_LIBNVRTC") {
         return vec![p];
     }
-    let mut c: Vec<String> = mapped("libnvrtc").into_iter().filter(|p| p.file_name().and_then(|s| s.to_str()).map(is_nvrtc).unwrap_or(false)).map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut c: Vec<String> = mapped("libnvrtc")
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|s| s.to_str()).map(is_nvrtc).unwrap_or(false))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     if let Some(lib) = torch_lib_dir() {
         if let Some(site) = lib.parent().and_then(Path::parent) {
             let nvidia = site.join("nvidia");
@@ -200,7 +214,9 @@ pub fn nvrtc_candidates() -> Vec<String> {
             for pkg in ["cu13", "cuda_nvrtc"] {
                 c.extend(nvrtc_in(&nvidia.join(pkg).join("lib")));
             }
-            let mut others: Vec<PathBuf> = std::fs::read_dir(&nvidia).map(|rd| rd.flatten().map(|e| e.path().join("lib")).collect()).unwrap_or_default();
+            let mut others: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+                .map(|rd| rd.flatten().map(|e| e.path().join("lib")).collect())
+                .unwrap_or_default();
             others.sort();
             for d in others {
                 c.extend(nvrtc_in(&d));
@@ -212,14 +228,23 @@ pub fn nvrtc_candidates() -> Vec<String> {
         c.push(n.into());
     }
     let mut seen = Vec::new();
-    c.retain(|p| if seen.contains(p) { false } else { seen.push(p.clone()); true });
+    c.retain(|p| {
+        if seen.contains(p) {
+            false
+        } else {
+            seen.push(p.clone());
+            true
+        }
+    });
     c
 }
 
 /// libcuda, loaded once (see the module docs); the error says what was tried.
 pub fn driver() -> Result<&'static Loaded<Driver>, String> {
     static D: OnceLock<Result<Loaded<Driver>, String>> = OnceLock::new();
-    D.get_or_init(|| load_first("libcuda (the NVIDIA driver)", &libcuda_candidates(), Driver::load_from, Driver::any)).as_ref().map_err(Clone::clone)
+    D.get_or_init(|| load_first("libcuda (the NVIDIA driver)", &libcuda_candidates(), Driver::load_from, Driver::any))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// NVRTC, loaded once (see the module docs); the error says what was tried.
@@ -229,10 +254,20 @@ pub fn nvrtc() -> Result<&'static Loaded<Nvrtc>, String> {
         let cands = nvrtc_candidates();
         // The builtins next to a full-path candidate, loaded first and kept: NVRTC opens them by
         // their soname, which then matches the loaded file.
-        for c in cands.iter().filter(|c| c.starts_with('/')) {
+        if let Some(c) = cands.iter().find(|c| c.starts_with('/')) {
             if let Some(dir) = Path::new(c).parent() {
                 let mut b: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|s| s.to_str()).map(|s| s.starts_with("libnvrtc-builtins.so")).unwrap_or(false)).collect())
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| {
+                                p.file_name()
+                                    .and_then(|s| s.to_str())
+                                    .map(|s| s.starts_with("libnvrtc-builtins.so"))
+                                    .unwrap_or(false)
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 b.sort();
                 if let Some(f) = b.last() {
@@ -242,7 +277,6 @@ pub fn nvrtc() -> Result<&'static Loaded<Nvrtc>, String> {
                     }
                 }
             }
-            break;
         }
         load_first("libnvrtc (NVRTC; torch with CUDA ships it)", &cands, Nvrtc::load_from, Nvrtc::any)
     })
@@ -273,7 +307,14 @@ mod tests {
 
     #[test]
     fn a_missing_library_is_an_error_that_lists_what_was_tried() {
-        let e = load_first("libnothing", &["/nonexistent/libnothing.so".into(), "libnothing_at_all.so".into()], Driver::load_from, Driver::any).err().unwrap();
+        let e = load_first(
+            "libnothing",
+            &["/nonexistent/libnothing.so".into(), "libnothing_at_all.so".into()],
+            Driver::load_from,
+            Driver::any,
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("/nonexistent/libnothing.so") && e.contains("libnothing_at_all.so"), "{e}");
     }
 }

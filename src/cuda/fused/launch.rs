@@ -31,7 +31,11 @@ fn error_string(r: CuResult) -> String {
         // SAFETY: cuGetErrorString writes a static string pointer (or leaves null).
         Ok(d) => unsafe {
             (d.api.cuGetErrorString)(r, &mut p);
-            if p.is_null() { format!("CUDA error {r}") } else { format!("{} (CUDA error {r})", CStr::from_ptr(p).to_string_lossy()) }
+            if p.is_null() {
+                format!("CUDA error {r}")
+            } else {
+                format!("{} (CUDA error {r})", CStr::from_ptr(p).to_string_lossy())
+            }
         },
         Err(_) => format!("CUDA error {r}"),
     }
@@ -189,7 +193,12 @@ fn load_for(cc: i32) -> Result<(CuModule, bool, bool, Option<String>)> {
         Err(r) => r,
     };
     let kind = |cubin: bool| if cubin { "CUBIN" } else { "PTX" };
-    let mut why = format!("the driver rejected the {}{}: {}", if img.from_cache { "cached " } else { "" }, kind(img.is_cubin), error_string(r));
+    let mut why = format!(
+        "the driver rejected the {}{}: {}",
+        if img.from_cache { "cached " } else { "" },
+        kind(img.is_cubin),
+        error_string(r)
+    );
     let fresh = if img.from_cache {
         let f = nvrtc::compile_image(cc)?;
         match load_image(&f.bytes)? {
@@ -232,7 +241,8 @@ pub(crate) fn module(ordinal: usize, dev: CuDevice, stream: Option<CuStream>) ->
             ));
         }
     }
-    let cc = 10 * attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? + attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let cc = 10 * attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
+        + attribute(dev, dl::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     let (m, is_cubin, from_cache, replaced) = load_for(cc)?;
     let d = drv()?;
     let mut funcs = HashMap::new();
@@ -260,7 +270,15 @@ impl Module {
 /// Launches `name` with the kernel parameters `args` (pointers to each argument, as
 /// cuLaunchKernel takes them) on the borrowed `stream`; under [`sync_check`] (and not capturing)
 /// it then waits for the kernel and reports its fault, if any, by name.
-pub(crate) fn launch(m: &Module, name: &str, grid: [u32; 3], block: u32, smem: u32, stream: CuStream, args: &mut [*mut c_void]) -> Result<()> {
+pub(crate) fn launch(
+    m: &Module,
+    name: &str,
+    grid: [u32; 3],
+    block: u32,
+    smem: u32,
+    stream: CuStream,
+    args: &mut [*mut c_void],
+) -> Result<()> {
     if grid.contains(&0) {
         return Ok(());
     }
@@ -268,11 +286,30 @@ pub(crate) fn launch(m: &Module, name: &str, grid: [u32; 3], block: u32, smem: u
     let d = drv()?;
     if smem > 48 * 1024 {
         // SAFETY: valid function handle.
-        unsafe { cu_check("set shared memory size", (d.cuFuncSetAttribute)(f, dl::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32))? };
+        unsafe {
+            cu_check(
+                "set shared memory size",
+                (d.cuFuncSetAttribute)(f, dl::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32),
+            )?
+        };
     }
     // SAFETY: args point at live values of the kernel's parameter types (see the #[repr(C)]
     // structs below); the stream is the caller's.
-    let status = unsafe { (d.cuLaunchKernel)(f, grid[0], grid[1], grid[2], block, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut()) };
+    let status = unsafe {
+        (d.cuLaunchKernel)(
+            f,
+            grid[0],
+            grid[1],
+            grid[2],
+            block,
+            1,
+            1,
+            smem,
+            stream,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
     if status != CUDA_SUCCESS {
         return cu_check(&format!("launch {name}"), status);
     }
@@ -483,11 +520,16 @@ mod tests {
         for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
             for &cl in &[false, true] {
                 for &bwd in &[false, true] {
-                    let (p, smem, threads) = plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
+                    let (p, smem, threads) =
+                        plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
                     assert!(smem <= SMEM_LIMIT);
                     // the kernels' thread layout: powers of two, a row of channels x columns per pass
                     assert!(threads.is_power_of_two() && threads % 32 == 0 && threads <= THREADS);
-                    assert!(p.tc * p.tw <= threads as i32 && (p.tc as u32).is_power_of_two() && (p.tw as u32).is_power_of_two());
+                    assert!(
+                        p.tc * p.tw <= threads as i32
+                            && (p.tc as u32).is_power_of_two()
+                            && (p.tw as u32).is_power_of_two()
+                    );
                     assert!(p.tiles_h * p.th >= 56 && p.tiles_w * p.tw >= 56 && p.tiles_c * p.tc >= 64);
                     if cl {
                         assert_eq!(THREADS as i32 % p.tc, 0);

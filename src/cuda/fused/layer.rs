@@ -13,7 +13,10 @@
 //! recomputed `S`) and never decline.
 //! The convolutions stay with cuDNN/cuBLAS. At stride 1 the 1x1 input gradient is subtracted by
 //! one GEMM that accumulates into the conv's dx (beta = 1), with no temporary.
-use super::{box_backward, box_forward, boxsum, boxsum_t_, collision_backward as fused_collision_backward, collision_forward, Box2, BoxsumMode, RawStream};
+use super::{
+    box_backward, box_forward, boxsum, boxsum_t_, collision_backward as fused_collision_backward, collision_forward,
+    Box2, BoxsumMode, RawStream,
+};
 use crate::aten::convolution_backward;
 use crate::error::Result;
 use crate::geometry::{ConvGeometry, IcDims};
@@ -27,7 +30,15 @@ use tch::Tensor;
 /// Stride 1: `Q = conv1x1(x, W')` on x's grid, then one kernel does the box sum of `Q` (box and
 /// 1x1 commute) and the collision. Other strides: `S = boxsum(x)`, `P = conv1x1(S, W')`, then the
 /// collision kernel.
-pub fn forward(y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeometry, keep_relu_z: bool, stream: RawStream) -> Result<Option<(Tensor, Option<Tensor>)>> {
+pub fn forward(
+    y: &Tensor,
+    a: &IcArgs,
+    shift: &Tensor,
+    d: &IcDims,
+    g: &ConvGeometry,
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
     if g.unit_stride() {
         let q = a.x.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
         return box_forward(y, &q, shift, a.alpha, [d.kh, d.kw], g.padding, g.dilation, keep_relu_z, stream);
@@ -43,11 +54,30 @@ pub fn forward(y: &Tensor, a: &IcArgs, shift: &Tensor, d: &IcDims, g: &ConvGeome
 /// `G = boxsum^T(gz)` on x's grid ([`AdjustGrad::OnInput`], for [`adjust_on_input`]); otherwise as
 /// `gz` itself ([`AdjustGrad::Gz`] without `scale`, for [`adjust_strided`]). The sums are
 /// deterministic (no atomics); d alpha is summed only when alpha needs a gradient.
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs: &NeedsGrad, d: &IcDims, g: &ConvGeometry, stream: RawStream) -> Result<Option<CollisionGrads>> {
+pub fn collision_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    needs: &NeedsGrad,
+    d: &IcDims,
+    g: &ConvGeometry,
+    stream: RawStream,
+) -> Result<Option<CollisionGrads>> {
     let need_gy = needs.main_path();
     let on_input = g.unit_stride() && needs.adjust_path();
     let fg = if on_input {
-        box_backward(grad, relu_z, alpha, [d.h, d.w], [d.kh, d.kw], g.padding, g.dilation, need_gy, needs.alpha, stream)?
+        box_backward(
+            grad,
+            relu_z,
+            alpha,
+            [d.h, d.w],
+            [d.kh, d.kw],
+            g.padding,
+            g.dilation,
+            need_gy,
+            needs.alpha,
+            stream,
+        )?
     } else {
         fused_collision_backward(grad, relu_z, alpha, need_gy, needs.alpha, stream)?
     };
@@ -65,7 +95,13 @@ pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, needs:
 /// The P path's gradients from `G = boxsum^T(gz)` on x's grid (stride 1): `dx -= W'^T G` (one
 /// GEMM into `dx` where the layouts allow, else returned as `dxb`) and `dW' = G x^T`, before the
 /// sign (`ic_conv.rs` applies it). Plain libtorch calls: never declines.
-pub fn adjust_on_input(gq: &Tensor, dx: Option<Tensor>, a: &IcArgs, g: &ConvGeometry, needs: &NeedsGrad) -> Result<AdjustParts> {
+pub fn adjust_on_input(
+    gq: &Tensor,
+    dx: Option<Tensor>,
+    a: &IcArgs,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+) -> Result<AdjustParts> {
     let mut dx = dx;
     let subtracted = match dx.as_mut() {
         Some(d) if needs.x => sub_adjoint_gemm(d, gq, a.adjust_weight, g.groups)?,
@@ -73,7 +109,14 @@ pub fn adjust_on_input(gq: &Tensor, dx: Option<Tensor>, a: &IcArgs, g: &ConvGeom
     };
     let need_dxb = needs.x && !subtracted;
     let (dxb, dwa) = if need_dxb || needs.adjust_weight {
-        convolution_backward(gq, a.x, a.adjust_weight, &ConvGeometry::pointwise(g.groups), need_dxb, needs.adjust_weight)?
+        convolution_backward(
+            gq,
+            a.x,
+            a.adjust_weight,
+            &ConvGeometry::pointwise(g.groups),
+            need_dxb,
+            needs.adjust_weight,
+        )?
     } else {
         (None, None)
     };
@@ -85,9 +128,25 @@ pub fn adjust_on_input(gq: &Tensor, dx: Option<Tensor>, a: &IcArgs, g: &ConvGeom
 /// which may decline): `dS = W'^T gz`, `dW' = gz S^T`, and `dx -= boxsum^T(dS)` in place, before
 /// the sign of dW'.
 #[allow(clippy::too_many_arguments)]
-pub fn adjust_strided(gz: &Tensor, s: Tensor, dx: Option<Tensor>, a: &IcArgs, d: &IcDims, g: &ConvGeometry, needs: &NeedsGrad, stream: RawStream) -> Result<AdjustParts> {
+pub fn adjust_strided(
+    gz: &Tensor,
+    s: Tensor,
+    dx: Option<Tensor>,
+    a: &IcArgs,
+    d: &IcDims,
+    g: &ConvGeometry,
+    needs: &NeedsGrad,
+    stream: RawStream,
+) -> Result<AdjustParts> {
     let b = Box2::of(d, g);
-    let (ds, dwa) = convolution_backward(gz, &s, a.adjust_weight, &ConvGeometry::pointwise(g.groups), needs.x, needs.adjust_weight)?;
+    let (ds, dwa) = convolution_backward(
+        gz,
+        &s,
+        a.adjust_weight,
+        &ConvGeometry::pointwise(g.groups),
+        needs.x,
+        needs.adjust_weight,
+    )?;
     drop(s);
     let mut dx = dx;
     let mut dxb = None;

@@ -144,7 +144,11 @@ fn dtype(k: Kind) -> Option<(&'static str, Kind)> {
 }
 
 fn acc_bytes(k: Kind) -> usize {
-    if k == Kind::Double { 8 } else { 4 }
+    if k == Kind::Double {
+        8
+    } else {
+        4
+    }
 }
 
 /// The CUDA ordinal and dtype shared by 4-D tensors `ts`, or `None`.
@@ -226,7 +230,11 @@ enum AlphaValue {
 
 impl AlphaValue {
     fn new(v: f64, acc: Kind) -> Self {
-        if acc == Kind::Double { AlphaValue::F64(v) } else { AlphaValue::F32(v as f32) }
+        if acc == Kind::Double {
+            AlphaValue::F64(v)
+        } else {
+            AlphaValue::F32(v as f32)
+        }
     }
     fn arg(&mut self) -> *mut c_void {
         match self {
@@ -284,8 +292,16 @@ pub fn box_forward(
         return Err(Error::Value(format!("fused forward: q {qs:?} / shift {:?} do not match y {ys:?}", shift.size())));
     }
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem, threads)) = launch::plan_box([ys[0], ys[1], ys[2], ys[3]], [qs[2], qs[3]], k, padding, dilation, is_cl(y), false, acc_bytes(acc))
-    else {
+    let Some((mut p, smem, threads)) = launch::plan_box(
+        [ys[0], ys[1], ys[2], ys[3]],
+        [qs[2], qs[3]],
+        k,
+        padding,
+        dilation,
+        is_cl(y),
+        false,
+        acc_bytes(acc),
+    ) else {
         return Ok(None);
     };
     let extra = halo_extra(&p);
@@ -312,14 +328,30 @@ pub fn box_forward(
         grid,
         threads,
         smem,
-        &mut [arg(&mut py), arg(&mut pq), arg(&mut po), arg(&mut pr), arg(&mut ps), av.arg(), arg(&mut pa), arg(&mut p)],
+        &mut [
+            arg(&mut py),
+            arg(&mut pq),
+            arg(&mut po),
+            arg(&mut pr),
+            arg(&mut ps),
+            av.arg(),
+            arg(&mut pa),
+            arg(&mut p),
+        ],
     )?;
     Ok(Some((y.shallow_clone(), rz)))
 }
 
 /// The plain collision forward (any stride): `y` becomes `y + alpha * relu(y - p + shift)` in
 /// place, `p` = conv1x1(boxsum(x), W') on the same grid. [`box_forward`] with a 1 x 1 box.
-pub fn collision_forward(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: &Tensor, keep_relu_z: bool, stream: RawStream) -> Result<Option<(Tensor, Option<Tensor>)>> {
+pub fn collision_forward(
+    y: &Tensor,
+    p: &Tensor,
+    shift: &Tensor,
+    alpha: &Tensor,
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
     if y.size() != p.size() {
         return Ok(None);
     }
@@ -372,18 +404,29 @@ pub fn box_backward(
     }
     let gs = grad.size();
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem, threads)) = launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc)) else {
+    let Some((mut p, smem, threads)) =
+        launch::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc))
+    else {
         return Ok(None);
     };
     let extra = halo_extra(&p);
     let g_size = [gs[0], gs[1], in_hw[0], in_hw[1]];
     // G and gy are made below in grad's memory format: their strides are those of a dense tensor
     let dense_of = |s: &[i64]| -> Vec<i64> {
-        if is_cl(grad) { vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]] } else { vec![s[1] * s[2] * s[3], s[2] * s[3], s[3], 1] }
+        if is_cl(grad) {
+            vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]]
+        } else {
+            vec![s[1] * s[2] * s[3], s[2] * s[3], s[3], 1]
+        }
     };
-    if ![(&gs[..], grad.stride()), (&relu_z.size()[..], relu_z.stride()), (&gs[..], dense_of(&gs)), (&g_size[..], dense_of(&g_size))]
-        .iter()
-        .all(|(z, s)| launch::fits_i32(z, s, extra))
+    if ![
+        (&gs[..], grad.stride()),
+        (&relu_z.size()[..], relu_z.stride()),
+        (&gs[..], dense_of(&gs)),
+        (&g_size[..], dense_of(&g_size)),
+    ]
+    .iter()
+    .all(|(z, s)| launch::fits_i32(z, s, extra))
     {
         return Ok(None);
     }
@@ -410,15 +453,37 @@ pub fn box_backward(
             grid,
             threads,
             smem,
-            &mut [arg(&mut pg), arg(&mut pr), arg(&mut pgy), arg(&mut pgg), av.arg(), arg(&mut pa), arg(&mut pp), arg(&mut p)],
+            &mut [
+                arg(&mut pg),
+                arg(&mut pr),
+                arg(&mut pgy),
+                arg(&mut pgg),
+                av.arg(),
+                arg(&mut pa),
+                arg(&mut pp),
+                arg(&mut p),
+            ],
         )?;
-        let mut rp = IcReduceParams { n: p.n, c: p.c, tc: p.tc, tiles_c: p.tiles_c, tiles_sp: tiles_sp as i32, dalpha: need_dalpha as i32 };
+        let mut rp = IcReduceParams {
+            n: p.n,
+            c: p.c,
+            tc: p.tc,
+            tiles_c: p.tiles_c,
+            tiles_sp: tiles_sp as i32,
+            dalpha: need_dalpha as i32,
+        };
         if tiles_sp > i32::MAX as i64 {
             return Err(Error::Runtime("fused backward: too many tiles".into()));
         }
         let (mut pp2, mut ps) = (ptr(&part), ptr(&sums));
         let red_name = if acc == Kind::Double { "ic_reduce_f64" } else { "ic_reduce_f32" };
-        l.run(red_name, [c as u32, 1, 1], THREADS, 3 * THREADS as usize * acc_bytes(acc), &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)])?;
+        l.run(
+            red_name,
+            [c as u32, 1, 1],
+            THREADS,
+            3 * THREADS as usize * acc_bytes(acc),
+            &mut [arg(&mut pp2), arg(&mut ps), arg(&mut rp)],
+        )?;
     } else {
         // nothing to launch; G is all zeros
         let _ = g.f_zero_()?;
@@ -431,7 +496,14 @@ pub fn box_backward(
 
 /// The plain collision backward (any stride): `gz`, `gy` and the sums on the output grid.
 /// [`box_backward`] with a 1 x 1 box.
-pub fn collision_backward(grad: &Tensor, relu_z: &Tensor, alpha: &Tensor, need_gy: bool, need_dalpha: bool, stream: RawStream) -> Result<Option<FusedGrads>> {
+pub fn collision_backward(
+    grad: &Tensor,
+    relu_z: &Tensor,
+    alpha: &Tensor,
+    need_gy: bool,
+    need_dalpha: bool,
+    stream: RawStream,
+) -> Result<Option<FusedGrads>> {
     let s = grad.size();
     if s.len() != 4 {
         return Ok(None);
@@ -459,8 +531,27 @@ impl Box2 {
     }
 
     fn params(&self, x: [i64; 4], ho: i64, wo: i64, mode: i32, cl: bool) -> Option<IcBoxsumParams> {
-        let all = [x[0], x[1], x[2], x[3], ho, wo, self.k[0], self.k[1], self.stride[0], self.stride[1], self.padding[0], self.padding[1], self.dilation[0], self.dilation[1]];
-        if ho < 1 || wo < 1 || all.iter().any(|&v| v < 0 || v > i32::MAX as i64) || x.iter().product::<i64>() > i64::MAX / 2 {
+        let all = [
+            x[0],
+            x[1],
+            x[2],
+            x[3],
+            ho,
+            wo,
+            self.k[0],
+            self.k[1],
+            self.stride[0],
+            self.stride[1],
+            self.padding[0],
+            self.padding[1],
+            self.dilation[0],
+            self.dilation[1],
+        ];
+        if ho < 1
+            || wo < 1
+            || all.iter().any(|&v| v < 0 || v > i32::MAX as i64)
+            || x.iter().product::<i64>() > i64::MAX / 2
+        {
             return None;
         }
         Some(IcBoxsumParams {
@@ -508,7 +599,13 @@ pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>>
     let l = Launcher::new(ordinal, stream)?;
     let (mut px, mut ps) = (ptr(x), ptr(&s));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_{suffix}"), [flat_blocks(s.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut px), arg(&mut ps), arg(&mut p)])?;
+    l.run(
+        &format!("ic_boxsum_{suffix}"),
+        [flat_blocks(s.numel() as i64), 1, 1],
+        THREADS,
+        0,
+        &mut [arg(&mut px), arg(&mut ps), arg(&mut p)],
+    )?;
     Ok(Some(s))
 }
 
@@ -531,7 +628,9 @@ pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: 
     if ss[0] != os[0] || ss[1] != os[1] || ss[2] != b.out(0, os[2]) || ss[3] != b.out(1, os[3]) {
         return Err(Error::Value(format!("boxsum_t: ds {ss:?} is not the box-sum grid of {os:?}")));
     }
-    let Some(mut p) = b.params([os[0], os[1], os[2], os[3]], ss[2], ss[3], mode as i32, is_cl(out)) else { return Ok(false) };
+    let Some(mut p) = b.params([os[0], os[1], os[2], os[3]], ss[2], ss[3], mode as i32, is_cl(out)) else {
+        return Ok(false);
+    };
     if out.numel() == 0 {
         return Ok(true);
     }
@@ -540,7 +639,13 @@ pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: 
     let l = Launcher::new(ordinal, stream)?;
     let (mut pd, mut po) = (ptr(ds), ptr(out));
     let suffix = dtype(kind).unwrap().0;
-    l.run(&format!("ic_boxsum_t_{suffix}"), [flat_blocks(out.numel() as i64), 1, 1], THREADS, 0, &mut [arg(&mut pd), arg(&mut po), arg(&mut p)])?;
+    l.run(
+        &format!("ic_boxsum_t_{suffix}"),
+        [flat_blocks(out.numel() as i64), 1, 1],
+        THREADS,
+        0,
+        &mut [arg(&mut pd), arg(&mut po), arg(&mut p)],
+    )?;
     Ok(true)
 }
 

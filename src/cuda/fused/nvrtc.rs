@@ -14,8 +14,8 @@
 //! `~/.cache/ic_networks/kernels`; one file per (source hash, options, arch, NVRTC version), written
 //! to a temporary name and renamed (atomic on POSIX), so concurrent processes never read a partial
 //! file. `IC_NETWORKS_KERNEL_CACHE=0` disables it.
-use crate::error::{Error, Result};
 use super::dl::{self, Nvrtc, NvrtcProgram, NvrtcResult, NVRTC_SUCCESS};
+use crate::error::{Error, Result};
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -57,7 +57,8 @@ fn api() -> Result<&'static Nvrtc> {
 fn nvrtc_err(n: &Nvrtc, what: &str, r: NvrtcResult) -> Error {
     // SAFETY: nvrtcGetErrorString returns a static string (or null) for any code.
     let p = unsafe { (n.nvrtcGetErrorString)(r) };
-    let msg = if p.is_null() { format!("error {r}") } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+    let msg =
+        if p.is_null() { format!("error {r}") } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
     Error::Runtime(format!("NVRTC {what}: {msg}"))
 }
 
@@ -177,14 +178,27 @@ pub fn compile_source(source: &str, arch: i32, cubin: bool) -> Result<Compiled> 
     // SAFETY: all strings NUL-terminated and alive across the calls; the program is destroyed on
     // every path below.
     unsafe {
-        check(api, "create program", (api.nvrtcCreateProgram)(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()))?;
+        check(
+            api,
+            "create program",
+            (api.nvrtcCreateProgram)(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()),
+        )?;
         let r = (api.nvrtcCompileProgram)(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
         let seconds = t0.elapsed().as_secs_f64();
         let log = program_log(api, prog);
         let out = if r != NVRTC_SUCCESS {
-            Err(Error::Runtime(format!("NVRTC could not compile the fused kernels for {arch_name}: {}\n{log}", nvrtc_err(api, "compile", r))))
+            Err(Error::Runtime(format!(
+                "NVRTC could not compile the fused kernels for {arch_name}: {}\n{log}",
+                nvrtc_err(api, "compile", r)
+            )))
         } else {
-            get_outputs(api, prog, cubin).map(|(ptx, bin)| Compiled { arch: arch_name.clone(), ptx, cubin: bin, log, seconds })
+            get_outputs(api, prog, cubin).map(|(ptx, bin)| Compiled {
+                arch: arch_name.clone(),
+                ptx,
+                cubin: bin,
+                log,
+                seconds,
+            })
         };
         (api.nvrtcDestroyProgram)(&mut prog);
         out
@@ -303,7 +317,8 @@ pub fn cache_dir_from_env() -> Option<PathBuf> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("kernel"),

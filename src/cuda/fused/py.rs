@@ -94,7 +94,9 @@ fn cuda_fused_box_forward(
     stream: RawStream,
 ) -> PyResult<Fwd> {
     let (k, p, d) = (pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
-    let r = py.allow_threads(move || super::box_forward(&y.0, &q.0, &shift.0, &alpha.0, k, p, d, keep_relu_z, stream)).map_err(to_py)?;
+    let r = py
+        .allow_threads(move || super::box_forward(&y.0, &q.0, &shift.0, &alpha.0, k, p, d, keep_relu_z, stream))
+        .map_err(to_py)?;
     Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
 }
 
@@ -122,26 +124,60 @@ fn cuda_fused_box_backward(
     stream: RawStream,
     need_dalpha: bool,
 ) -> PyResult<Bwd> {
-    let (hw, k, p, d) = (pair("in_hw", &in_hw)?, pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
-    let r = py.allow_threads(move || super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, need_dalpha, stream)).map_err(to_py)?;
+    let (hw, k, p, d) = (
+        pair("in_hw", &in_hw)?,
+        pair("kernel_size", &kernel_size)?,
+        pair("padding", &padding)?,
+        pair("dilation", &dilation)?,
+    );
+    let r = py
+        .allow_threads(move || {
+            super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, need_dalpha, stream)
+        })
+        .map_err(to_py)?;
     Ok(grads(r))
 }
 
 #[pyfunction]
-fn cuda_fused_collision_forward(py: Python<'_>, y: PyTensor, p: PyTensor, shift: PyTensor, alpha: PyTensor, keep_relu_z: bool, stream: RawStream) -> PyResult<Fwd> {
-    let r = py.allow_threads(move || super::collision_forward(&y.0, &p.0, &shift.0, &alpha.0, keep_relu_z, stream)).map_err(to_py)?;
+fn cuda_fused_collision_forward(
+    py: Python<'_>,
+    y: PyTensor,
+    p: PyTensor,
+    shift: PyTensor,
+    alpha: PyTensor,
+    keep_relu_z: bool,
+    stream: RawStream,
+) -> PyResult<Fwd> {
+    let r = py
+        .allow_threads(move || super::collision_forward(&y.0, &p.0, &shift.0, &alpha.0, keep_relu_z, stream))
+        .map_err(to_py)?;
     Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
 }
 
 #[pyfunction]
 #[pyo3(signature = (grad, relu_z, alpha, need_gy, stream, need_dalpha=true))]
-fn cuda_fused_collision_backward(py: Python<'_>, grad: PyTensor, relu_z: PyTensor, alpha: PyTensor, need_gy: bool, stream: RawStream, need_dalpha: bool) -> PyResult<Bwd> {
-    let r = py.allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, need_dalpha, stream)).map_err(to_py)?;
+fn cuda_fused_collision_backward(
+    py: Python<'_>,
+    grad: PyTensor,
+    relu_z: PyTensor,
+    alpha: PyTensor,
+    need_gy: bool,
+    stream: RawStream,
+    need_dalpha: bool,
+) -> PyResult<Bwd> {
+    let r = py
+        .allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, need_dalpha, stream))
+        .map_err(to_py)?;
     Ok(grads(r))
 }
 
 fn box2(kernel_size: &[i64], stride: &[i64], padding: &[i64], dilation: &[i64]) -> PyResult<Box2> {
-    let b = Box2 { k: pair("kernel_size", kernel_size)?, stride: pair("stride", stride)?, padding: pair("padding", padding)?, dilation: pair("dilation", dilation)? };
+    let b = Box2 {
+        k: pair("kernel_size", kernel_size)?,
+        stride: pair("stride", stride)?,
+        padding: pair("padding", padding)?,
+        dilation: pair("dilation", dilation)?,
+    };
     if b.k.iter().chain(&b.stride).chain(&b.dilation).any(|&v| v < 1) {
         return Err(PyValueError::new_err("kernel_size, stride and dilation must be positive"));
     }
@@ -149,7 +185,15 @@ fn box2(kernel_size: &[i64], stride: &[i64], padding: &[i64], dilation: &[i64]) 
 }
 
 #[pyfunction]
-fn cuda_fused_boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>, stream: RawStream) -> PyResult<Option<PyTensor>> {
+fn cuda_fused_boxsum(
+    py: Python<'_>,
+    x: PyTensor,
+    kernel_size: Vec<i64>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    stream: RawStream,
+) -> PyResult<Option<PyTensor>> {
     let b = box2(&kernel_size, &stride, &padding, &dilation)?;
     Ok(py.allow_threads(move || super::boxsum(&x.0, &b, stream)).map_err(to_py)?.map(PyTensor))
 }
@@ -157,7 +201,17 @@ fn cuda_fused_boxsum(py: Python<'_>, x: PyTensor, kernel_size: Vec<i64>, stride:
 /// `out (=, -=, +=) boxsum^T(ds)` for mode "write", "sub", "add"; False if not applicable.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-fn cuda_fused_boxsum_t_(py: Python<'_>, out: PyTensor, ds: PyTensor, kernel_size: Vec<i64>, stride: Vec<i64>, padding: Vec<i64>, dilation: Vec<i64>, mode: &str, stream: RawStream) -> PyResult<bool> {
+fn cuda_fused_boxsum_t_(
+    py: Python<'_>,
+    out: PyTensor,
+    ds: PyTensor,
+    kernel_size: Vec<i64>,
+    stride: Vec<i64>,
+    padding: Vec<i64>,
+    dilation: Vec<i64>,
+    mode: &str,
+    stream: RawStream,
+) -> PyResult<bool> {
     let b = box2(&kernel_size, &stride, &padding, &dilation)?;
     let m = match mode {
         "write" => BoxsumMode::Write,

@@ -31,11 +31,13 @@
 
 #ifndef IC_EMULATION
 typedef long long ic_i64;
-#define IC_SHARED(type, name) \
+#define IC_SHARED(type, name)                                    \
     extern __shared__ __align__(16) unsigned char ic_smem_raw[]; \
     type* name = reinterpret_cast<type*>(ic_smem_raw)
-#define IC_CHECK(cond) \
-    do { if (!(cond)) __trap(); } while (0)
+#define IC_CHECK(cond)         \
+    do {                       \
+        if (!(cond)) __trap(); \
+    } while (0)
 #define IC_UNROLL _Pragma("unroll")
 #define IC_NO_UNROLL _Pragma("unroll 1")
 #endif
@@ -43,19 +45,27 @@ typedef long long ic_i64;
 // ---------------------------------------------------------------------------------------------
 // Storage types and conversions (no CUDA headers needed: half and bfloat16 are raw 16-bit words).
 
-struct ic_f16 { unsigned short bits; };
-struct ic_bf16 { unsigned short bits; };
+struct ic_f16 {
+    unsigned short bits;
+};
+struct ic_bf16 {
+    unsigned short bits;
+};
 
 __device__ __forceinline__ float ic_bits_to_float(unsigned int u) {
 #ifdef IC_EMULATION
-    float f; memcpy(&f, &u, 4); return f;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 #else
     return __uint_as_float(u);
 #endif
 }
 __device__ __forceinline__ unsigned int ic_float_to_bits(float f) {
 #ifdef IC_EMULATION
-    unsigned int u; memcpy(&u, &f, 4); return u;
+    unsigned int u;
+    memcpy(&u, &f, 4);
+    return u;
 #else
     return __float_as_uint(f);
 #endif
@@ -74,7 +84,10 @@ __device__ __forceinline__ float ic_half_to_float_sw(unsigned short h) {
         u = sign;
     } else {  // subnormal: normalise
         int e = -1;
-        do { man <<= 1; e++; } while ((man & 0x400u) == 0);
+        do {
+            man <<= 1;
+            e++;
+        } while ((man & 0x400u) == 0);
         u = sign | ((unsigned int)(112 - e) << 23) | ((man & 0x3ffu) << 13);
     }
     return ic_bits_to_float(u);
@@ -85,8 +98,8 @@ __device__ __forceinline__ unsigned short ic_float_to_half_sw(float f) {
     unsigned int a = u & 0x7fffffffu;
     if (a >= 0x7f800000u) return (unsigned short)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u));
     if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // rounds to >= 65520: inf
-    if (a < 0x38800000u) {  // result subnormal or zero
-        if (a < 0x33000000u) return (unsigned short)sign;  // < 2^-25: rounds to 0
+    if (a < 0x38800000u) {                                          // result subnormal or zero
+        if (a < 0x33000000u) return (unsigned short)sign;           // < 2^-25: rounds to 0
         unsigned int e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
         unsigned int shift = 126u - e;  // value = m * 2^(e-150); half subnormal unit 2^-24
         unsigned int r = m >> shift, rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
@@ -105,24 +118,29 @@ __device__ __forceinline__ unsigned short ic_float_to_bf16_sw(float f) {
     return (unsigned short)(u >> 16);
 }
 
-template <class T> struct IcTraits;
-template <> struct IcTraits<float> {
+template <class T>
+struct IcTraits;
+template <>
+struct IcTraits<float> {
     typedef float acc;
     static __device__ __forceinline__ float load(const float* p) { return *p; }
     static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 };
-template <> struct IcTraits<double> {
+template <>
+struct IcTraits<double> {
     typedef double acc;
     static __device__ __forceinline__ double load(const double* p) { return *p; }
     static __device__ __forceinline__ void store(double* p, double v) { *p = v; }
 };
-template <> struct IcTraits<ic_f16> {
+template <>
+struct IcTraits<ic_f16> {
     typedef float acc;
     static __device__ __forceinline__ float load(const ic_f16* p) {
 #ifdef IC_EMULATION
         return ic_half_to_float_sw(p->bits);
 #else
-        float f; unsigned short h = p->bits;
+        float f;
+        unsigned short h = p->bits;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
         return f;
 #endif
@@ -137,7 +155,8 @@ template <> struct IcTraits<ic_f16> {
 #endif
     }
 };
-template <> struct IcTraits<ic_bf16> {
+template <>
+struct IcTraits<ic_bf16> {
     typedef float acc;
     static __device__ __forceinline__ float load(const ic_bf16* p) {
         return ic_bits_to_float((unsigned int)p->bits << 16);
@@ -157,33 +176,35 @@ template <> struct IcTraits<ic_bf16> {
 // Parameters (mirrored by #[repr(C)] structs in src/cuda/fused/launch.rs and by ctypes in
 // tests/test_cuda_kernels.py: keep the three in step).
 
-struct IcStrides { ic_i64 n, c, h, w; };
+struct IcStrides {
+    ic_i64 n, c, h, w;
+};
 
 struct IcBoxParams {
     int N, C;
-    int H, W;            // box-sum grid: Q (forward) / G (backward), x's grid
-    int Ho, Wo;          // conv output grid: Yb, out, relu_z, grad, gy
+    int H, W;    // box-sum grid: Q (forward) / G (backward), x's grid
+    int Ho, Wo;  // conv output grid: Yb, out, relu_z, grad, gy
     int kh, kw, ph, pw, dh, dw;
-    int TC, TH, TW;      // tile: channels x rows x cols of the output (fwd) / aligned grid (bwd)
+    int TC, TH, TW;  // tile: channels x rows x cols of the output (fwd) / aligned grid (bwd)
     int tiles_c, tiles_h, tiles_w;
-    int cl;              // 1: channel-fastest thread order (channels_last); needs blockDim.x % TC == 0
-    IcStrides s_box;     // Q / G
-    IcStrides s_a;       // Yb (fwd) / grad (bwd)
-    IcStrides s_b;       // out (fwd) / gy (bwd)
-    IcStrides s_r;       // relu_z
+    int cl;           // 1: channel-fastest thread order (channels_last); needs blockDim.x % TC == 0
+    IcStrides s_box;  // Q / G
+    IcStrides s_a;    // Yb (fwd) / grad (bwd)
+    IcStrides s_b;    // out (fwd) / gy (bwd)
+    IcStrides s_r;    // relu_z
 };
 
 struct IcBoxsumParams {
     int N, C, H, W, Ho, Wo;
     int kh, kw, sh, sw, ph, pw, dh, dw;
-    int mode;            // boxsum_t: 0 write, 1 subtract from, 2 add to the output
+    int mode;  // boxsum_t: 0 write, 1 subtract from, 2 add to the output
     int cl;
     IcStrides s_in, s_out;
 };
 
 struct IcReduceParams {
     int N, C, TC, tiles_c, tiles_sp;
-    int dalpha;          // 1: also sum grad * relu_z (d alpha per channel); 0: alpha needs no gradient
+    int dalpha;  // 1: also sum grad * relu_z (d alpha per channel); 0: alpha needs no gradient
 };
 
 __device__ __forceinline__ ic_i64 ic_off(const IcStrides& s, ic_i64 n, ic_i64 c, ic_i64 h, ic_i64 w) {
@@ -191,12 +212,19 @@ __device__ __forceinline__ ic_i64 ic_off(const IcStrides& s, ic_i64 n, ic_i64 c,
 }
 
 // relu that keeps NaN (like torch.relu); mask as threshold_backward (NaN in r passes).
-template <class A> __device__ __forceinline__ A ic_relu(A v) { return v < A(0) ? A(0) : v; }
-template <class A> __device__ __forceinline__ A ic_mask(A g, A r, A alpha) { return r <= A(0) ? A(0) : alpha * g; }
+template <class A>
+__device__ __forceinline__ A ic_relu(A v) {
+    return v < A(0) ? A(0) : v;
+}
+template <class A>
+__device__ __forceinline__ A ic_mask(A g, A r, A alpha) {
+    return r <= A(0) ? A(0) : alpha * g;
+}
 
 // One warp's shuffle: lane l gets lane l + delta's value (its own where l + delta >= 32). Every
 // thread of the block calls it together (the emulation runs it as a barrier).
-template <class A> __device__ __forceinline__ A ic_shfl_down(A v, int delta) {
+template <class A>
+__device__ __forceinline__ A ic_shfl_down(A v, int delta) {
 #ifdef IC_EMULATION
     return ic_emu::shfl_down(v, delta);
 #else
@@ -220,14 +248,18 @@ __device__ __forceinline__ void ic_block_reduce3(A v[3], A* red, int lanes) {
     }
     if (lane < lanes) {
         A* dst = red + (warp * lanes + lane) * 3;
-        dst[0] = v[0]; dst[1] = v[1]; dst[2] = v[2];
+        dst[0] = v[0];
+        dst[1] = v[1];
+        dst[2] = v[2];
     }
     __syncthreads();
     if (t < lanes) {
         v[0] = v[1] = v[2] = A(0);
         for (int w = 0; w < nw; w++) {
             const A* src = red + (w * lanes + t) * 3;
-            v[0] += src[0]; v[1] += src[1]; v[2] += src[2];
+            v[0] += src[0];
+            v[1] += src[1];
+            v[2] += src[2];
         }
     }
     __syncthreads();  // red may be reused right after
@@ -262,8 +294,15 @@ struct IcLanes {
 struct IcSlot {
     int sc, sr, sx;
     __device__ __forceinline__ IcSlot(int cl, int TC, int R, int X) {
-        if (cl) { sx = TC; sr = X * TC; sc = 1; }
-        else { sx = 1; sr = X; sc = R * X; }
+        if (cl) {
+            sx = TC;
+            sr = X * TC;
+            sc = 1;
+        } else {
+            sx = 1;
+            sr = X;
+            sc = R * X;
+        }
     }
     __device__ __forceinline__ int at(int c, int r, int x) const { return c * sc + r * sr + x * sx; }
 };
@@ -355,7 +394,10 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* __restrict__ q, 
             IcTraits<T>::store(on + oo + dout, y1 + alpha * z);
             if (rn) IcTraits<T>::store(rn + orz + drz, z);
         }
-        oy += 2 * dy; oo += 2 * dout; orz += 2 * drz; slot += 2 * dslot;
+        oy += 2 * dy;
+        oo += 2 * dout;
+        orz += 2 * drz;
+        slot += 2 * dslot;
     }
 }
 
@@ -431,7 +473,8 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
             int oG = ic_off32(p.s_box, ch, a0 - p.ph + L.ty, wc), slot = sl.at(L.c, L.ty + eh, L.tx + ew);
             for (int r = L.ty; r < p.TH; r += L.ny, oG += dG, slot += dslot) {
                 const int h = a0 - p.ph + r;
-                if ((unsigned)h < (unsigned)p.H) IcTraits<T>::store(Gn + oG, ic_taps<KH, KW>(tile, slot, kh, kw, -di, -dj));
+                if ((unsigned)h < (unsigned)p.H)
+                    IcTraits<T>::store(Gn + oG, ic_taps<KH, KW>(tile, slot, kh, kw, -di, -dj));
             }
         }
     }
@@ -440,7 +483,9 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
     if ((int)threadIdx.x < p.TC) {
         const ic_i64 blk = ((ic_i64)n * p.tiles_c + blockIdx.y) * ((ic_i64)p.tiles_h * p.tiles_w) + sp;
         A* dst = partials + (blk * p.TC + threadIdx.x) * 3;
-        dst[0] = acc[0]; dst[1] = acc[1]; dst[2] = acc[2];
+        dst[0] = acc[0];
+        dst[1] = acc[1];
+        dst[2] = acc[2];
     }
 }
 
@@ -457,7 +502,11 @@ __device__ __forceinline__ void ic_reduce(const A* __restrict__ partials, A* __r
     int s = threadIdx.x % p.tiles_sp, nn = threadIdx.x / p.tiles_sp;
     const int ds = blockDim.x % p.tiles_sp, dn = blockDim.x / p.tiles_sp;
     for (; nn < p.N; s += ds, nn += dn) {
-        if (s >= p.tiles_sp) { s -= p.tiles_sp; nn++; if (nn >= p.N) break; }
+        if (s >= p.tiles_sp) {
+            s -= p.tiles_sp;
+            nn++;
+            if (nn >= p.N) break;
+        }
         const A* src = partials + ((((ic_i64)nn * p.tiles_c + ct) * p.tiles_sp + s) * p.TC + c) * 3;
         acc[0] += src[0];
         acc[1] += src[1];
@@ -473,8 +522,21 @@ __device__ __forceinline__ void ic_reduce(const A* __restrict__ partials, A* __r
 
 // Flat index over (N, C, Ho, Wo) in thread order (channel fastest for cl).
 __device__ __forceinline__ void ic_unflatten4(ic_i64 i, int C, int H, int W, int cl, int& n, int& c, int& h, int& w) {
-    if (cl) { c = (int)(i % C); i /= C; w = (int)(i % W); i /= W; h = (int)(i % H); n = (int)(i / H); }
-    else { w = (int)(i % W); i /= W; h = (int)(i % H); i /= H; c = (int)(i % C); n = (int)(i / C); }
+    if (cl) {
+        c = (int)(i % C);
+        i /= C;
+        w = (int)(i % W);
+        i /= W;
+        h = (int)(i % H);
+        n = (int)(i / H);
+    } else {
+        w = (int)(i % W);
+        i /= W;
+        h = (int)(i % H);
+        i /= H;
+        c = (int)(i % C);
+        n = (int)(i / C);
+    }
 }
 
 // S = boxsum(x) on the conv's output grid, any stride. One thread per output (grid-stride loop).
@@ -520,8 +582,10 @@ __device__ __forceinline__ void ic_boxsum_t(const T* ds, T* out, IcBoxsumParams 
             }
         }
         T* dst = out + ic_off(p.s_out, n, c, h, w);
-        if (p.mode == 1) acc = IcTraits<T>::load(dst) - acc;
-        else if (p.mode == 2) acc = IcTraits<T>::load(dst) + acc;
+        if (p.mode == 1)
+            acc = IcTraits<T>::load(dst) - acc;
+        else if (p.mode == 2)
+            acc = IcTraits<T>::load(dst) + acc;
         IcTraits<T>::store(dst, acc);
     }
 }
@@ -533,30 +597,35 @@ __device__ __forceinline__ void ic_boxsum_t(const T* ds, T* out, IcBoxsumParams 
 // an alpha that lives on the device), and run the body specialised for a 3x3 or 1x1 box, or the
 // run-time box. (ptxas caps the backward at 48 registers under __launch_bounds__(256) and spills:
 // it has none.)
-#define IC_BOX_DISPATCH(BODY, ...)                                                                      \
-    if (p.kh == 3 && p.kw == 3) BODY<T, 3, 3>(__VA_ARGS__);                                             \
-    else if (p.kh == 1 && p.kw == 1) BODY<T, 1, 1>(__VA_ARGS__);                                        \
-    else BODY<T, 0, 0>(__VA_ARGS__)
+#define IC_BOX_DISPATCH(BODY, ...)   \
+    if (p.kh == 3 && p.kw == 3)      \
+        BODY<T, 3, 3>(__VA_ARGS__);  \
+    else if (p.kh == 1 && p.kw == 1) \
+        BODY<T, 1, 1>(__VA_ARGS__);  \
+    else                             \
+        BODY<T, 0, 0>(__VA_ARGS__)
 
-#define IC_DEFINE_ENTRIES(SUF, T_)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                                   \
-    ic_fwd_box_##SUF(const T_* y, const T_* __restrict__ q, T_* out, T_* __restrict__ rz,               \
-                     const IcTraits<T_>::acc* __restrict__ shift, IcTraits<T_>::acc alpha,              \
-                     const IcTraits<T_>::acc* alpha_p, IcBoxParams p) {                                 \
-        typedef T_ T;                                                                                   \
-        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                          \
-        IC_BOX_DISPATCH(ic_fwd_box, y, q, out, rz, shift, a, p);                                         \
-    }                                                                                                   \
-    extern "C" __global__ void                                                    \
-    ic_bwd_box_##SUF(const T_* __restrict__ grad, const T_* __restrict__ rz, T_* __restrict__ gy,       \
-                     T_* __restrict__ G, IcTraits<T_>::acc alpha, const IcTraits<T_>::acc* alpha_p,     \
-                     IcTraits<T_>::acc* __restrict__ partials, IcBoxParams p) {                         \
-        typedef T_ T;                                                                                   \
-        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                          \
-        IC_BOX_DISPATCH(ic_bwd_box, grad, rz, gy, G, a, partials, p);                                    \
-    }                                                                                                   \
-    extern "C" __global__ void ic_boxsum_##SUF(const T_* x, T_* s, IcBoxsumParams p) { ic_boxsum<T_>(x, s, p); } \
-    extern "C" __global__ void ic_boxsum_t_##SUF(const T_* ds, T_* out, IcBoxsumParams p) { ic_boxsum_t<T_>(ds, out, p); }
+#define IC_DEFINE_ENTRIES(SUF, T_)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        ic_fwd_box_##SUF(const T_* y, const T_* __restrict__ q, T_* out, T_* __restrict__ rz,                     \
+                         const IcTraits<T_>::acc* __restrict__ shift, IcTraits<T_>::acc alpha,                    \
+                         const IcTraits<T_>::acc* alpha_p, IcBoxParams p) {                                       \
+        typedef T_ T;                                                                                             \
+        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                                    \
+        IC_BOX_DISPATCH(ic_fwd_box, y, q, out, rz, shift, a, p);                                                  \
+    }                                                                                                             \
+    extern "C" __global__ void ic_bwd_box_##SUF(const T_* __restrict__ grad, const T_* __restrict__ rz,           \
+                                                T_* __restrict__ gy, T_* __restrict__ G, IcTraits<T_>::acc alpha, \
+                                                const IcTraits<T_>::acc* alpha_p,                                 \
+                                                IcTraits<T_>::acc* __restrict__ partials, IcBoxParams p) {        \
+        typedef T_ T;                                                                                             \
+        const IcTraits<T>::acc a = alpha_p ? *alpha_p : alpha;                                                    \
+        IC_BOX_DISPATCH(ic_bwd_box, grad, rz, gy, G, a, partials, p);                                             \
+    }                                                                                                             \
+    extern "C" __global__ void ic_boxsum_##SUF(const T_* x, T_* s, IcBoxsumParams p) { ic_boxsum<T_>(x, s, p); }  \
+    extern "C" __global__ void ic_boxsum_t_##SUF(const T_* ds, T_* out, IcBoxsumParams p) {                       \
+        ic_boxsum_t<T_>(ds, out, p);                                                                              \
+    }
 
 IC_DEFINE_ENTRIES(f32, float)
 IC_DEFINE_ENTRIES(f64, double)
@@ -566,14 +635,14 @@ IC_DEFINE_ENTRIES(bf16, ic_bf16)
 extern "C" __global__ void __launch_bounds__(256) ic_reduce_f32(const float* partials, float* sums, IcReduceParams p) {
     ic_reduce<float>(partials, sums, p);
 }
-extern "C" __global__ void __launch_bounds__(256) ic_reduce_f64(const double* partials, double* sums, IcReduceParams p) {
+extern "C" __global__ void __launch_bounds__(256)
+    ic_reduce_f64(const double* partials, double* sums, IcReduceParams p) {
     ic_reduce<double>(partials, sums, p);
 }
 
 // Every entry point, for the emulation's dispatch table and the PTX entry check.
-#define IC_FOR_EACH_ENTRY(X)                                                                  \
-    X(ic_fwd_box_f32) X(ic_fwd_box_f64) X(ic_fwd_box_f16) X(ic_fwd_box_bf16)                  \
-    X(ic_bwd_box_f32) X(ic_bwd_box_f64) X(ic_bwd_box_f16) X(ic_bwd_box_bf16)                  \
-    X(ic_boxsum_f32) X(ic_boxsum_f64) X(ic_boxsum_f16) X(ic_boxsum_bf16)                      \
-    X(ic_boxsum_t_f32) X(ic_boxsum_t_f64) X(ic_boxsum_t_f16) X(ic_boxsum_t_bf16)              \
-    X(ic_reduce_f32) X(ic_reduce_f64)
+#define IC_FOR_EACH_ENTRY(X)                                                                                       \
+    X(ic_fwd_box_f32)                                                                                              \
+    X(ic_fwd_box_f64) X(ic_fwd_box_f16) X(ic_fwd_box_bf16) X(ic_bwd_box_f32) X(ic_bwd_box_f64) X(ic_bwd_box_f16)   \
+        X(ic_bwd_box_bf16) X(ic_boxsum_f32) X(ic_boxsum_f64) X(ic_boxsum_f16) X(ic_boxsum_bf16) X(ic_boxsum_t_f32) \
+            X(ic_boxsum_t_f64) X(ic_boxsum_t_f16) X(ic_boxsum_t_bf16) X(ic_reduce_f32) X(ic_reduce_f64)

@@ -93,7 +93,8 @@ inline long launch(dim3 grid, dim3 block, size_t smem_bytes, int order, const st
     const unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
     for (unsigned long long bb = 0; bb < nblocks; bb++) {
         const unsigned long long b = order ? nblocks - 1 - bb : bb;
-        s.bidx = dim3((unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y), (unsigned)(b / ((unsigned long long)grid.x * grid.y)));
+        s.bidx = dim3((unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
+                      (unsigned)(b / ((unsigned long long)grid.x * grid.y)));
         std::memset(s.smem.data(), 0xff, s.smem.size());
         for (unsigned t = 0; t < nt; t++) {
             Fiber& f = s.fibers[t];
@@ -115,8 +116,10 @@ inline long launch(dim3 grid, dim3 block, size_t smem_bytes, int order, const st
             unsigned n_done = 0;
             for (unsigned t = 0; t < nt; t++) {
                 const Fiber& f = s.fibers[t];
-                if (f.done) n_done++;
-                else if (f.barriers != phase + 1) fail("threads of a block are at different barriers");
+                if (f.done)
+                    n_done++;
+                else if (f.barriers != phase + 1)
+                    fail("threads of a block are at different barriers");
             }
             if (n_done == nt) break;
             if (n_done != 0) fail("__syncthreads reached by only some threads of a block");
@@ -163,5 +166,7 @@ inline void* block_smem() {
 #define gridDim (ic_emu::st().grid)
 #define __syncthreads() ic_emu::syncthreads()
 #define IC_SHARED(type, name) type* name = reinterpret_cast<type*>(ic_emu::block_smem())
-#define IC_CHECK(cond) \
-    do { if (!(cond)) ic_emu::fail("IC_CHECK failed: " #cond); } while (0)
+#define IC_CHECK(cond)                                        \
+    do {                                                      \
+        if (!(cond)) ic_emu::fail("IC_CHECK failed: " #cond); \
+    } while (0)
