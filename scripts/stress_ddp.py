@@ -36,16 +36,17 @@ def _naive_shutdown(ok=True):
 
 
 def _armed(rank, target, args, dump_dir, old_teardown=False):
-    from ic_networks.training import distributed, engine, watchdog
+    from ic_networks.training import distributed, train_recipe, watchdog
 
     watchdog.arm(dump_dir)
     if old_teardown:  # control: the stress must catch the original hang
-        engine.shutdown_distributed = distributed.shutdown_distributed = _naive_shutdown
+        train_recipe.shutdown_distributed = distributed.shutdown_distributed = _naive_shutdown
     target(rank, *args)
 
 
 def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_teardown: bool):
     import torch.multiprocessing as mp
+
     from ic_networks.training import watchdog
 
     if name == "ddp":

@@ -5,18 +5,19 @@ tiny data."""
 import json
 import math
 
-import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+import ic_networks as icn
 from ic_networks.diagnostics import branch_ratios, format_branch_ratios
+from ic_networks.experiments import stats, study
 from ic_networks.nn import ADJUST_INITS
 from ic_networks.reference import boxsum_reference
-from ic_networks.training import stats, study
 from ic_networks.training.recipes import get_recipe
 from ic_networks.training.trainer import param_groups
 from test_training import tiny_fmnist_dir
-from torch import nn
 
 
 # ----------------------------------------------------------------------------- W' and b1 inits
@@ -251,7 +252,7 @@ def test_study_runs_in_worker_processes(tmp_path):
         )
         for i, c in enumerate(cells)
     ]
-    res = study._run_all(jobs, 2, lambda s: None)
+    res = study.run_all(jobs, 2, lambda s: None)
     assert [r["cell"]["name"] for r in res] == [c.name for c in cells] and all(r["threads"] == 1 for r in res)
     threads = torch.get_num_threads()
     try:

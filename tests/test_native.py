@@ -9,15 +9,16 @@ import socket
 import threading
 import time
 
-import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES
-from ic_networks.reference import ic_conv2d_reference
 from torch import nn
 from torch._prims_common import check_significant_strides
 from torch._subclasses.fake_tensor import FakeTensorMode
+
+import ic_networks as icn
+from conftest import DEVICES
+from ic_networks.reference import ic_conv2d_reference
 
 OPS = torch.ops.ic_networks
 CL = torch.channels_last
@@ -502,9 +503,10 @@ def _ddp_model():
 
 def _ddp_worker(rank, world, port, dump_dir=None):
     import torch.distributed as dist
-    from ic_networks.training import watchdog
-    from ic_networks.training.engine import shutdown_distributed
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ic_networks.training import watchdog
+    from ic_networks.training.distributed import shutdown_distributed
 
     watchdog.arm(dump_dir)
     torch.set_num_threads(1)
@@ -542,12 +544,13 @@ def _ddp_worker(rank, world, port, dump_dir=None):
         raise
     finally:
         # While `model` (DDP) is still alive: its reducer must not hold the last reference to the
-        # process group (see shutdown_distributed), which was a hang at teardown in ~1 run of 10.
+        # process group (see shutdown_distributed), else about 1 teardown in 10 hangs.
         shutdown_distributed(ok)
 
 
 def test_ddp_gloo_two_processes_alpha_zero_no_unused_parameters(tmp_path):
     import torch.multiprocessing as mp
+
     from ic_networks.training import watchdog
 
     ctx = mp.start_processes(
@@ -603,7 +606,7 @@ def test_rust_op_releases_the_gil():
     Were the GIL held, this thread would stand still for every call: the stalls longer than half a
     call would add up to (almost) the whole time. With it released the thread runs all along; the
     OS may still preempt it now and then (two cores, libtorch's threads busy), which a test of the
-    longest single stall mistook for a held GIL (it failed once in CI), so the stalls are summed."""
+    longest single stall would mistake for a held GIL, so the stalls are summed."""
     x = torch.randn(8, 32, 96, 96)
     w, wa, b1, a = torch.randn(32, 32, 5, 5), torch.randn(32, 32, 1, 1), torch.randn(32), torch.tensor(0.5)
     icn.ic_conv2d(x, w, wa, b1, a, padding=2)  # warm-up

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ic_networks import neuron
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +182,7 @@ def test_region_map_layout():
 
 
 def test_region_count_thin_wedge():
-    # regression: counting 4-connected grid components split this thin wedge into 12 pieces
+    # 4-connected grid components would split this thin wedge into 12 pieces
     # w = (1, -0.6), w' = 0.2, b1 = 0, b2 = 0.1: collision line y = x, the outer line bends on it at a small
     # angle. Each activation pattern is an intersection of half-planes (convex): exactly 4 pieces.
     assert neuron.regions(np.array([1.0, -0.6]), 0.2, 0.0, 0.1, resolution=256) == 4

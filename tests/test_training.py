@@ -10,12 +10,15 @@ import socket
 import struct
 import time
 
-import ic_networks as icn
-import ic_networks.cli
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+import ic_networks as icn
+import ic_networks.cli
 from ic_networks.io import atomic_save, atomic_write
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
@@ -28,8 +31,6 @@ from ic_networks.training.model_factory import make_student
 from ic_networks.training.recipes import RECIPES, get_recipe
 from ic_networks.training.schedules import AlphaRamp, LambdaSchedule, LrFactor
 from ic_networks.training.trainer import Trainer
-from torch import nn
-from torch.utils.data import Subset, TensorDataset
 
 HAVE_FMNIST = (D.FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"Fashion-MNIST not installed ({D.FMNIST_APT})")
@@ -464,7 +465,7 @@ def _ddp_worker(rank, world, port, out):
         torch.save({"state": model.state_dict(), "summary": summary}, os.path.join(out, f"rank{rank}.pt"))
         ok = True
     finally:
-        shutdown_distributed(ok)  # t (and its DDP wrapper) still alive here: the case that used to hang
+        shutdown_distributed(ok)  # t (and its DDP wrapper) still alive here: the case that can hang
 
 
 def _dying_peer_worker(rank, world, port, out):
@@ -512,6 +513,7 @@ def _free_port():
 
 def test_ddp_two_processes_gloo(tmp_path):
     import torch.multiprocessing as mp
+
     from ic_networks.training import watchdog
 
     ctx = mp.start_processes(
@@ -548,8 +550,8 @@ def test_cli_demo_without_dataset(tmp_path, capsys):
 
 
 def test_demo_end_to_end_on_tiny_data(tmp_path, capsys, monkeypatch):
+    from ic_networks.experiments.demo import run_demo
     from ic_networks.training import metrics
-    from ic_networks.training.demo import run_demo
 
     figures = {}  # path -> the matplotlib Figure written there
     save = metrics.save_figure
@@ -588,7 +590,7 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_mean_curves_plot(tmp_path):
-    from ic_networks.training.demo import _mean_curves
+    from ic_networks.experiments.demo import _mean_curves
     from ic_networks.training.metrics import plot_curves
 
     seeds = [
@@ -694,6 +696,7 @@ def test_fmnist_ic_cnn_reaches_80_percent(fmnist, tmp_path):
 
 def test_ddp_dead_peer_gives_an_error_naming_the_rank(tmp_path):
     import torch.multiprocessing as mp
+
     from ic_networks.training import watchdog
 
     ctx = mp.start_processes(

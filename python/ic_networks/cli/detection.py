@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..detection import BUILDERS
-from ..detection.engine import append_jsonl, evaluate, make_optimizer, train_one_epoch
+from ..detection.loops import append_jsonl, evaluate, make_optimizer, train_one_epoch
 from ..detection.voc import VOC_CLASSES, collate, voc_datasets
 from ..io import atomic_save, atomic_write_text, load
 from .common import (

@@ -96,7 +96,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)
 
-    from ..training.demo import DEFAULTS
+    from ..experiments.demo import DEFAULTS
 
     p = add_verb(
         sub,
@@ -126,7 +126,7 @@ def register(sub) -> None:
     add_workers_argument(p)
     p.set_defaults(func=_cmd_demo)
 
-    from ..training.study import NETS, PARTS, StudyConfig
+    from ..experiments.study import NETS, PARTS, StudyConfig
 
     d = StudyConfig()
     p = add_verb(
@@ -158,8 +158,8 @@ def register(sub) -> None:
 
 
 def _cmd_study(args) -> int:
-    from ..training.demo import missing_dataset_message
-    from ..training.study import StudyConfig, run_study
+    from ..experiments.demo import missing_dataset_message
+    from ..experiments.study import StudyConfig, run_study
 
     cfg = StudyConfig(
         train_images=args.train_images,
@@ -181,7 +181,7 @@ def _cmd_study(args) -> int:
 def _cmd_train(args) -> int:
     from ..training import watchdog
     from ..training.distributed import dist_info, shutdown_distributed
-    from ..training.engine import train
+    from ..training.train_recipe import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         watchdog.arm()  # `kill -USR1 PID` (or a stuck-run watchdog) dumps this rank's Python stacks
@@ -271,7 +271,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from ..training.demo import missing_dataset_message, run_demo
+    from ..experiments.demo import missing_dataset_message, run_demo
 
     try:
         run_demo(

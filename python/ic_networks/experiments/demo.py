@@ -39,13 +39,13 @@ from torch.utils.data import Subset
 from .._checks import positive_int
 from ..io import atomic_write_text
 from ..models.cnn import fmnist_cnn, ic_fmnist_cnn
-from .data import FMNIST_APT, build_datasets
-from .evaluate import evaluate
-from .metrics import plot_curves
-from .model_factory import make_student
-from .recipes import get_recipe
+from ..training.data import FMNIST_APT, build_datasets
+from ..training.evaluate import evaluate
+from ..training.metrics import plot_curves
+from ..training.model_factory import make_student
+from ..training.recipes import get_recipe
+from ..training.trainer import Trainer
 from .stats import mean_std, paired_diff
-from .trainer import Trainer
 
 __all__ = ["run_demo", "format_table", "format_comparisons", "DEFAULTS", "RUNS"]
 
