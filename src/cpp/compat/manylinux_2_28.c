@@ -20,7 +20,9 @@
  *   std::__throw_bad_array_new_length    std::__throw_bad_alloc (its base class)
  *   (GLIBCXX 3.4.29)
  *   ostringstream() (3.4.26)             ostringstream(ios_base::out), what it delegates to
- *   stringbuf::str() && (3.4.29)         stringbuf::str() const & (a copy instead of a move)
+ *   stringbuf::str() && (3.4.29)         stringbuf::str() const (a copy instead of a move)
+ *   stringbuf::str() const & (3.4.29)    stringbuf::str() const, the same function under its
+ *                                        pre-C++20 name (torch 2.13's headers call it inline)
  *   exception_ptr::_M_addref/_M_release  the exception_ptr copy constructor / destructor
  *   (CXXABI 1.3.13)                      (CXXABI 1.3.3), which do exactly that
  *
@@ -90,6 +92,9 @@ HIDDEN void _ZNSt7__cxx1119basic_ostringstreamIcSt11char_traitsIcESaIcEEC1Ev(voi
 
 void *_ZNKSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv(void *result, const void *self);
 HIDDEN void *_ZNOSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv(void *result, void *self) {
+  return _ZNKSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv(result, self);
+}
+HIDDEN void *_ZNKRSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv(void *result, const void *self) {
   return _ZNKSt7__cxx1115basic_stringbufIcSt11char_traitsIcESaIcEE3strEv(result, self);
 }
 
