@@ -29,6 +29,7 @@
 //! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
 //! layer choose independently (the backward may get its gradient in another memory order).
 use crate::aten::convolution_backward;
+use crate::backend::{declined, IcBackend};
 use crate::cpu;
 use crate::cuda;
 use crate::dtype::has_kernel;
@@ -39,20 +40,33 @@ use crate::validate::{check_args, check_backward};
 use tch::{Device, Kind, Tensor};
 
 pub use crate::geometry::{ConvGeometry, IcDims};
-pub use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, IcForward, IcGrads, NeedsGrad};
+pub use crate::types::{AdjustGrad, AdjustGrads, AdjustParts, CollisionGrads, IcArgs, IcForward, IcGrads, NeedsGrad};
 pub use crate::validate::check_inputs;
 
-/// The implementation of the device-specific part of one call (box sum, 1x1, collision).
+/// The backend of one call: the implementation of the device-specific part (box sum, 1x1,
+/// collision), each an [`IcBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// Rust CPU kernels with the box sum inside the collision kernel (stride 1, `cpu/collision_box.rs`).
-    CpuFusedBox(cpu::Plan),
+    CpuFusedBox(cpu::FusedBox),
     /// Rust CPU kernels: box sum, 1x1 as GEMMs, fused collision (`cpu/collision.rs`).
-    CpuFused(cpu::Plan),
+    CpuFused(cpu::Fused),
     /// CUDA tensors (`cuda/`: the fused kernels when switched on, else the libtorch ops).
-    Cuda,
+    Cuda(cuda::Cuda),
     /// libtorch ops on any device, dtype and layout (`libtorch/`).
-    Libtorch,
+    Libtorch(libtorch::Libtorch),
+}
+
+impl Backend {
+    /// The backend's implementation of the three steps.
+    pub fn steps(&self) -> &dyn IcBackend {
+        match self {
+            Backend::CpuFusedBox(b) => b,
+            Backend::CpuFused(b) => b,
+            Backend::Cuda(b) => b,
+            Backend::Libtorch(b) => b,
+        }
+    }
 }
 
 /// What the backend choice looks at: x's device and dtype, and the memory order the call's
@@ -78,29 +92,76 @@ impl CallTraits {
     }
 }
 
-/// The stride-1 box-sum fusion runs the 1x1 on x's grid with Cout outputs, against the box sum's
-/// grid with Cin inputs: it pays (no more GEMM work) when Cout <= 2 Cin.
-fn box_fusion_pays(d: &IcDims, g: &ConvGeometry) -> bool {
-    g.unit_stride() && d.cout <= 2 * d.cin
+/// Whether the CPU kernels can take the call: a plan, or why not.
+fn cpu_plan(t: &CallTraits, g: &ConvGeometry) -> std::result::Result<cpu::Plan, &'static str> {
+    if !t.cpu_kernels {
+        return Err("the CPU kernels are switched off");
+    }
+    if !has_kernel(t.kind) {
+        return Err("the dtype is not float32 or float64");
+    }
+    let lay = t.layout.ok_or("the call's tensors are not dense in one memory order")?;
+    Ok(cpu::Plan::new(t.kind, lay.order(), g.groups))
 }
+
+/// `CpuFusedBox`: the CPU kernels take the call, the P path runs (`adjust_path`), stride 1, and
+/// the fusion pays: it runs the 1x1 on x's grid with Cout outputs, against the box sum's grid with
+/// Cin inputs (no more GEMM work when Cout <= 2 Cin).
+fn can_run_cpu_fused_box(
+    t: &CallTraits,
+    d: &IcDims,
+    g: &ConvGeometry,
+    adjust_path: bool,
+) -> std::result::Result<Backend, &'static str> {
+    let plan = cpu_plan(t, g)?;
+    if !adjust_path {
+        return Err("no gradient through the P path: no box sum to fuse");
+    }
+    if !g.unit_stride() {
+        return Err("the stride is not 1");
+    }
+    if d.cout > 2 * d.cin {
+        return Err("Cout > 2 Cin: the fused 1x1 on x's grid costs more than the box sum first");
+    }
+    Ok(Backend::CpuFusedBox(cpu::FusedBox(plan)))
+}
+
+/// `CpuFused`: the CPU kernels take the call.
+fn can_run_cpu_fused(
+    t: &CallTraits,
+    _d: &IcDims,
+    g: &ConvGeometry,
+    _adjust_path: bool,
+) -> std::result::Result<Backend, &'static str> {
+    Ok(Backend::CpuFused(cpu::Fused(cpu_plan(t, g)?)))
+}
+
+type CanRun = fn(&CallTraits, &IcDims, &ConvGeometry, bool) -> std::result::Result<Backend, &'static str>;
+
+/// The CPU backends in order of preference; `Libtorch` takes what they all decline.
+const CPU_BACKENDS: [(&str, CanRun); 2] = [("cpu-fused-box", can_run_cpu_fused_box), ("cpu-fused", can_run_cpu_fused)];
 
 /// The backend of one call, from x's device, dtype and layout (shared with y, or with grad and
 /// relu_z: the CPU kernels run in one memory order, and the outputs then keep the layouts
-/// libtorch's convolution gives them), the geometry, and whether the P path runs at all (`adjust_path`: always in the forward; in the backward only when x or W' need
-/// a gradient; without it the box-sum fusion has nothing to fuse).
+/// libtorch's convolution gives them), the geometry, and whether the P path runs at all
+/// (`adjust_path`: always in the forward; in the backward only when x or W' need a gradient).
+/// CUDA tensors go to `Cuda`; on the CPU each backend in [`CPU_BACKENDS`] takes the call or says
+/// why not (`backend::declined`: counted, logged with `IC_NETWORKS_LOG=debug`); the rest goes to
+/// `Libtorch`.
 pub fn choose(t: &CallTraits, d: &IcDims, g: &ConvGeometry, adjust_path: bool) -> Backend {
-    match (t.device, t.layout) {
-        (Device::Cuda(_), _) => Backend::Cuda,
-        (Device::Cpu, Some(lay)) if t.cpu_kernels && has_kernel(t.kind) => {
-            let plan = cpu::Plan::new(t.kind, lay.order(), g.groups);
-            if adjust_path && box_fusion_pays(d, g) {
-                Backend::CpuFusedBox(plan)
-            } else {
-                Backend::CpuFused(plan)
+    match t.device {
+        Device::Cuda(_) => return Backend::Cuda(cuda::Cuda),
+        Device::Cpu => {
+            for (name, can_run) in CPU_BACKENDS {
+                match can_run(t, d, g, adjust_path) {
+                    Ok(b) => return b,
+                    Err(why) => declined(name, why),
+                }
             }
         }
-        _ => Backend::Libtorch,
+        _ => {}
     }
+    Backend::Libtorch(libtorch::Libtorch)
 }
 
 /// The IC convolution forward pass. See the module docs for the formula and shapes.
@@ -148,13 +209,7 @@ pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(T
             Some(b) => a.adjust_bias.f_sub(b)?,
             None => a.adjust_bias.shallow_clone(),
         };
-        let (out, relu_z) = match choose(&CallTraits::of(&[a.x, &y]), &d, g, true) {
-            Backend::CpuFusedBox(plan) => return plan.forward_box(&y, a, &shift, &d, g, keep_relu_z),
-            Backend::CpuFused(plan) => plan.forward(&y, a, &shift, &d, g)?,
-            Backend::Cuda => return cuda::forward(y, a, &shift, &d, g, keep_relu_z),
-            Backend::Libtorch => libtorch::forward(y, a, &shift, &d, g)?,
-        };
-        Ok((out, Some(relu_z)))
+        choose(&CallTraits::of(&[a.x, &y]), &d, g, true).steps().forward(y, a, &shift, &d, g, keep_relu_z)
     })
 }
 
@@ -197,12 +252,8 @@ pub fn run_backward(
             return zero_grads(a, &needs, d.cout);
         }
         let backend = choose(&CallTraits::of(&[x, grad, relu_z]), &d, g, needs.adjust_path());
-        let cg = match backend {
-            Backend::CpuFusedBox(plan) => plan.collision_box_backward(grad, relu_z, alpha, &needs, &d, g)?,
-            Backend::CpuFused(plan) => plan.collision_backward(grad, relu_z, alpha, &needs)?,
-            Backend::Cuda => cuda::collision_backward(grad, relu_z, alpha, &needs, &d, g)?,
-            Backend::Libtorch => libtorch::collision_backward(grad, relu_z, alpha, &needs)?,
-        };
+        let steps = backend.steps();
+        let cg = steps.collision_backward(grad, relu_z, alpha, &needs, &d, g)?;
         let mut out = IcGrads {
             alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
             adjust_bias: cg.db1,
@@ -219,36 +270,11 @@ pub fn run_backward(
             out.x = dx_main;
             return Ok(out);
         }
-        let parts = match backend {
-            Backend::CpuFusedBox(plan) | Backend::CpuFused(plan) => {
-                plan.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?
-            }
-            Backend::Cuda => cuda::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
-            Backend::Libtorch => libtorch::adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?,
-        };
-        let (dx, dwa) = apply_adjust_sign(parts)?;
-        out.x = dx;
-        out.adjust_weight = dwa;
+        let p = steps.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?;
+        out.x = p.x;
+        out.adjust_weight = p.adjust_weight;
         Ok(out)
     })
-}
-
-/// P enters Z with a minus sign, and the libtorch path's `gz` still lacks its factor alpha
-/// (`scale`): `dW' = -scale * dwa`, `dx -= scale * dxb`. Returns `(dx, dW')`.
-fn apply_adjust_sign(p: AdjustParts) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let neg_scale = p.scale.as_ref().map(|a| a.f_neg()).transpose()?;
-    let dwa = match &neg_scale {
-        Some(ns) => p.dwa.map(|t| t.f_mul(ns)).transpose()?,
-        None => p.dwa.map(|t| t.f_neg()).transpose()?,
-    };
-    let mut dx = p.dx;
-    if let (Some(dx), Some(dxb)) = (dx.as_mut(), p.dxb) {
-        let _ = match &neg_scale {
-            Some(ns) => dx.f_addcmul_(&dxb, ns)?,
-            None => dx.f_sub_(&dxb)?,
-        };
-    }
-    Ok((dx, dwa))
 }
 
 /// Gradients of an empty batch: zeros of each argument's shape.
@@ -291,44 +317,52 @@ mod tests {
         let s2 = ConvGeometry { stride: [2, 2], padding: [1, 1], ..Default::default() };
         let s1g2 = ConvGeometry { groups: 2, ..s1 };
         let plan = |kind, order, gemm| cpu::Plan { kind, order, gemm };
+        let (fbox, fused) = (|p| CpuFusedBox(cpu::FusedBox(p)), |p| CpuFused(cpu::Fused(p)));
         use Backend::*;
         let cases = [
             // (device, dtype, layout, kernels on, cin, cout, geometry, adjust path) -> backend
-            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
-            (Device::Cpu, Kind::Double, nhwc, true, 4, 8, s1, true, CpuFusedBox(plan(Kind::Double, Order::Nhwc, true))),
-            (
-                Device::Cpu,
-                Kind::Float,
-                nhwc,
-                true,
-                4,
-                6,
-                s1g2,
-                true,
-                CpuFusedBox(plan(Kind::Float, Order::Nhwc, false)),
-            ),
-            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1g2, true, CpuFusedBox(plan(Kind::Float, Order::Nchw, true))),
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, true, fbox(plan(Kind::Float, Order::Nchw, true))),
+            (Device::Cpu, Kind::Double, nhwc, true, 4, 8, s1, true, fbox(plan(Kind::Double, Order::Nhwc, true))),
+            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s1g2, true, fbox(plan(Kind::Float, Order::Nhwc, false))),
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1g2, true, fbox(plan(Kind::Float, Order::Nchw, true))),
             // expanding channels: the box sum first, then the 1x1
-            (Device::Cpu, Kind::Float, nchw, true, 2, 8, s1, true, CpuFused(plan(Kind::Float, Order::Nchw, true))),
+            (Device::Cpu, Kind::Float, nchw, true, 2, 8, s1, true, fused(plan(Kind::Float, Order::Nchw, true))),
             // strided
-            (Device::Cpu, Kind::Double, nchw, true, 4, 6, s2, true, CpuFused(plan(Kind::Double, Order::Nchw, true))),
-            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s2, true, CpuFused(plan(Kind::Float, Order::Nhwc, true))),
+            (Device::Cpu, Kind::Double, nchw, true, 4, 6, s2, true, fused(plan(Kind::Double, Order::Nchw, true))),
+            (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s2, true, fused(plan(Kind::Float, Order::Nhwc, true))),
             // backward without dx or dW': no P path to fuse
-            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, false, CpuFused(plan(Kind::Float, Order::Nchw, true))),
+            (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, false, fused(plan(Kind::Float, Order::Nchw, true))),
             // half types, odd strides, kernels off: libtorch ops
-            (Device::Cpu, Kind::Half, nchw, true, 4, 6, s1, true, Libtorch),
-            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s2, true, Libtorch),
-            (Device::Cpu, Kind::Float, None, true, 4, 6, s1, true, Libtorch),
-            (Device::Cpu, Kind::Double, nchw, false, 4, 6, s1, true, Libtorch),
+            (Device::Cpu, Kind::Half, nchw, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
+            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s2, true, Libtorch(libtorch::Libtorch)),
+            (Device::Cpu, Kind::Float, None, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
+            (Device::Cpu, Kind::Double, nchw, false, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
             // CUDA, any dtype and layout
-            (Device::Cuda(0), Kind::Float, nchw, true, 4, 6, s1, true, Cuda),
-            (Device::Cuda(1), Kind::Half, None, false, 4, 6, s2, false, Cuda),
-            (Device::Mps, Kind::Float, nchw, true, 4, 6, s1, true, Libtorch),
+            (Device::Cuda(0), Kind::Float, nchw, true, 4, 6, s1, true, Cuda(cuda::Cuda)),
+            (Device::Cuda(1), Kind::Half, None, false, 4, 6, s2, false, Cuda(cuda::Cuda)),
+            (Device::Mps, Kind::Float, nchw, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
         ];
         for (dev, kind, lay, on, cin, cout, g, adjust, want) in cases {
             let got = choose(&traits(dev, kind, lay, on), &dims(cin, cout), &g, adjust);
             assert_eq!(got, want, "{dev:?} {kind:?} {lay:?} kernels={on} {cin}->{cout} {g:?} adjust={adjust}");
         }
+    }
+
+    #[test]
+    fn a_declining_backend_says_why_and_is_counted() {
+        let count =
+            |b: &str, r: &str| crate::backend::declines().iter().find(|e| e.0 == b && e.1 == r).map_or(0, |e| e.2);
+        let why = "the stride is not 1";
+        let before = count("cpu-fused-box", why);
+        let t = traits(Device::Cpu, Kind::Float, Some(Layout::Nchw { c: 4, hw: 72 }), true);
+        let s2 = ConvGeometry { stride: [2, 2], ..Default::default() };
+        assert!(matches!(choose(&t, &dims(4, 6), &s2, true), Backend::CpuFused(_)));
+        assert!(count("cpu-fused-box", why) > before);
+        // CUDA tensors and other devices: no CPU backend asked, nothing declined on their behalf
+        let off = count("cpu-fused", "the CPU kernels are switched off");
+        let t = traits(Device::Cuda(0), Kind::Float, None, false);
+        assert!(matches!(choose(&t, &dims(4, 6), &s2, true), Backend::Cuda(_)));
+        assert_eq!(count("cpu-fused", "the CPU kernels are switched off"), off);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `torch.ops.ic_networks.*`. The module itself only adds the argument checks that the fake (meta)
 //! kernels share with the real ones, the IC neuron (numpy) and a switch for the CPU kernels.
 pub mod aten;
+pub mod backend;
 pub mod boxsum;
 pub mod cpu;
 pub mod cuda;
@@ -236,6 +237,13 @@ fn set_cpu_kernels(enabled: bool) -> bool {
     cpu::set_enabled(enabled)
 }
 
+/// How often each backend declined a call so far, as `{"backend: reason": count}` (the reasons
+/// `ic_conv::choose` and the CUDA backend give; `IC_NETWORKS_LOG=debug` also logs each one).
+#[pyfunction]
+fn backend_declines() -> std::collections::BTreeMap<String, u64> {
+    backend::declines().into_iter().map(|(b, r, n)| (format!("{b}: {r}"), n)).collect()
+}
+
 /// The torch version this extension was compiled against (build.rs). Stored with a marker so that
 /// python/ic_networks/_torch_check.py can read it from the file before loading the library.
 #[pyfunction]
@@ -255,6 +263,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_grad, m)?)?;
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(backend_declines, m)?)?;
     cuda::fused::py::register(m)?;
     m.add_function(wrap_pyfunction!(built_torch_version, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

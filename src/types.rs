@@ -72,25 +72,53 @@ pub struct CollisionGrads {
     pub db2: Option<Tensor>,
 }
 
-/// The gradient that flows into the P path.
+/// The gradient that flows into the P path, from a backend's collision backward to the same
+/// backend's P-path backward (the variant says which kind of step wrote it).
 pub enum AdjustGrad {
-    /// `gz = dL/dP` (N, Cout, Ho, Wo), or `gz / alpha` when `scale` is `Some(alpha)`: the libtorch
-    /// path leaves the scaling to the small or fused ops downstream instead of a pass of its own.
-    Gz { gz: Tensor, scale: Option<Tensor> },
-    /// `G = boxsum^T(gz)` on x's grid (N, Cout, H, W), alpha included (stride 1,
-    /// `cpu/collision_box.rs`).
+    /// `gz = dL/dP` (N, Cout, Ho, Wo) on the output grid, alpha included.
+    Gz(Tensor),
+    /// `gz / alpha`: the libtorch steps leave the factor alpha to the small ops of their P-path
+    /// backward instead of a pass of its own (`libtorch/mod.rs`).
+    GzOverAlpha(Tensor),
+    /// `G = boxsum^T(gz)` on x's grid (N, Cout, H, W), alpha included (stride 1, the box sum fused
+    /// into the collision backward).
     OnInput(Tensor),
 }
 
-/// The P path's gradients before its sign (P enters Z with a minus) and its scale are applied.
+/// The P path's gradients as a backend's steps compute them, before the sign (P enters Z with a
+/// minus) and the backend's scale are applied ([`AdjustParts::finish`]).
 pub struct AdjustParts {
     /// dx: the main path's input gradient, with the P path already subtracted where the backend did
     /// it in place (then `dxb` is `None`).
     pub dx: Option<Tensor>,
-    /// The P path's contribution to dx still to subtract (times `scale`), if any.
+    /// The P path's contribution to dx still to subtract (times the scale), if any.
     pub dxb: Option<Tensor>,
     /// dW' before sign and scale.
     pub dwa: Option<Tensor>,
-    /// `Some(alpha)` when `gz` lacked its factor alpha (libtorch path).
-    pub scale: Option<Tensor>,
+}
+
+/// The gradients of x and W' once the P path's are in: what every backend's P-path backward returns.
+pub struct AdjustGrads {
+    pub x: Option<Tensor>,
+    pub adjust_weight: Option<Tensor>,
+}
+
+impl AdjustParts {
+    /// Applies the sign and `scale` (`Some(alpha)` for a backend whose `gz` lacked its factor alpha):
+    /// `dW' = -scale * dwa`, `dx -= scale * dxb`.
+    pub fn finish(self, scale: Option<&Tensor>) -> Result<AdjustGrads, tch::TchError> {
+        let neg_scale = scale.map(|a| a.f_neg()).transpose()?;
+        let dwa = match &neg_scale {
+            Some(ns) => self.dwa.map(|t| t.f_mul(ns)).transpose()?,
+            None => self.dwa.map(|t| t.f_neg()).transpose()?,
+        };
+        let mut dx = self.dx;
+        if let (Some(dx), Some(dxb)) = (dx.as_mut(), self.dxb) {
+            let _ = match &neg_scale {
+                Some(ns) => dx.f_addcmul_(&dxb, ns)?,
+                None => dx.f_sub_(&dxb)?,
+            };
+        }
+        Ok(AdjustGrads { x: dx, adjust_weight: dwa })
+    }
 }

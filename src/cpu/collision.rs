@@ -123,7 +123,7 @@ pub fn backward(
     let c = grad.size()[1] as usize;
     let sums = dispatch_float!(kind, T => bwd::<T>(grad, relu_z, &gy, &gz, T::from_f64(a), lay, c))?;
     let gy = if needs.main_path() { Some(gy) } else { None };
-    sums.into_grads(kind, needs, gy, AdjustGrad::Gz { gz, scale: None })
+    sums.into_grads(kind, needs, gy, AdjustGrad::Gz(gz))
 }
 
 /// NHWC pixels per flush of the per-channel running sums.

@@ -3,7 +3,7 @@
 //! ```text
 //! cpu/
 //!   mod.rs            this file: the on/off switch, Plan (dtype, memory order, GEMM or not) and the
-//!                     two CPU pipelines, CpuFused and CpuFusedBox, forward and backward
+//!                     two CPU backends, Fused and FusedBox, forward and backward
 //!   dense.rs          which tensors the kernels read (dense f32/f64, NCHW or NHWC), raw views
 //!   boxsum.rs         the box sum S = boxsum(x) and its adjoint, separable row kernels
 //!   collision.rs      the CPU forward and backward of the collision: fused single-pass kernels
@@ -28,11 +28,12 @@ pub mod gemm;
 pub use crate::layout::{layout_of, Layout, Order};
 pub use dense::dense;
 
-use crate::error::Result;
+use crate::backend::IcBackend;
+use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, IcDims};
 use crate::layout::conform;
 use crate::libtorch;
-use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
+use crate::types::{AdjustGrad, AdjustGrads, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
 use collision_box::BoxPlan;
 use gemm::Gemm1x1;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,71 +111,13 @@ impl Plan {
         Ok((ds.map(|t| conform(&t, self.order)).transpose()?, dw))
     }
 
-    /// CpuFused forward after `y = conv2d(x, W) + b2` (N, Cout, Ho, Wo): `S = boxsum(x)` (N, Cin,
-    /// Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes `out` into y's buffer and
-    /// `relu_z` into p's. Returns `(out, relu_z)`.
-    pub fn forward(
-        &self,
-        y: &Tensor,
-        a: &IcArgs,
-        shift: &Tensor,
-        d: &IcDims,
-        g: &ConvGeometry,
-    ) -> Result<(Tensor, Tensor)> {
-        let s = boxsum::forward(a.x, d.kh, d.kw, g, self.kind, self.order)?;
-        let p = self.pointwise(&s, a.adjust_weight, g.groups)?;
-        drop(s);
-        collision::forward(y, &p, shift, a.alpha, self.kind, self.order)
-    }
-
-    /// CpuFusedBox forward (stride 1): `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the
-    /// collision kernel box-sums Q row by row into `out` (y's buffer); `relu_z` only when
-    /// `keep_relu_z`.
-    pub fn forward_box(
-        &self,
-        y: &Tensor,
-        a: &IcArgs,
-        shift: &Tensor,
-        d: &IcDims,
-        g: &ConvGeometry,
-        keep_relu_z: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = self.pointwise(a.x, a.adjust_weight, g.groups)?;
-        collision_box::forward(y, &q, shift, a.alpha, &self.boxes(d, g), keep_relu_z)
-    }
-
-    /// CpuFused collision backward: `gy`, `gz` (alpha included) and the reductions.
-    pub fn collision_backward(
-        &self,
-        grad: &Tensor,
-        relu_z: &Tensor,
-        alpha: &Tensor,
-        needs: &NeedsGrad,
-    ) -> Result<CollisionGrads> {
-        collision::backward(grad, relu_z, alpha, needs, self.kind, self.order)
-    }
-
-    /// CpuFusedBox collision backward (stride 1): `gy`, `G = boxsum^T(gz)` on x's grid and the
-    /// reductions.
-    pub fn collision_box_backward(
-        &self,
-        grad: &Tensor,
-        relu_z: &Tensor,
-        alpha: &Tensor,
-        needs: &NeedsGrad,
-        d: &IcDims,
-        g: &ConvGeometry,
-    ) -> Result<CollisionGrads> {
-        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.boxes(d, g))
-    }
-
-    /// Gradients of `P = conv1x1(boxsum(x), W')` from the collision's `adjust` gradient. `dx`, the
-    /// main path's input gradient, comes back with the P path subtracted in place when it is in
-    /// the plan's order (`dx -= W'^T G` by the GEMM, `dx -= boxsum^T(dS)` by the box-sum kernel);
-    /// otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part is in `dxb`.
-    /// Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed (see
-    /// `libtorch::adjust_backward`).
-    pub fn adjust_backward(
+    /// Gradients of `P = conv1x1(boxsum(x), W')` from the collision's `adjust` gradient (alpha
+    /// included). `dx`, the main path's input gradient, comes back with the P path subtracted in
+    /// place when it is in the plan's order (`dx -= W'^T G` by the GEMM, `dx -= boxsum^T(dS)` by the
+    /// box-sum kernel); otherwise (oneDNN gave dx another layout, which dx keeps) the P path's part
+    /// is in `dxb`. Stride 1 needs one transposed box sum of `gz`; with a stride, S is recomputed
+    /// (as in `libtorch/mod.rs`).
+    fn adjust_parts(
         &self,
         adjust: AdjustGrad,
         dx: Option<Tensor>,
@@ -193,23 +136,23 @@ impl Plan {
                     gemm.input_grad_sub_(dx, &gq, adjust_weight)?;
                 }
                 let (dxb, dwa) = gemm.backward(&gq, x, adjust_weight, need_x && !dx_in_order, need_w)?;
-                Ok(AdjustParts { dx, dxb, dwa, scale: None })
+                Ok(AdjustParts { dx, dxb, dwa })
             }
             AdjustGrad::OnInput(gq) => {
                 let (dxb, dwa) = self.pointwise_backward(&gq, x, adjust_weight, g.groups, need_x, need_w)?;
-                Ok(AdjustParts { dx, dxb, dwa, scale: None })
+                Ok(AdjustParts { dx, dxb, dwa })
             }
-            AdjustGrad::Gz { gz, scale } if g.unit_stride() => {
+            AdjustGrad::Gz(gz) if g.unit_stride() => {
                 let gq = boxsum::backward(&gz, d.input_grid_out(), d.kh, d.kw, g, self.kind, self.order)?;
                 let (dxb, dwa) = self.pointwise_backward(&gq, x, adjust_weight, g.groups, need_x, need_w)?;
-                Ok(AdjustParts { dx, dxb, dwa, scale })
+                Ok(AdjustParts { dx, dxb, dwa })
             }
-            AdjustGrad::Gz { gz, scale } => {
+            AdjustGrad::Gz(gz) => {
                 let s = boxsum::forward(x, d.kh, d.kw, g, self.kind, self.order)?;
                 let (ds, dwa) = self.pointwise_backward(&gz, &s, adjust_weight, g.groups, need_x, need_w)?;
                 drop(s);
                 let dxb = match (ds, &dx) {
-                    (Some(ds), Some(dx)) if dx_in_order && scale.is_none() => {
+                    (Some(ds), Some(dx)) if dx_in_order => {
                         boxsum::backward_sub_(dx, &ds, d.kh, d.kw, g, self.kind, self.order)?;
                         None
                     }
@@ -218,8 +161,115 @@ impl Plan {
                     }
                     (None, _) => None,
                 };
-                Ok(AdjustParts { dx, dxb, dwa, scale })
+                Ok(AdjustParts { dx, dxb, dwa })
+            }
+            AdjustGrad::GzOverAlpha(_) => {
+                Err(Error::Runtime("internal: the CPU kernels got another backend's P-path gradient".into()))
             }
         }
+    }
+}
+
+/// The CPU kernels: box sum, 1x1 as GEMMs, fused collision (`collision.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fused(pub Plan);
+
+/// The CPU kernels with the box sum inside the collision kernel (stride 1, `collision_box.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusedBox(pub Plan);
+
+impl IcBackend for Fused {
+    fn name(&self) -> &'static str {
+        "cpu-fused"
+    }
+
+    /// `S = boxsum(x)` (N, Cin, Ho, Wo), `P = conv1x1(S, W')`, then the fused collision writes
+    /// `out` into y's buffer and `relu_z` into p's (always).
+    fn forward(
+        &self,
+        y: Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+        _keep_relu_z: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let p = self.0;
+        let s = boxsum::forward(a.x, d.kh, d.kw, g, p.kind, p.order)?;
+        let pp = p.pointwise(&s, a.adjust_weight, g.groups)?;
+        drop(s);
+        let (out, relu_z) = collision::forward(&y, &pp, shift, a.alpha, p.kind, p.order)?;
+        Ok((out, Some(relu_z)))
+    }
+
+    /// `gy`, `gz` (alpha included) and the reductions.
+    fn collision_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+        _d: &IcDims,
+        _g: &ConvGeometry,
+    ) -> Result<CollisionGrads> {
+        collision::backward(grad, relu_z, alpha, needs, self.0.kind, self.0.order)
+    }
+
+    fn adjust_backward(
+        &self,
+        adjust: AdjustGrad,
+        dx: Option<Tensor>,
+        a: &IcArgs,
+        d: &IcDims,
+        g: &ConvGeometry,
+        needs: &NeedsGrad,
+    ) -> Result<AdjustGrads> {
+        Ok(self.0.adjust_parts(adjust, dx, a, d, g, needs)?.finish(None)?)
+    }
+}
+
+impl IcBackend for FusedBox {
+    fn name(&self) -> &'static str {
+        "cpu-fused-box"
+    }
+
+    /// Stride 1: `Q = conv1x1(x, W')` (N, Cout, H, W) on x's grid, then the collision kernel
+    /// box-sums Q row by row into `out` (y's buffer); `relu_z` only when `keep_relu_z`.
+    fn forward(
+        &self,
+        y: Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+        keep_relu_z: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let q = self.0.pointwise(a.x, a.adjust_weight, g.groups)?;
+        collision_box::forward(&y, &q, shift, a.alpha, &self.0.boxes(d, g), keep_relu_z)
+    }
+
+    /// `gy`, `G = boxsum^T(gz)` on x's grid and the reductions.
+    fn collision_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+        d: &IcDims,
+        g: &ConvGeometry,
+    ) -> Result<CollisionGrads> {
+        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.0.boxes(d, g))
+    }
+
+    fn adjust_backward(
+        &self,
+        adjust: AdjustGrad,
+        dx: Option<Tensor>,
+        a: &IcArgs,
+        d: &IcDims,
+        g: &ConvGeometry,
+        needs: &NeedsGrad,
+    ) -> Result<AdjustGrads> {
+        Ok(self.0.adjust_parts(adjust, dx, a, d, g, needs)?.finish(None)?)
     }
 }

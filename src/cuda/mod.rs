@@ -1,5 +1,4 @@
-//! The CUDA backend of the IC convolution: `Backend::Cuda` in `ic_conv.rs` runs these three
-//! functions for CUDA tensors.
+//! The CUDA backend of the IC convolution ([`Cuda`]): `ic_conv.rs` picks it for CUDA tensors.
 //!
 //! Two routes, chosen per call:
 //!
@@ -19,10 +18,11 @@
 //! Imports `libtorch/`, `aten.rs` (the current stream) and the leaves.
 pub mod fused;
 
+use crate::backend::{declined, IcBackend};
 use crate::error::Result;
 use crate::geometry::{ConvGeometry, IcDims};
-use crate::libtorch;
-use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
+use crate::libtorch::{self, Libtorch};
+use crate::types::{AdjustGrad, AdjustGrads, CollisionGrads, IcArgs, NeedsGrad};
 use tch::{Device, Tensor};
 
 /// The device a call's backend is chosen for: x's, except that the test hook
@@ -46,65 +46,84 @@ fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
     }
 }
 
-/// The forward after `y = conv(x, W) + b2`: `(out, relu_z)`, `relu_z` only with `keep_relu_z`
-/// on the fused route (the libtorch route always returns it).
-pub fn forward(
-    y: Tensor,
-    a: &IcArgs,
-    shift: &Tensor,
-    d: &IcDims,
-    g: &ConvGeometry,
-    keep_relu_z: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    if let Some(stream) = fused_stream(&y)? {
-        if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
-            fused::record_call();
-            return Ok(r);
-        }
-    }
-    let (out, relu_z) = libtorch::forward(y, a, shift, d, g)?;
-    Ok((out, Some(relu_z)))
-}
+/// The CUDA backend: per step, the fused kernels when switched on and they take the step, else
+/// the libtorch steps (see the module docs). A declined step is counted (`backend::declines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cuda;
 
-/// The collision backward (`gy`, the P path's gradient, the sums).
-pub fn collision_backward(
-    grad: &Tensor,
-    relu_z: &Tensor,
-    alpha: &Tensor,
-    needs: &NeedsGrad,
-    d: &IcDims,
-    g: &ConvGeometry,
-) -> Result<CollisionGrads> {
-    if let Some(stream) = fused_stream(grad)? {
-        if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
-            fused::record_call();
-            return Ok(r);
-        }
-    }
-    libtorch::collision_backward(grad, relu_z, alpha, needs)
-}
+/// The fused route's name in the decline counts.
+const FUSED: &str = "cuda-fused";
 
-/// The P path's gradients, for the route [`collision_backward`] took (its [`AdjustGrad`] says
-/// which).
-pub fn adjust_backward(
-    adjust: AdjustGrad,
-    dx: Option<Tensor>,
-    a: &IcArgs,
-    d: &IcDims,
-    g: &ConvGeometry,
-    needs: &NeedsGrad,
-) -> Result<AdjustParts> {
-    match adjust {
-        AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs),
-        AdjustGrad::Gz { gz, scale: None } => {
-            if let Some(stream) = fused_stream(a.x)? {
-                if let Some(s) = fused::boxsum(a.x, &fused::Box2::of(d, g), stream)? {
-                    fused::record_call();
-                    return fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream);
-                }
+impl IcBackend for Cuda {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    /// `relu_z` only with `keep_relu_z` on the fused route (the libtorch route always returns it).
+    fn forward(
+        &self,
+        y: Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+        keep_relu_z: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(stream) = fused_stream(&y)? {
+            if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
+                fused::record_call();
+                return Ok(r);
             }
-            libtorch::adjust_backward(AdjustGrad::Gz { gz, scale: None }, dx, a, d, g, needs)
+            declined(FUSED, "forward: dtype, int32 indexing or shared memory out of the kernels' range");
         }
-        adjust => libtorch::adjust_backward(adjust, dx, a, d, g, needs),
+        Libtorch.forward(y, a, shift, d, g, keep_relu_z)
+    }
+
+    fn collision_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+        d: &IcDims,
+        g: &ConvGeometry,
+    ) -> Result<CollisionGrads> {
+        if let Some(stream) = fused_stream(grad)? {
+            if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
+                fused::record_call();
+                return Ok(r);
+            }
+            declined(FUSED, "collision backward: dtype, int32 indexing or shared memory out of the kernels' range");
+        }
+        Libtorch.collision_backward(grad, relu_z, alpha, needs, d, g)
+    }
+
+    /// For the route [`collision_backward`](Self::collision_backward) took (its [`AdjustGrad`]
+    /// says which).
+    fn adjust_backward(
+        &self,
+        adjust: AdjustGrad,
+        dx: Option<Tensor>,
+        a: &IcArgs,
+        d: &IcDims,
+        g: &ConvGeometry,
+        needs: &NeedsGrad,
+    ) -> Result<AdjustGrads> {
+        let parts = match adjust {
+            AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs)?,
+            AdjustGrad::Gz(gz) => {
+                if let Some(stream) = fused_stream(a.x)? {
+                    if let Some(s) = fused::boxsum(a.x, &fused::Box2::of(d, g), stream)? {
+                        fused::record_call();
+                        let parts = fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream)?;
+                        return Ok(parts.finish(None)?);
+                    }
+                    declined(FUSED, "box sum: dtype, int32 indexing or shared memory out of the kernels' range");
+                }
+                libtorch::adjust_parts(&gz, dx, a, d, g, needs)?
+            }
+            adjust => return Libtorch.adjust_backward(adjust, dx, a, d, g, needs),
+        };
+        Ok(parts.finish(None)?)
     }
 }

@@ -52,7 +52,7 @@ pub fn forward(
 /// The collision backward for `grad`, `relu_z` (N, Cout, Ho, Wo), or `None`. At stride 1 with the
 /// P path needed, the transposed box sum is fused in: the gradient into the P path comes back as
 /// `G = boxsum^T(gz)` on x's grid ([`AdjustGrad::OnInput`], for [`adjust_on_input`]); otherwise as
-/// `gz` itself ([`AdjustGrad::Gz`] without `scale`, for [`adjust_strided`]). The sums are
+/// `gz` itself ([`AdjustGrad::Gz`], for [`adjust_strided`]). The sums are
 /// deterministic (no atomics); d alpha is summed only when alpha needs a gradient.
 pub fn collision_backward(
     grad: &Tensor,
@@ -85,7 +85,7 @@ pub fn collision_backward(
     let kind = grad.kind();
     Ok(Some(CollisionGrads {
         gy: fg.gy,
-        adjust: if on_input { AdjustGrad::OnInput(fg.g) } else { AdjustGrad::Gz { gz: fg.g, scale: None } },
+        adjust: if on_input { AdjustGrad::OnInput(fg.g) } else { AdjustGrad::Gz(fg.g) },
         dalpha: fg.dalpha,
         db1: if needs.adjust_bias { Some(fg.db1.f_to_kind(kind)?) } else { None },
         db2: if needs.bias { Some(fg.db2.f_to_kind(kind)?) } else { None },
@@ -120,7 +120,7 @@ pub fn adjust_on_input(
     } else {
         (None, None)
     };
-    Ok(AdjustParts { dx, dxb, dwa, scale: None })
+    Ok(AdjustParts { dx, dxb, dwa })
 }
 
 /// The P path's gradients from `gz` (N, Cout, Ho, Wo) on the output grid, alpha included (any
@@ -161,7 +161,7 @@ pub fn adjust_strided(
             }
         }
     }
-    Ok(AdjustParts { dx, dxb, dwa, scale: None })
+    Ok(AdjustParts { dx, dxb, dwa })
 }
 
 /// `dx -= W'^T G` (1x1, groups 1) as one GEMM accumulating into `dx`, when `dx` and `g` share a
