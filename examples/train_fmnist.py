@@ -9,6 +9,7 @@ The same runs from the command line:
 """
 
 import torch
+
 from ic_networks.models.cnn import fmnist_cnn
 from ic_networks.training import Trainer, build_datasets, get_recipe, make_student
 

@@ -23,6 +23,7 @@ import argparse
 import sys
 
 import numpy as np
+
 from ic_networks import neuron
 
 X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])

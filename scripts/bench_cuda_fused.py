@@ -31,6 +31,7 @@ import sys
 import time
 
 import torch
+
 from ic_networks import _core, bench, cuda_kernels
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import ic_networks as icn
 import torch
 from torch import nn
+
+import ic_networks as icn
 
 
 def _per_call(fn, reps: int, sync) -> float:

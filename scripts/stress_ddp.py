@@ -5,9 +5,9 @@ deadline, counts hangs and failures, and prints every worker's stacks on a hang.
     python scripts/stress_ddp.py --runs 0 --engine-runs 5    # the engine under torchrun, on tiny data
 
 Cases:
-* ``ddp``: the worker of ``tests/test_native.py::test_ddp_gloo_two_processes_alpha_zero_no_unused_parameters``
+* ``ddp``: the worker of ``tests/test_ddp.py::test_ddp_gloo_two_processes_alpha_zero_no_unused_parameters``
   (IC layers under DDP, gradients checked against one process), spawned with two processes.
-* ``trainer``: the worker of ``tests/test_training.py::test_ddp_two_processes_gloo`` (the ``Trainer``
+* ``trainer``: the worker of ``tests/test_ddp.py::test_ddp_two_processes_gloo`` (the ``Trainer``
   under gloo DDP).
 * ``engine``: ``torchrun --nproc-per-node 2 -m ic_networks train`` on a tiny Fashion-MNIST-shaped
   IDX data set written by this script.
@@ -50,15 +50,17 @@ def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_tea
     from ic_networks.training import watchdog
 
     if name == "ddp":
-        import test_native as t
+        import test_ddp as t
+        from helpers import free_port
 
-        target, args = t._ddp_worker, (2, t._free_port())
+        target, args = t._ddp_worker, (2, free_port())
     else:
-        import test_training as t
+        import test_ddp as t
+        from helpers import free_port
 
         out = tmp / "out"
         out.mkdir(exist_ok=True)
-        target, args = t._ddp_worker, (2, t._free_port(), str(out))
+        target, args = t._trainer_ddp_worker, (2, free_port(), str(out))
     ctx = mp.start_processes(
         _armed, args=(target, args, str(tmp), old_teardown), nprocs=2, join=False, start_method=start_method
     )
@@ -68,7 +70,7 @@ def _spawn_case(name: str, timeout: float, tmp: Path, start_method: str, old_tea
 def tiny_fmnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:
     """A Fashion-MNIST-shaped IDX data set of random images (for plumbing, not accuracy): the
     test suite's ``tiny_fmnist_dir``."""
-    from test_training import tiny_fmnist_dir
+    from helpers import tiny_fmnist_dir
 
     root.mkdir(parents=True, exist_ok=True)
     return tiny_fmnist_dir(root, n_train, n_test)
@@ -129,9 +131,7 @@ def main(argv=None) -> int:
     if args.start_method == "forkserver":
         import multiprocessing
 
-        multiprocessing.set_forkserver_preload(
-            ["torch", "torch.distributed", "ic_networks", "test_native", "test_training"]
-        )
+        multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "ic_networks", "helpers", "test_ddp"])
 
     from ic_networks.training.watchdog import WorkerHang
 

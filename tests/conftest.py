@@ -22,3 +22,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """Debian's Fashion-MNIST (train and test sets, no augmentation); skips when it is not installed."""
+    from helpers import HAVE_FMNIST
+    from ic_networks.training import data
+
+    if not HAVE_FMNIST:
+        pytest.skip(f"Fashion-MNIST not installed ({data.FMNIST_APT})")
+    return data.build_datasets("fmnist", augment=False)

@@ -7,9 +7,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+import ic_networks as icn
+import ic_networks.cli
+from helpers import tiny_fmnist_dir
 from ic_networks import bench
 from ic_networks.cli import build_parser, main
-from PIL import Image
 
 VERBS = [
     "train",
@@ -159,7 +163,6 @@ def test_gradcam_trains_a_model_given_no_weights(tmp_path, capsys):
     """With a training set (a tiny one here), models without weights are trained first: no
     random-weights warning; --train-steps 0 keeps them random."""
     pytest.importorskip("captum")
-    from test_training import tiny_fmnist_dir
 
     data = tiny_fmnist_dir(tmp_path, n_train=64, n_test=16)
     out = tmp_path / "cam.png"
@@ -175,25 +178,10 @@ def test_train_summary_names_the_model_eval_takes_and_max_steps_is_no_interrupti
     """``train`` in a log (stderr is not a terminal here): a progress line after the first step;
     --max-steps stops a run without calling it interrupted; the summary's model name is the one
     ``eval --model`` takes."""
-    from test_training import tiny_fmnist_dir
 
     data = str(tiny_fmnist_dir(tmp_path))
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--recipe",
-        "scratch-fmnist",
-        "--model",
-        "fmnist_cnn",
-        "--epochs",
-        "1",
-        "--data",
-        data,
-        "--subset",
-        "384",
-        "--out",
-        str(out),
-    ]
+    argv = _train_argv(data, out)
     assert main(argv + ["--max-steps", "2"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
@@ -222,3 +210,55 @@ def test_train_summary_names_the_model_eval_takes_and_max_steps_is_no_interrupti
         == 0
     )
     assert json.loads(capsys.readouterr().out)["single_crop"]["top1"] == pytest.approx(summary["val_top1"])
+
+
+def _train_argv(data, out):
+    """``ic-networks train``: the small CNN for one epoch on 384 images of ``data``, into ``out``."""
+    return ["train", "--recipe", "scratch-fmnist", "--model", "fmnist_cnn", "--epochs", "1"] + [
+        "--data", data, "--subset", "384", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert icn.cli.main(["train", "--recipe", "wld-fmnist", "--out", str(tmp_path)]) == 1
+    assert "--teacher" in capsys.readouterr().err
+    assert icn.cli.main(["train", "--recipe", "scratch-cifar", "--out", str(tmp_path)]) == 1
+    assert "--data" in capsys.readouterr().err
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    data = str(tiny_fmnist_dir(tmp_path))
+    out = tmp_path / "run"
+    args = _train_argv(data, out)
+    assert icn.cli.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 3 and summary["train_samples"] == 384
+    for name in ("checkpoint.pt", "model.pt", "metrics.csv", "metrics.json", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (
+        icn.cli.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", data, "--ten-crop", "--json"]) == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res["single_crop"]["top1"] == pytest.approx(summary["val_top1"]) and res["ten_crop"]["n"] == 256
+    assert icn.cli.main(args) == 1  # the folder holds a run: refuse to clobber it
+    assert "--resume" in capsys.readouterr().err
+    assert icn.cli.main(args + ["--resume"]) == 0  # a finished run: nothing left to train, same result
+    assert json.loads(capsys.readouterr().out)["val_top1"] == summary["val_top1"]
+    # WLD from that run's weights, stopped after one step
+    rc = icn.cli.main(
+        [
+            "train",
+            "--recipe",
+            "wld-fmnist",
+            "--teacher",
+            str(out / "model.pt"),
+            "--data",
+            data,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "wld"),
+        ]
+    )
+    stopped = json.loads(capsys.readouterr().out)
+    assert rc == 0 and not stopped["finished"] and stopped["stopped_by"] == "max_steps"

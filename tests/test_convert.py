@@ -5,14 +5,12 @@ import warnings
 import pytest
 import torch
 import torchvision
+from torch import nn
+
+from helpers import ic_layer_names
 from ic_networks.conversion import convert
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d
-from torch import nn
-
-
-def _ic_layers(model):
-    return {n for n, m in model.named_modules() if isinstance(m, IcConv2d)}
 
 
 def _torchvision_model(name):
@@ -45,8 +43,8 @@ def test_torchvision_bit_identical_eval_and_train(name, expected_ic):
     torch.manual_seed(0)
     plain = _torchvision_model(name)
     ic = convert(plain)
-    assert len(_ic_layers(ic)) == expected_ic  # every 3x3 conv
-    assert not _ic_layers(plain)  # inplace=False left the original alone
+    assert len(ic_layer_names(ic)) == expected_ic  # every 3x3 conv
+    assert not ic_layer_names(plain)  # inplace=False left the original alone
     plain_sd = plain.state_dict()
     x = torch.randn(2, 3, 32, 32)
     for train in (False, True):
@@ -62,7 +60,7 @@ def test_torchvision_bit_identical_eval_and_train(name, expected_ic):
     for k, v in plain.state_dict().items():  # every key kept, BN running stats updated identically
         assert torch.equal(ic_sd[k], v), k
     added = set(ic_sd) - set(plain_sd)
-    assert added == {f"{n}.{p}" for n in _ic_layers(ic) for p in ("adjust_weight", "adjust_bias", "alpha")}
+    assert added == {f"{n}.{p}" for n in ic_layer_names(ic) for p in ("adjust_weight", "adjust_bias", "alpha")}
 
 
 def test_gradients_at_alpha_zero():
@@ -94,7 +92,7 @@ def test_selection_rules_and_options():
     net = _Net().double()
     net.a.weight.requires_grad_(False)
     ic = convert(net, kernel_sizes=[(1, 3), 5], alpha=0.5, alpha_mode="fixed")
-    assert _ic_layers(ic) == {"b", "seq.0"}
+    assert set(ic_layer_names(ic)) == {"b", "seq.0"}
     assert isinstance(ic.b, IcConv2d) and ic.b.adjust_weight.dtype == torch.float64
     assert float(ic.seq[0].alpha) == 0.5 and "alpha" in dict(ic.seq[0].named_buffers())
 

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from ic_networks.training.data import load_cifar10
 
 

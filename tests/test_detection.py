@@ -4,19 +4,21 @@ import json
 import os
 import sys
 
-import ic_networks
 import pytest
 import torch
 import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import ic_networks
+from helpers import ic_layer_names
 from ic_networks import detection as det
 from ic_networks.cli import main as cli_main
 from ic_networks.detection.voc import VOC_CLASSES, VOCDataset, voc_map
 from ic_networks.integrations.torchvision import register
 from ic_networks.training import watchdog
-from PIL import Image
-from torch import nn
-from torchvision.models.detection import FasterRCNN, RetinaNet
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 SMALL = dict(min_size=128, max_size=128)
 
@@ -63,7 +65,7 @@ def _targets(n=2, num_classes=21):
 
 
 def _ic_layers_are_block_3x3(model):
-    names = [n for n, m in model.named_modules() if isinstance(m, ic_networks.IcConv2d)]
+    names = ic_layer_names(model)
     assert all(n.startswith("backbone.body.layer") and n.endswith(".conv2") for n in names), names
     return len(names)
 

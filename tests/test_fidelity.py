@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import ic_networks as icn
+from helpers import tiny_fmnist_dir
 from ic_networks.diagnostics import branch_ratios, format_branch_ratios
 from ic_networks.experiments import stats, study
 from ic_networks.nn import ADJUST_INITS
 from ic_networks.reference import boxsum_reference
 from ic_networks.training.recipes import get_recipe
 from ic_networks.training.trainer import param_groups
-from test_training import tiny_fmnist_dir
 
 
 # ----------------------------------------------------------------------------- W' and b1 inits

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ic_networks import _torch_check
 from packaging.requirements import Requirement
+
+from ic_networks import _torch_check
 
 ROOT = Path(__file__).resolve().parents[1]
 

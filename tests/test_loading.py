@@ -7,16 +7,18 @@ import os
 import pickle
 import warnings
 
-import ic_networks as icn
 import pytest
 import torch
 import torchvision
+from torch import nn
+
+import ic_networks as icn
+from helpers import ic_layer_names
 from ic_networks import io
 from ic_networks.cli import main
 from ic_networks.models.cnn import ic_fmnist_cnn
 from ic_networks.models.mobilenet import DepthwiseSeparable, IcDepthwiseSeparable
 from ic_networks.nn import IC_PARAM_NAMES, PlainStateDictWarning, ic_keys, ic_layers
-from torch import nn
 
 
 def _alphas(model):
@@ -169,7 +171,7 @@ def test_plain_layers_of_a_partly_ic_checkpoint_start_at_alpha_0():
     first = sorted(ic_keys(ic))[0].rsplit(".", 1)[0]
     state = {k: v for k, v in ic.state_dict().items() if k not in {f"{first}.{n}" for n in IC_PARAM_NAMES}}
     model = io.load_weights(ic_fmnist_cnn(alpha=1.0), state)
-    got = {name: float(m.alpha) for name, m in model.named_modules() if m in ic_layers(model)}
+    got = {name: float(model.get_submodule(name).alpha) for name in ic_layer_names(model)}
     assert got[first] == 0.0 and all(v == 0.5 for k, v in got.items() if k != first), got
     partial = dict(ic.state_dict())
     del partial[f"{first}.alpha"]  # one IC key of a layer missing, not all three: an error

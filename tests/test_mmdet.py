@@ -13,11 +13,7 @@ import torch
 pytest.importorskip("mmdet", reason="mmdetection is not installed (bash scripts/setup_mmdet.sh, docs/detection.md)")
 pytest.importorskip("mmcv._ext", reason="mmcv was built without its ops (MMCV_WITH_OPS=1)")
 
-import ic_networks  # noqa: E402
-import ic_networks.integrations.mmdet as icmm  # noqa: E402
 import torchvision  # noqa: E402
-from ic_networks.io import atomic_save  # noqa: E402
-from ic_networks.training.trainer import CHECKPOINT, FINAL_WEIGHTS  # noqa: E402
 from mmcv.cnn import ConvModule  # noqa: E402
 from mmdet.registry import DATASETS, MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
@@ -27,6 +23,11 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 from mmengine.utils import import_modules_from_strings  # noqa: E402
+
+import ic_networks  # noqa: E402
+import ic_networks.integrations.mmdet as icmm  # noqa: E402
+from ic_networks.io import atomic_save  # noqa: E402
+from ic_networks.training.trainer import CHECKPOINT, FINAL_WEIGHTS  # noqa: E402
 
 pytestmark = pytest.mark.mmdet
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "mmdet")

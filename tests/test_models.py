@@ -5,19 +5,20 @@ import argparse
 import os
 import shutil
 
-import ic_networks.models as M
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
+from torchvision.models import _api
+
+import ic_networks.models as M
 from ic_networks.cli import models as models_cli
 from ic_networks.detection import BUILDERS as DETECTORS
 from ic_networks.integrations.torchvision import ic_builder_names, register
 from ic_networks.models._common import hub_checkpoint_path
 from ic_networks.models.mobilenet import IcDepthwiseSeparable
 from ic_networks.nn import IcConv2d, ic_keys
-from torch import nn
-from torchvision.models import _api
 
 MINE_PLAIN = [
     "vgg16_cifar",

@@ -1,12 +1,13 @@
 """ic_networks.profile: the paper's Table 1, the counting convention by hand, the IC share."""
 
-import ic_networks.models as M
 import pytest
 import torch
 import torchvision
+from torch import nn
+
+import ic_networks.models as M
 from ic_networks.nn import IcConv2d
 from ic_networks.profiling import Profile, profile
-from torch import nn
 
 # The paper's Table 1 at 224x224: params (M) and GMACs, plain -> IC, as printed.
 PAPER = {

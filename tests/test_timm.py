@@ -5,12 +5,13 @@ import importlib
 import sys
 import warnings
 
-import ic_networks as icn
 import pytest
 import torch
 import torchvision
-from ic_networks import IcConv2d
 from torch import nn
+
+import ic_networks as icn
+from ic_networks import IcConv2d
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'ic-networks[timm]')")
 

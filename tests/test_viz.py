@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
 from ic_networks import IcConv2d
 from ic_networks.cli import main
 from ic_networks.cli.viz import GRADCAM_SIZE
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
 from ic_networks.viz import figures, gradcam, last_conv
-from PIL import Image
-from torch import nn
 
 
 def assert_png(path, size):

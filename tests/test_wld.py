@@ -3,12 +3,13 @@ cases and errors."""
 
 import math
 
-import ic_networks as icn
 import pytest
 import torch
 import torch.nn.functional as F
-from ic_networks.functional import wld_loss, wld_loss_parts
 from torch.autograd import gradcheck
+
+import ic_networks as icn
+from ic_networks.functional import wld_loss, wld_loss_parts
 
 
 def formula(s, t, y, lam, e=0.005, tau=4.0):

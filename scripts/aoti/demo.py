@@ -16,10 +16,11 @@ import sys
 import sysconfig
 import time
 
-import ic_networks as icn
 import torch
 from torch import nn
 from torch.utils import cpp_extension
+
+import ic_networks as icn
 
 
 def main() -> int:
