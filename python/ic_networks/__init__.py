@@ -22,11 +22,15 @@ import os
 
 import torch  # noqa: F401  -- loads libtorch before the Rust extension (which links it)
 
-# isort: off  -- the order matters
+# isort: off
+# First the torch check, which reads the core's stamp without loading it: a core built against another
+# torch minor fails to load with an undefined symbol, so the check must raise its ImportError (naming
+# both versions and the rebuild command) before `_core` is imported.
+from . import _torch_check  # noqa: F401
+from . import _core  # noqa: F401
+
 # isort: on
 from . import (  # noqa: F401
-    _core,
-    _torch_check,  # noqa: F401  -- ImportError if _core was built against another torch
     conversion,
     cuda_kernels,
     diagnostics,
