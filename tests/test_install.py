@@ -403,6 +403,27 @@ def test_wheel_beside_another_torch_minor_fails_clearly_simulated(tmp_path, whee
     assert _torch_check.REBUILD_COMMAND in out.stderr
 
 
+def test_torch_check_runs_before_the_core_is_loaded(tmp_path):
+    """A core built against another torch minor usually cannot even be loaded (undefined symbols), so
+    the check must read its stamp before `_core` is imported: here the core is a file that no loader
+    accepts, stamped with another torch, and the import must still end in the check's ImportError."""
+    import ic_networks
+
+    pkg = tmp_path / "ic_networks"
+    shutil.copytree(Path(ic_networks.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__", "_core*"))
+    suffix = Path(_torch_check.core_path()).name[len("_core") :]
+    (pkg / f"_core{suffix}").write_bytes(b"not a shared library " + _torch_check.MARKER + b"2.1.0\0" + b"\0" * 64)
+    out = subprocess.run(
+        [sys.executable, "-c", "import ic_networks"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode != 0
+    assert "built against torch 2.1.0" in out.stderr and torch.__version__ in out.stderr, out.stderr[-2000:]
+
+
 @pytest.mark.skipif(
     not os.environ.get("IC_TEST_OTHER_TORCH_SITE"),
     reason="set IC_TEST_OTHER_TORCH_SITE to a site-packages with another torch (scripts/compat.sh does)",
