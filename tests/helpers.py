@@ -23,6 +23,11 @@ from ic_networks.training.data import FMNIST_DIR
 #: Whether Debian's Fashion-MNIST is installed (the tests that need it skip otherwise).
 HAVE_FMNIST = (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
+#: The verbs of the ``ic-networks`` command line.
+VERBS = ["train", "eval", "demo", "study", "flops", "convert", "diagnose", "bench", "figures", "gradcam"] + [
+    "train-det", "eval-det",
+]  # fmt: skip
+
 #: The op's tensor arguments in order, as they name the gradients.
 GRAD_NAMES = ("x", "weight", "adjust_weight", "adjust_bias", "alpha", "bias")
 

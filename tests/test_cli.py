@@ -11,24 +11,10 @@ from PIL import Image
 
 import ic_networks as icn
 import ic_networks.cli
-from helpers import tiny_fmnist_dir
+from helpers import VERBS, tiny_fmnist_dir
 from ic_networks import bench
 from ic_networks.cli import build_parser, main
 
-VERBS = [
-    "train",
-    "eval",
-    "demo",
-    "study",
-    "flops",
-    "convert",
-    "diagnose",
-    "bench",
-    "figures",
-    "gradcam",
-    "train-det",
-    "eval-det",
-]
 REST = re.compile(r"``|:(mod|func|class|meth|attr):`")
 
 

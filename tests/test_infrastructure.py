@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import ic_networks as icn
+from helpers import VERBS
 from ic_networks import io
 from ic_networks.cli import build_parser, main
 from ic_networks.models.cnn import fmnist_cnn, ic_fmnist_cnn
@@ -206,20 +207,6 @@ def test_convert_and_profile_are_functions_and_their_modules_have_other_names():
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-VERBS = [
-    "train",
-    "eval",
-    "demo",
-    "study",
-    "flops",
-    "convert",
-    "diagnose",
-    "bench",
-    "figures",
-    "gradcam",
-    "train-det",
-    "eval-det",
-]
 
 
 def test_every_verb_has_help(capsys):
