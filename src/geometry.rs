@@ -21,7 +21,8 @@ impl Default for ConvGeometry {
     }
 }
 
-fn pair(name: &str, v: &[i64]) -> Result<[i64; 2]> {
+/// One integer for both dims, or one per dim (the Python API's `int | tuple[int, int]`).
+pub fn pair(name: &str, v: &[i64]) -> Result<[i64; 2]> {
     match v {
         [a] => Ok([*a, *a]),
         [a, b] => Ok([*a, *b]),

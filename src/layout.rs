@@ -1,7 +1,7 @@
 //! Memory order of 4-D (N, C, H, W) tensors on any device: contiguous NCHW or channels_last
 //! (NHWC in memory). A leaf: it imports nothing of the crate but `error.rs`.
 use crate::error::Result;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Memory order of a dense 4-D (N, C, H, W) tensor, without its sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,32 @@ pub fn layout_of(t: &Tensor) -> Option<Layout> {
     }
 }
 
+/// Whether `t` is a dense channels_last tensor ([`layout_of`]).
+pub fn is_nhwc(t: &Tensor) -> bool {
+    matches!(layout_of(t), Some(Layout::Nhwc { .. }))
+}
+
+/// The memory order a new tensor made after `t` takes, dense or not: channels_last when `t`'s
+/// channels are its fastest dim (channel stride 1, more than one channel), else NCHW.
+pub fn order_like(t: &Tensor) -> Order {
+    if t.size()[1] > 1 && t.stride()[1] == 1 {
+        Order::Nhwc
+    } else {
+        Order::Nchw
+    }
+}
+
+/// An uninitialised (N, C, H, W) tensor in memory order `order`.
+pub fn empty(shape: [i64; 4], opts: (Kind, Device), order: Order) -> Result<Tensor> {
+    match order {
+        Order::Nhwc => {
+            let [n, c, h, w] = shape;
+            Ok(Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?)
+        }
+        Order::Nchw => Ok(Tensor::f_empty(shape, opts)?),
+    }
+}
+
 /// `t` in memory order `order`: `t` itself (shared) when it already is, else a copy. Values are
 /// unchanged; only where they sit in memory.
 pub fn conform(t: &Tensor, order: Order) -> Result<Tensor> {
@@ -64,7 +90,6 @@ pub fn conform(t: &Tensor, order: Order) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
     #[test]
     fn conform_keeps_values_and_sets_order() {
@@ -78,5 +103,11 @@ mod tests {
         // already in order: the same storage
         assert_eq!(conform(&t, Order::Nchw).unwrap().data_ptr(), t.data_ptr());
         assert_eq!(layout_of(&t.transpose(2, 3)), None);
+        assert!(is_nhwc(&cl) && !is_nhwc(&t));
+        assert_eq!((order_like(&cl), order_like(&t)), (Order::Nhwc, Order::Nchw));
+        // channels fastest without being dense (a channel slice): still made channels_last
+        assert_eq!(order_like(&cl.narrow(1, 0, 2)), Order::Nhwc);
+        let e = empty([2, 3, 4, 5], (Kind::Float, Device::Cpu), Order::Nhwc).unwrap();
+        assert_eq!((e.size(), layout_of(&e)), (vec![2, 3, 4, 5], Some(Layout::Nhwc { c: 3 })));
     }
 }

@@ -17,6 +17,7 @@ pub mod ic_conv;
 pub mod layout;
 pub mod libtorch;
 pub mod neuron;
+mod py_cuda_fused;
 pub mod types;
 pub mod validate;
 pub mod wld;
@@ -112,8 +113,7 @@ impl FloatArray<'_> {
         matches!(self, FloatArray::F32(_))
     }
     /// The data as f64: a view for float64 input (zero copy), a converted copy for float32.
-    fn with_f64<R>(&self, name: &str, f: impl FnOnce(ndarray::ArrayViewD<'_, f64>) -> PyResult<R>) -> PyResult<R> {
-        let _ = name;
+    fn with_f64<R>(&self, f: impl FnOnce(ndarray::ArrayViewD<'_, f64>) -> PyResult<R>) -> PyResult<R> {
         match self {
             FloatArray::F64(a) => f(a.as_array()),
             FloatArray::F32(a) => {
@@ -164,9 +164,8 @@ fn neuron_forward(
     if x.ndim() != 2 || w.ndim() != 1 {
         return Err(PyValueError::new_err("x: expected (n, d) and w: expected (d,)"));
     }
-    let y: Array1<f64> = x.with_f64("x", |xv| {
-        w.with_f64("w", |wv| neuron::forward(as2(xv.view(), "x")?, as1(wv, "w")?, &p).map_err(to_py))
-    })?;
+    let y: Array1<f64> =
+        x.with_f64(|xv| w.with_f64(|wv| neuron::forward(as2(xv.view(), "x")?, as1(wv, "w")?, &p).map_err(to_py)))?;
     Ok(if f32_out {
         y.mapv(|v| v as f32).into_pyarray(py).into_any().unbind()
     } else {
@@ -190,9 +189,9 @@ fn neuron_grad<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let p = neuron_params(w_prime, b1, b2, activation)?;
     let f32_out = x.is_f32();
-    let g = x.with_f64("x", |xv| {
-        w.with_f64("w", |wv| {
-            grad_output.with_f64("grad_output", |gv| {
+    let g = x.with_f64(|xv| {
+        w.with_f64(|wv| {
+            grad_output.with_f64(|gv| {
                 neuron::grad(as2(xv.view(), "x")?, as1(wv, "w")?, &p, as1(gv, "grad_output")?).map_err(to_py)
             })
         })
@@ -226,7 +225,7 @@ fn neuron_regions(
     resolution: usize,
 ) -> PyResult<(usize, PyObject)> {
     let p = neuron_params(w_prime, b1, b2, activation)?;
-    let (n, labels) = w.with_f64("w", |wv| neuron::regions(as1(wv, "w")?, &p, bounds, resolution).map_err(to_py))?;
+    let (n, labels) = w.with_f64(|wv| neuron::regions(as1(wv, "w")?, &p, bounds, resolution).map_err(to_py))?;
     Ok((n, labels.into_pyarray(py).into_any().unbind()))
 }
 
@@ -264,7 +263,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(backend_declines, m)?)?;
-    cuda::fused::py::register(m)?;
+    py_cuda_fused::register(m)?;
     m.add_function(wrap_pyfunction!(built_torch_version, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,55 +1,58 @@
 //! Python bindings of the fused CUDA kernels (`ic_networks._core.cuda_fused_*`): the switch, the
 //! warm-up, a count of the op's fused steps, and the raw kernels for the GPU validation suite
 //! (scripts/gpu_check.sh, tests/test_cuda_fused_gpu.py). The op itself takes the fused route
-//! through `Backend::Cuda`. `stream` is `torch.cuda.current_stream().cuda_stream`.
-use super::{Box2, BoxsumMode, FusedGrads, RawStream};
+//! through the CUDA backend (`cuda/mod.rs`). `stream` is `torch.cuda.current_stream().cuda_stream`.
+//! A binding module beside `lib.rs`, which registers it.
+use crate::cuda::fused::{self, FusedGrads, RawStream};
+use crate::geometry::{self, ConvGeometry};
 use crate::to_py;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
+/// One or two non-negative integers as a pair ([`geometry::pair`]).
 fn pair(name: &str, v: &[i64]) -> PyResult<[i64; 2]> {
-    match v {
-        [a] if *a >= 0 => Ok([*a, *a]),
-        [a, b] if *a >= 0 && *b >= 0 => Ok([*a, *b]),
-        _ => Err(PyValueError::new_err(format!("{name}: expected 1 or 2 non-negative integers, got {v:?}"))),
+    let p = geometry::pair(name, v).map_err(to_py)?;
+    if p.iter().any(|&x| x < 0) {
+        return Err(PyValueError::new_err(format!("{name}: expected non-negative integers, got {v:?}")));
     }
+    Ok(p)
 }
 
 /// How many steps of the op (a forward, a collision backward, a P-path backward) ran on the
 /// fused kernels in this process: tells a test or a benchmark that the route was taken.
 #[pyfunction]
 fn cuda_fused_calls() -> u64 {
-    super::calls()
+    fused::calls()
 }
 
 /// `None` when libcuda (with a device) and NVRTC are present, else why not.
 #[pyfunction]
 fn cuda_fused_unavailable_reason() -> Option<String> {
-    super::unavailable_reason()
+    fused::unavailable_reason()
 }
 
 #[pyfunction]
 fn cuda_fused_available() -> bool {
-    super::available()
+    fused::available()
 }
 
 /// The switch (`IC_NETWORKS_CUDA_KERNELS=1`, or `cuda_fused_set_enabled`) and availability.
 #[pyfunction]
 fn cuda_fused_enabled() -> bool {
-    super::enabled()
+    fused::enabled()
 }
 
 #[pyfunction]
 fn cuda_fused_set_enabled(on: bool) {
-    super::set_enabled(on)
+    fused::set_enabled(on)
 }
 
 /// Compiles (or reads the disk cache) and loads the kernels on CUDA device `device`.
 #[pyfunction]
 fn cuda_fused_warm_up(py: Python<'_>, device: usize) -> PyResult<Bound<'_, PyDict>> {
-    let w = py.allow_threads(move || super::warm_up(device)).map_err(to_py)?;
+    let w = py.allow_threads(move || fused::warm_up(device)).map_err(to_py)?;
     let d = PyDict::new(py);
     d.set_item("compute_capability", w.cc)?;
     d.set_item("cubin", w.cubin)?;
@@ -62,7 +65,7 @@ fn cuda_fused_warm_up(py: Python<'_>, device: usize) -> PyResult<Bound<'_, PyDic
 /// where none loads (the candidates, in order, are in src/cuda/fused/dl.rs).
 #[pyfunction]
 fn cuda_fused_libraries(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let (cuda, nvrtc) = py.allow_threads(super::libraries);
+    let (cuda, nvrtc) = py.allow_threads(fused::libraries);
     let d = PyDict::new(py);
     d.set_item("libcuda", cuda)?;
     d.set_item("nvrtc", nvrtc)?;
@@ -72,7 +75,7 @@ fn cuda_fused_libraries(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// Whether `IC_NETWORKS_CUDA_SYNC_CHECK=1` is in effect (synchronise and check after each launch).
 #[pyfunction]
 fn cuda_fused_sync_check() -> bool {
-    super::launch::sync_check()
+    fused::launch::sync_check()
 }
 
 type Fwd = Option<(PyTensor, Option<PyTensor>)>;
@@ -95,7 +98,7 @@ fn cuda_fused_box_forward(
 ) -> PyResult<Fwd> {
     let (k, p, d) = (pair("kernel_size", &kernel_size)?, pair("padding", &padding)?, pair("dilation", &dilation)?);
     let r = py
-        .allow_threads(move || super::box_forward(&y.0, &q.0, &shift.0, &alpha.0, k, p, d, keep_relu_z, stream))
+        .allow_threads(move || fused::box_forward(&y.0, &q.0, &shift.0, &alpha.0, k, p, d, keep_relu_z, stream))
         .map_err(to_py)?;
     Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
 }
@@ -132,7 +135,7 @@ fn cuda_fused_box_backward(
     );
     let r = py
         .allow_threads(move || {
-            super::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, need_dalpha, stream)
+            fused::box_backward(&grad.0, &relu_z.0, &alpha.0, hw, k, p, d, need_gy, need_dalpha, stream)
         })
         .map_err(to_py)?;
     Ok(grads(r))
@@ -149,7 +152,7 @@ fn cuda_fused_collision_forward(
     stream: RawStream,
 ) -> PyResult<Fwd> {
     let r = py
-        .allow_threads(move || super::collision_forward(&y.0, &p.0, &shift.0, &alpha.0, keep_relu_z, stream))
+        .allow_threads(move || fused::collision_forward(&y.0, &p.0, &shift.0, &alpha.0, keep_relu_z, stream))
         .map_err(to_py)?;
     Ok(r.map(|(o, rz)| (PyTensor(o), rz.map(PyTensor))))
 }
@@ -166,22 +169,24 @@ fn cuda_fused_collision_backward(
     need_dalpha: bool,
 ) -> PyResult<Bwd> {
     let r = py
-        .allow_threads(move || super::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, need_dalpha, stream))
+        .allow_threads(move || fused::collision_backward(&grad.0, &relu_z.0, &alpha.0, need_gy, need_dalpha, stream))
         .map_err(to_py)?;
     Ok(grads(r))
 }
 
-fn box2(kernel_size: &[i64], stride: &[i64], padding: &[i64], dilation: &[i64]) -> PyResult<Box2> {
-    let b = Box2 {
-        k: pair("kernel_size", kernel_size)?,
+/// The box (kernel size) and its geometry (groups unused).
+fn box2(kernel_size: &[i64], stride: &[i64], padding: &[i64], dilation: &[i64]) -> PyResult<([i64; 2], ConvGeometry)> {
+    let k = pair("kernel_size", kernel_size)?;
+    let g = ConvGeometry {
         stride: pair("stride", stride)?,
         padding: pair("padding", padding)?,
         dilation: pair("dilation", dilation)?,
+        groups: 1,
     };
-    if b.k.iter().chain(&b.stride).chain(&b.dilation).any(|&v| v < 1) {
+    if k.iter().chain(&g.stride).chain(&g.dilation).any(|&v| v < 1) {
         return Err(PyValueError::new_err("kernel_size, stride and dilation must be positive"));
     }
-    Ok(b)
+    Ok((k, g))
 }
 
 #[pyfunction]
@@ -194,11 +199,11 @@ fn cuda_fused_boxsum(
     dilation: Vec<i64>,
     stream: RawStream,
 ) -> PyResult<Option<PyTensor>> {
-    let b = box2(&kernel_size, &stride, &padding, &dilation)?;
-    Ok(py.allow_threads(move || super::boxsum(&x.0, &b, stream)).map_err(to_py)?.map(PyTensor))
+    let (k, g) = box2(&kernel_size, &stride, &padding, &dilation)?;
+    Ok(py.allow_threads(move || fused::boxsum(&x.0, k, &g, stream)).map_err(to_py)?.map(PyTensor))
 }
 
-/// `out (=, -=, +=) boxsum^T(ds)` for mode "write", "sub", "add"; False if not applicable.
+/// `out -= boxsum^T(ds)` (mode "sub", the one the layer uses); False if not applicable.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cuda_fused_boxsum_t_(
@@ -212,14 +217,11 @@ fn cuda_fused_boxsum_t_(
     mode: &str,
     stream: RawStream,
 ) -> PyResult<bool> {
-    let b = box2(&kernel_size, &stride, &padding, &dilation)?;
-    let m = match mode {
-        "write" => BoxsumMode::Write,
-        "sub" => BoxsumMode::Subtract,
-        "add" => BoxsumMode::Add,
-        _ => return Err(PyValueError::new_err(format!("mode: expected 'write', 'sub' or 'add', got {mode:?}"))),
-    };
-    py.allow_threads(move || super::boxsum_t_(&out.0, &ds.0, &b, m, stream)).map_err(to_py)
+    let (k, g) = box2(&kernel_size, &stride, &padding, &dilation)?;
+    if mode != "sub" {
+        return Err(PyValueError::new_err(format!("mode: expected 'sub', got {mode:?}")));
+    }
+    py.allow_threads(move || fused::boxsum_t_sub_(&out.0, &ds.0, k, &g, stream)).map_err(to_py)
 }
 
 /// Adds the `cuda_fused_*` functions to the extension module.

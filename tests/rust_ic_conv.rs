@@ -2,6 +2,7 @@
 //! on small tensors, for the CPU backends (f32/f64, NCHW/NHWC, with and without the box-sum
 //! fusion) and the libtorch backend (half types, mixed memory orders).
 use _core::ic_conv::{self, ConvGeometry, NeedsGrad};
+use _core::layout::{is_nhwc, layout_of};
 use _core::{cpu, wld};
 use tch::{Device, Kind, Tensor};
 
@@ -234,8 +235,13 @@ fn cpu_boxsum_matches_libtorch_in_every_geometry() {
                 let xl = x.detach().copy().set_requires_grad(true);
                 let y = xl.conv2d(&ones, None::<Tensor>, [s, s], [p, p], [d, d], 3);
                 let gw = Tensor::run_backward(&[(&y * &gout).sum(kind)], &[&xl], false, false).pop().unwrap();
-                let gg = _core::boxsum::boxsum_backward(&gout, &x.size(), k, k, &g).unwrap();
+                let shape: [i64; 4] = x.size().try_into().unwrap();
+                // the adjoint comes out in grad's memory order
+                let order = layout_of(&gout).unwrap().order();
+                let gg = cpu::boxsum::backward(&gout, shape, k, k, &g, kind, order).unwrap();
                 assert!(max_diff(&gg, &gw) < 1e-4, "adjoint k{k} s{s} p{p} d{d} nhwc={nhwc}");
+                let gg = _core::libtorch::boxsum::backward(&gout, shape, k, k, &g, is_nhwc(&gout)).unwrap();
+                assert!(max_diff(&gg, &gw) < 1e-4, "libtorch adjoint k{k} s{s} p{p} d{d} nhwc={nhwc}");
             }
         }
     }

@@ -40,31 +40,25 @@ fn plan(q: &Tensor, y: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, 
     Ok(b)
 }
 
-/// The fused kernel's own arguments beyond the tensors: box size, geometry, dtype and order.
-#[derive(Debug, Clone, Copy)]
-pub struct BoxPlan<'g> {
-    pub kh: i64,
-    pub kw: i64,
-    pub g: &'g ConvGeometry,
-    pub kind: Kind,
-    pub order: Order,
-}
-
 /// Forward from `q` = conv1x1(x, W') (N, Cout, H, W) and `y` = conv(x, W) + b2 (N, Cout, Ho, Wo),
-/// which becomes `out` in place. Returns `(out, relu_z)`, `relu_z` only if `keep_relu_z`.
+/// which becomes `out` in place, for a box of `k` = (kh, kw) with `g`'s geometry, on tensors of
+/// `kind` in `order`. Returns `(out, relu_z)`, `relu_z` only if `keep_relu_z`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     y: &Tensor,
     q: &Tensor,
     shift: &Tensor,
     alpha: &Tensor,
-    p: &BoxPlan,
+    k: [i64; 2],
+    g: &ConvGeometry,
+    (kind, order): (Kind, Order),
     keep_relu_z: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let b = plan(q, y, p.kh, p.kw, p.g, p.kind, p.order)?;
+    let b = plan(q, y, k[0], k[1], g, kind, order)?;
     let a = scalar(alpha)?;
-    let shift = shift.f_to_kind(p.kind)?.f_contiguous()?;
+    let shift = shift.f_to_kind(kind)?.f_contiguous()?;
     let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
-    dispatch_float!(p.kind, T => fwd::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b))?;
+    dispatch_float!(kind, T => fwd::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b))?;
     Ok((y.shallow_clone(), rz))
 }
 
@@ -117,15 +111,18 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
 /// Backward of [`forward`] for an input of shape `in_shape` (N, Cout, H, W): `gy` (when x or W
 /// need it), `G = boxsum^T(alpha * grad * [relu_z > 0])` on the input grid as
 /// [`AdjustGrad::OnInput`], and the requested reductions. `grad`, `relu_z`: (N, Cout, Ho, Wo).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     grad: &Tensor,
     relu_z: &Tensor,
     alpha: &Tensor,
     needs: &NeedsGrad,
     in_shape: [i64; 4],
-    p: &BoxPlan,
+    k: [i64; 2],
+    g: &ConvGeometry,
+    (kind, order): (Kind, Order),
 ) -> Result<CollisionGrads> {
-    require(&[grad, relu_z], p.kind, p.order)?;
+    require(&[grad, relu_z], kind, order)?;
     if grad.size() != relu_z.size() {
         return Err(Error::Runtime(format!(
             "internal: grad {:?} and relu_z {:?} differ in shape",
@@ -133,13 +130,13 @@ pub fn backward(
             relu_z.size()
         )));
     }
-    let gq = empty(in_shape, p.kind, p.order)?;
-    let b = plan(&gq, grad, p.kh, p.kw, p.g, p.kind, p.order)?;
+    let gq = empty(in_shape, kind, order)?;
+    let b = plan(&gq, grad, k[0], k[1], g, kind, order)?;
     let a = scalar(alpha)?;
     let gy = if needs.main_path() { Some(grad.f_empty_like()?) } else { None };
     let c = grad.size()[1] as usize;
-    let sums = dispatch_float!(p.kind, T => bwd::<T>(grad, relu_z, gy.as_ref(), &gq, T::from_f64(a), &b, c))?;
-    sums.into_grads(p.kind, needs, gy, AdjustGrad::OnInput(gq))
+    let sums = dispatch_float!(kind, T => bwd::<T>(grad, relu_z, gy.as_ref(), &gq, T::from_f64(a), &b, c))?;
+    sums.into_grads(kind, needs, gy, AdjustGrad::OnInput(gq))
 }
 
 fn bwd<T: Elem>(

@@ -40,14 +40,7 @@ pub fn require(ts: &[&Tensor], kind: Kind, order: Order) -> Result<Layout> {
 
 /// An uninitialised (N, C, H, W) CPU tensor in memory order `order`.
 pub fn empty(shape: [i64; 4], kind: Kind, order: Order) -> Result<Tensor> {
-    let opts = (kind, Device::Cpu);
-    match order {
-        Order::Nhwc => {
-            let [n, c, h, w] = shape;
-            Ok(Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?)
-        }
-        Order::Nchw => Ok(Tensor::f_empty(shape, opts)?),
-    }
+    crate::layout::empty(shape, (kind, Device::Cpu), order)
 }
 
 /// # Safety

@@ -34,7 +34,6 @@ use crate::geometry::{ConvGeometry, IcDims};
 use crate::layout::conform;
 use crate::libtorch;
 use crate::types::{AdjustGrad, AdjustGrads, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
-use collision_box::BoxPlan;
 use gemm::Gemm1x1;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
@@ -81,8 +80,9 @@ impl Plan {
         Gemm1x1 { groups, kind: self.kind, order: self.order }
     }
 
-    fn boxes<'g>(&self, d: &IcDims, g: &'g ConvGeometry) -> BoxPlan<'g> {
-        BoxPlan { kh: d.kh, kw: d.kw, g, kind: self.kind, order: self.order }
+    /// The dtype and memory order the kernels run in.
+    fn elem(&self) -> (Kind, Order) {
+        (self.kind, self.order)
     }
 
     /// `conv1x1(s, W')` in the plan's order.
@@ -245,7 +245,7 @@ impl IcBackend for FusedBox {
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let q = self.0.pointwise(a.x, a.adjust_weight, g.groups)?;
-        collision_box::forward(&y, &q, shift, a.alpha, &self.0.boxes(d, g), keep_relu_z)
+        collision_box::forward(&y, &q, shift, a.alpha, [d.kh, d.kw], g, self.0.elem(), keep_relu_z)
     }
 
     /// `gy`, `G = boxsum^T(gz)` on x's grid and the reductions.
@@ -258,7 +258,7 @@ impl IcBackend for FusedBox {
         d: &IcDims,
         g: &ConvGeometry,
     ) -> Result<CollisionGrads> {
-        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), &self.0.boxes(d, g))
+        collision_box::backward(grad, relu_z, alpha, needs, d.input_grid_out(), [d.kh, d.kw], g, self.0.elem())
     }
 
     fn adjust_backward(

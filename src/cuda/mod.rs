@@ -113,7 +113,7 @@ impl IcBackend for Cuda {
             AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs)?,
             AdjustGrad::Gz(gz) => {
                 if let Some(stream) = fused_stream(a.x)? {
-                    if let Some(s) = fused::boxsum(a.x, &fused::Box2::of(d, g), stream)? {
+                    if let Some(s) = fused::boxsum(a.x, [d.kh, d.kw], g, stream)? {
                         fused::record_call();
                         let parts = fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream)?;
                         return Ok(parts.finish(None)?);

@@ -7,6 +7,7 @@
 use crate::aten::convolution_backward;
 use crate::error::{Error, Result};
 use crate::geometry::ConvGeometry;
+use crate::layout::{empty, Order};
 use tch::Tensor;
 
 /// The depthwise all-ones kernel (C, 1, kh, kw) of the box sum over `x`'s channels.
@@ -24,13 +25,9 @@ pub fn forward(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor>
 /// `nhwc`.
 pub fn backward(grad: &Tensor, in_shape: [i64; 4], kh: i64, kw: i64, g: &ConvGeometry, nhwc: bool) -> Result<Tensor> {
     // libtorch reads only the input's shape and memory format: an uninitialised stand-in will do.
-    let opts = (grad.kind(), grad.device());
-    let [n, c, h, w] = in_shape;
-    let like = if nhwc {
-        Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?
-    } else {
-        Tensor::f_empty(in_shape, opts)?
-    };
+    let order = if nhwc { Order::Nhwc } else { Order::Nchw };
+    let like = empty(in_shape, (grad.kind(), grad.device()), order)?;
+    let c = in_shape[1];
     let ones = ones_kernel(&like, kh, kw)?;
     let depthwise = ConvGeometry { groups: c, ..*g };
     let (gi, _) = convolution_backward(grad, &like, &ones, &depthwise, true, false)?;

@@ -15,17 +15,13 @@ pub mod pointwise;
 use crate::backend::IcBackend;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, IcDims};
-use crate::layout::{layout_of, Layout};
+use crate::layout::is_nhwc;
 use crate::types::{AdjustGrad, AdjustGrads, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
 use tch::Tensor;
 
 /// The libtorch backend (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Libtorch;
-
-fn is_nhwc(t: &Tensor) -> bool {
-    matches!(layout_of(t), Some(Layout::Nhwc { .. }))
-}
 
 impl IcBackend for Libtorch {
     fn name(&self) -> &'static str {

@@ -419,7 +419,7 @@ fn pow2ceil(v: i64) -> i64 {
 
 /// Default tile (channels, rows, cols) for `rows x cols` of work: channels_last 8 channels x 8 x 16
 /// (fewer channels when C is small; channel-fastest threads, coalesced on NHWC), NCHW one channel x
-/// up to 512 pixels shaped after the image. Mirrored in tests/test_cuda_kernels.py (`plan_tile`).
+/// up to 512 pixels shaped after the image. Mirrored in tests/cuda_emu/host.py (`plan_tile`).
 pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
     if cl {
         (pow2ceil(c).min(8), pow2ceil(rows).min(8), pow2ceil(cols).min(16))
@@ -434,7 +434,7 @@ pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
 /// outputs per thread (the per-thread set-up is paid once for them), at least one row of the
 /// tile's channels x columns (the kernels' thread layout) and 64 threads (two warps, and blocks
 /// small enough for small images: 64 threads for an 8 x 8 tile at 7 x 7), at most [`THREADS`].
-/// Mirrored in tests/test_cuda_kernels.py and tests/cuda_emu/ptx_stats.py.
+/// Mirrored in tests/cuda_emu/host.py and tests/cuda_emu/ptx_stats.py.
 pub fn threads_for(tc: i64, th: i64, tw: i64) -> u32 {
     (pow2ceil(tc * th * tw) / 4).max(tc * tw).max(64).min(THREADS as i64) as u32
 }
@@ -541,6 +541,53 @@ mod tests {
         }
         // a box whose halo cannot fit: no plan (the caller keeps the libtorch path)
         assert!(plan_box([1, 8, 4, 4], [4000, 4000], [3, 3], [0, 0], [3000, 3000], false, false, 4).is_none());
+    }
+
+    /// `(field, offset)` of a C struct of collision.cu, by C's natural-alignment rules (its fields
+    /// are `int`, `ic_i64` and `IcStrides`), and the struct's size.
+    fn c_layout(name: &str) -> (Vec<(String, usize)>, usize) {
+        let src = super::super::nvrtc::SOURCE;
+        let start = src.find(&format!("struct {name} {{")).unwrap_or_else(|| panic!("no struct {name}"));
+        let body = &src[start..][..src[start..].find("};").unwrap()];
+        let (mut fields, mut off, mut align) = (Vec::new(), 0usize, 1usize);
+        for line in body.lines().skip(1) {
+            let decl = line.split("//").next().unwrap().trim().trim_end_matches(';');
+            let Some((ty, names)) = decl.split_once(' ') else { continue };
+            let (size, al) = match ty {
+                "int" => (4, 4),
+                "ic_i64" => (8, 8),
+                "IcStrides" => (32, 8),
+                other => panic!("{name}: unexpected field type {other}"),
+            };
+            align = align.max(al);
+            for f in names.split(',').map(str::trim) {
+                off = off.next_multiple_of(al);
+                fields.push((f.to_lowercase(), off));
+                off += size;
+            }
+        }
+        (fields, off.next_multiple_of(align))
+    }
+
+    macro_rules! rust_layout {
+        ($t:ty; $($f:ident),*) => {
+            (vec![$((stringify!($f).to_string(), std::mem::offset_of!($t, $f))),*], std::mem::size_of::<$t>())
+        };
+    }
+
+    #[test]
+    fn every_field_sits_where_the_kernel_reads_it() {
+        assert_eq!(rust_layout!(IcStrides; n, c, h, w), c_layout("IcStrides"));
+        assert_eq!(
+            rust_layout!(IcBoxParams; n, c, h, w, ho, wo, kh, kw, ph, pw, dh, dw, tc, th, tw, tiles_c, tiles_h,
+                tiles_w, cl, s_box, s_a, s_b, s_r),
+            c_layout("IcBoxParams")
+        );
+        assert_eq!(
+            rust_layout!(IcBoxsumParams; n, c, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, mode, cl, s_in, s_out),
+            c_layout("IcBoxsumParams")
+        );
+        assert_eq!(rust_layout!(IcReduceParams; n, c, tc, tiles_c, tiles_sp, dalpha), c_layout("IcReduceParams"));
     }
 
     #[test]

@@ -14,13 +14,13 @@
 //! The convolutions stay with cuDNN/cuBLAS. At stride 1 the 1x1 input gradient is subtracted by
 //! one GEMM that accumulates into the conv's dx (beta = 1), with no temporary.
 use super::{
-    box_backward, box_forward, boxsum, boxsum_t_, collision_backward as fused_collision_backward, collision_forward,
-    Box2, BoxsumMode, RawStream,
+    box_backward, box_forward, boxsum, boxsum_t_sub_, collision_backward as fused_collision_backward,
+    collision_forward, RawStream,
 };
 use crate::aten::convolution_backward;
 use crate::error::Result;
 use crate::geometry::{ConvGeometry, IcDims};
-use crate::layout::{layout_of, Layout};
+use crate::layout::is_nhwc;
 use crate::types::{AdjustGrad, AdjustParts, CollisionGrads, IcArgs, NeedsGrad};
 use tch::Tensor;
 
@@ -43,7 +43,7 @@ pub fn forward(
         let q = a.x.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
         return box_forward(y, &q, shift, a.alpha, [d.kh, d.kw], g.padding, g.dilation, keep_relu_z, stream);
     }
-    let Some(s) = boxsum(a.x, &Box2::of(d, g), stream)? else { return Ok(None) };
+    let Some(s) = boxsum(a.x, [d.kh, d.kw], g, stream)? else { return Ok(None) };
     let p = s.f_conv2d(a.adjust_weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], g.groups)?;
     drop(s);
     collision_forward(y, &p, shift, a.alpha, keep_relu_z, stream)
@@ -124,7 +124,7 @@ pub fn adjust_on_input(
 }
 
 /// The P path's gradients from `gz` (N, Cout, Ho, Wo) on the output grid, alpha included (any
-/// stride), and `s = boxsum(x)` recomputed by the caller (`boxsum(a.x, &Box2::of(d, g), stream)`,
+/// stride), and `s = boxsum(x)` recomputed by the caller (`boxsum(a.x, [d.kh, d.kw], g, stream)`,
 /// which may decline): `dS = W'^T gz`, `dW' = gz S^T`, and `dx -= boxsum^T(dS)` in place, before
 /// the sign of dW'.
 #[allow(clippy::too_many_arguments)]
@@ -138,7 +138,6 @@ pub fn adjust_strided(
     needs: &NeedsGrad,
     stream: RawStream,
 ) -> Result<AdjustParts> {
-    let b = Box2::of(d, g);
     let (ds, dwa) = convolution_backward(
         gz,
         &s,
@@ -151,13 +150,12 @@ pub fn adjust_strided(
     let mut dx = dx;
     let mut dxb = None;
     if let (Some(dxm), Some(ds)) = (dx.as_mut(), ds) {
-        if !boxsum_t_(dxm, &ds, &b, BoxsumMode::Subtract, stream)? {
+        if !boxsum_t_sub_(dxm, &ds, [d.kh, d.kw], g, stream)? {
             let dense = dxm.f_contiguous()?;
-            if boxsum_t_(&dense, &ds, &b, BoxsumMode::Subtract, stream)? {
+            if boxsum_t_sub_(&dense, &ds, [d.kh, d.kw], g, stream)? {
                 *dxm = dense;
             } else {
-                let nhwc = matches!(layout_of(&ds), Some(Layout::Nhwc { .. }));
-                dxb = Some(crate::libtorch::boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, nhwc)?);
+                dxb = Some(crate::libtorch::boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, is_nhwc(&ds))?);
             }
         }
     }

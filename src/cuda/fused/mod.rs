@@ -12,7 +12,7 @@
 //! apply (CPU tensors, other dtypes, sizes beyond the kernels' int32 indexing, a halo too large
 //! for shared memory), and the caller keeps its libtorch path.
 //!
-//! Composition (what the caller does around these ops, mirrored by tests/test_cuda_kernels.py):
+//! Composition (what the caller does around these ops, mirrored by tests/cuda_emu/host.py):
 //!
 //! * stride 1: `q = conv1x1(x, W')`; [`box_forward`]`(y, q)` -> `out` (in `y`), `relu_z`;
 //!   backward: [`box_backward`] -> `gy`, `G = boxsum^T(gz)`, db1, db2, d alpha; then
@@ -20,7 +20,7 @@
 //!   `dW' = -G x^T`;
 //! * other strides: `S =` [`boxsum`]`(x)`, `P = conv1x1(S, W')`, [`collision_forward`]`(y, P)`;
 //!   backward: [`collision_backward`] -> `gy`, `gz`, sums; `dS = W'^T gz`, `dW' = -gz S^T`
-//!   (S recomputed), `dx -= boxsum^T(dS)` by [`boxsum_t_`] with [`BoxsumMode::Subtract`].
+//!   (S recomputed), `dx -= boxsum^T(dS)` by [`boxsum_t_sub_`].
 //!
 //! Every op takes `stream`: the raw `cudaStream_t` the caller's framework runs on (for the op,
 //! `aten::current_cuda_stream`; in Python `torch.cuda.current_stream().cuda_stream`), borrowed.
@@ -30,9 +30,10 @@ pub mod dl;
 pub mod launch;
 pub mod layer;
 pub mod nvrtc;
-pub mod py;
 
 use crate::error::{Error, Result};
+use crate::geometry::ConvGeometry;
+use crate::layout::{empty, layout_of, order_like, Order};
 use dl::CuStream;
 use launch::{CtxGuard, IcBoxParams, IcBoxsumParams, IcReduceParams, IcStrides, THREADS};
 use std::ffi::c_void;
@@ -167,28 +168,19 @@ fn common(ts: &[&Tensor]) -> Option<(usize, Kind)> {
     Some((ordinal, k))
 }
 
-/// Channel-fastest thread order (channels_last tensors).
+/// Channel-fastest thread order (channels_last tensors, dense or not).
 fn is_cl(t: &Tensor) -> bool {
-    let (s, z) = (t.stride(), t.size());
-    z[1] > 1 && s[1] == 1
+    order_like(t) == Order::Nhwc
 }
 
 /// Dense (NCHW- or NHWC-contiguous): safe to write in place.
 fn dense(t: &Tensor) -> bool {
-    let (z, s) = (t.size(), t.stride());
-    let (c, h, w) = (z[1], z[2], z[3]);
-    t.is_contiguous() || (s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c)
+    layout_of(t).is_some()
 }
 
 /// An empty tensor shaped `shape`, in `like`'s memory format (NCHW or channels_last).
 fn empty_as(shape: [i64; 4], like: &Tensor) -> Result<Tensor> {
-    let opts = (like.kind(), like.device());
-    if is_cl(like) {
-        let [n, c, h, w] = shape;
-        Ok(Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?)
-    } else {
-        Ok(Tensor::f_empty(shape, opts)?)
-    }
+    empty(shape, (like.kind(), like.device()), order_like(like))
 }
 
 fn ptr(t: &Tensor) -> u64 {
@@ -211,9 +203,6 @@ struct AlphaArg {
 }
 
 fn alpha_arg(alpha: &Tensor, acc: Kind) -> Result<AlphaArg> {
-    if alpha.numel() != 1 {
-        return Err(Error::Value(format!("alpha: expected one element, got shape {:?}", alpha.size())));
-    }
     if alpha.device() == Device::Cpu {
         let value = alpha.f_double_value(&vec![0; alpha.dim()])?;
         return Ok(AlphaArg { value, ptr: 0, _keep: None });
@@ -434,6 +423,9 @@ pub fn box_backward(
     let gy = if need_gy { Some(grad.f_empty_like()?) } else { None };
     let mut g = empty_as([n, c, in_hw[0], in_hw[1]], grad)?;
     let tiles_sp = (p.tiles_h as i64) * (p.tiles_w as i64);
+    if tiles_sp > i32::MAX as i64 {
+        return Err(Error::Runtime("fused backward: too many tiles".into()));
+    }
     let n_part = n * p.tiles_c as i64 * tiles_sp * p.tc as i64 * 3;
     let opts = (acc, grad.device());
     let sums = Tensor::f_zeros([c, 3], opts)?;
@@ -472,9 +464,6 @@ pub fn box_backward(
             tiles_sp: tiles_sp as i32,
             dalpha: need_dalpha as i32,
         };
-        if tiles_sp > i32::MAX as i64 {
-            return Err(Error::Runtime("fused backward: too many tiles".into()));
-        }
         let (mut pp2, mut ps) = (ptr(&part), ptr(&sums));
         let red_name = if acc == Kind::Double { "ic_reduce_f64" } else { "ic_reduce_f32" };
         l.run(
@@ -511,69 +500,56 @@ pub fn collision_backward(
     box_backward(grad, relu_z, alpha, [s[2], s[3]], [1, 1], [0, 0], [1, 1], need_gy, need_dalpha, stream)
 }
 
-/// Box geometry of the strided kernels.
-#[derive(Debug, Clone, Copy)]
-pub struct Box2 {
-    pub k: [i64; 2],
-    pub stride: [i64; 2],
-    pub padding: [i64; 2],
-    pub dilation: [i64; 2],
-}
-
-impl Box2 {
-    /// The box of a layer: the main kernel's size, with its stride, padding and dilation.
-    pub fn of(d: &crate::geometry::IcDims, g: &crate::geometry::ConvGeometry) -> Self {
-        Box2 { k: [d.kh, d.kw], stride: g.stride, padding: g.padding, dilation: g.dilation }
+/// The kernels' parameters for a box of `k` with `g`'s stride, padding and dilation over `x`
+/// (N, C, H, W) and its grid (ho, wo); `None` outside int32 or with an empty grid.
+fn box_params(
+    k: [i64; 2],
+    g: &ConvGeometry,
+    x: [i64; 4],
+    ho: i64,
+    wo: i64,
+    mode: i32,
+    cl: bool,
+) -> Option<IcBoxsumParams> {
+    let all = [
+        x[0],
+        x[1],
+        x[2],
+        x[3],
+        ho,
+        wo,
+        k[0],
+        k[1],
+        g.stride[0],
+        g.stride[1],
+        g.padding[0],
+        g.padding[1],
+        g.dilation[0],
+        g.dilation[1],
+    ];
+    if ho < 1 || wo < 1 || all.iter().any(|&v| v < 0 || v > i32::MAX as i64) || x.iter().product::<i64>() > i64::MAX / 2
+    {
+        return None;
     }
-
-    fn out(&self, d: usize, n: i64) -> i64 {
-        (n + 2 * self.padding[d] - self.dilation[d] * (self.k[d] - 1) - 1).div_euclid(self.stride[d]) + 1
-    }
-
-    fn params(&self, x: [i64; 4], ho: i64, wo: i64, mode: i32, cl: bool) -> Option<IcBoxsumParams> {
-        let all = [
-            x[0],
-            x[1],
-            x[2],
-            x[3],
-            ho,
-            wo,
-            self.k[0],
-            self.k[1],
-            self.stride[0],
-            self.stride[1],
-            self.padding[0],
-            self.padding[1],
-            self.dilation[0],
-            self.dilation[1],
-        ];
-        if ho < 1
-            || wo < 1
-            || all.iter().any(|&v| v < 0 || v > i32::MAX as i64)
-            || x.iter().product::<i64>() > i64::MAX / 2
-        {
-            return None;
-        }
-        Some(IcBoxsumParams {
-            n: x[0] as i32,
-            c: x[1] as i32,
-            h: x[2] as i32,
-            w: x[3] as i32,
-            ho: ho as i32,
-            wo: wo as i32,
-            kh: self.k[0] as i32,
-            kw: self.k[1] as i32,
-            sh: self.stride[0] as i32,
-            sw: self.stride[1] as i32,
-            ph: self.padding[0] as i32,
-            pw: self.padding[1] as i32,
-            dh: self.dilation[0] as i32,
-            dw: self.dilation[1] as i32,
-            mode,
-            cl: cl as i32,
-            ..Default::default()
-        })
-    }
+    Some(IcBoxsumParams {
+        n: x[0] as i32,
+        c: x[1] as i32,
+        h: x[2] as i32,
+        w: x[3] as i32,
+        ho: ho as i32,
+        wo: wo as i32,
+        kh: k[0] as i32,
+        kw: k[1] as i32,
+        sh: g.stride[0] as i32,
+        sw: g.stride[1] as i32,
+        ph: g.padding[0] as i32,
+        pw: g.padding[1] as i32,
+        dh: g.dilation[0] as i32,
+        dw: g.dilation[1] as i32,
+        mode,
+        cl: cl as i32,
+        ..Default::default()
+    })
 }
 
 /// Blocks of a grid-stride elementwise launch: enough for every SM, bounded.
@@ -582,14 +558,14 @@ fn flat_blocks(total: i64) -> u32 {
 }
 
 /// `S = boxsum(x)` on the conv's output grid (any stride), in x's memory format.
-pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>> {
+pub fn boxsum(x: &Tensor, k: [i64; 2], g: &ConvGeometry, stream: RawStream) -> Result<Option<Tensor>> {
     let Some((ordinal, kind)) = common(&[x]) else { return Ok(None) };
     if !available() {
         return Ok(None);
     }
     let xs = x.size();
-    let (ho, wo) = (b.out(0, xs[2]), b.out(1, xs[3]));
-    let Some(mut p) = b.params([xs[0], xs[1], xs[2], xs[3]], ho, wo, 0, is_cl(x)) else { return Ok(None) };
+    let (ho, wo) = (g.out_size(0, xs[2], k[0]), g.out_size(1, xs[3], k[1]));
+    let Some(mut p) = box_params(k, g, [xs[0], xs[1], xs[2], xs[3]], ho, wo, 0, is_cl(x)) else { return Ok(None) };
     let s = empty_as([xs[0], xs[1], ho, wo], x)?;
     if s.numel() == 0 {
         return Ok(Some(s));
@@ -609,26 +585,22 @@ pub fn boxsum(x: &Tensor, b: &Box2, stream: RawStream) -> Result<Option<Tensor>>
     Ok(Some(s))
 }
 
-/// How [`boxsum_t_`] combines `boxsum^T(ds)` with its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BoxsumMode {
-    Write = 0,
-    Subtract = 1,
-    Add = 2,
-}
+/// The kernel's mode for `out -= boxsum^T(ds)` (`ic_boxsum_t_*` also writes (0) and adds (2)).
+const BOXSUM_T_SUBTRACT: i32 = 1;
 
-/// `out (=, -=, +=) boxsum^T(ds)` in place; `out` (N, C, H, W) on x's grid, dense; `ds` on the
-/// conv's output grid. `Ok(false)` when it does not apply (the caller uses libtorch).
-pub fn boxsum_t_(out: &Tensor, ds: &Tensor, b: &Box2, mode: BoxsumMode, stream: RawStream) -> Result<bool> {
+/// `out -= boxsum^T(ds)` in place; `out` (N, C, H, W) on x's grid, dense; `ds` on the conv's output
+/// grid. `Ok(false)` when it does not apply (the caller uses libtorch).
+pub fn boxsum_t_sub_(out: &Tensor, ds: &Tensor, k: [i64; 2], g: &ConvGeometry, stream: RawStream) -> Result<bool> {
     let Some((ordinal, kind)) = common(&[out, ds]) else { return Ok(false) };
     if !available() || !dense(out) {
         return Ok(false);
     }
     let (os, ss) = (out.size(), ds.size());
-    if ss[0] != os[0] || ss[1] != os[1] || ss[2] != b.out(0, os[2]) || ss[3] != b.out(1, os[3]) {
+    if ss[0] != os[0] || ss[1] != os[1] || ss[2] != g.out_size(0, os[2], k[0]) || ss[3] != g.out_size(1, os[3], k[1]) {
         return Err(Error::Value(format!("boxsum_t: ds {ss:?} is not the box-sum grid of {os:?}")));
     }
-    let Some(mut p) = b.params([os[0], os[1], os[2], os[3]], ss[2], ss[3], mode as i32, is_cl(out)) else {
+    let Some(mut p) = box_params(k, g, [os[0], os[1], os[2], os[3]], ss[2], ss[3], BOXSUM_T_SUBTRACT, is_cl(out))
+    else {
         return Ok(false);
     };
     if out.numel() == 0 {
@@ -660,8 +632,8 @@ mod tests {
         let sh = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         assert!(box_forward(&y, &y, &sh, &a, [3, 3], [1, 1], [1, 1], true, 0).unwrap().is_none());
         assert!(box_backward(&y, &y, &a, [3, 3], [3, 3], [1, 1], [1, 1], true, true, 0).unwrap().is_none());
-        let b = Box2 { k: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
-        assert!(boxsum(&y, &b, 0).unwrap().is_none());
-        assert!(!boxsum_t_(&y, &y, &b, BoxsumMode::Subtract, 0).unwrap());
+        let g = ConvGeometry { stride: [2, 2], padding: [1, 1], ..Default::default() };
+        assert!(boxsum(&y, [3, 3], &g, 0).unwrap().is_none());
+        assert!(!boxsum_t_sub_(&y, &y, [3, 3], &g, 0).unwrap());
     }
 }

@@ -174,7 +174,8 @@ struct IcTraits<ic_bf16> {
 
 // ---------------------------------------------------------------------------------------------
 // Parameters (mirrored by #[repr(C)] structs in src/cuda/fused/launch.rs and by ctypes in
-// tests/test_cuda_kernels.py: keep the three in step).
+// tests/cuda_emu/params.py; launch.rs's every_field_sits_where_the_kernel_reads_it and
+// tests/test_cuda_params.py check every field's offset against these).
 
 struct IcStrides {
     ic_i64 n, c, h, w;
@@ -641,8 +642,11 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // Every entry point, for the emulation's dispatch table and the PTX entry check.
-#define IC_FOR_EACH_ENTRY(X)                                                                                       \
-    X(ic_fwd_box_f32)                                                                                              \
-    X(ic_fwd_box_f64) X(ic_fwd_box_f16) X(ic_fwd_box_bf16) X(ic_bwd_box_f32) X(ic_bwd_box_f64) X(ic_bwd_box_f16)   \
-        X(ic_bwd_box_bf16) X(ic_boxsum_f32) X(ic_boxsum_f64) X(ic_boxsum_f16) X(ic_boxsum_bf16) X(ic_boxsum_t_f32) \
-            X(ic_boxsum_t_f64) X(ic_boxsum_t_f16) X(ic_boxsum_t_bf16) X(ic_reduce_f32) X(ic_reduce_f64)
+// clang-format off
+#define IC_FOR_EACH_ENTRY(X)                                                                     \
+    X(ic_fwd_box_f32) X(ic_fwd_box_f64) X(ic_fwd_box_f16) X(ic_fwd_box_bf16)                     \
+    X(ic_bwd_box_f32) X(ic_bwd_box_f64) X(ic_bwd_box_f16) X(ic_bwd_box_bf16)                     \
+    X(ic_boxsum_f32) X(ic_boxsum_f64) X(ic_boxsum_f16) X(ic_boxsum_bf16)                         \
+    X(ic_boxsum_t_f32) X(ic_boxsum_t_f64) X(ic_boxsum_t_f16) X(ic_boxsum_t_bf16)                 \
+    X(ic_reduce_f32) X(ic_reduce_f64)
+// clang-format on
