@@ -2,14 +2,13 @@
 and libtorch's convolutions, as src/cuda/fused/mod.rs documents the composition. The op itself
 takes that route behind ``IC_NETWORKS_CUDA_KERNELS=1`` (src/cuda/fused/layer.rs); this independent
 copy lets tests/test_cuda_fused_gpu.py (GPU only) check each kernel on its own. The CPU emulation
-in tests/test_cuda_kernels.py composes the same way.
+in tests/cuda_emu/host.py composes the same way.
 
 Also the public op and IcConv2d run on either route and counted (`op_on_route`,
 `module_on_both_routes`), shared by the GPU suite and the emulated-driver test.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +93,7 @@ class FusedIcConv(torch.autograd.Function):
         return dx, dw, dwa, db1, da, db2, None, None, None, None
 
 
-def fused_ic_conv2d(x, w, wa, b1, alpha, b2: Optional[Tensor], stride=1, padding=0, dilation=1, groups=1):
+def fused_ic_conv2d(x, w, wa, b1, alpha, b2: Tensor | None, stride=1, padding=0, dilation=1, groups=1):
     if b2 is None:
         b2 = torch.zeros_like(b1)
     return FusedIcConv.apply(x, w, wa, b1, alpha, b2, stride, padding, dilation, groups)
@@ -138,6 +137,10 @@ def module_on_both_routes(m, x, device_type, dtype):
             out.float().square().mean().backward()
             if out.is_cuda:
                 torch.cuda.synchronize()
-            res[on] = (out.dtype, out.float().detach(), [p.grad.float().clone() for p in m.parameters()],
-                       cuda_kernels.calls() - before)
+            res[on] = (
+                out.dtype,
+                out.float().detach(),
+                [p.grad.float().clone() for p in m.parameters()],
+                cuda_kernels.calls() - before,
+            )
     return res

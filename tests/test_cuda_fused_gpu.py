@@ -6,6 +6,7 @@ run-to-run determinism of the reductions: first for each kernel through the Pyth
 (tests/cuda_fused_compose.py), then for the op itself with the switch on (``test_op_*``), which is
 what users run.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,6 +23,7 @@ from ic_networks.nn import IcConv2d
 from ic_networks.reference import ic_conv2d_reference
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cuda_emu.host import make_case  # noqa: E402
 from cuda_fused_compose import fused_backward, fused_forward, fused_ic_conv2d, module_on_both_routes, op_on_route  # noqa: E402
 
 pytestmark = pytest.mark.cuda
@@ -46,17 +48,8 @@ def gpu():
 
 
 def case(n, c, cout, hw, k, groups, dtype, cl, seed=0, device="cuda"):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    x = r(n, c, *hw)
-    w = r(cout, c // groups, *k) * 0.3
-    wa = r(cout, c // groups, 1, 1) * 0.3
-    b1, b2 = r(cout) * 0.5, r(cout) * 0.5
-    alpha = torch.tensor(0.7, dtype=torch.float64)
-    t = [v.to(device, dtype) for v in (x, w, wa, b1, b2, alpha)]
-    if cl:
-        t[0] = t[0].contiguous(memory_format=torch.channels_last)
-    return t
+    """The emulation tests' case (x, W, W', b1, b2, alpha) on `device`."""
+    return [v.to(device) for v in make_case(n, c, cout, hw, k, None, None, None, groups, dtype, cl, seed)]
 
 
 def oracle(x, w, wa, b1, b2, alpha, st, pd, dl, groups, grad):
@@ -72,14 +65,23 @@ def rel(a, b):
 
 
 GEOMS = [  # (k, stride, padding, dilation)
-    ((3, 3), 1, 1, 1), ((5, 5), 1, 2, 1), ((3, 3), 1, 2, 2), ((1, 1), 1, 0, 1), ((3, 5), 1, 0, 1),
-    ((3, 3), 2, 1, 1), ((5, 5), 2, 2, 1), ((1, 1), 2, 0, 1), ((3, 3), 2, 0, 2),
+    ((3, 3), 1, 1, 1),
+    ((5, 5), 1, 2, 1),
+    ((3, 3), 1, 2, 2),
+    ((1, 1), 1, 0, 1),
+    ((3, 5), 1, 0, 1),
+    ((3, 3), 2, 1, 1),
+    ((5, 5), 2, 2, 1),
+    ((1, 1), 2, 0, 1),
+    ((3, 3), 2, 0, 2),
 ]
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"k{g[0][0]}x{g[0][1]}s{g[1]}p{g[2]}d{g[3]}")
-@pytest.mark.parametrize("shape", [(2, 8, 8, (13, 11), 1), (3, 17, 17, (9, 9), 1), (2, 16, 16, (20, 20), 2), (1, 64, 64, (28, 28), 1)])
+@pytest.mark.parametrize(
+    "shape", [(2, 8, 8, (13, 11), 1), (3, 17, 17, (9, 9), 1), (2, 16, 16, (20, 20), 2), (1, 64, 64, (28, 28), 1)]
+)
 def test_parity_float64_vs_oracle(geom, shape, cl):
     k, s, p, d = geom
     n, c, cout, hw, groups = shape
@@ -213,8 +215,12 @@ def test_backward_is_deterministic():
     x, w, wa, b1, b2, alpha = case(16, 64, 64, (56, 56), (3, 3), 1, torch.float32, True, seed=6)
     out, rz = fused_forward(x, w, wa, b1, b2, alpha, [1, 1], [1, 1], [1, 1], 1)
     grad = torch.randn_like(out)
-    r1 = _core.cuda_fused_box_backward(grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream)
-    r2 = _core.cuda_fused_box_backward(grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream)
+    r1 = _core.cuda_fused_box_backward(
+        grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream
+    )
+    r2 = _core.cuda_fused_box_backward(
+        grad, rz, alpha, [56, 56], [3, 3], [1, 1], [1, 1], True, torch.cuda.current_stream().cuda_stream
+    )
     for a, b in zip(r1, r2):
         assert torch.equal(a, b)
 
@@ -223,7 +229,9 @@ def test_inference_skips_relu_z():
     x, w, wa, b1, b2, alpha = case(2, 8, 8, (9, 9), (3, 3), 1, torch.float32, False, seed=7)
     y = F.conv2d(x, w, b2, 1, 1)
     q = F.conv2d(x, wa)
-    out, rz = _core.cuda_fused_box_forward(y, q, b1 - b2, alpha, [3, 3], [1, 1], [1, 1], False, torch.cuda.current_stream().cuda_stream)
+    out, rz = _core.cuda_fused_box_forward(
+        y, q, b1 - b2, alpha, [3, 3], [1, 1], [1, 1], False, torch.cuda.current_stream().cuda_stream
+    )
     assert rz is None
     ref = ic_conv2d_reference(x, w, wa, b1, alpha, b2, 1, 1, 1, 1)
     assert rel(out, ref) < 1e-5

@@ -1,5 +1,5 @@
 // ctypes entry point of the host emulation of src/cuda/kernels/collision.cu (tests only).
-// Built by tests/test_cuda_kernels.py:  g++ -std=c++17 -O1 -shared -fPIC emu_api.cpp -o emu.so
+// Built by tests/cuda_emu/host.py:  g++ -std=c++17 -O1 -shared -fPIC emu_api.cpp -o emu.so
 // ic_emu_launch mirrors cuLaunchKernel: a kernel name, grid, block, dynamic shared memory and an
 // array of pointers to each argument.
 #include "../../src/cuda/kernels/ic_emu.h"

@@ -3,7 +3,7 @@
 // IC_NETWORKS_CUDA_EMULATION=1 (CPU tensors treated as device 0) and IC_NETWORKS_LIBCUDA naming
 // this file, it runs the Rust launch code, parameter packing and the layer composition end to end
 // on a machine without a GPU.
-// Built by tests/test_cuda_kernels.py:  g++ -std=c++17 -O1 -shared -fPIC fake_libcuda.cpp -o libcuda.so
+// Built by tests/test_cuda_launch_path.py:  g++ -std=c++17 -O1 -shared -fPIC fake_libcuda.cpp -o libcuda.so
 // With -DIC_FAKE_STUB it is a toolkit-style stub instead: cuInit fails with
 // CUDA_ERROR_STUB_LIBRARY (34), as the real stub does.
 //
