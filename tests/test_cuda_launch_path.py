@@ -16,8 +16,6 @@ import torch
 from cuda_emu.host import _core, _nvrtc
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = ROOT / "src" / "cuda" / "kernels" / "collision.cu"
-EMU_API = ROOT / "tests" / "cuda_emu" / "emu_api.cpp"
 
 # --------------------------------------------------------------------------- the Rust launch path, emulated
 

@@ -19,7 +19,6 @@ from ic_networks.functional import ic_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "src" / "cuda" / "kernels" / "collision.cu"
-EMU_API = ROOT / "tests" / "cuda_emu" / "emu_api.cpp"
 
 
 @pytest.fixture(scope="module")
