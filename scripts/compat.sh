@@ -5,7 +5,8 @@
 #    shared, so a second run downloads nothing);
 # 2. `pip install --no-build-isolation ".[test]"` into it (the install a user does), checking that it
 #    leaves that torch in place; cargo target dir target/torch-VERSION (IC_COMPAT_TARGET_DIR);
-# 3. the core tests: cargo test, tests/test_ic_conv.py, tests/test_native.py, tests/test_wld.py,
+# 3. the core tests: cargo test, the op's tests (tests/test_ic_conv.py, test_argument_errors.py,
+#    test_op_library.py, test_compile.py, test_export.py, test_layouts_and_threads.py, test_ddp.py), test_wld.py,
 #    and tests/test_install.py with this build's release wheel (dist/torch-X.Y/: installed without a
 #    compiler into a fresh venv beside this torch, where the core tests pass; refused by pip beside
 #    the default .venv's torch when that is another minor, where a forced install fails at import).
@@ -68,7 +69,8 @@ if [ -x "$OTHER/bin/python" ]; then
   IC_TEST_OTHER_TORCH_SITE=$("$OTHER/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 fi
 
-tests=(tests/test_ic_conv.py tests/test_native.py tests/test_wld.py tests/test_install.py)
+tests=(tests/test_ic_conv.py tests/test_argument_errors.py tests/test_op_library.py tests/test_compile.py
+  tests/test_export.py tests/test_layouts_and_threads.py tests/test_ddp.py tests/test_wld.py tests/test_install.py)
 if [ "${IC_COMPAT_MMDET:-0}" = 1 ]; then   # mmdetection too (compiles mmcv for this torch, once)
   IC_VENV=$VENV bash scripts/setup_mmdet.sh
   tests+=(tests/test_mmdet.py)

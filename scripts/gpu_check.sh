@@ -38,7 +38,7 @@
 # and the working files are in GPU_CHECK_WORK (default /tmp/ic_gpu_check), outside OUTDIR; stage 1
 # empties the cache so that info-cold measures a cold compile, later stages reuse it.
 #
-# GPU_CHECK_EMULATE=1 (CI, tests/test_cuda_kernels.py) runs the same flow without a GPU on the
+# GPU_CHECK_EMULATE=1 (CI, tests/test_cuda_launch_path.py) runs the same flow without a GPU on the
 # stand-in driver named by IC_NETWORKS_LIBCUDA (tests/cuda_emu/fake_libcuda.cpp) with
 # IC_NETWORKS_CUDA_EMULATION=1: the benches and the kernel timing on tiny CPU shapes, the steps
 # that need a real GPU (sanitizer, cli-*) reported as skipped. GPU_CHECK_CAP_SCALE=K multiplies
