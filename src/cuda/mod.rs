@@ -36,6 +36,23 @@ pub fn backend_device(x: &Tensor) -> Device {
 }
 
 /// PyTorch's current stream for `t`'s device when the fused route is on, `None` when it is off.
+/// Runs one step on the fused kernels when they are switched on, on `t`'s stream: `Some` when the
+/// kernels took it (counted in `fused::calls`), `None` when they are off or declined (a decline is
+/// recorded with `reason`); the caller then runs the libtorch step.
+fn try_fused<T>(
+    t: &Tensor,
+    reason: &'static str,
+    run: impl FnOnce(fused::RawStream) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let Some(stream) = fused_stream(t)? else { return Ok(None) };
+    let taken = run(stream)?;
+    match taken {
+        Some(_) => fused::record_call(),
+        None => declined(FUSED, reason),
+    }
+    Ok(taken)
+}
+
 fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
     if !fused::enabled() {
         return Ok(None);
@@ -69,12 +86,10 @@ impl IcBackend for Cuda {
         g: &ConvGeometry,
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        if let Some(stream) = fused_stream(&y)? {
-            if let Some(r) = fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream)? {
-                fused::record_call();
-                return Ok(r);
-            }
-            declined(FUSED, "forward: dtype, int32 indexing or shared memory out of the kernels' range");
+        let reason = "forward: dtype, int32 indexing or shared memory out of the kernels' range";
+        if let Some(r) = try_fused(&y, reason, |stream| fused::layer::forward(&y, a, shift, d, g, keep_relu_z, stream))?
+        {
+            return Ok(r);
         }
         Libtorch.forward(y, a, shift, d, g, keep_relu_z)
     }
@@ -88,14 +103,14 @@ impl IcBackend for Cuda {
         d: &IcDims,
         g: &ConvGeometry,
     ) -> Result<CollisionGrads> {
-        if let Some(stream) = fused_stream(grad)? {
-            if let Some(r) = fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)? {
-                fused::record_call();
-                return Ok(r);
-            }
-            declined(FUSED, "collision backward: dtype, int32 indexing or shared memory out of the kernels' range");
+        let reason = "collision backward: dtype, int32 indexing or shared memory out of the kernels' range";
+        let fused = try_fused(grad, reason, |stream| {
+            fused::layer::collision_backward(grad, relu_z, alpha, needs, d, g, stream)
+        })?;
+        match fused {
+            Some(r) => Ok(r),
+            None => Libtorch.collision_backward(grad, relu_z, alpha, needs, d, g),
         }
-        Libtorch.collision_backward(grad, relu_z, alpha, needs, d, g)
     }
 
     /// For the route [`collision_backward`](Self::collision_backward) took (its [`AdjustGrad`]
@@ -112,15 +127,12 @@ impl IcBackend for Cuda {
         let parts = match adjust {
             AdjustGrad::OnInput(gq) => fused::layer::adjust_on_input(&gq, dx, a, g, needs)?,
             AdjustGrad::Gz(gz) => {
-                if let Some(stream) = fused_stream(a.x)? {
-                    if let Some(s) = fused::boxsum(a.x, [d.kh, d.kw], g, stream)? {
-                        fused::record_call();
-                        let parts = fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream)?;
-                        return Ok(parts.finish(None)?);
-                    }
-                    declined(FUSED, "box sum: dtype, int32 indexing or shared memory out of the kernels' range");
+                let reason = "box sum: dtype, int32 indexing or shared memory out of the kernels' range";
+                let boxsum = |stream| Ok(fused::boxsum(a.x, [d.kh, d.kw], g, stream)?.map(|s| (s, stream)));
+                match try_fused(a.x, reason, boxsum)? {
+                    Some((s, stream)) => fused::layer::adjust_strided(&gz, s, dx, a, d, g, needs, stream)?,
+                    None => libtorch::adjust_parts(&gz, dx, a, d, g, needs)?,
                 }
-                libtorch::adjust_parts(&gz, dx, a, d, g, needs)?
             }
             adjust => return Libtorch.adjust_backward(adjust, dx, a, d, g, needs),
         };
