@@ -6,7 +6,7 @@ and reported as medians with ratios, so slow drifts of the machine hit all varia
 
 Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, alpha = 0.03):
 
-* ``conv``      - ``nn.Conv2d``, the floor;
+* ``conv``      - ``nn.Conv2d``, the baseline;
 * ``ic``        - ``IcConv2d`` (the Rust op; on CUDA its default route, the libtorch ops);
 * ``ic-fused``  - the same layer on the fused CUDA kernels (``IC_NETWORKS_CUDA_KERNELS=1``;
   CUDA only, when libcuda and NVRTC are present);
@@ -16,6 +16,12 @@ Layer benchmark, per ResNet stage shape (3x3 conv, C -> C, padding 1, no bias, a
 Columns: ``fwd`` (training-mode forward), ``fwd+bwd``, ``infer`` (``no_grad``, eval) in ms, and
 ``saved`` = bytes kept for the backward (unique storages, parameters excluded, counted through
 autograd's saved-tensor hooks) in MB; ``n/a`` for ``compiled``, which that count leaves out.
+
+Floor table, per shape for fwd+bwd and infer: the least time this formulation can take here, the
+conv's measured time plus the IC branch's extra multiply-adds at the conv's own measured rate plus
+its minimal extra memory passes at a copy bandwidth measured in the same run
+(:mod:`ic_networks.bench_floor`), printed as ``floor / conv`` beside ``ic / conv``, with
+``ic / floor`` (how far the op is from that floor) and ``reference / ic``.
 
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
 against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``.
@@ -28,6 +34,7 @@ measured numbers are in docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
+import glob
 import platform
 import statistics
 import sys
@@ -38,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bench_floor
+
 STAGES = [  # (name, channels, spatial size, stride)
     ("64@56", 64, 56, 1),
     ("128@28", 128, 28, 1),
@@ -45,6 +54,7 @@ STAGES = [  # (name, channels, spatial size, stride)
     ("512@7", 512, 7, 1),
     ("64@56/s2", 64, 56, 2),
 ]
+ALPHA, ALPHA_MODE = 0.03, "fixed"  # the IC layer's alpha in the layer benchmark
 
 
 def _sync(device: torch.device) -> None:
@@ -151,7 +161,7 @@ def bench_layers(
     for name, c, hw, stride in stages:
         torch.manual_seed(0)
         conv = nn.Conv2d(c, c, 3, stride, 1, bias=False).to(device, dtype).to(memory_format=fmt)
-        ic = IcConv2d.from_conv(conv, alpha=0.03, alpha_mode="fixed").to(memory_format=fmt)
+        ic = IcConv2d.from_conv(conv, alpha=ALPHA, alpha_mode=ALPHA_MODE).to(memory_format=fmt)
         ref = _Reference(ic)
         variants = {"conv": conv, "ic": ic, "reference": ref}
         routes = {}  # variant -> fused route on/off for the IcConv2d variants on CUDA
@@ -213,6 +223,51 @@ def bench_layers(
     return rows
 
 
+def _last_level_cache_bytes(device: torch.device) -> int:
+    """The largest cache in front of ``device``'s memory: the CUDA device's L2, or the CPU's highest
+    cache level (Linux sysfs); 32 MiB where neither says."""
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 32 * 2**20
+    best = (0, 0)  # (level, bytes)
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(f"{d}/level") as f:
+                level = int(f.read())
+            with open(f"{d}/size") as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:].upper(), 1)
+        digits = size.rstrip("KMGkmg")
+        if digits.isdigit():
+            best = max(best, (level, int(digits) * scale))
+    return best[1] or 32 * 2**20
+
+
+def copy_bandwidth(device: torch.device, repeats: int = 5, nbytes: int | None = None) -> float:
+    """Bytes per second of a STREAM-like copy, ``dst.copy_(src)`` on float32 buffers of ``nbytes``
+    each (default: 4x the last-level cache, at least 64 MiB), on ``device`` with torch's current
+    thread count: 2 x ``nbytes`` moved per copy (a read and a write, as STREAM counts them), the
+    fastest of ``repeats`` after one warm-up copy (pages touched beforehand)."""
+    nbytes = nbytes or max(4 * _last_level_cache_bytes(device), 64 * 2**20)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.zeros_like(src)
+    dst.copy_(src)
+    best = min(_time(lambda: dst.copy_(src), device) for _ in range(max(1, repeats)))
+    return 2 * src.numel() * 4 / best
+
+
+def floor_model(
+    layer_rows, stages, batch: int, bandwidth: float, dtype=torch.float32, autocast: torch.dtype | None = None
+):
+    """The floor rows (:func:`ic_networks.bench_floor.floor_rows`) of :func:`bench_layers`' rows:
+    activations of the autocast dtype when one is given (autocast casts x, y, u and the gradients),
+    else of ``dtype``; the saved relu state a bit mask while alpha is fixed, else relu(z) itself."""
+    act = (autocast or dtype).itemsize
+    state = act if ALPHA_MODE == "learnable" else 1 / 8
+    return bench_floor.floor_rows(layer_rows, stages, batch, bandwidth, act, state)
+
+
 def bench_models(
     device: torch.device,
     batch: int,
@@ -265,9 +320,12 @@ def _mb(v: float | None, fmt: str) -> str:
     return "n/a" if v is None or v != v else format(v, fmt)
 
 
-def format_tables(layer_rows, model_rows, device, batch, autocast: str | None = None, dtype=torch.float32) -> str:
+def format_tables(
+    layer_rows, model_rows, device, batch, autocast: str | None = None, dtype=torch.float32, floor_rows=()
+) -> str:
     """The Markdown tables. The first line names the device, the precision and the sizes of the
-    tables printed: ``batch`` for the layer rows, the rows' own batch and image size for the models."""
+    tables printed: ``batch`` for the layer rows, the rows' own batch and image size for the models.
+    With ``floor_rows`` (:func:`floor_model`) the floor table follows the layer table."""
     precision = str(dtype).removeprefix("torch.") + (f" under {autocast} autocast" if autocast else "")
     sizes = [f"layer batch N={batch}"] if layer_rows else []
     if model_rows and "batch" in model_rows[0]:
@@ -299,6 +357,7 @@ def format_tables(layer_rows, model_rows, device, batch, autocast: str | None = 
                 f"{_mb(extra, '+.2f')} | {speed(r, 'ic')} |" + (f" {speed(r, 'ic-fused')} |" if fused else "")
             )
         out.append("")
+    out += bench_floor.format_floor_lines(list(floor_rows), layer_rows)
     if model_rows:
         out += ["| model | train step ms | / plain |", "|---|---:|---:|"]
         by = {r["model"]: r for r in model_rows}

@@ -26,19 +26,21 @@ def run(args) -> int:
         raise ValueError(f"--shapes: expected names from {[s[0] for s in bench.STAGES]}, got {args.shapes!r}")
     print(f"ic-networks bench on {bench.machine_description(device)}", file=sys.stderr)
     amp = bench.AUTOCAST[args.autocast] if args.autocast else None
-    layer_rows = (
-        []
-        if args.skip_layers
-        else bench.bench_layers(
+    layer_rows, floor_rows, bandwidth = [], [], None
+    if not args.skip_layers:
+        # the copy bandwidth before and after the layers (same process and threads), the faster kept
+        bandwidth = bench.copy_bandwidth(device)
+        layer_rows = bench.bench_layers(
             device, args.batch, args.repeats, not args.no_compile, stages, args.channels_last, autocast=amp
         )
-    )
+        bandwidth = max(bandwidth, bench.copy_bandwidth(device))
+        floor_rows = bench.floor_model(layer_rows, stages, args.batch, bandwidth, autocast=amp)
     model_rows = (
         []
         if args.skip_models
         else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats, autocast=amp)
     )
-    text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast)
+    text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast, floor_rows=floor_rows)
     print(text)
     if args.json:
         doc = {
@@ -46,6 +48,8 @@ def run(args) -> int:
             "autocast": args.autocast,
             "layer_batch": args.batch,
             "layers": layer_rows,
+            "copy_bandwidth_gbs": None if bandwidth is None else bandwidth / 1e9,
+            "floor": floor_rows,
             "models": model_rows,
         }
         atomic_write_text(json.dumps(doc, indent=1) + "\n", args.json)
