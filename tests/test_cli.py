@@ -12,7 +12,7 @@ from PIL import Image
 import ic_networks as icn
 import ic_networks.cli
 from helpers import VERBS, tiny_fmnist_dir
-from ic_networks import bench
+from ic_networks import bench, bench_floor
 from ic_networks.cli import build_parser, main
 
 REST = re.compile(r"``|:(mod|func|class|meth|attr):`")
@@ -41,7 +41,8 @@ def test_every_verb_has_a_one_line_description_in_both_helps(capsys):
 
 def test_bench_help_is_plain_text(capsys):
     text = _help(capsys, ["bench", "--help"])
-    assert "conv      - nn.Conv2d, the floor" in text and "ic_networks.reference" in text
+    assert "conv      - nn.Conv2d, the baseline" in text and "ic_networks.reference" in text
+    assert "floor / conv" in text and "ic / floor" in text
     from ic_networks.cli.common import plain
 
     assert (
@@ -88,6 +89,104 @@ def test_bench_table_shows_n_a_for_an_unmeasured_saved_size():
     assert lines["compiled"].split(" | ")[5] == "n/a" and "| n/a |" in lines["reference"]
     assert lines["conv"].split(" | ")[5] == "0.2"
     assert "layer batch N=4" in text.splitlines()[0] and "model batch" not in text
+
+
+def test_bench_floor_counts_by_hand():
+    """The floor model's MACs and bytes for 64@56 at N=8 (stride 1 and 2), counted by hand."""
+    s = bench_floor.stage_shape(("64@56", 64, 56, 1), 8)
+    out = 8 * 64 * 56 * 56  # output elements = input elements at stride 1
+    assert (s.ho, s.wo, s.x_elems, s.out_elems) == (56, 56, out, out)
+    assert bench_floor.conv_macs(s) == out * 64 * 9 == 924_844_032
+    m = bench_floor.extra_macs(s)
+    assert m["one_by_one"] == out * 64 == 102_760_448  # 1/9 of the conv's
+    assert m["box_adds"] == out * 4  # 2 adds along each axis of a 3x3 window
+    assert m["fwd"] == out * 64 + out * 2 and m["bwd"] == 2 * out * 64 + out * 2
+    # float32, fixed alpha (a bit mask): infer = x + y + u; fwd+bwd adds the mask twice, g, g + gz, x, dx twice
+    b = bench_floor.extra_bytes(s, 4, 1 / 8)
+    assert b == {"infer": 3 * out * 4, "fwd+bwd": 8 * out * 4 + 2 * out / 8}
+    assert len(bench_floor.memory_passes(s, 4, 1 / 8)) == 9
+    # bf16 activations, relu(z) saved (alpha learns): every pass at 2 bytes
+    assert bench_floor.extra_bytes(s, 2, 2)["fwd+bwd"] == 10 * out * 2
+
+    s2 = bench_floor.stage_shape(("64@56/s2", 64, 56, 2), 8)
+    o2 = 8 * 64 * 28 * 28
+    assert (s2.ho, s2.out_elems, s2.s_elems) == (28, o2, o2)
+    assert bench_floor.conv_macs(s2) == o2 * 576 and bench_floor.extra_macs(s2)["one_by_one"] == o2 * 64
+    # x is 4 outputs: infer = x + 2 outputs; dW' takes S (written and read, 2 outputs) instead of x
+    b2 = bench_floor.extra_bytes(s2, 4, 1 / 8)
+    assert b2 == {"infer": 6 * o2 * 4, "fwd+bwd": (4 + 2 + 2 + 2 + 2 * 4) * o2 * 4 + 2 * o2 / 8}
+
+    grouped = bench_floor.LayerShape(2, 32, 64, 10, 10, groups=4)  # 1x1 in 4 groups, box sum on 32 channels
+    assert bench_floor.extra_macs(grouped)["one_by_one"] == 2 * 64 * 100 * 8
+    assert bench_floor.extra_macs(grouped)["box_adds"] == 2 * 32 * 100 * 4
+
+
+def test_bench_floor_time_is_the_formula():
+    # 10 ms conv doing 1e9 MACs; 1e8 extra MACs at its rate = 1 ms; 1e6 bytes at 1 GB/s = 1 ms
+    assert bench_floor.floor_time(10.0, 1e9, 1e8, 1e6, 1e9) == pytest.approx((12.0, 1.0, 1.0))
+    assert bench_floor.floor_time(4.0, 2e9, 0.0, 0.0, 1e9) == (4.0, 0.0, 0.0)  # nothing extra: the conv
+
+
+def test_bench_floor_table_by_hand():
+    """Floor rows and their table from hand-made layer rows: the fwd+bwd rate is 3x the forward's
+    MACs over the conv's fwd+bwd time, and each ratio is the rows' times over each other."""
+
+    def row(variant, fb, inf):
+        times = {"fwd_ms": 1.0, "fwdbwd_ms": fb, "infer_ms": inf, "saved_mb": 1.0, "out_mb": 1.0}
+        return {"shape": "512@7", "variant": variant, **times}
+
+    layers = [row("conv", 3.0, 1.0), row("ic", 4.5, 1.5), row("reference", 5.4, 1.2)]
+    stage = ("512@7", 512, 7, 1)
+    s = bench_floor.stage_shape(stage, 2)
+    floors = bench_floor.floor_rows(layers, [stage, ("64@56", 64, 56, 1)], 2, 1e9, 4, 1 / 8)
+    assert [(r["shape"], r["mode"]) for r in floors] == [("512@7", "fwd+bwd"), ("512@7", "infer")]
+    fb, inf = floors
+    macs, nbytes = bench_floor.extra_macs(s), bench_floor.extra_bytes(s, 4, 1 / 8)
+    assert fb["conv_macs"] == 3 * bench_floor.conv_macs(s) and inf["conv_macs"] == bench_floor.conv_macs(s)
+    assert fb["macs_ms"] == pytest.approx(3.0 * (macs["fwd"] + macs["bwd"]) / fb["conv_macs"])
+    assert inf["macs_ms"] == pytest.approx(1.0 * macs["fwd"] / inf["conv_macs"])
+    assert fb["memory_ms"] == pytest.approx(nbytes["fwd+bwd"] / 1e6) and inf["extra_bytes"] == nbytes["infer"]
+    for r, conv in ((fb, 3.0), (inf, 1.0)):
+        assert r["floor_ms"] == pytest.approx(conv + r["macs_ms"] + r["memory_ms"])
+        assert r["floor_over_conv"] >= 1.0
+    assert fb["over_floor"] == pytest.approx({"ic": 4.5 / fb["floor_ms"], "reference": 5.4 / fb["floor_ms"]})
+
+    text = bench.format_tables(layers, [], torch.device("cpu"), 2, floor_rows=floors)
+    assert "1.0 GB/s" in text and "activations 4 bytes, saved relu state bit mask" in text
+    header = next(ln for ln in text.splitlines() if ln.startswith("| shape | mode |"))
+    assert header.endswith("| floor / conv | ic / conv | ic / floor | reference / ic |")
+    cells = next(ln for ln in text.splitlines() if ln.startswith("| 512@7 | infer |")).strip("| ").split(" | ")
+    assert cells[7] == f"{inf['floor_over_conv']:.2f}x" and cells[8] == "1.50x"
+    assert cells[9] == f"{1.5 / inf['floor_ms']:.2f}x" and cells[10] == "0.80x"  # 1.2 / 1.5
+    # the fused route's rows (CUDA) get their own three columns
+    fused = bench.format_tables(layers + [row("ic-fused", 3.6, 1.1)], [], torch.device("cpu"), 2, floor_rows=floors)
+    assert "| ic / floor | reference / ic | ic-fused / conv | ic-fused / floor | reference / ic-fused |" in fused
+    cells = next(ln for ln in fused.splitlines() if ln.startswith("| 512@7 | fwd+bwd |")).strip("| ").split(" | ")
+    assert cells[11:] == ["1.20x", f"{3.6 / fb['floor_ms']:.2f}x", "1.50x"]  # 3.6 / 3, 5.4 / 3.6
+    # no floor rows: no floor table
+    assert "floor" not in bench.format_tables(layers, [], torch.device("cpu"), 2)
+
+
+@pytest.mark.parametrize("extra", [[], ["--channels-last", "--autocast", "bf16"]], ids=["fp32", "cl-bf16"])
+def test_bench_reports_the_floor(extra, tmp_path, capsys):
+    """A real run of one small shape: the floor table follows the layer table, the floor is at least
+    the conv's time (by construction), and the JSON carries the floor rows and the copy bandwidth."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--shapes", "512@7", "--batch", "1", "--repeats", "1", "--no-compile", "--skip-models"]
+    assert main(argv + extra + ["--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| floor / conv | ic / conv | ic / floor | reference / ic |" in text
+    lines = {ln.split(" | ")[1]: ln.strip("| ").split(" | ") for ln in text.splitlines() if ln.startswith("| 512@7 |")}
+    for mode in ("fwd+bwd", "infer"):
+        cells = lines[mode]
+        assert float(cells[7].rstrip("x")) >= 1.0  # floor / conv
+        assert all(c.endswith("x") for c in cells[8:11]), cells
+    doc = json.loads(out.read_text())
+    assert doc["copy_bandwidth_gbs"] > 0
+    assert [r["mode"] for r in doc["floor"]] == ["fwd+bwd", "infer"]
+    for r in doc["floor"]:
+        assert r["floor_ms"] >= r["conv_ms"] and r["act_bytes"] == (2 if extra else 4)
+        assert set(r["over_floor"]) == {"ic", "reference"}
 
 
 def test_flops_scales_its_units(capsys):
