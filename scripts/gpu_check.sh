@@ -83,6 +83,8 @@ export IC_NETWORKS_KERNEL_CACHE_DIR="$WORK/kernel-cache"
 [ "$STAGE" = 1 ] && rm -rf "$IC_NETWORKS_KERNEL_CACHE_DIR"
 if [ "$EMULATE" = 1 ]; then
   [ -f "${IC_NETWORKS_LIBCUDA:-}" ] || { echo "gpu_check: GPU_CHECK_EMULATE=1 needs IC_NETWORKS_LIBCUDA (the stand-in driver)" >&2; exit 2; }
+  python -c "import sys; from ic_networks import _core; sys.exit(0 if _core.cuda_emulation_built() else 1)" ||
+    { echo "gpu_check: GPU_CHECK_EMULATE=1 needs a core built with the cargo feature cuda-emulation (scripts/setup.sh)" >&2; exit 2; }
   export IC_NETWORKS_CUDA_EMULATION=1
   echo "emulated: no GPU; the stand-in driver $IC_NETWORKS_LIBCUDA" >"$LOGS/nvidia-smi.txt"
 elif ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then

@@ -47,7 +47,9 @@ fi
 echo "== building the Rust core (release) and installing ic-networks (editable)"
 # --no-build-isolation: the build must see this env's torch (see README, "Install from source").
 start=$(date +%s)
-python -m pip install -q --no-build-isolation -e ".[test]"
+# The cargo feature cuda-emulation: the test hook that runs the CUDA route without a GPU
+# (tests/test_cuda_launch_path.py); release wheels (scripts/lib.sh) are built without it.
+MATURIN_PEP517_ARGS="--features cuda-emulation" python -m pip install -q --no-build-isolation -e ".[test]"
 mkdir -p "$TARGET" && echo "$now" > "$built_for"
 echo "== build + install took $(( $(date +%s) - start )) s"
 python -c "import ic_networks, torch; print('ic_networks', ic_networks.__version__, 'on torch', torch.__version__)"

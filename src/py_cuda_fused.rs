@@ -72,6 +72,13 @@ fn cuda_fused_libraries(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// Whether this core was built with the test hook `IC_NETWORKS_CUDA_EMULATION` (the cargo feature
+/// `cuda-emulation` of development builds; release wheels leave it out).
+#[pyfunction]
+fn cuda_emulation_built() -> bool {
+    fused::emulation::BUILT
+}
+
 /// Whether `IC_NETWORKS_CUDA_SYNC_CHECK=1` is in effect (synchronise and check after each launch).
 #[pyfunction]
 fn cuda_fused_sync_check() -> bool {
@@ -240,5 +247,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_fused_calls, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_libraries, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_fused_sync_check, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_emulation_built, m)?)?;
     Ok(())
 }

@@ -158,6 +158,8 @@ def needs_emulated_driver():
     core = _core()
     if not hasattr(core, "cuda_fused_libraries"):
         pytest.skip("this _core build has no fused CUDA route")
+    if not core.cuda_emulation_built():
+        pytest.skip("this _core was built without the cuda-emulation feature (release wheels leave it out)")
     if _nvrtc() is None:
         pytest.skip("libnvrtc not loadable: the emulated launch path needs NVRTC to build the module")
     if shutil.which("g++") is None:

@@ -25,17 +25,16 @@ use crate::libtorch::{self, Libtorch};
 use crate::types::{AdjustGrad, AdjustGrads, CollisionGrads, IcArgs, NeedsGrad};
 use tch::{Device, Tensor};
 
-/// The device a call's backend is chosen for: x's, except that the test hook
-/// `IC_NETWORKS_CUDA_EMULATION=1` makes CPU tensors count as CUDA device 0 (with the stand-in
+/// The device a call's backend is chosen for: x's, except that in development builds the test
+/// hook of `fused/emulation.rs` can make CPU tensors count as CUDA device 0 (with the stand-in
 /// driver of tests/cuda_emu, the whole CUDA route then runs without a GPU).
 pub fn backend_device(x: &Tensor) -> Device {
     match x.device() {
-        Device::Cpu if fused::emulation() => Device::Cuda(0),
+        Device::Cpu if fused::emulation::cpu_as_cuda() => Device::Cuda(0),
         d => d,
     }
 }
 
-/// PyTorch's current stream for `t`'s device when the fused route is on, `None` when it is off.
 /// Runs one step on the fused kernels when they are switched on, on `t`'s stream: `Some` when the
 /// kernels took it (counted in `fused::calls`), `None` when they are off or declined (a decline is
 /// recorded with `reason`); the caller then runs the libtorch step.
@@ -53,13 +52,14 @@ fn try_fused<T>(
     Ok(taken)
 }
 
+/// PyTorch's current stream for `t`'s device when the fused route is on, `None` when it is off.
 fn fused_stream(t: &Tensor) -> Result<Option<fused::RawStream>> {
     if !fused::enabled() {
         return Ok(None);
     }
     match t.device() {
         Device::Cuda(i) => Ok(Some(crate::aten::current_cuda_stream(i)?)),
-        _ => Ok(Some(0)), // the emulation: the stand-in driver ignores streams
+        _ => Ok(Some(0)), // a CPU tensor under the emulation: the stand-in driver ignores streams
     }
 }
 
