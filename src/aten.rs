@@ -1,7 +1,8 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
 //! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
-//! stream). Imports only `error.rs` and `geometry.rs`.
-use crate::error::{c_message, short_torch_message, Error, Result};
+//! stream). The calls follow the boundary's convention (`c_abi.rs`). Imports only leaves.
+use crate::c_abi::{self, IcnErrorSink};
+use crate::error::{short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
 use std::os::raw::{c_char, c_int, c_void};
 use tch::Tensor;
@@ -20,8 +21,7 @@ extern "C" {
         need_weight: c_int,
         grad_input: *mut *mut C_tensor,
         grad_weight: *mut *mut C_tensor,
-        err: *mut c_char,
-        err_len: usize,
+        sink: IcnErrorSink,
     ) -> c_int;
 
     fn icn_parallel_for(
@@ -30,31 +30,25 @@ extern "C" {
         grain: i64,
         f: extern "C" fn(*mut c_void, i64, i64) -> c_int,
         ctx: *mut c_void,
-        err: *mut c_char,
-        err_len: usize,
+        sink: IcnErrorSink,
     ) -> c_int;
 
-    fn icn_assert_async(cond: *const C_tensor, msg: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
+    fn icn_assert_async(cond: *const C_tensor, msg: *const c_char, sink: IcnErrorSink) -> c_int;
 
-    fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, sink: IcnErrorSink) -> c_int;
 }
 
-/// Calls a shim entry point with a zeroed error buffer: `Err(message)` when it returns non-zero.
-fn call_shim(f: impl FnOnce(*mut c_char, usize) -> c_int) -> std::result::Result<(), String> {
-    let mut err = vec![0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        Ok(())
-    } else {
-        Err(c_message(&err))
-    }
+/// Calls a shim entry point: `Err(message)` when it fails.
+fn call_shim(f: impl FnOnce(IcnErrorSink) -> c_int) -> std::result::Result<(), String> {
+    c_abi::call(f).map_err(|e| e.to_string())
 }
 
 /// PyTorch's current stream on CUDA device `index` (`torch.cuda.current_stream(index)`), as the
 /// raw `cudaStream_t` value; borrowed, never destroyed here. An error with CPU-only torch.
 pub fn current_cuda_stream(index: usize) -> Result<usize> {
     let mut stream: *mut c_void = std::ptr::null_mut();
-    // SAFETY: the out pointer and the error buffer outlive the call; the shim NUL-terminates err.
-    call_shim(|err, len| unsafe { icn_current_cuda_stream(index as i64, &mut stream, err, len) })
+    // SAFETY: the out pointer and the sink outlive the call.
+    call_shim(|sink| unsafe { icn_current_cuda_stream(index as i64, &mut stream, sink) })
         .map_err(|m| Error::Runtime(format!("libtorch: current CUDA stream: {}", short_torch_message(&m))))?;
     Ok(stream as usize)
 }
@@ -63,8 +57,8 @@ pub fn current_cuda_stream(index: usize) -> Result<usize> {
 /// `cond` is false, without a device-to-host copy (no sync).
 pub fn assert_async(cond: &Tensor, msg: &str) -> Result<()> {
     let msg = std::ffi::CString::new(msg).map_err(|_| Error::Runtime("assert_async: NUL in the message".into()))?;
-    // SAFETY: cond is a live tensor; msg and err outlive the call; the shim NUL-terminates err.
-    call_shim(|err, len| unsafe { icn_assert_async(cond.as_ptr(), msg.as_ptr(), err, len) })
+    // SAFETY: cond is a live tensor; msg and the sink outlive the call.
+    call_shim(|sink| unsafe { icn_assert_async(cond.as_ptr(), msg.as_ptr(), sink) })
         .map_err(|m| Error::Runtime(format!("libtorch: {}", short_torch_message(&m))))
 }
 
@@ -84,8 +78,8 @@ pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) ->
         return Ok(());
     }
     // SAFETY: the trampoline matches the C signature; ctx outlives the call.
-    call_shim(|err, len| unsafe {
-        icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, err, len)
+    call_shim(|sink| unsafe {
+        icn_parallel_for(0, n as i64, grain.max(1) as i64, trampoline::<F>, &f as *const F as *mut c_void, sink)
     })
     .map_err(|m| Error::Runtime(format!("parallel kernel: {m}")))
 }
@@ -127,7 +121,7 @@ pub fn convolution_backward(
     let mut gw: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: all tensor pointers are live tch tensors borrowed for the duration of the call; the
     // arrays hold two elements each, as the shim reads; outputs are fresh `at::Tensor*` that we own.
-    call_shim(|err, len| unsafe {
+    call_shim(|sink| unsafe {
         icn_convolution_backward(
             grad_out.as_ptr(),
             input.as_ptr(),
@@ -140,8 +134,7 @@ pub fn convolution_backward(
             need_weight as c_int,
             &mut gi,
             &mut gw,
-            err,
-            len,
+            sink,
         )
     })
     .map_err(|m| Error::Runtime(format!("libtorch convolution_backward: {}", short_torch_message(&m))))?;

@@ -24,12 +24,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The NUL-terminated message a C++ shim wrote into `buf` (its error buffer).
-pub fn c_message(buf: &[std::os::raw::c_char]) -> String {
-    // SAFETY: the shims always NUL-terminate within the buffer's length (buffers start zeroed).
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-}
-
 /// Keeps the first meaningful line of a libtorch error and drops the C++ back trace.
 pub fn short_torch_message(msg: &str) -> String {
     let cut = ["\nException raised from", "\nframe #", " frame #0"]

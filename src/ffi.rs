@@ -6,49 +6,22 @@
 //! * outputs are fresh heap `at::Tensor`s written to `*mut *mut C_tensor` slots, owned by the caller
 //!   (C++ moves them out and `delete`s the pointer).
 //!
-//! Every function returns 0 on success, or the kind of the error (`ICN_VALUE_ERROR`,
-//! `ICN_TYPE_ERROR`, `ICN_RUNTIME_ERROR`) after handing its message to `icn_error_set(sink, ..)`;
-//! C++ raises it as `ValueError` / `TypeError` / `RuntimeError`. A Rust panic is caught here and
-//! reported as a `RuntimeError`: it never unwinds into C++.
+//! Errors follow the boundary's convention (`c_abi.rs`): every function returns `ICN_OK`, or the
+//! kind of its error after handing the message to the caller's sink; C++ raises it as
+//! `ValueError` / `TypeError` / `RuntimeError`. A Rust panic is caught here and reported as a
+//! `RuntimeError`: it never unwinds into C++.
+//!
+//! build.rs generates the C++ prototypes of these functions (`ic_networks_ffi.h`, cbindgen).
+use crate::c_abi::{self, IcnErrorSink, IcnIntList, ICN_OK, ICN_RUNTIME_ERROR};
 use crate::error::{Error, Result};
 use crate::ic_conv::{self, ConvGeometry, NeedsGrad};
 use crate::validate::check_boxsum;
 use crate::{boxsum, wld};
 use std::mem::ManuallyDrop;
-use std::os::raw::{c_char, c_int, c_void};
+use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tch::Tensor;
 use torch_sys::C_tensor;
-
-pub const ICN_OK: c_int = 0;
-pub const ICN_VALUE_ERROR: c_int = 1;
-pub const ICN_TYPE_ERROR: c_int = 2;
-pub const ICN_RUNTIME_ERROR: c_int = 3;
-
-extern "C" {
-    /// Stores an error message in the caller's sink (a `std::string*`, see `kernels.cpp`).
-    fn icn_error_set(sink: *mut c_void, msg: *const c_char, len: usize);
-}
-
-/// An `int[]` argument: `len` values at `data`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct IcnIntList {
-    pub data: *const i64,
-    pub len: usize,
-}
-
-impl IcnIntList {
-    /// # Safety
-    /// `data` must point to `len` readable values (or `len == 0`).
-    unsafe fn as_slice<'a>(self) -> &'a [i64] {
-        if self.len == 0 || self.data.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(self.data, self.len)
-        }
-    }
-}
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -64,19 +37,16 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn catch(f: impl FnOnce() -> Result<()>) -> std::result::Result<(), (c_int, String)> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(Error::Value(m))) => Err((ICN_VALUE_ERROR, m)),
-        Ok(Err(Error::Type(m))) => Err((ICN_TYPE_ERROR, m)),
-        Ok(Err(Error::Runtime(m))) => Err((ICN_RUNTIME_ERROR, m)),
+        Ok(Err(e)) => Err(c_abi::status_of(e)),
         Err(p) => Err((ICN_RUNTIME_ERROR, format!("ic_networks core: internal error ({})", panic_message(p.as_ref())))),
     }
 }
 
 /// Runs `f` (see [`catch`]); returns the status code for C++, the message in `sink`.
-fn run(sink: *mut c_void, f: impl FnOnce() -> Result<()>) -> c_int {
+fn run(sink: IcnErrorSink, f: impl FnOnce() -> Result<()>) -> c_int {
     let Err((code, msg)) = catch(f) else { return ICN_OK };
-    // SAFETY: the sink is the caller's `std::string*`; the message is valid UTF-8 bytes of `len`.
-    unsafe { icn_error_set(sink, msg.as_ptr() as *const c_char, msg.len()) };
-    code
+    // SAFETY: the sink is the caller's, valid for this call.
+    unsafe { sink.report(code, &msg) }
 }
 
 /// A borrowed view of a C++ tensor (not freed on drop).
@@ -133,7 +103,7 @@ pub unsafe extern "C" fn icn_rs_ic_conv2d_forward(
     keep_relu_z: c_int,
     out: *mut *mut C_tensor,
     relu_z: *mut *mut C_tensor,
-    sink: *mut c_void,
+    sink: IcnErrorSink,
 ) -> c_int {
     run(sink, || {
         let g = geometry(stride, padding, dilation, groups)?;
@@ -174,7 +144,7 @@ pub unsafe extern "C" fn icn_rs_ic_conv2d_backward(
     groups: i64,
     needs: *const u8,
     grads: *mut *mut C_tensor,
-    sink: *mut c_void,
+    sink: IcnErrorSink,
 ) -> c_int {
     run(sink, || {
         let g = geometry(stride, padding, dilation, groups)?;
@@ -217,7 +187,7 @@ pub unsafe extern "C" fn icn_rs_boxsum(
     padding: IcnIntList,
     dilation: IcnIntList,
     out: *mut *mut C_tensor,
-    sink: *mut c_void,
+    sink: IcnErrorSink,
 ) -> c_int {
     run(sink, || {
         let g = geometry(stride, padding, dilation, 1)?;
@@ -244,7 +214,7 @@ pub unsafe extern "C" fn icn_rs_wld_forward(
     loss: *mut *mut C_tensor,
     ce: *mut *mut C_tensor,
     kd: *mut *mut C_tensor,
-    sink: *mut c_void,
+    sink: IcnErrorSink,
 ) -> c_int {
     run(sink, || {
         let cfg = wld::WldConfig { lam, e, tau };
@@ -271,7 +241,7 @@ pub unsafe extern "C" fn icn_rs_wld_backward(
     e: f64,
     tau: f64,
     out: *mut *mut C_tensor,
-    sink: *mut c_void,
+    sink: IcnErrorSink,
 ) -> c_int {
     run(sink, || {
         let cfg = wld::WldConfig { lam, e, tau };
@@ -281,37 +251,40 @@ pub unsafe extern "C" fn icn_rs_wld_backward(
 }
 
 extern "C" {
-    fn icn_register_ops(err: *mut c_char, err_len: usize) -> c_int;
+    /// `src/cpp/ops.cpp`.
+    fn icn_register_ops(sink: IcnErrorSink) -> c_int;
 }
 
 /// The registration entry point exported by the extension module, for C++ programs that load it
 /// without Python (e.g. to run an AOTInductor package or a TorchScript model that calls the ops):
-/// `dlopen` the module, then call `ic_networks_register_ops(err, err_len)`; 0 on success.
+/// `dlopen` the module, then call `ic_networks_register_ops(err, err_len)`; 0 on success, else 1
+/// with the message in `err` (truncated to `err_len - 1` bytes, NUL-terminated).
 ///
 /// # Safety
-/// `err` must be writable for `err_len` bytes.
+/// `err` must be writable for `err_len` bytes (or null with `err_len == 0`).
 #[no_mangle]
 pub unsafe extern "C" fn ic_networks_register_ops(err: *mut c_char, err_len: usize) -> c_int {
-    icn_register_ops(err, err_len)
+    let Err(e) = register_ops() else { return 0 };
+    if err_len > 0 && !err.is_null() {
+        let msg = e.to_string();
+        let n = msg.len().min(err_len - 1);
+        std::ptr::copy_nonoverlapping(msg.as_ptr() as *const c_char, err, n);
+        *err.add(n) = 0;
+    }
+    1
 }
 
 /// Registers the `ic_networks` ops with libtorch's dispatcher (`src/cpp/ops.cpp`); idempotent.
 pub fn register_ops() -> Result<()> {
-    let mut err = vec![0 as c_char; 2048];
-    // SAFETY: err is writable for err.len() bytes; the C++ side NUL-terminates.
-    let rc = unsafe { icn_register_ops(err.as_mut_ptr(), err.len()) };
-    if rc != 0 {
-        return Err(Error::Runtime(format!(
-            "ic_networks: registering the ops with libtorch failed: {}",
-            crate::error::c_message(&err)
-        )));
-    }
-    Ok(())
+    // SAFETY: the sink is the one `call` made, alive for the call.
+    c_abi::call(|sink| unsafe { icn_register_ops(sink) })
+        .map_err(|e| Error::Runtime(format!("ic_networks: registering the ops with libtorch failed: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::c_abi::{ICN_TYPE_ERROR, ICN_VALUE_ERROR};
     use crate::{type_err, value_err};
 
     #[test]

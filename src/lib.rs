@@ -7,6 +7,7 @@
 pub mod aten;
 pub mod backend;
 pub mod boxsum;
+pub mod c_abi;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;

@@ -10,7 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
-LEAVES = {"error", "geometry", "types", "dtype", "layout"}
+LEAVES = {"error", "geometry", "types", "dtype", "layout", "c_abi"}
 # The crate's macros, by the module that defines them.
 MACROS = {"value_err": "error", "type_err": "error", "dispatch_float": "dtype", "to_py": "lib"}
 ANY = None  # the bindings: lib.rs and the modules it registers with Python
@@ -36,6 +36,7 @@ RULE = {
     "types": set(),
     "dtype": set(),
     "layout": set(),
+    "c_abi": set(),
 }
 
 CRATE_PATH = re.compile(r"\bcrate::(\{[^}]*\}|\w+)")

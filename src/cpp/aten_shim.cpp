@@ -3,7 +3,7 @@
 // selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on
 // CUDA), which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
 // only forwards arguments and turns C++ exceptions into an error string.
-#include "error_buf.h"
+#include "error_sink.h"
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
@@ -16,12 +16,12 @@
 extern "C" {
 
 // Tensors are tch's `C_tensor`, i.e. `at::Tensor*`. Outputs are heap-allocated `at::Tensor`s that
-// the Rust side owns (tch frees them with `delete`). Returns 0 on success; otherwise 1 and a
-// NUL-terminated message in `err`.
+// the Rust side owns (tch frees them with `delete`). Errors follow the boundary's convention
+// (error_sink.h): ICN_OK, or ICN_RUNTIME_ERROR with the message handed to `sink`.
 int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input, const at::Tensor* weight,
                              const int64_t* stride, const int64_t* padding, const int64_t* dilation, int64_t groups,
                              int need_input, int need_weight, at::Tensor** grad_input, at::Tensor** grad_weight,
-                             char* err, size_t err_len) {
+                             IcnErrorSink sink) {
     *grad_input = nullptr;
     *grad_weight = nullptr;
     try {
@@ -32,46 +32,46 @@ int icn_convolution_backward(const at::Tensor* grad_out, const at::Tensor* input
                                             output_padding, groups, mask);
         if (need_input) *grad_input = new at::Tensor(std::get<0>(res));
         if (need_weight) *grad_weight = new at::Tensor(std::get<1>(res));
-        return 0;
-    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
+        return ICN_OK;
+    } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
 }
 
 // Runs f(ctx, b, e) over [begin, end) split by at::parallel_for, i.e. on libtorch's own intra-op
 // thread pool (so torch.set_num_threads applies and no second pool competes for the cores).
-// f returns non-zero on failure; the first failure makes this return 1.
+// f returns non-zero on failure; a failure makes this return ICN_RUNTIME_ERROR.
 typedef int (*icn_range_fn)(void* ctx, int64_t begin, int64_t end);
 
-int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, void* ctx, char* err, size_t err_len) {
+int icn_parallel_for(int64_t begin, int64_t end, int64_t grain, icn_range_fn f, void* ctx, IcnErrorSink sink) {
     std::atomic<int> failed{0};
     try {
         at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
             if (f(ctx, b, e) != 0) failed.store(1);
         });
-    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
-    if (failed.load()) icn::write_error(err, err_len, "a parallel kernel task failed");
-    return failed.load();
+    } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
+    if (failed.load()) return icn::report(sink, ICN_RUNTIME_ERROR, "a parallel kernel task failed");
+    return ICN_OK;
 }
 
 // at::_assert_async(cond, msg): a device-side check of a one-element boolean tensor (no host sync on
-// CUDA). Returns 0, or 1 with a message in `err` when the call itself fails.
-int icn_assert_async(const at::Tensor* cond, const char* msg, char* err, size_t err_len) {
+// CUDA). Fails only when the call itself fails.
+int icn_assert_async(const at::Tensor* cond, const char* msg, IcnErrorSink sink) {
     try {
         at::_assert_async(*cond, msg);
-        return 0;
-    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
+        return ICN_OK;
+    } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
 }
 
 // PyTorch's current stream on CUDA device `index` as a raw cudaStream_t (borrowed), through the
 // device-guard interface that torch's CUDA library registers in c10: no CUDA header or library is
-// needed at build time. Returns 0, or 1 with a message (CPU-only torch: CUDA is not registered).
-int icn_current_cuda_stream(int64_t index, void** stream, char* err, size_t err_len) {
+// needed at build time. Fails with CPU-only torch (CUDA is not registered).
+int icn_current_cuda_stream(int64_t index, void** stream, IcnErrorSink sink) {
     *stream = nullptr;
     try {
         const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
         const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
         *stream = impl->getStreamNativeHandle(impl->getStream(device));
-        return 0;
-    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
+        return ICN_OK;
+    } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
 }
 
 }  // extern "C"

@@ -2,8 +2,11 @@
 // code serves both devices (it picks its CPU kernels or libtorch's device ops per call), so both
 // keys register the same functions; the CUDA ones run under a device guard for x's device.
 //
-// Rust validates every argument and reports errors as (kind, message); they are raised here as
-// c10::ValueError / c10::TypeError / c10::Error, i.e. Python ValueError / TypeError / RuntimeError.
+// Rust validates every argument and reports errors by the boundary's convention (error_sink.h):
+// a kind and a message, raised here as c10::ValueError / c10::TypeError / c10::Error, i.e. Python
+// ValueError / TypeError / RuntimeError. The functions' prototypes come from the header build.rs
+// generates from src/ffi.rs.
+#include "error_sink.h"
 #include "ops.h"
 
 #include <c10/core/DeviceGuard.h>
@@ -12,50 +15,19 @@
 #include <string>
 #include <tuple>
 
-extern "C" {
-
-struct IcnIntList {
-    const int64_t* data;
-    size_t len;
-};
-
-int icn_rs_ic_conv2d_forward(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* adjust_weight,
-                             const at::Tensor* adjust_bias, const at::Tensor* alpha, const at::Tensor* bias,
-                             IcnIntList stride, IcnIntList padding, IcnIntList dilation, int64_t groups,
-                             int keep_relu_z, at::Tensor** out, at::Tensor** relu_z, void* sink);
-int icn_rs_ic_conv2d_backward(const at::Tensor* grad, const at::Tensor* x, const at::Tensor* weight,
-                              const at::Tensor* adjust_weight, const at::Tensor* adjust_bias, const at::Tensor* alpha,
-                              const at::Tensor* relu_z, int has_bias, IcnIntList stride, IcnIntList padding,
-                              IcnIntList dilation, int64_t groups, const uint8_t* needs, at::Tensor** grads,
-                              void* sink);
-int icn_rs_boxsum(const at::Tensor* x, IcnIntList kernel_size, IcnIntList stride, IcnIntList padding,
-                  IcnIntList dilation, at::Tensor** out, void* sink);
-int icn_rs_wld_forward(const at::Tensor* student, const at::Tensor* teacher, const at::Tensor* target, double lam,
-                       double e, double tau, at::Tensor** loss, at::Tensor** ce, at::Tensor** kd, void* sink);
-int icn_rs_wld_backward(const at::Tensor* grad, const at::Tensor* student, const at::Tensor* teacher,
-                        const at::Tensor* target, double lam, double e, double tau, at::Tensor** out, void* sink);
-
-// Called by Rust to hand over an error message (sink is a std::string*).
-void icn_error_set(void* sink, const char* msg, size_t len) { static_cast<std::string*>(sink)->assign(msg, len); }
-
-}  // extern "C"
-
 namespace icn {
 
 namespace {
 
-constexpr int kValueError = 1;
-constexpr int kTypeError = 2;
-
 [[noreturn]] void raise(int code, const std::string& msg) {
-    if (code == kValueError) TORCH_CHECK_VALUE(false, msg);
-    if (code == kTypeError) TORCH_CHECK_TYPE(false, msg);
+    if (code == ICN_VALUE_ERROR) TORCH_CHECK_VALUE(false, msg);
+    if (code == ICN_TYPE_ERROR) TORCH_CHECK_TYPE(false, msg);
     TORCH_CHECK(false, msg);
     __builtin_unreachable();
 }
 
 inline void check(int rc, const std::string& err) {
-    if (rc != 0) raise(rc, err);
+    if (rc != ICN_OK) raise(rc, err);
 }
 
 // Takes ownership of a tensor that Rust allocated; an undefined tensor for null.
@@ -79,7 +51,7 @@ std::tuple<Tensor, Tensor> ic_conv2d_forward_kernel(const Tensor& x, const Tenso
     at::Tensor *out = nullptr, *relu_z = nullptr;
     std::string err;
     check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
-                                   list(padding), list(dilation), groups, 1, &out, &relu_z, &err),
+                                   list(padding), list(dilation), groups, 1, &out, &relu_z, icn::sink_into(&err)),
           err);
     return {take(out), take(relu_z)};
 }
@@ -90,7 +62,7 @@ Tensor ic_conv2d_inference_kernel(const Tensor& x, const Tensor& weight, const T
     at::Tensor *out = nullptr, *relu_z = nullptr;
     std::string err;
     check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
-                                   list(padding), list(dilation), groups, 0, &out, &relu_z, &err),
+                                   list(padding), list(dilation), groups, 0, &out, &relu_z, icn::sink_into(&err)),
           err);
     take(relu_z);
     return take(out);
@@ -105,7 +77,8 @@ Tensor6 ic_conv2d_backward_kernel(const Tensor& grad, const Tensor& x, const Ten
     std::array<at::Tensor*, 6> g{};
     std::string err;
     check(icn_rs_ic_conv2d_backward(&grad, &x, &weight, &adjust_weight, &adjust_bias, &alpha, &relu_z, has_bias ? 1 : 0,
-                                    list(stride), list(padding), list(dilation), groups, flags.data(), g.data(), &err),
+                                    list(stride), list(padding), list(dilation), groups, flags.data(), g.data(),
+                                    icn::sink_into(&err)),
           err);
     // A gradient that was not asked for comes back as an empty tensor (op outputs cannot be None).
     auto get = [&](size_t i) {
@@ -119,7 +92,8 @@ Tensor boxsum_kernel(const Tensor& x, IntArrayRef kernel_size, IntArrayRef strid
                      IntArrayRef dilation) {
     at::Tensor* out = nullptr;
     std::string err;
-    check(icn_rs_boxsum(&x, list(kernel_size), list(stride), list(padding), list(dilation), &out, &err), err);
+    check(icn_rs_boxsum(&x, list(kernel_size), list(stride), list(padding), list(dilation), &out, icn::sink_into(&err)),
+          err);
     return take(out);
 }
 
@@ -127,7 +101,9 @@ std::tuple<Tensor, Tensor, Tensor> wld_loss_kernel(const Tensor& student_logits,
                                                    const Tensor& target, double lam, double e, double tau) {
     at::Tensor *loss = nullptr, *ce = nullptr, *kd = nullptr;
     std::string err;
-    check(icn_rs_wld_forward(&student_logits, &teacher_logits, &target, lam, e, tau, &loss, &ce, &kd, &err), err);
+    check(icn_rs_wld_forward(&student_logits, &teacher_logits, &target, lam, e, tau, &loss, &ce, &kd,
+                             icn::sink_into(&err)),
+          err);
     return {take(loss), take(ce), take(kd)};
 }
 
@@ -135,7 +111,9 @@ Tensor wld_loss_backward_kernel(const Tensor& grad, const Tensor& student_logits
                                 const Tensor& target, double lam, double e, double tau) {
     at::Tensor* out = nullptr;
     std::string err;
-    check(icn_rs_wld_backward(&grad, &student_logits, &teacher_logits, &target, lam, e, tau, &out, &err), err);
+    check(
+        icn_rs_wld_backward(&grad, &student_logits, &teacher_logits, &target, lam, e, tau, &out, icn::sink_into(&err)),
+        err);
     return take(out);
 }
 

@@ -10,7 +10,7 @@
 // (src/lib.rs) or by a C++ program that loads the library. Static registrars (TORCH_LIBRARY at
 // namespace scope) would live in object files that nothing references, and the linker drops those
 // from the static archive that `cc` builds.
-#include "error_buf.h"
+#include "error_sink.h"
 #include "ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -130,14 +130,14 @@ void define_ops(torch::Library& m) {
 extern "C" {
 
 // Registers the ic_networks ops (schemas and every kernel) once per process; later calls do
-// nothing. Returns 0, or 1 with a NUL-terminated message in `err`.
-int icn_register_ops(char* err, size_t err_len) {
+// nothing. Errors follow the boundary's convention (error_sink.h).
+int icn_register_ops(IcnErrorSink sink) {
     using torch::Library;
     using torch::detail::TorchLibraryInit;
     static std::mutex mu;
     static bool done = false;
     std::lock_guard<std::mutex> lock(mu);
-    if (done) return 0;
+    if (done) return ICN_OK;
     try {
         // Kept for the life of the process: dropping a Library deregisters what it registered.
         static TorchLibraryInit def(Library::DEF, &icn::define_ops, "ic_networks", std::nullopt, __FILE__, __LINE__);
@@ -152,8 +152,8 @@ int icn_register_ops(char* err, size_t err_len) {
         static TorchLibraryInit autocast_cuda(Library::IMPL, &icn::register_autocast_cuda, "ic_networks",
                                               c10::DispatchKey::AutocastCUDA, __FILE__, __LINE__);
         done = true;
-        return 0;
-    } catch (const std::exception& e) { return icn::write_error(err, err_len, e.what()); }
+        return ICN_OK;
+    } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
 }
 
 }  // extern "C"
