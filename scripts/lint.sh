@@ -4,6 +4,7 @@
 #   cargo fmt --check                                   (rustfmt.toml)
 #   cargo clippy --release --all-targets -- -D warnings (allow-list: [lints.clippy] in Cargo.toml)
 #   ruff format --check . ; ruff check .                ([tool.ruff] in pyproject.toml)
+#   clang-format --dry-run --Werror src/cpp, src/cuda/kernels (.clang-format), where installed
 # Each check runs even when an earlier one failed; the exit status is 1 if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,13 @@ check cargo fmt --check
 check cargo clippy --release --all-targets -q -- -D warnings
 check ruff format --check .
 check ruff check .
+# C++ and CUDA C against .clang-format (clang-format 14, Debian's; .ci/run installs it)
+if command -v clang-format >/dev/null 2>&1; then
+  check clang-format --dry-run --Werror src/cpp/*.cpp src/cpp/*.h src/cpp/compat/*.c src/cpp/compat/*.h \
+    src/cuda/kernels/*.cu src/cuda/kernels/*.h tests/cuda_emu/*.cpp
+else
+  echo "== clang-format not installed: C++ formatting not checked"
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'lint failed: %s\n' "${failed[@]}" >&2
   exit 1
