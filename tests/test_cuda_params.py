@@ -1,6 +1,6 @@
-"""The kernel parameter structs' layout: the ctypes copies the emulation tests pass to the kernels
-(tests/cuda_emu/params.py) have every field at the offset collision.cu's structs give it (g++ on the
-same source, offsetof), and the same size.
+"""The kernel parameter structs' layout: the ctypes structs the emulation tests pass to the kernels
+(tests/cuda_emu/params.py, built from collision.cu's declarations) have every field at the offset
+g++ gives it compiling the same source (offsetof), and the same size.
 """
 
 from __future__ import annotations

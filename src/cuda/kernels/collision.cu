@@ -173,9 +173,10 @@ struct IcTraits<ic_bf16> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Parameters (mirrored by #[repr(C)] structs in src/cuda/fused/launch.rs and by ctypes in
-// tests/cuda_emu/params.py; launch.rs's every_field_sits_where_the_kernel_reads_it and
-// tests/test_cuda_params.py check every field's offset against these).
+// Parameters: the one source of their layout. build.rs generates the #[repr(C)] Rust structs
+// (src/cuda/fused/params.rs) and tests/cuda_emu/params.py the ctypes ones from these declarations;
+// params.rs's every_field_sits_where_the_kernel_reads_it and tests/test_cuda_params.py check every
+// field's offset. One declaration per line: `type name, name;  // comment`.
 
 struct IcStrides {
     ic_i64 n, c, h, w;
