@@ -1,6 +1,6 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
 //! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
-//! stream). The calls follow the boundary's convention (`c_abi.rs`). Imports only leaves.
+//! stream, `at::RecordFunction` for the op's stages in profiler traces). The calls follow the boundary's convention (`c_abi.rs`). Imports only leaves.
 use crate::c_abi::{self, IcnErrorSink};
 use crate::error::{short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
@@ -35,7 +35,51 @@ extern "C" {
 
     fn icn_assert_async(cond: *const C_tensor, msg: *const c_char, sink: IcnErrorSink) -> c_int;
 
+    fn icn_range_begin(name: *const c_char) -> *mut c_void;
+    fn icn_range_end(range: *mut c_void);
+
     fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, sink: IcnErrorSink) -> c_int;
+}
+
+/// The op's stages as they appear in `torch.profiler` traces (user-scope ranges inside the op's
+/// own `ic_networks::ic_conv2d_*` range).
+pub mod stage {
+    use std::ffi::CStr;
+    /// The main convolution `conv(x, W) + b2`.
+    pub const CONV: &CStr = c"ic_networks::conv";
+    /// The 1x1 convolution with W' (on x at stride 1, on the box sum otherwise).
+    pub const CONV1X1: &CStr = c"ic_networks::conv1x1";
+    /// The box sum of x (strided layers: before the 1x1).
+    pub const BOXSUM: &CStr = c"ic_networks::boxsum";
+    /// The collision `y + alpha * relu(y - p + b1 - b2)`.
+    pub const COLLISION: &CStr = c"ic_networks::collision";
+    /// The collision with the box sum of the 1x1's output fused into it (stride 1).
+    pub const BOXSUM_COLLISION: &CStr = c"ic_networks::boxsum_collision";
+    /// Backward: the collision's gradients (into y, into the 1x1 branch, b1, b2, alpha).
+    pub const COLLISION_BACKWARD: &CStr = c"ic_networks::collision_backward";
+    /// Backward: the main convolution's input and weight gradients.
+    pub const CONV_BACKWARD: &CStr = c"ic_networks::conv_backward";
+    /// Backward: the 1x1 and box-sum branch's gradients (into x and W').
+    pub const ADJUST_BACKWARD: &CStr = c"ic_networks::adjust_backward";
+}
+
+/// A named range in `torch.profiler` traces, from [`range`] until dropped (on the same thread).
+/// Costs one call into libtorch when no profiler is active, and records nothing then.
+pub struct Range(*mut c_void);
+
+/// Begins the range `name` (one of [`stage`]).
+pub fn range(name: &'static std::ffi::CStr) -> Range {
+    // SAFETY: name is a static NUL-terminated string; the shim never throws.
+    Range(unsafe { icn_range_begin(name.as_ptr()) })
+}
+
+impl Drop for Range {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: a range the shim began on this thread (Range is neither Send nor Sync).
+            unsafe { icn_range_end(self.0) }
+        }
+    }
 }
 
 /// Calls a shim entry point: `Err(message)` when it fails.

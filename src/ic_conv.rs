@@ -28,7 +28,7 @@
 //!
 //! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
 //! layer choose independently (the backward may get its gradient in another memory order).
-use crate::aten::convolution_backward;
+use crate::aten::{convolution_backward, range, stage};
 use crate::backend::{declined, IcBackend};
 use crate::cpu;
 use crate::cuda;
@@ -200,7 +200,10 @@ pub fn forward_inference(
 pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
     let d = check_args(a, g)?;
     tch::no_grad(|| {
-        let y = a.x.f_conv2d(a.weight, a.bias, g.stride, g.padding, g.dilation, g.groups)?;
+        let y = {
+            let _r = range(stage::CONV);
+            a.x.f_conv2d(a.weight, a.bias, g.stride, g.padding, g.dilation, g.groups)?
+        };
         if d.n == 0 {
             let relu_z = if keep_relu_z { Some(y.f_zeros_like()?) } else { None };
             return Ok((y, relu_z));
@@ -253,7 +256,10 @@ pub fn run_backward(
         }
         let backend = choose(&CallTraits::of(&[x, grad, relu_z]), &d, g, needs.adjust_path());
         let steps = backend.steps();
-        let cg = steps.collision_backward(grad, relu_z, alpha, &needs, &d, g)?;
+        let cg = {
+            let _r = range(stage::COLLISION_BACKWARD);
+            steps.collision_backward(grad, relu_z, alpha, &needs, &d, g)?
+        };
         let mut out = IcGrads {
             alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
             adjust_bias: cg.db1,
@@ -261,7 +267,10 @@ pub fn run_backward(
             ..Default::default()
         };
         let (dx_main, dw) = match &cg.gy {
-            Some(gy) => convolution_backward(gy, x, weight, g, needs.x, needs.weight)?,
+            Some(gy) => {
+                let _r = range(stage::CONV_BACKWARD);
+                convolution_backward(gy, x, weight, g, needs.x, needs.weight)?
+            }
             None => (None, None),
         };
         drop(cg.gy);
@@ -270,7 +279,10 @@ pub fn run_backward(
             out.x = dx_main;
             return Ok(out);
         }
-        let p = steps.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?;
+        let p = {
+            let _r = range(stage::ADJUST_BACKWARD);
+            steps.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?
+        };
         out.x = p.x;
         out.adjust_weight = p.adjust_weight;
         Ok(out)

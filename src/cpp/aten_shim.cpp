@@ -7,11 +7,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <atomic>
 #include <array>
 #include <cstring>
 #include <exception>
+#include <memory>
 
 extern "C" {
 
@@ -73,5 +75,21 @@ int icn_current_cuda_stream(int64_t index, void** stream, IcnErrorSink sink) {
         return ICN_OK;
     } catch (const std::exception& e) { return icn::report(sink, ICN_RUNTIME_ERROR, e.what()); }
 }
+
+// A named range (user scope) in torch.profiler traces and other RecordFunction observers, begun
+// here and ended by icn_range_end on the same thread; null, and nothing recorded, when no observer
+// is active. `name` must outlive the range (Rust passes static strings).
+void* icn_range_begin(const char* name) noexcept {
+    try {
+        auto range = std::make_unique<at::RecordFunction>(at::RecordScope::USER_SCOPE);
+        if (!range->isActive()) return nullptr;
+        range->before(name, c10::ArrayRef<const c10::IValue>{});
+        return range.release();
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+void icn_range_end(void* range) noexcept { delete static_cast<at::RecordFunction*>(range); }
 
 }  // extern "C"
