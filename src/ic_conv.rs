@@ -34,7 +34,7 @@ use crate::cpu;
 use crate::cuda;
 use crate::dtype::has_kernel;
 use crate::error::Result;
-use crate::layout::{layout_of, Layout};
+use crate::layout::{conform, layout_of, Layout};
 use crate::libtorch;
 use crate::validate::{check_args, check_backward};
 use tch::{Device, Kind, Tensor};
@@ -249,6 +249,16 @@ pub fn run_backward(
     let d = check_args(&IcArgs { bias: None, ..*a }, g)?;
     let IcArgs { x, weight, alpha, .. } = *a;
     check_backward(grad, relu_z, x, &d)?;
+    // A CPU gradient that is not dense (`out.sum().backward()` gives an expanded one) is made dense
+    // in relu_z's order: one pass, after which the CPU kernels can take the call.
+    let dense_grad;
+    let grad = match (grad.device(), layout_of(grad), layout_of(relu_z)) {
+        (Device::Cpu, None, Some(l)) => {
+            dense_grad = tch::no_grad(|| conform(grad, l.order()))?;
+            &dense_grad
+        }
+        _ => grad,
+    };
     let needs = NeedsGrad { bias: needs.bias && has_bias, ..*needs };
     tch::no_grad(|| {
         if d.n == 0 {

@@ -66,6 +66,36 @@ def test_channels_last_hot_path_has_no_activation_copies(device):
     assert not big, big
 
 
+@pytest.mark.parametrize("x_fmt", ["nchw", "nhwc"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_expanded_gradient_takes_the_cpu_kernels(x_fmt, stride):
+    """`out.sum().backward()` hands the op an expanded (not dense) gradient: the backward still runs
+    on the Rust CPU kernels (no backend declines it for its layout), with a dense one's gradients."""
+
+    def not_dense():
+        return sum(n for why, n in icn._core.backend_declines().items() if "not dense" in why)
+
+    torch.manual_seed(0)
+    m = icn.IcConv2d(8, 8, 3, stride=stride, padding=1, alpha=0.5, alpha_mode="learnable")
+    x = torch.randn(2, 8, 10, 10)
+    if x_fmt == "nhwc":
+        x = x.contiguous(memory_format=CL)
+    grads = []
+    for expanded in (False, True):
+        xi = x.clone().requires_grad_()
+        m.zero_grad()
+        out = m(xi)
+        before = not_dense()
+        if expanded:
+            out.sum().backward()
+        else:
+            out.backward(torch.ones_like(out))
+        assert not_dense() == before, icn._core.backend_declines()
+        grads.append([xi.grad] + [p.grad.clone() for p in m.parameters()])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want)
+
+
 # --------------------------------------------------------------------------------------------------
 # Threads
 # --------------------------------------------------------------------------------------------------
