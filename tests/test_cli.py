@@ -12,7 +12,7 @@ from PIL import Image
 import ic_networks as icn
 import ic_networks.cli
 from helpers import VERBS, tiny_fmnist_dir
-from ic_networks import bench, bench_floor
+from ic_networks import bench, bench_floor, bench_memory
 from ic_networks.cli import build_parser, main
 
 REST = re.compile(r"``|:(mod|func|class|meth|attr):`")
@@ -67,6 +67,46 @@ def test_bench_names_the_model_batch_and_image_size(capsys, monkeypatch):
     first = out.splitlines()[0]
     assert "model batch N=1 at 64x64" in first and "layer batch" not in first
     assert "| ic_resnet18 |" in out
+
+
+def test_bench_peak_of_deltas_by_hand():
+    assert bench_memory.peak_of_deltas([100, 50, -100, 30]) == 150
+    assert bench_memory.peak_of_deltas([100, -100, 80, 40, -120, 10]) == 120
+    assert bench_memory.peak_of_deltas([]) == 0
+    assert bench_memory.peak_of_deltas([-64, 32]) == 0  # frees of memory held before: never below the start
+    assert bench_memory.peak_of_deltas(iter([8, 8, -16, 24])) == 24
+
+
+def test_bench_models_report_the_train_step_peak():
+    """A real tiny run: every model row has a peak above its gradients' size (the measured step
+    allocates them) and its ratio to the plain model; the table prints both columns."""
+    import torchvision
+
+    rows = bench.bench_models(torch.device("cpu"), 1, 64, 1, names=("resnet18",))
+    assert [r["model"] for r in rows] == ["resnet18", "ic_resnet18"]
+    by = {r["model"]: r for r in rows}
+    models = {"resnet18": torchvision.models.resnet18(), "ic_resnet18": icn.models.ic_resnet18()}
+    for name, r in by.items():
+        grads_mb = sum(p.numel() for p in models[name].parameters()) * 4 / 2**20
+        assert r["peak_mb"] > grads_mb > 0, (name, r["peak_mb"], grads_mb)
+    assert by["resnet18"]["peak_over_plain"] == 1.0
+    assert by["ic_resnet18"]["peak_over_plain"] == pytest.approx(
+        by["ic_resnet18"]["peak_mb"] / by["resnet18"]["peak_mb"]
+    )
+    text = bench.format_tables([], rows, torch.device("cpu"), 1)
+    assert "| model | train step ms | / plain | peak MB | ic / plain peak |" in text
+    for name, r in by.items():
+        cells = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} |")).strip("| ").split(" | ")
+        assert float(cells[3]) > 0 and cells[3] == f"{r['peak_mb']:.1f}"
+        assert cells[4] == f"{r['peak_over_plain']:.2f}x"
+
+
+def test_bench_model_table_shows_n_a_without_a_peak():
+    rows = [
+        {"model": m, "step_ms": t, "batch": 2, "image_size": 64} for m, t in (("resnet50", 10.0), ("ic_resnet50", 12.0))
+    ]
+    text = bench.format_tables([], rows, torch.device("cpu"), 2)
+    assert "| ic_resnet50 | 12.0 | 1.20x | n/a | n/a |" in text
 
 
 def test_bench_table_shows_n_a_for_an_unmeasured_saved_size():

@@ -24,11 +24,14 @@ its minimal extra memory passes at a copy bandwidth measured in the same run
 ``ic / floor`` (how far the op is from that floor) and ``reference / ic``.
 
 Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
-against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``.
+against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``: its
+time, and ``peak`` = the most memory one step holds above what is resident before it (parameters,
+momentum and the batch left out; gradients, activations and temporaries in) in MB, measured in one
+more step after the timed ones (:mod:`ic_networks.bench_memory`), with ``ic / plain peak``.
 
 Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's plus one
-output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50. The
-measured numbers are in docs/benchmarks.md.
+output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50 in time
+and in peak memory. The measured numbers are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bench_floor
+from . import bench_floor, bench_memory
 
 STAGES = [  # (name, channels, spatial size, stride)
     ("64@56", 64, 56, 1),
@@ -302,8 +305,23 @@ def bench_models(
 
             steps[k] = _routed(step, routes.get(k), autocast, device.type)
         t = _interleaved(steps, device, repeats, warmup=1)
+        peak = {}  # one more step each, apart from the timed ones (the CPU profiler slows what it records)
+        for k, m in pair.items():
+            for p in m.parameters():  # the last step's gradients are not resident: the measured step makes its own
+                p.grad = None
+            peak[k] = bench_memory.step_peak_bytes(steps[k], device)
         for k in pair:
-            rows.append({"model": k, "step_ms": t[k] * 1e3, "batch": batch, "image_size": size})
+            plain = peak[k.removeprefix("ic_").removesuffix("-fused")]
+            rows.append(
+                {
+                    "model": k,
+                    "step_ms": t[k] * 1e3,
+                    "peak_mb": peak[k] / 2**20,
+                    "peak_over_plain": peak[k] / plain if plain else None,
+                    "batch": batch,
+                    "image_size": size,
+                }
+            )
         print(f"  measured {name}", file=sys.stderr, flush=True)
     return rows
 
@@ -359,10 +377,15 @@ def format_tables(
         out.append("")
     out += bench_floor.format_floor_lines(list(floor_rows), layer_rows)
     if model_rows:
-        out += ["| model | train step ms | / plain |", "|---|---:|---:|"]
+        out += ["| model | train step ms | / plain | peak MB | ic / plain peak |", "|---|---:|---:|---:|---:|"]
         by = {r["model"]: r for r in model_rows}
         for r in model_rows:
             plain = by[r["model"].removeprefix("ic_").removesuffix("-fused")]
-            out.append(f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x |")
+            peak, plain_peak = r.get("peak_mb"), plain.get("peak_mb")  # n/a for rows without a peak
+            ratio = "n/a" if peak is None or not plain_peak else f"{peak / plain_peak:.2f}x"
+            out.append(
+                f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x "
+                f"| {_mb(peak, '.1f')} | {ratio} |"
+            )
         out.append("")
     return "\n".join(out)
