@@ -85,9 +85,7 @@ void* icn_range_begin(const char* name) noexcept {
         if (!range->isActive()) return nullptr;
         range->before(name, c10::ArrayRef<const c10::IValue>{});
         return range.release();
-    } catch (...) {
-        return nullptr;
-    }
+    } catch (...) { return nullptr; }
 }
 
 void icn_range_end(void* range) noexcept { delete static_cast<at::RecordFunction*>(range); }
