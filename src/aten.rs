@@ -1,6 +1,7 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
 //! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
-//! stream, `at::RecordFunction` for the op's stages in profiler traces). The calls follow the boundary's convention (`c_abi.rs`). Imports only leaves.
+//! stream, `at::RecordFunction` for the op's stages in profiler traces). The calls follow the
+//! boundary's convention (`c_abi.rs`). Imports only leaves.
 use crate::c_abi::{self, IcnErrorSink};
 use crate::error::{short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
@@ -71,6 +72,12 @@ pub struct Range(*mut c_void);
 pub fn range(name: &'static std::ffi::CStr) -> Range {
     // SAFETY: name is a static NUL-terminated string; the shim never throws.
     Range(unsafe { icn_range_begin(name.as_ptr()) })
+}
+
+/// Runs `f` inside the range `name` (one of [`stage`]).
+pub fn in_range<T>(name: &'static std::ffi::CStr, f: impl FnOnce() -> T) -> T {
+    let _r = range(name);
+    f()
 }
 
 impl Drop for Range {

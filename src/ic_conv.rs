@@ -28,7 +28,7 @@
 //!
 //! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
 //! layer choose independently (the backward may get its gradient in another memory order).
-use crate::aten::{convolution_backward, range, stage};
+use crate::aten::{convolution_backward, in_range, stage};
 use crate::backend::{declined, IcBackend};
 use crate::cpu;
 use crate::cuda;
@@ -200,10 +200,7 @@ pub fn forward_inference(
 pub fn run_forward(a: &IcArgs, g: &ConvGeometry, keep_relu_z: bool) -> Result<(Tensor, Option<Tensor>)> {
     let d = check_args(a, g)?;
     tch::no_grad(|| {
-        let y = {
-            let _r = range(stage::CONV);
-            a.x.f_conv2d(a.weight, a.bias, g.stride, g.padding, g.dilation, g.groups)?
-        };
+        let y = in_range(stage::CONV, || a.x.f_conv2d(a.weight, a.bias, g.stride, g.padding, g.dilation, g.groups))?;
         if d.n == 0 {
             let relu_z = if keep_relu_z { Some(y.f_zeros_like()?) } else { None };
             return Ok((y, relu_z));
@@ -249,27 +246,24 @@ pub fn run_backward(
     let d = check_args(&IcArgs { bias: None, ..*a }, g)?;
     let IcArgs { x, weight, alpha, .. } = *a;
     check_backward(grad, relu_z, x, &d)?;
-    // A CPU gradient that is not dense (`out.sum().backward()` gives an expanded one) is made dense
-    // in relu_z's order: one pass, after which the CPU kernels can take the call.
-    let dense_grad;
-    let grad = match (grad.device(), layout_of(grad), layout_of(relu_z)) {
-        (Device::Cpu, None, Some(l)) => {
-            dense_grad = tch::no_grad(|| conform(grad, l.order()))?;
-            &dense_grad
-        }
-        _ => grad,
-    };
     let needs = NeedsGrad { bias: needs.bias && has_bias, ..*needs };
     tch::no_grad(|| {
         if d.n == 0 {
             return zero_grads(a, &needs, d.cout);
         }
+        // A CPU gradient that is not dense (`out.sum().backward()` gives an expanded one) is made
+        // dense in relu_z's order: one pass, after which the CPU kernels can take the call.
+        let dense_grad;
+        let grad = match (grad.device(), layout_of(grad), layout_of(relu_z)) {
+            (Device::Cpu, None, Some(l)) => {
+                dense_grad = conform(grad, l.order())?;
+                &dense_grad
+            }
+            _ => grad,
+        };
         let backend = choose(&CallTraits::of(&[x, grad, relu_z]), &d, g, needs.adjust_path());
         let steps = backend.steps();
-        let cg = {
-            let _r = range(stage::COLLISION_BACKWARD);
-            steps.collision_backward(grad, relu_z, alpha, &needs, &d, g)?
-        };
+        let cg = in_range(stage::COLLISION_BACKWARD, || steps.collision_backward(grad, relu_z, alpha, &needs, &d, g))?;
         let mut out = IcGrads {
             alpha: cg.dalpha.map(|t| t.f_to_kind(alpha.kind())?.f_reshape(alpha.size())).transpose()?,
             adjust_bias: cg.db1,
@@ -278,8 +272,7 @@ pub fn run_backward(
         };
         let (dx_main, dw) = match &cg.gy {
             Some(gy) => {
-                let _r = range(stage::CONV_BACKWARD);
-                convolution_backward(gy, x, weight, g, needs.x, needs.weight)?
+                in_range(stage::CONV_BACKWARD, || convolution_backward(gy, x, weight, g, needs.x, needs.weight))?
             }
             None => (None, None),
         };
@@ -289,10 +282,7 @@ pub fn run_backward(
             out.x = dx_main;
             return Ok(out);
         }
-        let p = {
-            let _r = range(stage::ADJUST_BACKWARD);
-            steps.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs)?
-        };
+        let p = in_range(stage::ADJUST_BACKWARD, || steps.adjust_backward(cg.adjust, dx_main, a, &d, g, &needs))?;
         out.x = p.x;
         out.adjust_weight = p.adjust_weight;
         Ok(out)

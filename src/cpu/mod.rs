@@ -28,7 +28,7 @@ pub mod gemm;
 pub use crate::layout::{layout_of, Layout, Order};
 pub use dense::dense;
 
-use crate::aten::{range, stage};
+use crate::aten::{in_range, range, stage};
 use crate::backend::IcBackend;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, IcDims};
@@ -196,14 +196,8 @@ impl IcBackend for Fused {
         _keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let p = self.0;
-        let s = {
-            let _r = range(stage::BOXSUM);
-            boxsum::forward(a.x, d.kh, d.kw, g, p.kind, p.order)?
-        };
-        let pp = {
-            let _r = range(stage::CONV1X1);
-            p.pointwise(&s, a.adjust_weight, g.groups)?
-        };
+        let s = in_range(stage::BOXSUM, || boxsum::forward(a.x, d.kh, d.kw, g, p.kind, p.order))?;
+        let pp = in_range(stage::CONV1X1, || p.pointwise(&s, a.adjust_weight, g.groups))?;
         drop(s);
         let _r = range(stage::COLLISION);
         let (out, relu_z) = collision::forward(&y, &pp, shift, a.alpha, p.kind, p.order)?;
@@ -252,10 +246,7 @@ impl IcBackend for FusedBox {
         g: &ConvGeometry,
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = {
-            let _r = range(stage::CONV1X1);
-            self.0.pointwise(a.x, a.adjust_weight, g.groups)?
-        };
+        let q = in_range(stage::CONV1X1, || self.0.pointwise(a.x, a.adjust_weight, g.groups))?;
         let _r = range(stage::BOXSUM_COLLISION);
         collision_box::forward(&y, &q, shift, a.alpha, [d.kh, d.kw], g, self.0.elem(), keep_relu_z)
     }

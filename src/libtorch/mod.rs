@@ -12,7 +12,7 @@ pub mod boxsum;
 pub mod collision;
 pub mod pointwise;
 
-use crate::aten::{range, stage};
+use crate::aten::{in_range, range, stage};
 use crate::backend::IcBackend;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, IcDims};
@@ -40,14 +40,9 @@ impl IcBackend for Libtorch {
         g: &ConvGeometry,
         _keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let s = {
-            let _r = range(stage::BOXSUM);
-            boxsum::forward(a.x, d.kh, d.kw, g)?
-        };
-        let p = {
-            let _r = range(stage::CONV1X1);
-            pointwise::forward(&s, a.adjust_weight, g.groups, Some(&shift.f_neg()?))?
-        };
+        let s = in_range(stage::BOXSUM, || boxsum::forward(a.x, d.kh, d.kw, g))?;
+        let neg_shift = shift.f_neg()?;
+        let p = in_range(stage::CONV1X1, || pointwise::forward(&s, a.adjust_weight, g.groups, Some(&neg_shift)))?;
         drop(s);
         let _r = range(stage::COLLISION);
         let (out, relu_z) = collision::forward(y, p, a.alpha)?;
