@@ -29,10 +29,7 @@ use tch::{Device, Tensor};
 /// hook of `fused/emulation.rs` can make CPU tensors count as CUDA device 0 (with the stand-in
 /// driver of tests/cuda_emu, the whole CUDA route then runs without a GPU).
 pub fn backend_device(x: &Tensor) -> Device {
-    match x.device() {
-        Device::Cpu if fused::emulation::cpu_as_cuda() => Device::Cuda(0),
-        d => d,
-    }
+    fused::emulation::cuda_ordinal(x.device()).map_or(x.device(), Device::Cuda)
 }
 
 /// Runs one step on the fused kernels when they are switched on, on `t`'s stream: `Some` when the

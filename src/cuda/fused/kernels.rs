@@ -34,11 +34,7 @@ fn acc_bytes(k: Kind) -> usize {
 fn common(ts: &[&Tensor]) -> Option<(usize, Kind)> {
     let d = ts[0].device();
     let k = ts[0].kind();
-    let ordinal = match d {
-        Device::Cuda(i) => i,
-        Device::Cpu if emulation::cpu_as_cuda() => 0,
-        _ => return None,
-    };
+    let ordinal = emulation::cuda_ordinal(d)?;
     if ts.iter().any(|t| t.device() != d || t.kind() != k || t.dim() != 4) {
         return None;
     }
