@@ -50,3 +50,13 @@ cargo_test_release() {
   fi
   grep -E "^(running|test result)" "$log"
 }
+
+# timer_start, then timer_lap WHAT after each step: prints "== time: WHAT N s" (the seconds since the
+# last lap), the lines .ci/run gathers into its closing summary.
+timer_start() { _ic_lap=$(date +%s); }
+timer_lap() {
+  local now
+  now=$(date +%s)
+  echo "== time: $1 $((now - _ic_lap)) s"
+  _ic_lap=$now
+}
