@@ -83,6 +83,10 @@ fi
 # installed without a compiler (its CORE_TESTS), so it is not listed twice.
 tests=(tests/test_argument_errors.py tests/test_op_library.py tests/test_compile.py
   tests/test_export.py tests/test_layouts_and_threads.py tests/test_ddp.py tests/test_wld.py tests/test_install.py)
+# IC_COMPAT_TESTS="FILE ..." replaces that list.
+if [ -n "${IC_COMPAT_TESTS:-}" ]; then
+  read -r -a tests <<<"$IC_COMPAT_TESTS"
+fi
 if [ "${IC_COMPAT_MMDET:-0}" = 1 ]; then   # mmdetection too (compiles mmcv for this torch, once)
   IC_VENV=$VENV bash scripts/setup_mmdet.sh
   tests+=(tests/test_mmdet.py)
