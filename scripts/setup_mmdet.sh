@@ -7,7 +7,7 @@
 # vLLM's CI do), with any patch in scripts/patches/mmcv-2.1.0/ applied too. One recipe for every supported torch.
 # mmcv is built once into a wheel directory ($IC_WHEEL_DIR/torch-<version>-<cpu|cuda>, default .whl/,
 # git-ignored; cache it in CI) and installed from there, so a second set-up takes seconds (measured: 15 s
-# from the cached wheel; the build is about 13 min on 2 quiet cores with an empty ccache).
+# from the cached wheel; the build is about 17 min on 2 quiet cores with an empty ccache).
 # Skips everything when `import mmcv._ext, mmdet` already works in the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ if ! install_cached; then
   rm -rf "$CACHE" && mkdir -p "$CACHE"
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
-  echo "== mmcv==2.1.0 sdist, built with -std=c++20 (about 13 min on 2 quiet cores) into $CACHE"
+  echo "== mmcv==2.1.0 sdist, built with -std=c++20 (about 17 min on 2 quiet cores) into $CACHE"
   # --no-build-isolation: pip prepares the sdist's metadata with setup.py, which imports torch and pkg_resources.
   python -m pip download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==2.1.0" -d "$src"
   tar -xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"

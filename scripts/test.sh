@@ -9,7 +9,7 @@ timer_start
 bash scripts/setup.sh
 timer_lap "set-up (scripts/setup.sh)"
 . "${IC_VENV:-.venv}/bin/activate"
-# mmdetection for tests/test_mmdet.py (compiles mmcv once with -std=c++20, ~10 min on quiet cores, then
+# mmdetection for tests/test_mmdet.py (compiles mmcv once with -std=c++20, ~17 min on quiet cores, then
 # cached as a wheel; IC_SKIP_MMDET=1 skips it and those tests are then skipped).
 if [ "${IC_SKIP_MMDET:-0}" != 1 ]; then
   bash scripts/setup_mmdet.sh
