@@ -37,7 +37,6 @@ before=$(python -c "import torch; print(torch.__version__)")
 timer_lap "[$VERSION] torch install"
 
 echo "== [$VERSION] pip install --no-build-isolation .[test] (target dir $CARGO_TARGET_DIR)"
-b=$(date +%s)
 if [ "$minor" -lt 13 ]; then
   # Below the declared range (torch>=2.13) pip would replace this torch: install without
   # dependencies, then the others (a torch outside the range is for trying, docs/install.md).
@@ -47,13 +46,13 @@ if [ "$minor" -lt 13 ]; then
 else
   python -m pip install -q --no-build-isolation ".[test]"
 fi
-build_s=$(( $(date +%s) - b ))
+timer_lap "[$VERSION] build + install"
+build_s=$lap_s
 after=$(python -c "import torch; print(torch.__version__)")
 if [ "$before" != "$after" ]; then
   echo "error: installing ic-networks replaced torch $before with $after" >&2; exit 1
 fi
-echo "== [$VERSION] build + install took $build_s s; torch is still $after"
-timer_lap "[$VERSION] build + install"
+echo "== [$VERSION] torch is still $after"
 python -c "import ic_networks as icn, torch; print('ic_networks', icn.__version__, 'built against torch', icn._core.built_torch_version(), 'running', torch.__version__)"
 
 # Right after the install, so that maturin's second run only repackages (cargo test's build

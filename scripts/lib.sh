@@ -52,11 +52,12 @@ cargo_test_release() {
 }
 
 # timer_start, then timer_lap WHAT after each step: prints "== time: WHAT N s" (the seconds since the
-# last lap), the lines .ci/run gathers into its closing summary.
+# last lap, also left in $lap_s), the lines .ci/run gathers into its closing summary.
 timer_start() { _ic_lap=$(date +%s); }
 timer_lap() {
   local now
   now=$(date +%s)
-  echo "== time: $1 $((now - _ic_lap)) s"
+  lap_s=$((now - _ic_lap))
+  echo "== time: $1 $lap_s s"
   _ic_lap=$now
 }
