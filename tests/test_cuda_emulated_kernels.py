@@ -178,11 +178,9 @@ def test_half_conversions_match_torch(emu):
     """The software float <-> half / bfloat16 conversions (the emulation's; the GPU uses cvt
     instructions, and the software bfloat16 rounding below sm_80) agree with torch bit for bit on
     normals, subnormals, ties, overflow, inf and NaN."""
+    gen = torch.Generator().manual_seed(7)
     vals = torch.cat(
-        [
-            torch.randn(20000, generator=torch.Generator().manual_seed(7)) * s
-            for s in (1e-8, 1e-6, 1e-4, 1, 100, 6e4, 1e5, 1e38)
-        ]
+        [torch.randn(20000, generator=gen) * s for s in (1e-8, 1e-6, 1e-4, 1, 100, 6e4, 1e5, 1e38)]
         + [
             torch.tensor(
                 [
