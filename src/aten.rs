@@ -1,7 +1,7 @@
 //! Safe wrapper over `src/cpp/aten_shim.cpp`: the ATen calls that tch 0.26 does not bind
 //! (`at::convolution_backward`, `at::parallel_for`, `at::_assert_async`, PyTorch's current CUDA
-//! stream, `at::RecordFunction` for the op's stages in profiler traces). The calls follow the
-//! boundary's convention (`c_abi.rs`). Imports only leaves.
+//! stream, `at::RecordFunction` for the op's stages in profiler traces, a tensor's reference
+//! counts). The calls follow the boundary's convention (`c_abi.rs`). Imports only leaves.
 use crate::c_abi::{self, IcnErrorSink};
 use crate::error::{short_torch_message, Error, Result};
 use crate::geometry::ConvGeometry;
@@ -38,6 +38,8 @@ extern "C" {
 
     fn icn_range_begin(name: *const c_char) -> *mut c_void;
     fn icn_range_end(range: *mut c_void);
+
+    fn icn_sole_owner(t: *const C_tensor) -> c_int;
 
     fn icn_current_cuda_stream(index: i64, stream: *mut *mut c_void, sink: IcnErrorSink) -> c_int;
 }
@@ -87,6 +89,13 @@ impl Drop for Range {
             unsafe { icn_range_end(self.0) }
         }
     }
+}
+
+/// Whether `t` is the only handle on its memory: no other `Tensor` shares its `TensorImpl`, and no
+/// view or alias shares its storage. Tells a workspace buffer that no caller holds any more.
+pub fn sole_owner(t: &Tensor) -> bool {
+    // SAFETY: t is a live tensor; the shim only reads two reference counts and never throws.
+    unsafe { icn_sole_owner(t.as_ptr()) != 0 }
 }
 
 /// Calls a shim entry point: `Err(message)` when it fails.

@@ -14,7 +14,7 @@ use tch::Tensor;
 /// `x` (N, C, H, W) -> `S` (N, C, Ho, Wo). Geometry must already be validated.
 pub fn boxsum(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry) -> Result<Tensor> {
     match cpu::kernel_plan(&[x]) {
-        Some((kind, lay)) => cpu::boxsum::forward(x, kh, kw, g, kind, lay.order()),
+        Some((kind, lay)) => cpu::boxsum::forward(x, kh, kw, g, (kind, lay.order()), cpu::dense::empty),
         None => libtorch::boxsum::forward(x, kh, kw, g),
     }
 }

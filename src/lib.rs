@@ -237,6 +237,24 @@ fn set_cpu_kernels(enabled: bool) -> bool {
     cpu::set_enabled(enabled)
 }
 
+/// Bytes the CPU kernels' scratch pool holds between calls (`cpu/workspace.rs`).
+#[pyfunction]
+fn cpu_workspace_bytes() -> usize {
+    cpu::workspace::held_bytes()
+}
+
+/// Frees the CPU scratch pool's free buffers; returns the bytes still held by running calls.
+#[pyfunction]
+fn release_cpu_workspace() -> usize {
+    cpu::workspace::release()
+}
+
+/// Sets the CPU scratch pool's limit in bytes (0 keeps nothing between calls); returns the old one.
+#[pyfunction]
+fn set_cpu_workspace_limit(bytes: usize) -> usize {
+    cpu::workspace::set_limit(bytes)
+}
+
 /// How often each backend declined a call so far, as `{"backend: reason": count}` (the reasons
 /// `ic_conv::choose` and the CUDA backend give; `IC_NETWORKS_LOG=debug` also logs each one).
 #[pyfunction]
@@ -264,6 +282,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(backend_declines, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_workspace_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(release_cpu_workspace, m)?)?;
+    m.add_function(wrap_pyfunction!(set_cpu_workspace_limit, m)?)?;
     py_cuda_fused::register(m)?;
     m.add_function(wrap_pyfunction!(built_torch_version, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -36,6 +36,7 @@ from . import (  # noqa: F401
     diagnostics,
     functional,
     io,
+    memory,
     profiling,
     reference,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "conversion",
     "cuda_kernels",
     "diagnostics",
+    "memory",
     "profiling",
     "models",
     "neuron",

@@ -13,7 +13,9 @@ workspaces) counts.
   from the profiler's Kineto results: ``prof.events()`` folds the allocations made inside an op into
   that op and keeps only the ones made outside any op, so the allocations themselves are lost there.
   Memory taken outside PyTorch's allocator (the small per-row buffers of the Rust kernels, a
-  library's own scratch) is not seen.
+  library's own scratch) is not seen. The IC kernels' scratch pool (:mod:`ic_networks.memory`) is
+  emptied before the step, so the buffers the step takes from it are allocated, and counted, inside
+  the step.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def step_peak_bytes(step: Callable[[], object], device: torch.device) -> int:
         raise ValueError(f"peak memory is measured on cpu and cuda, not {device.type}")
     from torch.profiler import ProfilerActivity, profile
 
+    from .memory import release_cpu_workspace
+
+    release_cpu_workspace()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     deltas = cpu_memory_deltas(prof)

@@ -1,5 +1,6 @@
 // The libtorch entry points that tch 0.26 does not expose: at::convolution_backward,
-// at::parallel_for, at::_assert_async, and PyTorch's current CUDA stream. convolution_backward
+// at::parallel_for, at::_assert_async, PyTorch's current CUDA stream, and the reference counts of a
+// tensor and its storage. convolution_backward
 // selects the same backend as the forward convolution (oneDNN / slow im2col on CPU, cuDNN on
 // CUDA), which gives an efficient weight gradient. All arithmetic of the IC layer stays in Rust; this file
 // only forwards arguments and turns C++ exceptions into an error string.
@@ -89,5 +90,11 @@ void* icn_range_begin(const char* name) noexcept {
 }
 
 void icn_range_end(void* range) noexcept { delete static_cast<at::RecordFunction*>(range); }
+
+// 1 when `t` is the only handle on its TensorImpl and that impl the only one on its storage: no
+// other tensor, view or alias can read or write the memory (a workspace buffer nobody holds).
+int icn_sole_owner(const at::Tensor* t) noexcept {
+    return t->defined() && t->use_count() == 1 && t->storage().use_count() == 1;
+}
 
 }  // extern "C"

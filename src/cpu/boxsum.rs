@@ -6,7 +6,7 @@
 //! A separable kernel: a vertical pass then a horizontal pass per output row, `kh + kw` adds per
 //! output instead of `kh * kw`, with both passes in L1, on libtorch's thread pool. The row
 //! functions are shared with `collision_box.rs`, which consumes each output row as it is built.
-use super::dense::{empty, require, shared, view, Order};
+use super::dense::{require, shared, view, Order};
 use crate::aten::parallel_for;
 use crate::dispatch_float;
 use crate::dtype::Elem;
@@ -262,30 +262,43 @@ fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks, sub: bool) -> Resul
     })
 }
 
-/// `x` (N, C, H, W) -> `S` (N, C, Ho, Wo) in x's memory order. `x` must be dense in `order`.
-pub fn forward(x: &Tensor, kh: i64, kw: i64, g: &ConvGeometry, kind: Kind, order: Order) -> Result<Tensor> {
+/// Makes a kernel's output: [`super::dense::empty`] for a tensor the caller may keep,
+/// [`super::workspace::scratch`] for one that does not outlive the op call.
+pub type Alloc = fn([i64; 4], Kind, Order) -> Result<Tensor>;
+
+/// `x` (N, C, H, W) -> `S` (N, C, Ho, Wo) in x's memory order, in a tensor from `alloc`. `x` must
+/// be dense in `order`.
+pub fn forward(
+    x: &Tensor,
+    kh: i64,
+    kw: i64,
+    g: &ConvGeometry,
+    (kind, order): (Kind, Order),
+    alloc: Alloc,
+) -> Result<Tensor> {
     require(&[x], kind, order)?;
     let s = x.size();
     let b = Blocks::new(&s, order, kh, kw, g);
-    let out = empty([s[0], s[1], b.h.n_out as i64, b.w.n_out as i64], kind, order)?;
+    let out = alloc([s[0], s[1], b.h.n_out as i64, b.w.n_out as i64], kind, order)?;
     dispatch_float!(kind, T => forward_cpu::<T>(x, &out, b))?;
     Ok(out)
 }
 
-/// Adjoint of [`forward`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W) = `in_shape`, in grad's order.
+/// Adjoint of [`forward`]: `grad` (N, C, Ho, Wo) -> (N, C, H, W) = `in_shape`, in grad's order,
+/// in a tensor from `alloc`.
 pub fn backward(
     grad: &Tensor,
     in_shape: [i64; 4],
     kh: i64,
     kw: i64,
     g: &ConvGeometry,
-    kind: Kind,
-    order: Order,
+    (kind, order): (Kind, Order),
+    alloc: Alloc,
 ) -> Result<Tensor> {
     require(&[grad], kind, order)?;
     let b = Blocks::new(&in_shape, order, kh, kw, g);
     check_grid(grad, &in_shape, &b)?;
-    let gx = empty(in_shape, kind, order)?;
+    let gx = alloc(in_shape, kind, order)?;
     dispatch_float!(kind, T => backward_cpu::<T>(grad, &gx, b, false))?;
     Ok(gx)
 }

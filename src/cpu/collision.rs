@@ -16,7 +16,8 @@
 //! Tensors: CPU float32/float64, (N, C, Ho, Wo), all dense in one memory order (NCHW or
 //! channels_last), as the backend choice in `ic_conv.rs` plans. NaN behaves as in `torch.relu` /
 //! `threshold_backward`: relu(NaN) = NaN, and NaN is not masked.
-use super::dense::{require, shared, view, Layout, Order};
+use super::dense::{require, shape4, shared, view, Layout, Order};
+use super::workspace::scratch;
 use crate::aten::{parallel_for, SharedMut};
 use crate::dispatch_float;
 use crate::dtype::Elem;
@@ -118,8 +119,8 @@ pub fn backward(
 ) -> Result<CollisionGrads> {
     let lay = require_same(&[grad, relu_z], kind, order)?;
     let a = scalar(alpha)?;
-    let gz = relu_z.f_empty_like()?;
-    let gy = relu_z.f_empty_like()?;
+    let gz = scratch(shape4(relu_z)?, kind, order)?;
+    let gy = scratch(shape4(relu_z)?, kind, order)?;
     let c = grad.size()[1] as usize;
     let sums = dispatch_float!(kind, T => bwd::<T>(grad, relu_z, &gy, &gz, T::from_f64(a), lay, c))?;
     let gy = if needs.main_path() { Some(gy) } else { None };
@@ -231,8 +232,8 @@ fn bwd<T: Elem>(
     let mut part_b1 = vec![0.0f64; slots];
     let mut part_b2 = vec![0.0f64; slots];
     let mut part_a = vec![0.0f64; n_blocks];
-    // SAFETY: grad/relu_z are dense with equal strides and only read; gy/gz are fresh with the same
-    // strides; every block writes its own unit ranges and its own partial-sum slots.
+    // SAFETY: grad/relu_z are dense with equal strides and only read; gy/gz are scratch buffers of
+    // the same shape and order that nothing else holds; every block writes its own unit ranges and its own partial-sum slots.
     let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
     let (gys, gzs) = unsafe { (shared::<T>(gy), shared::<T>(gz)) };
     let (pb1, pb2, pa) =

@@ -15,7 +15,8 @@
 //! Same numerics and determinism as `collision.rs` (partial sums per block, added in block order).
 use super::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
 use super::collision::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
-use super::dense::{empty, require, shared, view, Order};
+use super::dense::{require, shape4, shared, view, Order};
+use super::workspace::scratch;
 use crate::aten::{parallel_for, SharedMut};
 use crate::dispatch_float;
 use crate::dtype::Elem;
@@ -130,10 +131,10 @@ pub fn backward(
             relu_z.size()
         )));
     }
-    let gq = empty(in_shape, kind, order)?;
+    let gq = scratch(in_shape, kind, order)?;
     let b = plan(&gq, grad, k[0], k[1], g, kind, order)?;
     let a = scalar(alpha)?;
-    let gy = if needs.main_path() { Some(grad.f_empty_like()?) } else { None };
+    let gy = if needs.main_path() { Some(scratch(shape4(grad)?, kind, order)?) } else { None };
     let c = grad.size()[1] as usize;
     let sums = dispatch_float!(kind, T => bwd::<T>(grad, relu_z, gy.as_ref(), &gq, T::from_f64(a), &b, c))?;
     sums.into_grads(kind, needs, gy, AdjustGrad::OnInput(gq))
@@ -152,8 +153,8 @@ fn bwd<T: Elem>(
     // Partial sums: NCHW one slot per plane (= block), NHWC one c-vector per image (= block).
     let slots = if v == 1 { b.count } else { b.count * c };
     let (mut part_b1, mut part_b2, mut part_a) = (vec![0.0f64; slots], vec![0.0f64; slots], vec![0.0f64; b.count]);
-    // SAFETY: grad/relu_z are dense with equal strides and only read; gy (empty_like grad) and gq
-    // are fresh; each block writes only its own ranges and slots.
+    // SAFETY: grad/relu_z are dense with equal strides and only read; gy (grad's shape and order)
+    // and gq are scratch buffers nothing else holds; each block writes only its own ranges and slots.
     let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
     let gys = gy.map(|t| unsafe { shared::<T>(t) });
     let gqs = unsafe { shared::<T>(gq) };

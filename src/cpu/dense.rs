@@ -38,6 +38,12 @@ pub fn require(ts: &[&Tensor], kind: Kind, order: Order) -> Result<Layout> {
     }
 }
 
+/// The sizes of a 4-d tensor (an internal error for any other rank).
+pub fn shape4(t: &Tensor) -> Result<[i64; 4]> {
+    <[i64; 4]>::try_from(t.size())
+        .map_err(|s| Error::Runtime(format!("internal: a CPU kernel got a {}-d tensor", s.len())))
+}
+
 /// An uninitialised (N, C, H, W) CPU tensor in memory order `order`.
 pub fn empty(shape: [i64; 4], kind: Kind, order: Order) -> Result<Tensor> {
     crate::layout::empty(shape, (kind, Device::Cpu), order)

@@ -17,7 +17,7 @@
 //!
 //! channels_last with groups has no GEMM form here ([`supports`] says so to the backend choice),
 //! and takes oneDNN's convolution (`libtorch/pointwise.rs`).
-use super::dense::{require, Layout, Order};
+use super::dense::{empty, require, Layout, Order};
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -84,14 +84,27 @@ impl Gemm1x1 {
 
     /// `P = conv1x1(S, W')`, in S's memory order.
     pub fn forward(&self, s: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let sz = s.size();
+        let out = empty([sz[0], w.size()[0], sz[2], sz[3]], self.kind, self.order)?;
+        self.forward_into(s, w, &out)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward`] written into `out` (N, Cout, H, W), dense in the planned order.
+    pub fn forward_into(&self, s: &Tensor, w: &Tensor, out: &Tensor) -> Result<()> {
         let (cout, sz) = (w.size()[0], s.size());
-        Ok(match self.shape(&[s])? {
+        match self.shape(&[s, out])? {
             Shape::Batched { n, groups, hw } => {
                 let sm = s.f_view([n * groups, sz[1] / groups, hw])?;
-                weight_batches(w, n, groups, false)?.f_bmm(&sm)?.f_view([n, cout, sz[2], sz[3]])?
+                let om = out.f_view([n * groups, cout / groups, hw])?;
+                let _ = weight_batches(w, n, groups, false)?.f_bmm_out(&om, &sm)?;
             }
-            Shape::Flat { rows } => from_rows(&rows_of(s, rows)?.f_mm(&w.f_view([cout, sz[1]])?.f_tr()?)?, s)?,
-        })
+            Shape::Flat { rows } => {
+                // rows_of is a view: the product lands in out's own memory
+                let _ = rows_of(s, rows)?.f_mm_out(&rows_of(out, rows)?, &w.f_view([cout, sz[1]])?.f_tr()?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Gradients `(dS, dW')` of [`Self::forward`] for the output gradient `gp`; each only when

@@ -9,6 +9,7 @@
 //!   collision.rs      the CPU forward and backward of the collision: fused single-pass kernels
 //!   collision_box.rs  the same with the box sum folded in (stride 1)
 //!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
+//!   workspace.rs      scratch tensors that never leave an op call, kept between calls
 //! ```
 //!
 //! Every kernel takes float32/float64 CPU tensors dense in the one memory order of the [`Plan`]:
@@ -24,6 +25,7 @@ pub mod collision;
 pub mod collision_box;
 pub mod dense;
 pub mod gemm;
+pub mod workspace;
 
 pub use crate::layout::{layout_of, Layout, Order};
 pub use dense::dense;
@@ -95,6 +97,18 @@ impl Plan {
         }
     }
 
+    /// [`Self::pointwise`] for a result that does not outlive the op call: with the GEMMs, into a
+    /// pooled buffer ([`workspace::scratch`]).
+    fn pointwise_scratch(&self, s: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
+        if !self.gemm {
+            return self.pointwise(s, w, groups);
+        }
+        let sz = s.size();
+        let out = workspace::scratch([sz[0], w.size()[0], sz[2], sz[3]], self.kind, self.order)?;
+        self.gemm(groups).forward_into(s, w, &out)?;
+        Ok(out)
+    }
+
     /// `(dS, dW')` of [`Self::pointwise`] for `gp`, dS in the plan's order.
     fn pointwise_backward(
         &self,
@@ -144,12 +158,12 @@ impl Plan {
                 Ok(AdjustParts { dx, dxb, dwa })
             }
             AdjustGrad::Gz(gz) if g.unit_stride() => {
-                let gq = boxsum::backward(&gz, d.input_grid_out(), d.kh, d.kw, g, self.kind, self.order)?;
+                let gq = boxsum::backward(&gz, d.input_grid_out(), d.kh, d.kw, g, self.elem(), workspace::scratch)?;
                 let (dxb, dwa) = self.pointwise_backward(&gq, x, adjust_weight, g.groups, need_x, need_w)?;
                 Ok(AdjustParts { dx, dxb, dwa })
             }
             AdjustGrad::Gz(gz) => {
-                let s = boxsum::forward(x, d.kh, d.kw, g, self.kind, self.order)?;
+                let s = boxsum::forward(x, d.kh, d.kw, g, self.elem(), workspace::scratch)?;
                 let (ds, dwa) = self.pointwise_backward(&gz, &s, adjust_weight, g.groups, need_x, need_w)?;
                 drop(s);
                 let dxb = match (ds, &dx) {
@@ -158,7 +172,7 @@ impl Plan {
                         None
                     }
                     (Some(ds), _) => {
-                        Some(boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, self.kind, self.order)?)
+                        Some(boxsum::backward(&ds, d.input_shape(), d.kh, d.kw, g, self.elem(), dense::empty)?)
                     }
                     (None, _) => None,
                 };
@@ -196,7 +210,7 @@ impl IcBackend for Fused {
         _keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let p = self.0;
-        let s = in_range(stage::BOXSUM, || boxsum::forward(a.x, d.kh, d.kw, g, p.kind, p.order))?;
+        let s = in_range(stage::BOXSUM, || boxsum::forward(a.x, d.kh, d.kw, g, p.elem(), workspace::scratch))?;
         let pp = in_range(stage::CONV1X1, || p.pointwise(&s, a.adjust_weight, g.groups))?;
         drop(s);
         let _r = range(stage::COLLISION);
@@ -246,7 +260,7 @@ impl IcBackend for FusedBox {
         g: &ConvGeometry,
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = in_range(stage::CONV1X1, || self.0.pointwise(a.x, a.adjust_weight, g.groups))?;
+        let q = in_range(stage::CONV1X1, || self.0.pointwise_scratch(a.x, a.adjust_weight, g.groups))?;
         let _r = range(stage::BOXSUM_COLLISION);
         collision_box::forward(&y, &q, shift, a.alpha, [d.kh, d.kw], g, self.0.elem(), keep_relu_z)
     }

@@ -1,0 +1,62 @@
+"""The CPU kernels' scratch pool (ic_networks.memory): reused buffers never change a result, never
+alias what a call returns, and the pool keeps its limit and frees on request."""
+
+import pytest
+import torch
+
+import ic_networks.memory as icm
+from helpers import make_case
+from ic_networks.functional import ic_conv2d
+
+
+@pytest.fixture
+def pool_limit():
+    """Restores the pool's limit and empties it after the test."""
+    old = icm.set_cpu_workspace_limit(512 << 20)
+    yield
+    icm.set_cpu_workspace_limit(old)
+    icm.release_cpu_workspace()
+
+
+def _fwd_bwd(case, stride, seed):
+    x, w, wa, b1, a, b2 = (t.detach().clone().requires_grad_(True) for t in case)
+    out = ic_conv2d(x, w, wa, b1, a, b2, stride, 1, 1, 1)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    grads = torch.autograd.grad(out, (x, w, wa, b1, a, b2), g)
+    return (out.detach(), *grads)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_reused_buffers_give_the_results_of_fresh_ones(pool_limit, stride, channels_last):
+    case_a = make_case(dtype=torch.float32, n=3, cin=8, cout=8, hw=(12, 10), channels_last=channels_last, seed=1)
+    case_b = make_case(dtype=torch.float32, n=3, cin=8, cout=8, hw=(12, 10), channels_last=channels_last, seed=2)
+    icm.set_cpu_workspace_limit(0)
+    fresh = _fwd_bwd(case_b, stride, seed=4)
+    icm.set_cpu_workspace_limit(512 << 20)
+    first = _fwd_bwd(case_a, stride, seed=3)
+    kept = [t.clone() for t in first]
+    assert icm.cpu_workspace_bytes() > 0, "the pipeline's temporaries were not pooled"
+    reused = _fwd_bwd(case_b, stride, seed=4)  # same shapes: the pool's buffers, holding case_a's values
+    for got, want in zip(reused, fresh):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # what the first call returned is not a pooled buffer the second call wrote into
+    for got, want in zip(first, kept):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_release_frees_and_the_limit_holds(pool_limit):
+    case = make_case(dtype=torch.float32, n=2, cin=8, cout=8, hw=(16, 16))
+    _fwd_bwd(case, 1, seed=0)
+    assert icm.cpu_workspace_bytes() > 0
+    assert icm.release_cpu_workspace() == 0, "nothing runs, so nothing stays held"
+    assert icm.cpu_workspace_bytes() == 0
+    icm.set_cpu_workspace_limit(1000)  # below one 2x8x16x16 float32 buffer (16 KiB)
+    _fwd_bwd(case, 1, seed=0)
+    assert icm.cpu_workspace_bytes() == 0
+
+
+@pytest.mark.parametrize("bad,err", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("64", TypeError)])
+def test_limit_argument_errors_name_it(bad, err):
+    with pytest.raises(err, match="nbytes"):
+        icm.set_cpu_workspace_limit(bad)
