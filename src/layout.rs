@@ -68,8 +68,10 @@ pub fn order_like(t: &Tensor) -> Order {
 pub fn empty(shape: [i64; 4], opts: (Kind, Device), order: Order) -> Result<Tensor> {
     match order {
         Order::Nhwc => {
-            let [n, c, h, w] = shape;
-            Ok(Tensor::f_empty([n, h, w, c], opts)?.f_permute([0, 3, 1, 2])?)
+            // channels_last strides on a tensor of its own (a permuted view would keep its base
+            // alive, and with it a second reference to the storage)
+            let [_, c, h, w] = shape;
+            Ok(Tensor::f_empty_strided(shape, [h * w * c, 1, w * c, c], opts)?)
         }
         Order::Nchw => Ok(Tensor::f_empty(shape, opts)?),
     }

@@ -45,6 +45,18 @@ def test_reused_buffers_give_the_results_of_fresh_ones(pool_limit, stride, chann
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_repeated_calls_reuse_the_same_buffers(pool_limit, channels_last):
+    case = make_case(dtype=torch.float32, n=2, cin=8, cout=8, hw=(9, 9), channels_last=channels_last)
+    icm.release_cpu_workspace()
+    _fwd_bwd(case, 1, seed=0)
+    held = icm.cpu_workspace_bytes()
+    assert held > 0
+    for seed in range(3):
+        _fwd_bwd(case, 1, seed=seed)
+    assert icm.cpu_workspace_bytes() == held, "a later call of the same shape took new buffers"
+
+
 def test_release_frees_and_the_limit_holds(pool_limit):
     case = make_case(dtype=torch.float32, n=2, cin=8, cout=8, hw=(16, 16))
     _fwd_bwd(case, 1, seed=0)

@@ -20,9 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use tch::{Kind, Tensor};
 
-/// The pool: buffers in order of last use (the most recent last), and their bytes.
+/// The pool: buffers with the memory order they were made in, in order of last use (the most
+/// recent last), and their bytes.
 struct Pool {
-    buffers: Vec<Tensor>,
+    buffers: Vec<(Tensor, Order)>,
     bytes: usize,
 }
 
@@ -69,8 +70,8 @@ pub fn set_limit(bytes: usize) -> usize {
 fn shrink(p: &mut Pool, target: usize) {
     let mut i = 0;
     while p.bytes > target && i < p.buffers.len() {
-        if sole_owner(&p.buffers[i]) {
-            let t = p.buffers.remove(i);
+        if sole_owner(&p.buffers[i].0) {
+            let (t, _) = p.buffers.remove(i);
             p.bytes -= nbytes(&t);
         } else {
             i += 1;
@@ -84,13 +85,11 @@ fn shrink(p: &mut Pool, target: usize) {
 pub fn scratch(shape: [i64; 4], kind: Kind, order: Order) -> Result<Tensor> {
     let cap = limit();
     let mut p = pool();
-    let hit = p.buffers.iter().position(|t| {
-        t.kind() == kind && t.size() == shape && super::layout_of(t).map(|l| l.order()) == Some(order) && sole_owner(t)
-    });
+    let hit = p.buffers.iter().position(|(t, o)| *o == order && t.kind() == kind && t.size() == shape && sole_owner(t));
     if let Some(i) = hit {
-        let t = p.buffers.remove(i);
-        let out = t.shallow_clone();
-        p.buffers.push(t);
+        let entry = p.buffers.remove(i);
+        let out = entry.0.shallow_clone();
+        p.buffers.push(entry);
         return Ok(out);
     }
     let t = empty(shape, kind, order)?;
@@ -99,7 +98,7 @@ pub fn scratch(shape: [i64; 4], kind: Kind, order: Order) -> Result<Tensor> {
         shrink(&mut p, cap - size);
         if p.bytes + size <= cap {
             p.bytes += size;
-            p.buffers.push(t.shallow_clone());
+            p.buffers.push((t.shallow_clone(), order));
         }
     }
     Ok(t)
@@ -139,6 +138,10 @@ mod tests {
         let e = scratch(shape, Kind::Float, Order::Nhwc).unwrap();
         assert_ne!(e.data_ptr(), pa);
         assert_eq!(super::super::layout_of(&e).map(|l| l.order()), Some(Order::Nhwc));
+        let pe = e.data_ptr();
+        drop(e);
+        let e = scratch(shape, Kind::Float, Order::Nhwc).unwrap();
+        assert_eq!(e.data_ptr(), pe, "a free channels_last buffer was not reused");
         drop((b, c, d, e));
         assert!(held_bytes() > 0);
         assert_eq!(release(), 0);
