@@ -16,6 +16,7 @@
 use super::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
 use super::collision::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
 use super::dense::{require, shape4, shared, view, Order};
+use super::plane_box::PlaneBox;
 use super::workspace::scratch;
 use crate::aten::{parallel_for, SharedMut};
 use crate::dispatch_float;
@@ -71,6 +72,38 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
     let ys = unsafe { shared::<T>(y) };
     let rs = rz.map(|r| unsafe { shared::<T>(r) });
+    let step = |yv: &mut T, p: T, s: T| {
+        let r = relu(*yv - p + s);
+        *yv += alpha * r;
+        r
+    };
+    if let Some(pb) = PlaneBox::new(b, false) {
+        // small NCHW planes: a chunk of planes' box sums at once, then the collision per plane
+        let hw = pb.plane();
+        return parallel_for(b.count, b.grain(), |lo, hi| {
+            let (mut tmp, mut pc) = (vec![T::ZERO; pb.scratch_len()], vec![T::ZERO; pb.scratch_len()]);
+            for first in (lo..hi).step_by(pb.planes()) {
+                let nb = pb.planes().min(hi - first);
+                let pc = &mut pc[..nb * hw];
+                pb.sum(&qs[first * hw..(first + nb) * hw], &mut tmp, pc);
+                for (k, p) in pc.chunks_exact(hw).enumerate() {
+                    let blk = first + k;
+                    let s = sh[blk % c];
+                    // SAFETY: block ranges are disjoint.
+                    let yb = unsafe { ys.slice(blk * hw, hw) };
+                    match &rs {
+                        Some(r) => {
+                            let rb = unsafe { r.slice(blk * hw, hw) };
+                            yb.iter_mut().zip(p).zip(rb.iter_mut()).for_each(|((yv, &pv), rv)| *rv = step(yv, pv, s));
+                        }
+                        None => yb.iter_mut().zip(p).for_each(|(yv, &pv)| {
+                            step(yv, pv, s);
+                        }),
+                    }
+                }
+            }
+        });
+    }
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut vp, mut prow) = (vec![T::ZERO; row_buf_len(b)], vec![T::ZERO; wo]);
         for blk in lo..hi {
@@ -79,29 +112,24 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
             let mut rb = rs.as_ref().map(|r| unsafe { r.slice(blk * ol, ol) });
             for_each_output_row(&qs[blk * il..(blk + 1) * il], b, &mut vp, &mut prow, |o, p| {
                 let yr = &mut yb[o * wo..(o + 1) * wo];
-                let mut step = |i: usize, s: T| {
-                    let r = relu(yr[i] - p[i] + s);
-                    yr[i] += alpha * r;
-                    r
-                };
                 match rb.as_deref_mut() {
                     Some(rb) => {
                         let rr = &mut rb[o * wo..(o + 1) * wo];
                         if v == 1 {
                             let s = sh[blk % c];
-                            (0..wo).for_each(|i| rr[i] = step(i, s));
+                            (0..wo).for_each(|i| rr[i] = step(&mut yr[i], p[i], s));
                         } else {
-                            (0..wo).for_each(|i| rr[i] = step(i, sh[i % v]));
+                            (0..wo).for_each(|i| rr[i] = step(&mut yr[i], p[i], sh[i % v]));
                         }
                     }
                     None if v == 1 => {
                         let s = sh[blk % c];
                         (0..wo).for_each(|i| {
-                            step(i, s);
+                            step(&mut yr[i], p[i], s);
                         });
                     }
                     None => (0..wo).for_each(|i| {
-                        step(i, sh[i % v]);
+                        step(&mut yr[i], p[i], sh[i % v]);
                     }),
                 }
             });
@@ -160,6 +188,36 @@ fn bwd<T: Elem>(
     let gqs = unsafe { shared::<T>(gq) };
     let (pb1, pb2, pa) =
         (SharedMut(part_b1.as_mut_ptr()), SharedMut(part_b2.as_mut_ptr()), SharedMut(part_a.as_mut_ptr()));
+    if let Some(pb) = PlaneBox::new(b, true) {
+        // small NCHW planes: gz of a chunk of planes, then its transposed box sums at once
+        let hw = pb.plane();
+        parallel_for(b.count, b.grain(), |lo, hi| {
+            let (mut gz, mut tmp) = (vec![T::ZERO; pb.scratch_len()], vec![T::ZERO; pb.scratch_len()]);
+            let mut gy_scratch = if gys.is_none() { vec![T::ZERO; hw] } else { Vec::new() };
+            for first in (lo..hi).step_by(pb.planes()) {
+                let nb = pb.planes().min(hi - first);
+                for (k, gzp) in gz[..nb * hw].chunks_exact_mut(hw).enumerate() {
+                    let blk = first + k;
+                    let (g, r) = (&gs[blk * hw..(blk + 1) * hw], &rs[blk * hw..(blk + 1) * hw]);
+                    // SAFETY: block ranges and slots are disjoint.
+                    let gyb = match &gys {
+                        Some(t) => unsafe { t.slice(blk * hw, hw) },
+                        None => &mut gy_scratch[..],
+                    };
+                    let [b1, b2, sa] = plane_bwd(g, r, gyb, gzp, alpha);
+                    unsafe {
+                        pb1.slice(blk, 1)[0] = b1;
+                        pb2.slice(blk, 1)[0] = b2;
+                        pa.slice(blk, 1)[0] = sa;
+                    }
+                }
+                // SAFETY: block ranges are disjoint.
+                let out = unsafe { gqs.slice(first * hw, nb * hw) };
+                pb.sum(&gz[..nb * hw], &mut tmp, out);
+            }
+        })?;
+        return Ok(reduce_sums(&part_a, &part_b1, &part_b2, c));
+    }
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut gz, mut acc) = (vec![T::ZERO; ol], vec![T::ZERO; (b.w.n_out * v).max(3 * c)]);
         let mut gy_scratch = if gys.is_none() { vec![T::ZERO; ol] } else { Vec::new() };
