@@ -94,11 +94,14 @@ def test_bench_models_report_the_train_step_peak():
         by["ic_resnet18"]["peak_mb"] / by["resnet18"]["peak_mb"]
     )
     text = bench.format_tables([], rows, torch.device("cpu"), 1)
-    assert "| model | train step ms | / plain | peak MB | ic / plain peak |" in text
+    assert "| model | train step ms | / plain | eval forward ms | / plain | peak MB | ic / plain peak |" in text
     for name, r in by.items():
+        assert r["infer_ms"] > 0
         cells = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} |")).strip("| ").split(" | ")
-        assert float(cells[3]) > 0 and cells[3] == f"{r['peak_mb']:.1f}"
-        assert cells[4] == f"{r['peak_over_plain']:.2f}x"
+        assert cells[3] == f"{r['infer_ms']:.1f}"
+        assert cells[4] == f"{r['infer_ms'] / by['resnet18']['infer_ms']:.2f}x"
+        assert float(cells[5]) > 0 and cells[5] == f"{r['peak_mb']:.1f}"
+        assert cells[6] == f"{r['peak_over_plain']:.2f}x"
 
 
 def test_bench_model_table_shows_n_a_without_a_peak():
@@ -106,7 +109,7 @@ def test_bench_model_table_shows_n_a_without_a_peak():
         {"model": m, "step_ms": t, "batch": 2, "image_size": 64} for m, t in (("resnet50", 10.0), ("ic_resnet50", 12.0))
     ]
     text = bench.format_tables([], rows, torch.device("cpu"), 2)
-    assert "| ic_resnet50 | 12.0 | 1.20x | n/a | n/a |" in text
+    assert "| ic_resnet50 | 12.0 | 1.20x | n/a | n/a | n/a | n/a |" in text
 
 
 def test_bench_table_shows_n_a_for_an_unmeasured_saved_size():

@@ -269,7 +269,7 @@ def test_bench_tables_with_the_fused_rows():
     assert lines["ic-fused"].endswith("| 1.25x | 1.25x | +0.00 | 0.50x |  |")
     assert lines["reference"].endswith("| +0.00 | 1.10x | 2.20x |")  # 5.5 / 5 and 5.5 / 2.5
     # rows without a measured peak memory show n/a in its two columns
-    assert lines["| ic_resnet50-fused"] == "| ic_resnet50-fused | 108.0 | 1.08x | n/a | n/a |"
+    assert lines["| ic_resnet50-fused"] == "| ic_resnet50-fused | 108.0 | 1.08x | n/a | n/a | n/a | n/a |"
     # without fused rows the table has no fused column
     assert "ic-fused" not in bench.format_tables(layers[:2], [], torch.device("cpu"), 8)
     assert not bench.fused_available(torch.device("cpu"))

@@ -23,11 +23,12 @@ its minimal extra memory passes at a copy bandwidth measured in the same run
 (:mod:`ic_networks.bench_floor`), printed as ``floor / conv`` beside ``ic / conv``, with
 ``ic / floor`` (how far the op is from that floor) and ``reference / ic``.
 
-Model benchmark: one SGD train step (forward, cross-entropy, backward, step) of ResNet-18/50
-against IC-ResNet-18/50 (alpha = 1), and on CUDA with the fused kernels also ``ic_*-fused``: its
-time, and ``peak`` = the most memory one step holds above what is resident before it (parameters,
-momentum and the batch left out; gradients, activations and temporaries in) in MB, measured in one
-more step after the timed ones (:mod:`ic_networks.bench_memory`), with ``ic / plain peak``.
+Model benchmark: one SGD train step (forward, cross-entropy, backward, step) and one eval-mode
+forward under ``no_grad`` of ResNet-18/50 against IC-ResNet-18/50 (alpha = 1), and on CUDA with the
+fused kernels also ``ic_*-fused``: their times, and ``peak`` = the most memory one train step holds
+above what is resident before it (parameters, momentum and the batch left out; gradients,
+activations and temporaries in) in MB, measured in one more step after the timed ones
+(:mod:`ic_networks.bench_memory`), with ``ic / plain peak``.
 
 Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's plus one
 output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50 in time
@@ -278,11 +279,16 @@ def bench_models(
     repeats: int,
     names=("resnet18", "resnet50"),
     autocast: torch.dtype | None = None,
+    channels_last: bool = False,
 ):
+    """Per model of ``names`` and its IC version: one SGD train step and one eval-mode forward under
+    ``no_grad`` (each timed interleaved, median of ``repeats``), and the train step's peak memory;
+    models and batch in channels_last with ``channels_last``."""
     import torchvision
 
     from . import models as icm
 
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     rows = []
     for name in names:
         torch.manual_seed(0)
@@ -291,20 +297,28 @@ def bench_models(
         if fused_available(device):
             pair[f"ic_{name}-fused"] = pair[f"ic_{name}"]  # the same model on the fused route
             routes = {f"ic_{name}": False, f"ic_{name}-fused": True}
-        x = torch.randn(batch, 3, size, size, device=device)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
         y = torch.randint(0, 1000, (batch,), device=device)
-        steps = {}
+        steps, infers = {}, {}
         for k, m in pair.items():
-            m.to(device).train()
+            m.to(device, memory_format=fmt)
             opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
 
             def step(m=m, opt=opt):
+                m.train()
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
 
+            def infer(m=m):
+                m.eval()
+                with torch.no_grad():
+                    return m(x)
+
             steps[k] = _routed(step, routes.get(k), autocast, device.type)
+            infers[k] = _routed(infer, routes.get(k), autocast, device.type)
         t = _interleaved(steps, device, repeats, warmup=1)
+        t_infer = _interleaved(infers, device, repeats, warmup=1)
         peak = {}  # one more step each, apart from the timed ones (the CPU profiler slows what it records)
         for k, m in pair.items():
             for p in m.parameters():  # the last step's gradients are not resident: the measured step makes its own
@@ -316,10 +330,12 @@ def bench_models(
                 {
                     "model": k,
                     "step_ms": t[k] * 1e3,
+                    "infer_ms": t_infer[k] * 1e3,
                     "peak_mb": peak[k] / 2**20,
                     "peak_over_plain": peak[k] / plain if plain else None,
                     "batch": batch,
                     "image_size": size,
+                    "channels_last": channels_last,
                 }
             )
         print(f"  measured {name}", file=sys.stderr, flush=True)
@@ -348,7 +364,8 @@ def format_tables(
     sizes = [f"layer batch N={batch}"] if layer_rows else []
     if model_rows and "batch" in model_rows[0]:
         r = model_rows[0]
-        sizes.append(f"model batch N={r['batch']} at {r['image_size']}x{r['image_size']}")
+        cl = ", channels_last" if r.get("channels_last") else ""
+        sizes.append(f"model batch N={r['batch']} at {r['image_size']}x{r['image_size']}{cl}")
     out = [f"Device: {machine_description(device)}; {', '.join(sizes + [precision])}.", ""]
     if layer_rows:
         fused = any(r["variant"] == "ic-fused" for r in layer_rows)
@@ -377,15 +394,20 @@ def format_tables(
         out.append("")
     out += bench_floor.format_floor_lines(list(floor_rows), layer_rows)
     if model_rows:
-        out += ["| model | train step ms | / plain | peak MB | ic / plain peak |", "|---|---:|---:|---:|---:|"]
+        out += [
+            "| model | train step ms | / plain | eval forward ms | / plain | peak MB | ic / plain peak |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         by = {r["model"]: r for r in model_rows}
         for r in model_rows:
             plain = by[r["model"].removeprefix("ic_").removesuffix("-fused")]
             peak, plain_peak = r.get("peak_mb"), plain.get("peak_mb")  # n/a for rows without a peak
             ratio = "n/a" if peak is None or not plain_peak else f"{peak / plain_peak:.2f}x"
+            inf, plain_inf = r.get("infer_ms"), plain.get("infer_ms")
+            inf_ratio = "n/a" if inf is None or not plain_inf else f"{inf / plain_inf:.2f}x"
             out.append(
                 f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x "
-                f"| {_mb(peak, '.1f')} | {ratio} |"
+                f"| {_mb(inf, '.1f')} | {inf_ratio} | {_mb(peak, '.1f')} | {ratio} |"
             )
         out.append("")
     return "\n".join(out)

@@ -38,7 +38,14 @@ def run(args) -> int:
     model_rows = (
         []
         if args.skip_models
-        else bench.bench_models(device, args.model_batch, args.image_size, args.model_repeats, autocast=amp)
+        else bench.bench_models(
+            device,
+            args.model_batch,
+            args.image_size,
+            args.model_repeats,
+            autocast=amp,
+            channels_last=args.channels_last,
+        )
     )
     text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast, floor_rows=floor_rows)
     print(text)
@@ -61,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=32, help="layer benchmark batch size (default 32)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default 5)")
     p.add_argument("--shapes", default="", help="comma-separated subset of " + ",".join(s[0] for s in bench.STAGES))
-    p.add_argument("--channels-last", action="store_true", help="run the layer benchmark in channels_last")
+    p.add_argument("--channels-last", action="store_true", help="run the layer and model benchmarks in channels_last")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument(
         "--autocast",
