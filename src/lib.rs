@@ -237,6 +237,19 @@ fn set_cpu_kernels(enabled: bool) -> bool {
     cpu::set_enabled(enabled)
 }
 
+/// Turns the CPU kernels' AVX2 copies on or off (off: the x86-64 baseline code); returns the old
+/// setting. The results are the same bits either way; tests use it to check that.
+#[pyfunction]
+fn set_cpu_simd(enabled: bool) -> bool {
+    cpu::simd::set_enabled(enabled)
+}
+
+/// Whether this CPU has what the kernels' AVX2 copies need (AVX2 and FMA).
+#[pyfunction]
+fn cpu_simd_available() -> bool {
+    cpu::simd::available()
+}
+
 /// Bytes the CPU kernels' scratch pool holds between calls (`cpu/workspace.rs`).
 #[pyfunction]
 fn cpu_workspace_bytes() -> usize {
@@ -282,6 +295,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(neuron_regions, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(backend_declines, m)?)?;
+    m.add_function(wrap_pyfunction!(set_cpu_simd, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_simd_available, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_workspace_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(release_cpu_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_workspace_limit, m)?)?;

@@ -168,3 +168,36 @@ def test_rust_op_releases_the_gil():
     total = sum(gaps)
     stalled = sum(g for g in gaps if g > 0.5 * op_time)
     assert total > 2 * op_time and stalled < 0.5 * total, (stalled, total, op_time)
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernels' AVX2 copies (cpu/simd.rs) against the baseline code
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not icn._core.cpu_simd_available(), reason="this CPU has no AVX2 + FMA")
+@pytest.mark.parametrize("fmt", ["nchw", "nhwc"])
+@pytest.mark.parametrize("stride,hw", [(1, (7, 7)), (1, (30, 20)), (2, (13, 12))])
+def test_avx2_kernels_give_the_baseline_bits(fmt, stride, hw):
+    torch.manual_seed(0)
+    m = icn.IcConv2d(16, 16, 3, padding=1, stride=stride, alpha=0.7, alpha_mode="learnable")
+    x = torch.randn(3, 16, *hw)
+    if fmt == "nhwc":
+        m, x = m.to(memory_format=CL), x.contiguous(memory_format=CL)
+
+    def run():
+        xr = x.detach().clone().requires_grad_(True)
+        out = m(xr)
+        grads = torch.autograd.grad(out, [xr, *m.parameters()], torch.ones_like(out).mul_(0.5).add_(out.detach()))
+        with torch.no_grad():
+            infer = m.eval()(x)
+        m.train()
+        return [out.detach(), infer, *grads]
+
+    old = icn._core.set_cpu_simd(False)
+    try:
+        base = run()
+        icn._core.set_cpu_simd(True)
+        avx2 = run()
+    finally:
+        icn._core.set_cpu_simd(old)
+    for a, b in zip(avx2, base):
+        assert torch.equal(a, b)

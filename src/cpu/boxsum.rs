@@ -85,8 +85,12 @@ impl Blocks {
     }
 }
 
+crate::multiversion! {
+    fn add_into<T: Elem>(dst: &mut [T], src: &[T]) -> () = add_into_impl;
+}
+
 #[inline(always)]
-fn add_into<T: Elem>(dst: &mut [T], src: &[T]) {
+fn add_into_impl<T: Elem>(dst: &mut [T], src: &[T]) {
     for (a, &b) in dst.iter_mut().zip(src) {
         *a += b;
     }
@@ -121,15 +125,20 @@ fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a 
     }
 }
 
-/// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is the
-/// input row with `p` zero columns on each side (so every tap is in bounds).
-fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
+crate::multiversion! {
+    /// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is
+    /// the input row with `p` zero columns on each side (so every tap is in bounds).
+    fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) -> () = horizontal_row_impl;
+}
+
+#[inline(always)]
+fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
     let len = out.len();
     if ax.s == 1 {
         // k shifted copies: contiguous slices, vectorised
         out.copy_from_slice(&vp[..len]);
         for j in 1..ax.k {
-            add_into(out, &vp[j * ax.d * v..j * ax.d * v + len]);
+            add_into_impl(out, &vp[j * ax.d * v..j * ax.d * v + len]);
         }
     } else if v == 1 {
         for (o, t) in out.iter_mut().enumerate() {
@@ -141,14 +150,19 @@ fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
             let base = o * ax.s * v;
             t.copy_from_slice(&vp[base..base + v]);
             for j in 1..ax.k {
-                add_into(t, &vp[base + j * ax.d * v..base + (j * ax.d + 1) * v]);
+                add_into_impl(t, &vp[base + j * ax.d * v..base + (j * ax.d + 1) * v]);
             }
         }
     }
 }
 
-/// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`.
-fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
+crate::multiversion! {
+    /// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`.
+    fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) -> () = horizontal_row_t_impl;
+}
+
+#[inline(always)]
+fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
     gx.fill(T::ZERO);
     for j in 0..ax.k {
         let (lo, hi) = ax.valid(j);
@@ -157,7 +171,7 @@ fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
         }
         let start = ax.src(lo, j);
         if ax.s == 1 {
-            add_into(&mut gx[start * v..(start + hi - lo) * v], &acc[lo * v..hi * v]);
+            add_into_impl(&mut gx[start * v..(start + hi - lo) * v], &acc[lo * v..hi * v]);
         } else if v == 1 {
             for (g, &a) in gx[start..].iter_mut().step_by(ax.s).zip(&acc[lo..hi]) {
                 *g += a;
@@ -165,7 +179,7 @@ fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
         } else {
             for o in lo..hi {
                 let i = ax.src(o, j) * v;
-                add_into(&mut gx[i..i + v], &acc[o * v..(o + 1) * v]);
+                add_into_impl(&mut gx[i..i + v], &acc[o * v..(o + 1) * v]);
             }
         }
     }

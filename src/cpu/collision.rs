@@ -144,9 +144,14 @@ pub(crate) fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
     }
 }
 
-/// Backward of one NCHW channel plane: writes `gz`, `gy`; returns `[sum gz, sum g, sum g*r]`,
-/// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
-pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
+crate::multiversion! {
+    /// Backward of one NCHW channel plane: writes `gz`, `gy`; returns `[sum gz, sum g, sum g*r]`,
+    /// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
+    pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] = plane_bwd_impl;
+}
+
+#[inline(always)]
+fn plane_bwd_impl<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
     let mut tot = [0.0f64; 3];
     for (((gc, rc), gyc), gzc) in
         g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK))
@@ -233,7 +238,8 @@ fn bwd<T: Elem>(
     let mut part_b2 = vec![0.0f64; slots];
     let mut part_a = vec![0.0f64; n_blocks];
     // SAFETY: grad/relu_z are dense with equal strides and only read; gy/gz are scratch buffers of
-    // the same shape and order that nothing else holds; every block writes its own unit ranges and its own partial-sum slots.
+    // the same shape and order that nothing else holds; every block writes its own unit ranges and
+    // its own partial-sum slots.
     let (gs, rs) = unsafe { (view::<T>(grad), view::<T>(relu_z)) };
     let (gys, gzs) = unsafe { (shared::<T>(gy), shared::<T>(gz)) };
     let (pb1, pb2, pa) =
@@ -280,11 +286,25 @@ pub(crate) fn reduce_sums(part_a: &[f64], part_b1: &[f64], part_b2: &[f64], c: u
     out
 }
 
-/// Backward of a run of whole NHWC pixels (`c` channels each): writes `gz`, `gy`; adds the
-/// per-channel sums of gz and g into `b1`, `b2` and returns sum g*r. Running sums in T per channel
-/// (`acc`: 3c scratch), vectorised across channels, flushed to f64 every FLUSH pixels.
+crate::multiversion! {
+    /// Backward of a run of whole NHWC pixels (`c` channels each): writes `gz`, `gy`; adds the
+    /// per-channel sums of gz and g into `b1`, `b2` and returns sum g*r. Running sums in T per
+    /// channel (`acc`: 3c scratch), vectorised across channels, flushed to f64 every FLUSH pixels.
+    pub(crate) fn pixels_bwd<T: Elem>(
+        g: &[T],
+        r: &[T],
+        gy: &mut [T],
+        gz: &mut [T],
+        alpha: T,
+        acc: &mut [T],
+        b1: &mut [f64],
+        b2: &mut [f64],
+    ) -> f64 = pixels_bwd_impl;
+}
+
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn pixels_bwd<T: Elem>(
+#[inline(always)]
+fn pixels_bwd_impl<T: Elem>(
     g: &[T],
     r: &[T],
     gy: &mut [T],

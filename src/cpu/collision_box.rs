@@ -88,18 +88,10 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
                 pb.sum(&qs[first * hw..(first + nb) * hw], &mut tmp, pc);
                 for (k, p) in pc.chunks_exact(hw).enumerate() {
                     let blk = first + k;
-                    let s = sh[blk % c];
                     // SAFETY: block ranges are disjoint.
                     let yb = unsafe { ys.slice(blk * hw, hw) };
-                    match &rs {
-                        Some(r) => {
-                            let rb = unsafe { r.slice(blk * hw, hw) };
-                            yb.iter_mut().zip(p).zip(rb.iter_mut()).for_each(|((yv, &pv), rv)| *rv = step(yv, pv, s));
-                        }
-                        None => yb.iter_mut().zip(p).for_each(|(yv, &pv)| {
-                            step(yv, pv, s);
-                        }),
-                    }
+                    let rb = rs.as_ref().map(|r| unsafe { r.slice(blk * hw, hw) });
+                    collide_plane(yb, p, rb, sh[blk % c], alpha);
                 }
             }
         });
@@ -135,6 +127,26 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
             });
         }
     })
+}
+
+crate::multiversion! {
+    /// One plane's collision: `y += alpha * r` with `r = relu(y - p + s)`, `r` kept in `rz` if given.
+    fn collide_plane<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) -> () = collide_plane_impl;
+}
+
+#[inline(always)]
+fn collide_plane_impl<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) {
+    let step = |yv: &mut T, pv: T| {
+        let r = relu(*yv - pv + s);
+        *yv += alpha * r;
+        r
+    };
+    match rz {
+        Some(rz) => y.iter_mut().zip(p).zip(rz.iter_mut()).for_each(|((yv, &pv), rv)| *rv = step(yv, pv)),
+        None => y.iter_mut().zip(p).for_each(|(yv, &pv)| {
+            step(yv, pv);
+        }),
+    }
 }
 
 /// Backward of [`forward`] for an input of shape `in_shape` (N, Cout, H, W): `gy` (when x or W

@@ -9,6 +9,7 @@
 //!   collision.rs      the CPU forward and backward of the collision: fused single-pass kernels
 //!   collision_box.rs  the same with the box sum folded in (stride 1)
 //!   plane_box.rs      the stride-1 box sum of whole small NCHW planes as flat passes
+//!   simd.rs           the hot loops compiled for the x86-64 baseline and for AVX2, chosen at run time
 //!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
 //!   workspace.rs      scratch tensors that never leave an op call, kept between calls
 //! ```
@@ -27,6 +28,7 @@ pub mod collision_box;
 pub mod dense;
 pub mod gemm;
 pub mod plane_box;
+pub mod simd;
 pub mod workspace;
 
 pub use crate::layout::{layout_of, Layout, Order};
