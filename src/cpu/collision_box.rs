@@ -59,7 +59,8 @@ pub fn forward(
     let b = plan(q, y, k[0], k[1], g, kind, order)?;
     let a = scalar(alpha)?;
     let shift = shift.f_to_kind(kind)?.f_contiguous()?;
-    let rz = if keep_relu_z { Some(y.f_empty_like()?) } else { None };
+    // relu_z is saved for the backward: a pooled buffer, reused once autograd has let it go
+    let rz = if keep_relu_z { Some(scratch(shape4(y)?, kind, order)?) } else { None };
     dispatch_float!(kind, T => fwd::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b))?;
     Ok((y.shallow_clone(), rz))
 }
@@ -68,7 +69,8 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     let (il, ol, wo, v) = (b.in_len(), b.out_len(), b.w.n_out * b.v, b.v);
     let c = shift.numel();
     // SAFETY: q and shift are only read; y and rz are dense with the same strides (y's layout,
-    // checked by `plan`; rz = empty_like(y)) and each block writes only its own range.
+    // checked by `plan`; rz a scratch buffer of y's shape and order) and each block writes only its
+    // own range.
     let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
     let ys = unsafe { shared::<T>(y) };
     let rs = rz.map(|r| unsafe { shared::<T>(r) });

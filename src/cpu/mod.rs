@@ -101,8 +101,8 @@ impl Plan {
         }
     }
 
-    /// [`Self::pointwise`] for a result that does not outlive the op call: with the GEMMs, into a
-    /// pooled buffer ([`workspace::scratch`]).
+    /// [`Self::pointwise`] into a pooled buffer ([`workspace::scratch`]) when it runs as GEMMs: for
+    /// a temporary, or a result that is reused once nothing holds it any more.
     fn pointwise_scratch(&self, s: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
         if !self.gemm {
             return self.pointwise(s, w, groups);
@@ -215,7 +215,8 @@ impl IcBackend for Fused {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let p = self.0;
         let s = in_range(stage::BOXSUM, || boxsum::forward(a.x, d.kh, d.kw, g, p.elem(), workspace::scratch))?;
-        let pp = in_range(stage::CONV1X1, || p.pointwise(&s, a.adjust_weight, g.groups))?;
+        // P becomes relu_z, saved for the backward: a pooled buffer, reused once autograd lets it go
+        let pp = in_range(stage::CONV1X1, || p.pointwise_scratch(&s, a.adjust_weight, g.groups))?;
         drop(s);
         let _r = range(stage::COLLISION);
         let (out, relu_z) = collision::forward(&y, &pp, shift, a.alpha, p.kind, p.order)?;

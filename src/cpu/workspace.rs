@@ -1,13 +1,14 @@
 //! Scratch tensors of the CPU pipelines, kept between calls.
 //!
-//! Some of the pipelines' temporaries never leave an op call: the 1x1's output `Q` in the stride-1
+//! Most of the pipelines' tensors never reach the user: the 1x1's output `Q` in the stride-1
 //! forward, `gy` (the gradient into the main conv's output) and `G = boxsum^T(gz)` or `gz` in the
-//! backward. A fresh tensor of that size costs more than the kernel that fills it: glibc hands
-//! blocks of a few MB back to the kernel on `free`, so every call page-faults its temporaries in
-//! again (64@56, N = 8: about 5 ms of a 9 ms collision backward). [`scratch`] keeps such buffers
-//! in a pool and hands one out again once nothing but the pool holds it
-//! ([`crate::aten::sole_owner`]: no other tensor, view or alias of its memory is alive), so a
-//! buffer is never handed out twice at once, whatever the caller or thread.
+//! backward never leave an op call, and `relu_z` lives until autograd has run the backward. A
+//! fresh tensor of that size costs more than the kernel that fills it: glibc hands blocks of a few
+//! MB back to the kernel on `free`, so every call page-faults them in again (64@56, N = 8: about
+//! 5 ms of a 9 ms collision backward). [`scratch`] keeps such buffers in a pool and hands one out
+//! again once nothing but the pool holds it ([`crate::aten::sole_owner`]: no other tensor, view or
+//! alias of its memory is alive), so a buffer is never handed out twice at once, whatever the
+//! caller or thread, and a `relu_z` that autograd (or a caller) still holds is never reused.
 //!
 //! The pool holds at most [`limit`] bytes (`IC_NETWORKS_CPU_WORKSPACE_MB`, default 512; 0 turns
 //! it off): a buffer that would pass it is used once and freed, and free buffers are dropped,
