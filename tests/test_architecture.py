@@ -12,7 +12,13 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 LEAVES = {"error", "geometry", "types", "dtype", "layout", "c_abi"}
 # The crate's macros, by the module that defines them.
-MACROS = {"value_err": "error", "type_err": "error", "dispatch_float": "dtype", "to_py": "lib"}
+MACROS = {
+    "value_err": "error",
+    "type_err": "error",
+    "dispatch_float": "dtype",
+    "to_py": "lib",
+    "multiversion": "cpu",
+}
 ANY = None  # the bindings: lib.rs and the modules it registers with Python
 
 # room (top-level module name) -> the modules it may import besides the leaves and itself
