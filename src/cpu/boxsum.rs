@@ -128,11 +128,11 @@ fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a 
 crate::multiversion! {
     /// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is
     /// the input row with `p` zero columns on each side (so every tap is in bounds).
-    fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) -> () = horizontal_row_impl;
+    fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) -> () = horizontal_row_impl;
 }
 
 #[inline(always)]
-fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
+fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
     let len = out.len();
     if ax.s == 1 {
         // k shifted copies: contiguous slices, vectorised
@@ -141,10 +141,14 @@ fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize) {
             add_into_impl(out, &vp[j * ax.d * v..j * ax.d * v + len]);
         }
     } else if v == 1 {
-        for (o, t) in out.iter_mut().enumerate() {
-            let base = o * ax.s;
-            *t = (0..ax.k).fold(T::ZERO, |a, j| a + vp[base + j * ax.d]);
+        // the stride-1 sums over the outputs' span (shifted slices, vectorised), then every s-th
+        let m = (len - 1) * ax.s + 1;
+        let f = &mut full[..m];
+        f.copy_from_slice(&vp[..m]);
+        for j in 1..ax.k {
+            add_into_impl(f, &vp[j * ax.d..j * ax.d + m]);
         }
+        out.iter_mut().zip(f.iter().step_by(ax.s)).for_each(|(t, &x)| *t = x);
     } else {
         for (o, t) in out.chunks_exact_mut(v).enumerate() {
             let base = o * ax.s * v;
@@ -188,12 +192,13 @@ fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) 
 /// Box sum of one block, an output row at a time: the valid input rows of its vertical taps are
 /// summed into the middle of the padded row `vp` (one pass, no zero fill), then the horizontal
 /// taps are summed from `vp` into the output row. Both passes stay in L1.
-fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, vp: &mut [T]) {
+fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) {
     let (wi, wo, pad) = (b.w.n_in * b.v, b.w.n_out * b.v, b.w.p * b.v);
+    let (vp, full) = buf.split_at_mut(padded_len(b));
     for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
         let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
         sum_rows(&mut vp[pad..pad + wi], rows);
-        horizontal_row(vp, out_row, &b.w, b.v);
+        horizontal_row(vp, out_row, &b.w, b.v, full);
     }
 }
 
@@ -222,9 +227,16 @@ pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &m
     }
 }
 
-/// Length of the padded row buffer [`for_each_output_row`] needs.
-pub(crate) fn row_buf_len(b: &Blocks) -> usize {
+/// Length of the padded row.
+fn padded_len(b: &Blocks) -> usize {
     (b.w.n_in + 2 * b.w.p) * b.v
+}
+
+/// Length of the row buffer [`for_each_output_row`] and [`forward_block`] need: the padded row,
+/// and with a stride on NCHW the stride-1 sums that [`horizontal_row`] picks from.
+pub(crate) fn row_buf_len(b: &Blocks) -> usize {
+    let strided = if b.w.s > 1 && b.v == 1 { (b.w.n_out.max(1) - 1) * b.w.s + 1 } else { 0 };
+    padded_len(b) + strided
 }
 
 /// Box sum of one block, handing each output row (`b.w.n_out * b.v` values, built in `row`) to
@@ -237,10 +249,11 @@ pub(crate) fn for_each_output_row<T: Elem>(
     mut f: impl FnMut(usize, &[T]),
 ) {
     let (wi, pad) = (b.w.n_in * b.v, b.w.p * b.v);
+    let (vp, full) = vp.split_at_mut(padded_len(b));
     for o in 0..b.h.n_out {
         let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
         sum_rows(&mut vp[pad..pad + wi], rows);
-        horizontal_row(vp, row, &b.w, b.v);
+        horizontal_row(vp, row, &b.w, b.v, full);
         f(o, row);
     }
 }
@@ -370,7 +383,7 @@ mod tests {
         let ax = Axis { n_in: 4, n_out: 4, k: 3, s: 1, p: 1, d: 1 };
         let vp = [0.0f64, 1.0, 2.0, 3.0, 4.0, 0.0]; // x with p zeros each side
         let mut t = [0.0; 4];
-        horizontal_row(&vp, &mut t, &ax, 1);
+        horizontal_row(&vp, &mut t, &ax, 1, &mut [0.0; 16]);
         assert_eq!(t, [3.0, 6.0, 9.0, 7.0]);
         // adjoint: <Ax, y> == <x, A^T y>
         let y = [0.5f64, -1.0, 2.0, 0.25];
@@ -383,7 +396,7 @@ mod tests {
         let ax = Axis { n_in: 5, n_out: 3, k: 3, s: 2, p: 2, d: 2 };
         let vp = [0.0f64, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0];
         let mut t = [0.0; 3];
-        horizontal_row(&vp, &mut t, &ax, 1);
+        horizontal_row(&vp, &mut t, &ax, 1, &mut [0.0; 16]);
         assert_eq!(t, [0.0 + 1.0 + 3.0, 1.0 + 3.0 + 5.0, 3.0 + 5.0 + 0.0]);
         let y = [1.0f64, -2.0, 0.5];
         let mut aty = [0.0; 5];
