@@ -85,10 +85,6 @@ impl Blocks {
     }
 }
 
-crate::multiversion! {
-    fn add_into<T: Elem>(dst: &mut [T], src: &[T]) -> () = add_into_impl;
-}
-
 #[inline(always)]
 fn add_into_impl<T: Elem>(dst: &mut [T], src: &[T]) {
     for (a, &b) in dst.iter_mut().zip(src) {
@@ -115,12 +111,13 @@ fn tap_out(ax: &Axis, r: usize, i: usize) -> Option<usize> {
 }
 
 /// `dst = sum of rows`, the rows given by `rows` (`dst = 0` when there are none).
+#[inline(always)]
 fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a [T]>) {
     match rows.next() {
         None => dst.fill(T::ZERO),
         Some(first) => {
             dst.copy_from_slice(first);
-            rows.for_each(|r| add_into(dst, r));
+            rows.for_each(|r| add_into_impl(dst, r));
         }
     }
 }
@@ -160,14 +157,29 @@ fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, fu
     }
 }
 
-crate::multiversion! {
-    /// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`.
-    fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) -> () = horizontal_row_t_impl;
-}
-
+/// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`;
+/// `full` is scratch for a stride on NCHW (see [`row_t_buf_len`]).
 #[inline(always)]
-fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) {
+fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
     gx.fill(T::ZERO);
+    if ax.s > 1 && v == 1 {
+        // the outputs spread to every s-th place of their span (zeros between), then each tap as a
+        // shifted slice add, cropped: the same additions per element, in the same tap order
+        let m = (acc.len() - 1) * ax.s + 1;
+        let f = &mut full[..m];
+        f.fill(T::ZERO);
+        f.iter_mut().step_by(ax.s).zip(acc).for_each(|(t, &a)| *t = a);
+        for j in 0..ax.k {
+            let off = (j * ax.d) as isize - ax.p as isize;
+            let (lo, hi) = (0.max(-off), (m as isize).min(gx.len() as isize - off));
+            if lo < hi {
+                let (lo, hi) = (lo as usize, hi as usize);
+                let g0 = (lo as isize + off) as usize;
+                add_into_impl(&mut gx[g0..g0 + hi - lo], &f[lo..hi]);
+            }
+        }
+        return;
+    }
     for j in 0..ax.k {
         let (lo, hi) = ax.valid(j);
         if lo >= hi {
@@ -189,25 +201,37 @@ fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize) 
     }
 }
 
-/// Box sum of one block, an output row at a time: the valid input rows of its vertical taps are
-/// summed into the middle of the padded row `vp` (one pass, no zero fill), then the horizontal
-/// taps are summed from `vp` into the output row. Both passes stay in L1.
-fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) {
+crate::multiversion! {
+    /// Box sum of one block, an output row at a time: the valid input rows of its vertical taps
+    /// are summed into the middle of the padded row (one pass, no zero fill), then the horizontal
+    /// taps are summed from it into the output row. Both passes stay in L1. `buf`:
+    /// [`row_buf_len`] values.
+    fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) -> () = forward_block_impl;
+}
+
+#[inline(always)]
+fn forward_block_impl<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) {
     let (wi, wo, pad) = (b.w.n_in * b.v, b.w.n_out * b.v, b.w.p * b.v);
     let (vp, full) = buf.split_at_mut(padded_len(b));
     for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
         let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
         sum_rows(&mut vp[pad..pad + wi], rows);
-        horizontal_row(vp, out_row, &b.w, b.v, full);
+        horizontal_row_impl(vp, out_row, &b.w, b.v, full);
     }
 }
 
-/// Adjoint of [`forward_block`], an input row at a time: the output-gradient rows that read input
-/// row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint. With
-/// `sub = Some(row)` (one input row of scratch) the result is subtracted from `gx` instead of
-/// written to it.
-pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], mut sub: Option<&mut [T]>) {
+crate::multiversion! {
+    /// Adjoint of [`forward_block`], an input row at a time: the output-gradient rows that read
+    /// input row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint.
+    /// With `sub = Some(row)` (one input row of scratch) the result is subtracted from `gx` instead
+    /// of written to it. `acc`: [`row_t_buf_len`] values.
+    pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], sub: Option<&mut [T]>) -> () = backward_block_impl;
+}
+
+#[inline(always)]
+fn backward_block_impl<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], mut sub: Option<&mut [T]>) {
     let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
+    let (acc, full) = acc.split_at_mut(wo);
     for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
         let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
         if rows.peek().is_none() {
@@ -218,13 +242,20 @@ pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &m
         }
         sum_rows(acc, rows);
         match sub.as_deref_mut() {
-            None => horizontal_row_t(acc, gx_row, &b.w, b.v),
+            None => horizontal_row_t_impl(acc, gx_row, &b.w, b.v, full),
             Some(row) => {
-                horizontal_row_t(acc, row, &b.w, b.v);
+                horizontal_row_t_impl(acc, row, &b.w, b.v, full);
                 gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
             }
         }
     }
+}
+
+/// Length of the `acc` buffer [`backward_block`] needs: one output row, and with a stride on
+/// NCHW the span that the horizontal adjoint spreads it over.
+pub(crate) fn row_t_buf_len(b: &Blocks) -> usize {
+    let strided = if b.w.s > 1 && b.v == 1 { (b.w.n_out.max(1) - 1) * b.w.s + 1 } else { 0 };
+    b.w.n_out * b.v + strided
 }
 
 /// Length of the padded row.
@@ -279,7 +310,7 @@ fn backward_cpu<T: Elem>(g: &Tensor, gx: &Tensor, b: Blocks, sub: bool) -> Resul
     let (gs, xs) = unsafe { (view::<T>(g), shared::<T>(gx)) };
     let (il, ol) = (b.in_len(), b.out_len());
     parallel_for(b.count, b.grain(), |lo, hi| {
-        let mut acc = vec![T::ZERO; b.w.n_out * b.v];
+        let mut acc = vec![T::ZERO; row_t_buf_len(&b)];
         let mut row = if sub { vec![T::ZERO; b.w.n_in * b.v] } else { Vec::new() };
         for blk in lo..hi {
             // SAFETY: block ranges are disjoint.
@@ -388,7 +419,7 @@ mod tests {
         // adjoint: <Ax, y> == <x, A^T y>
         let y = [0.5f64, -1.0, 2.0, 0.25];
         let mut aty = [0.0; 4];
-        horizontal_row_t(&y, &mut aty, &ax, 1);
+        horizontal_row_t_impl(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
         let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f64 = vp[1..5].iter().zip(&aty).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12);
@@ -400,7 +431,7 @@ mod tests {
         assert_eq!(t, [0.0 + 1.0 + 3.0, 1.0 + 3.0 + 5.0, 3.0 + 5.0 + 0.0]);
         let y = [1.0f64, -2.0, 0.5];
         let mut aty = [0.0; 5];
-        horizontal_row_t(&y, &mut aty, &ax, 1);
+        horizontal_row_t_impl(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
         let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f64 = vp[2..7].iter().zip(&aty).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12);
