@@ -86,7 +86,7 @@ impl Blocks {
 }
 
 #[inline(always)]
-fn add_into_impl<T: Elem>(dst: &mut [T], src: &[T]) {
+fn add_into<T: Elem>(dst: &mut [T], src: &[T]) {
     for (a, &b) in dst.iter_mut().zip(src) {
         *a += b;
     }
@@ -117,25 +117,22 @@ fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a 
         None => dst.fill(T::ZERO),
         Some(first) => {
             dst.copy_from_slice(first);
-            rows.for_each(|r| add_into_impl(dst, r));
+            rows.for_each(|r| add_into(dst, r));
         }
     }
 }
 
-crate::multiversion! {
-    /// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is
-    /// the input row with `p` zero columns on each side (so every tap is in bounds).
-    fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) -> () = horizontal_row_impl;
-}
-
+/// One output row of the horizontal pass: `out[o][:] = sum_j vp[o*s + j*d][:]`, where `vp` is
+/// the input row with `p` zero columns on each side (so every tap is in bounds); `full` is scratch
+/// for a stride on NCHW (see [`row_buf_len`]).
 #[inline(always)]
-fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
+fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
     let len = out.len();
     if ax.s == 1 {
         // k shifted copies: contiguous slices, vectorised
         out.copy_from_slice(&vp[..len]);
         for j in 1..ax.k {
-            add_into_impl(out, &vp[j * ax.d * v..j * ax.d * v + len]);
+            add_into(out, &vp[j * ax.d * v..j * ax.d * v + len]);
         }
     } else if v == 1 {
         // the stride-1 sums over the outputs' span (shifted slices, vectorised), then every s-th
@@ -143,7 +140,7 @@ fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, fu
         let f = &mut full[..m];
         f.copy_from_slice(&vp[..m]);
         for j in 1..ax.k {
-            add_into_impl(f, &vp[j * ax.d..j * ax.d + m]);
+            add_into(f, &vp[j * ax.d..j * ax.d + m]);
         }
         out.iter_mut().zip(f.iter().step_by(ax.s)).for_each(|(t, &x)| *t = x);
     } else {
@@ -151,7 +148,7 @@ fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, fu
             let base = o * ax.s * v;
             t.copy_from_slice(&vp[base..base + v]);
             for j in 1..ax.k {
-                add_into_impl(t, &vp[base + j * ax.d * v..base + (j * ax.d + 1) * v]);
+                add_into(t, &vp[base + j * ax.d * v..base + (j * ax.d + 1) * v]);
             }
         }
     }
@@ -160,7 +157,7 @@ fn horizontal_row_impl<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, fu
 /// Adjoint of [`horizontal_row`] with the padding cropped: `gx[o*s + j*d - p][:] += acc[o][:]`;
 /// `full` is scratch for a stride on NCHW (see [`row_t_buf_len`]).
 #[inline(always)]
-fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
+fn horizontal_row_t<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
     gx.fill(T::ZERO);
     if ax.s > 1 && v == 1 {
         // the outputs spread to every s-th place of their span (zeros between), then each tap as a
@@ -175,7 +172,7 @@ fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, 
             if lo < hi {
                 let (lo, hi) = (lo as usize, hi as usize);
                 let g0 = (lo as isize + off) as usize;
-                add_into_impl(&mut gx[g0..g0 + hi - lo], &f[lo..hi]);
+                add_into(&mut gx[g0..g0 + hi - lo], &f[lo..hi]);
             }
         }
         return;
@@ -187,7 +184,7 @@ fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, 
         }
         let start = ax.src(lo, j);
         if ax.s == 1 {
-            add_into_impl(&mut gx[start * v..(start + hi - lo) * v], &acc[lo * v..hi * v]);
+            add_into(&mut gx[start * v..(start + hi - lo) * v], &acc[lo * v..hi * v]);
         } else if v == 1 {
             for (g, &a) in gx[start..].iter_mut().step_by(ax.s).zip(&acc[lo..hi]) {
                 *g += a;
@@ -195,7 +192,7 @@ fn horizontal_row_t_impl<T: Elem>(acc: &[T], gx: &mut [T], ax: &Axis, v: usize, 
         } else {
             for o in lo..hi {
                 let i = ax.src(o, j) * v;
-                add_into_impl(&mut gx[i..i + v], &acc[o * v..(o + 1) * v]);
+                add_into(&mut gx[i..i + v], &acc[o * v..(o + 1) * v]);
             }
         }
     }
@@ -216,7 +213,7 @@ fn forward_block_impl<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]
     for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
         let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
         sum_rows(&mut vp[pad..pad + wi], rows);
-        horizontal_row_impl(vp, out_row, &b.w, b.v, full);
+        horizontal_row(vp, out_row, &b.w, b.v, full);
     }
 }
 
@@ -242,9 +239,9 @@ fn backward_block_impl<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T]
         }
         sum_rows(acc, rows);
         match sub.as_deref_mut() {
-            None => horizontal_row_t_impl(acc, gx_row, &b.w, b.v, full),
+            None => horizontal_row_t(acc, gx_row, &b.w, b.v, full),
             Some(row) => {
-                horizontal_row_t_impl(acc, row, &b.w, b.v, full);
+                horizontal_row_t(acc, row, &b.w, b.v, full);
                 gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
             }
         }
@@ -272,6 +269,7 @@ pub(crate) fn row_buf_len(b: &Blocks) -> usize {
 
 /// Box sum of one block, handing each output row (`b.w.n_out * b.v` values, built in `row`) to
 /// `f(o, row)` instead of storing it: lets a consumer fuse its own elementwise work.
+#[inline(always)]
 pub(crate) fn for_each_output_row<T: Elem>(
     x: &[T],
     b: &Blocks,
@@ -419,7 +417,7 @@ mod tests {
         // adjoint: <Ax, y> == <x, A^T y>
         let y = [0.5f64, -1.0, 2.0, 0.25];
         let mut aty = [0.0; 4];
-        horizontal_row_t_impl(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
+        horizontal_row_t(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
         let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f64 = vp[1..5].iter().zip(&aty).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12);
@@ -431,7 +429,7 @@ mod tests {
         assert_eq!(t, [0.0 + 1.0 + 3.0, 1.0 + 3.0 + 5.0, 3.0 + 5.0 + 0.0]);
         let y = [1.0f64, -2.0, 0.5];
         let mut aty = [0.0; 5];
-        horizontal_row_t_impl(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
+        horizontal_row_t(&y, &mut aty, &ax, 1, &mut [0.0; 16]);
         let lhs: f64 = t.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f64 = vp[2..7].iter().zip(&aty).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12);

@@ -74,11 +74,6 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
     let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
     let ys = unsafe { shared::<T>(y) };
     let rs = rz.map(|r| unsafe { shared::<T>(r) });
-    let step = |yv: &mut T, p: T, s: T| {
-        let r = relu(*yv - p + s);
-        *yv += alpha * r;
-        r
-    };
     if let Some(pb) = PlaneBox::new(b, false) {
         // small NCHW planes: a chunk of planes' box sums at once, then the collision per plane
         let hw = pb.plane();
@@ -103,32 +98,86 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
         for blk in lo..hi {
             // SAFETY: block ranges are disjoint.
             let yb = unsafe { ys.slice(blk * ol, ol) };
-            let mut rb = rs.as_ref().map(|r| unsafe { r.slice(blk * ol, ol) });
-            for_each_output_row(&qs[blk * il..(blk + 1) * il], b, &mut vp, &mut prow, |o, p| {
-                let yr = &mut yb[o * wo..(o + 1) * wo];
-                match rb.as_deref_mut() {
-                    Some(rb) => {
-                        let rr = &mut rb[o * wo..(o + 1) * wo];
-                        if v == 1 {
-                            let s = sh[blk % c];
-                            (0..wo).for_each(|i| rr[i] = step(&mut yr[i], p[i], s));
-                        } else {
-                            (0..wo).for_each(|i| rr[i] = step(&mut yr[i], p[i], sh[i % v]));
-                        }
-                    }
-                    None if v == 1 => {
-                        let s = sh[blk % c];
-                        (0..wo).for_each(|i| {
-                            step(&mut yr[i], p[i], s);
-                        });
-                    }
-                    None => (0..wo).for_each(|i| {
-                        step(&mut yr[i], p[i], sh[i % v]);
-                    }),
-                }
-            });
+            let rb = rs.as_ref().map(|r| unsafe { r.slice(blk * ol, ol) });
+            // NCHW: the block's channel shift; NHWC: one shift per channel of every pixel
+            let shift = if v == 1 { &sh[blk % c..blk % c + 1] } else { sh };
+            fwd_rows(&qs[blk * il..(blk + 1) * il], yb, rb, shift, alpha, b, &mut vp, &mut prow);
         }
     })
+}
+
+crate::multiversion! {
+    /// One block of the row path: the box sum of `q` row by row ([`for_each_output_row`]), each row
+    /// consumed by the collision into `y` (and `rz`); `shift` holds the block's shift (NCHW) or
+    /// one per channel (NHWC).
+    fn fwd_rows<T: Elem>(
+        q: &[T],
+        y: &mut [T],
+        rz: Option<&mut [T]>,
+        shift: &[T],
+        alpha: T,
+        b: &Blocks,
+        vp: &mut [T],
+        prow: &mut [T],
+    ) -> () = fwd_rows_impl;
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fwd_rows_impl<T: Elem>(
+    q: &[T],
+    y: &mut [T],
+    mut rz: Option<&mut [T]>,
+    shift: &[T],
+    alpha: T,
+    b: &Blocks,
+    vp: &mut [T],
+    prow: &mut [T],
+) {
+    let wo = prow.len();
+    for_each_output_row(q, b, vp, prow, |o, p| {
+        let yr = &mut y[o * wo..(o + 1) * wo];
+        let rr = rz.as_deref_mut().map(|r| &mut r[o * wo..(o + 1) * wo]);
+        if shift.len() == 1 {
+            collide_plane_impl(yr, p, rr, shift[0], alpha);
+            return;
+        }
+        let v = shift.len();
+        match rr {
+            Some(rr) => {
+                for ((yp, pp), rp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)).zip(rr.chunks_exact_mut(v)) {
+                    collide_pixel(yp, pp, Some(rp), shift, alpha);
+                }
+            }
+            None => {
+                for (yp, pp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)) {
+                    collide_pixel(yp, pp, None, shift, alpha);
+                }
+            }
+        }
+    });
+}
+
+/// One NHWC pixel's collision, a shift per channel.
+#[inline(always)]
+fn collide_pixel<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, shift: &[T], alpha: T) {
+    let step = |yv: &mut T, pv: T, s: T| {
+        let r = relu(*yv - pv + s);
+        *yv += alpha * r;
+        r
+    };
+    match rz {
+        Some(rz) => {
+            for (((yv, &pv), rv), &s) in y.iter_mut().zip(p).zip(rz.iter_mut()).zip(shift) {
+                *rv = step(yv, pv, s);
+            }
+        }
+        None => {
+            for ((yv, &pv), &s) in y.iter_mut().zip(p).zip(shift) {
+                step(yv, pv, s);
+            }
+        }
+    }
 }
 
 crate::multiversion! {
