@@ -97,18 +97,19 @@ def pow2ceil(v):
 
 
 def plan_tile(c, rows, cols, cl, nt):
-    """Default tile (launch.rs `plan_tile`): channels_last 8 channels x 8 x 16 (fewer channels when
-    C is small), NCHW one channel x up to 512 pixels shaped after the image."""
+    """Default tile (params.rs `plan_tile`): channels_last 8 channels x 8 x 16 (fewer channels when
+    C is small), NCHW up to 512 pixels shaped after the image, and as many channels as fill 256
+    outputs for images under 16 x 16."""
     if cl:
         tc = min(8, pow2ceil(c))
         return tc, min(8, pow2ceil(rows)), min(16, pow2ceil(cols))
     tw = min(32, max(8, pow2ceil(cols)))
     th = min(max(512 // tw, 1), pow2ceil(rows))
-    return 1, th, tw
+    return min(max(256 // (th * tw), 1), pow2ceil(c)), th, tw
 
 
 def threads_for(tile):
-    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    """params.rs `threads_for`: about four outputs per thread, at least a row of the tile's
     channels x columns and 64 threads, at most 256."""
     tc, th, tw = tile
     return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))

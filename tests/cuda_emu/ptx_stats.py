@@ -1,7 +1,8 @@
 """What the fused kernels cost per output, read from NVRTC's output without a GPU: for each float32
 and bfloat16 entry, ptxas' registers, spills and stack (`-Xptxas -v`, sm_90), and for the box
 kernels the PTX instructions executed per output element at 64@56 and 512@7 (3x3, padding 1,
-stride 1, N = 256), NCHW and channels_last, with launch.rs's tile and threads per block.
+stride 1, N = 256), NCHW and channels_last, with the launch plan's tile and threads per block
+(`plan_tile`, `threads_for` in src/cuda/fused/params.rs, mirrored below).
 
     python tests/cuda_emu/ptx_stats.py [SOURCE.cu] [--arch 90] [--threads N] [-D NAME=VALUE ...]
 
@@ -113,15 +114,16 @@ def pow2ceil(v):
 
 
 def plan_tile(c, rows, cols, cl):
-    """launch.rs `plan_tile`."""
+    """params.rs `plan_tile`."""
     if cl:
         return min(8, pow2ceil(c)), min(8, pow2ceil(rows)), min(16, pow2ceil(cols))
     tw = min(32, max(8, pow2ceil(cols)))
-    return 1, min(max(512 // tw, 1), pow2ceil(rows)), tw
+    th = min(max(512 // tw, 1), pow2ceil(rows))
+    return min(max(256 // (th * tw), 1), pow2ceil(c)), th, tw
 
 
 def threads_for(tile):
-    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    """params.rs `threads_for`: about four outputs per thread, at least a row of the tile's
     channels x columns and 64 threads, at most 256."""
     tc, th, tw = tile
     return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))

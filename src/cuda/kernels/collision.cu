@@ -189,7 +189,7 @@ struct IcBoxParams {
     int kh, kw, ph, pw, dh, dw;
     int TC, TH, TW;  // tile: channels x rows x cols of the output (fwd) / aligned grid (bwd)
     int tiles_c, tiles_h, tiles_w;
-    int cl;           // 1: channel-fastest thread order (channels_last); needs blockDim.x % TC == 0
+    int cl;           // 1: channels_last (the box kernels run channel-fastest either way); blockDim.x % TC == 0
     IcStrides s_box;  // Q / G
     IcStrides s_a;    // Yb (fwd) / grad (bwd)
     IcStrides s_b;    // out (fwd) / gy (bwd)
@@ -291,21 +291,11 @@ struct IcLanes {
     }
 };
 
-// Shared-memory strides of (c, r, x) in a TC x R x X tile: channel fastest for cl (consecutive
-// threads, consecutive banks), else column fastest.
+// Shared-memory strides of (c, r, x) in a TC x R x X tile: channel fastest, as the threads run
+// (consecutive threads, consecutive banks).
 struct IcSlot {
     int sc, sr, sx;
-    __device__ __forceinline__ IcSlot(int cl, int TC, int R, int X) {
-        if (cl) {
-            sx = TC;
-            sr = X * TC;
-            sc = 1;
-        } else {
-            sx = 1;
-            sr = X;
-            sc = R * X;
-        }
-    }
+    __device__ __forceinline__ IcSlot(int TC, int X) : sc(1), sr(X * TC), sx(TC) {}
     __device__ __forceinline__ int at(int c, int r, int x) const { return c * sc + r * sr + x * sx; }
 };
 // Element offset of (c, h, w) inside one image, 32-bit (launch.rs checks that every image of
@@ -350,7 +340,7 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* __restrict__ q, 
     const int oh0 = th * p.TH, ow0 = tw * p.TW;
     const int HH = p.TH + p.dh * (kh - 1), HW = p.TW + p.dw * (kw - 1);
     const IcLanes L(p.TC, p.TW);
-    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const IcSlot sl(p.TC, HW);
     const int ch = c0 + L.c;
     // 1. Q on the tile and its halo (zero outside the image: the box sum's zero padding).
     {
@@ -415,7 +405,7 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
                                            typename IcTraits<T>::acc* __restrict__ partials, const IcBoxParams& p) {
     typedef typename IcTraits<T>::acc A;
     IC_SHARED(A, smem);
-    IC_CHECK(p.TC * p.TW <= (int)blockDim.x && blockDim.x % 32 == 0 && (p.cl || p.TC == 1));
+    IC_CHECK(p.TC * p.TW <= (int)blockDim.x && blockDim.x % 32 == 0);
     const int kh = KH > 0 ? KH : p.kh, kw = KW > 0 ? KW : p.kw;
     const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp - th * p.tiles_w;
     const int c0 = blockIdx.y * p.TC, n = blockIdx.z;
@@ -425,7 +415,7 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
     A* tile = smem;
     A* red = smem + p.TC * HH * HW;
     const IcLanes L(p.TC, p.TW);
-    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const IcSlot sl(p.TC, HW);
     const int ch = c0 + L.c;  // thread t always sees channel c0 + t % TC
     A acc[3] = {A(0), A(0), A(0)};
     // 1. gz on the halo; gy and the sums on the owned part (halo rows >= eh, cols >= ew).
