@@ -26,6 +26,8 @@ from cuda_emu.host import (
     make_case,
     maxrel,
     oracle,
+    plan_tile,
+    threads_for,
 )
 from ic_networks.reference import boxsum_reference
 
@@ -172,6 +174,26 @@ def test_emulated_half_types(emu, dtype, cl):
     assert torch.allclose(db1, gz.sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
     assert torch.allclose(db2, grad.float().sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
     assert torch.allclose(da, (grad.float() * rz.float()).sum(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c", [6, 12])
+def test_small_nchw_images_take_several_channels(emu, c):
+    """A 7 x 7 NCHW image gets a tile of four channels and 64 threads (params.rs `plan_tile`), the
+    last channel tile partly past C for C = 6: the layer against the float64 oracle, and
+    bit-identical in both thread orders."""
+    assert plan_tile(c, 7, 7, False, 0) == (4, 8, 8) and threads_for((4, 8, 8)) == 64
+    one = (1, 1)
+    x, w, wa, b1, b2, alpha = make_case(2, c, c, (7, 7), (3, 3), one, one, one, 1, torch.float64, False, seed=c)
+    grad = torch.randn(2, c, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, one, one, one, 1, grad)
+    runs = [emu_layer(emu, x, w, wa, b1, b2, alpha, one, one, one, 1, grad, nt=0, order=o) for o in (0, 1)]
+    for out, _, g in runs:
+        assert maxrel(out, ref_out) < 1e-12
+        for name, ref in ref_g.items():
+            assert maxrel(g[name].reshape(ref.shape), ref) < 1e-11, name
+    assert torch.equal(runs[0][0], runs[1][0])
+    for name in runs[0][2]:
+        assert torch.equal(runs[0][2][name], runs[1][2][name]), name
 
 
 def test_half_conversions_match_torch(emu):
