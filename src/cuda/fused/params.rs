@@ -133,9 +133,10 @@ mod tests {
     fn plan_fits_and_covers() {
         for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
             for &cl in &[false, true] {
-                for &bwd in &[false, true] {
+                for (bwd, elem) in [false, true].into_iter().flat_map(|b| [(b, 2), (b, 4), (b, 8)]) {
+                    let acc = elem.max(4); // half types accumulate in float32
                     let (p, smem, threads) =
-                        plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4, 4)
+                        plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, elem, acc)
                             .unwrap();
                     assert!(smem <= SMEM_LIMIT);
                     // the kernels' thread layout: powers of two, a row of channels x columns per pass
