@@ -26,6 +26,8 @@ from cuda_emu.host import (
     make_case,
     maxrel,
     oracle,
+    plan_tile,
+    threads_for,
 )
 from ic_networks.reference import boxsum_reference
 
@@ -143,11 +145,14 @@ def test_emulated_float32_matches_cpu_kernels(emu, stride, cl, k, pad, dil):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("cl", [False, True])
-def test_emulated_half_types(emu, dtype, cl):
+@pytest.mark.parametrize("cl,c", [(False, 8), (True, 8), (True, 24)])
+def test_emulated_half_types(emu, dtype, cl, c):
     """Half inputs, float32 math, one rounding per stored value: compared with the same formula
-    evaluated in float32 and rounded by torch."""
-    x, w, wa, b1, b2, alpha = make_case(2, 8, 8, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 1, dtype, cl, seed=5)
+    evaluated in float32 and rounded by torch. channels_last with C = 24: the launch plan's
+    16-channel tile of 2-byte types, the second channel tile partly past C."""
+    if cl and c == 24:
+        assert plan_tile(c, 9, 9, True, 0, 2) == (16, 8, 16)
+    x, w, wa, b1, b2, alpha = make_case(2, c, c, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 1, dtype, cl, seed=5)
     y = F.conv2d(x.float(), w.float(), b2.float(), 1, 1).to(dtype)
     q = F.conv2d(x.float(), wa.float()).to(dtype)
     if cl:
@@ -167,11 +172,31 @@ def test_emulated_half_types(emu, dtype, cl):
     gy, G, db1, db2, da = emu_bwd_box(emu, grad, rz, float(alpha), (9, 9), (3, 3), (1, 1), (1, 1))
     gz = torch.where(rz.float() > 0, alpha.float() * grad.float(), torch.zeros(()))
     assert torch.equal(gy, (grad.float() + gz).to(dtype))
-    Gref = torch.nn.grad.conv2d_input(G.shape, torch.ones(8, 1, 3, 3), gz, 1, 1, 1, 8)
+    Gref = torch.nn.grad.conv2d_input(G.shape, torch.ones(c, 1, 3, 3), gz, 1, 1, 1, c)
     assert ((G.float() - Gref).abs() <= ulp * Gref.abs().clamp_min(1)).all()
     assert torch.allclose(db1, gz.sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
     assert torch.allclose(db2, grad.float().sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
     assert torch.allclose(da, (grad.float() * rz.float()).sum(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c", [6, 12])
+def test_small_nchw_images_take_several_channels(emu, c):
+    """A 7 x 7 NCHW image gets a tile of four channels and 64 threads (params.rs `plan_tile`), the
+    last channel tile partly past C for C = 6: the layer against the float64 oracle, and
+    bit-identical in both thread orders."""
+    assert plan_tile(c, 7, 7, False, 0) == (4, 8, 8) and threads_for((4, 8, 8)) == 64
+    one = (1, 1)
+    x, w, wa, b1, b2, alpha = make_case(2, c, c, (7, 7), (3, 3), one, one, one, 1, torch.float64, False, seed=c)
+    grad = torch.randn(2, c, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref_out, ref_g = oracle(x, w, wa, b1, b2, alpha, one, one, one, 1, grad)
+    runs = [emu_layer(emu, x, w, wa, b1, b2, alpha, one, one, one, 1, grad, nt=0, order=o) for o in (0, 1)]
+    for out, _, g in runs:
+        assert maxrel(out, ref_out) < 1e-12
+        for name, ref in ref_g.items():
+            assert maxrel(g[name].reshape(ref.shape), ref) < 1e-11, name
+    assert torch.equal(runs[0][0], runs[1][0])
+    for name in runs[0][2]:
+        assert torch.equal(runs[0][2][name], runs[1][2][name]), name
 
 
 def test_half_conversions_match_torch(emu):

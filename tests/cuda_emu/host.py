@@ -96,19 +96,20 @@ def pow2ceil(v):
     return 1 << max(0, int(v - 1).bit_length())
 
 
-def plan_tile(c, rows, cols, cl, nt):
-    """Default tile (launch.rs `plan_tile`): channels_last 8 channels x 8 x 16 (fewer channels when
-    C is small), NCHW one channel x up to 512 pixels shaped after the image."""
+def plan_tile(c, rows, cols, cl, nt, elem_bytes=4):
+    """Default tile (params.rs `plan_tile`): channels_last 8 x 16 pixels of as many channels as fill
+    32 bytes, at least 8 (16 for 2-byte types; fewer when C is small), NCHW up to 512 pixels shaped
+    after the image, and as many channels as fill 256 outputs for images under 16 x 16."""
     if cl:
-        tc = min(8, pow2ceil(c))
+        tc = min(min(max(32 // elem_bytes, 8), 16), pow2ceil(c))
         return tc, min(8, pow2ceil(rows)), min(16, pow2ceil(cols))
     tw = min(32, max(8, pow2ceil(cols)))
     th = min(max(512 // tw, 1), pow2ceil(rows))
-    return 1, th, tw
+    return min(max(256 // (th * tw), 1), pow2ceil(c)), th, tw
 
 
 def threads_for(tile):
-    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    """params.rs `threads_for`: about four outputs per thread, at least a row of the tile's
     channels x columns and 64 threads, at most 256."""
     tc, th, tw = tile
     return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))
@@ -157,7 +158,7 @@ def emu_fwd_box(lib, y, q, shift, alpha, k, pad, dil, keep_rz=True, tile=None, n
     """out (in place in a copy of y), relu_z from Yb and Q (stride-1 box sum inside)."""
     (n, c, ho, wo), (h, w) = y.shape, q.shape[2:]
     cl = is_cl(y)
-    tile = tile or plan_tile(c, ho, wo, cl, nt)
+    tile = tile or plan_tile(c, ho, wo, cl, nt, y.element_size())
     nt = nt or threads_for(tile)  # 0: launch.rs's choice
     out = y.clone()
     rz = torch.empty_like(y) if keep_rz else None
@@ -192,7 +193,7 @@ def emu_bwd_box(
     n, c, ho, wo = grad.shape
     h, w = in_hw
     cl = is_cl(grad)
-    tile = tile or plan_tile(c, max(ho, h + pad[0]), max(wo, w + pad[1]), cl, nt)
+    tile = tile or plan_tile(c, max(ho, h + pad[0]), max(wo, w + pad[1]), cl, nt, grad.element_size())
     nt = nt or threads_for(tile)  # 0: launch.rs's choice
     a = acc_dtype(grad.dtype)
     gy = torch.empty_like(grad) if need_gy else None

@@ -1,9 +1,10 @@
 """What the fused kernels cost per output, read from NVRTC's output without a GPU: for each float32
 and bfloat16 entry, ptxas' registers, spills and stack (`-Xptxas -v`, sm_90), and for the box
 kernels the PTX instructions executed per output element at 64@56 and 512@7 (3x3, padding 1,
-stride 1, N = 256), NCHW and channels_last, with launch.rs's tile and threads per block.
+stride 1, N = 256), NCHW and channels_last, with the launch plan's tile and threads per block
+(`plan_tile`, `threads_for` in src/cuda/fused/params.rs, mirrored below).
 
-    python tests/cuda_emu/ptx_stats.py [SOURCE.cu] [--arch 90] [--threads N] [-D NAME=VALUE ...]
+    python tests/cuda_emu/ptx_stats.py [SOURCE.cu] [--arch 90] [--threads N] [--dtype f32] [-D NAME=VALUE ...]
 
 How the count is taken: a small PTX interpreter (`Thread`) runs every thread of one block with a
 full tile (the second row of tiles, first column) through the entry, with the kernel parameters
@@ -108,20 +109,24 @@ def resources(log: str) -> dict:
     return out
 
 
+ELEM_BYTES = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2}
+
+
 def pow2ceil(v):
     return 1 << max(0, int(v - 1).bit_length())
 
 
-def plan_tile(c, rows, cols, cl):
-    """launch.rs `plan_tile`."""
+def plan_tile(c, rows, cols, cl, elem_bytes=4):
+    """params.rs `plan_tile`."""
     if cl:
-        return min(8, pow2ceil(c)), min(8, pow2ceil(rows)), min(16, pow2ceil(cols))
+        return min(min(max(32 // elem_bytes, 8), 16), pow2ceil(c)), min(8, pow2ceil(rows)), min(16, pow2ceil(cols))
     tw = min(32, max(8, pow2ceil(cols)))
-    return 1, min(max(512 // tw, 1), pow2ceil(rows)), tw
+    th = min(max(512 // tw, 1), pow2ceil(rows))
+    return min(max(256 // (th * tw), 1), pow2ceil(c)), th, tw
 
 
 def threads_for(tile):
-    """launch.rs `threads_for`: about four outputs per thread, at least a row of the tile's
+    """params.rs `threads_for`: about four outputs per thread, at least a row of the tile's
     channels x columns and 64 threads, at most 256."""
     tc, th, tw = tile
     return min(256, max(tc * tw, 64, pow2ceil(tc * th * tw) // 4))
@@ -147,7 +152,7 @@ def measure(ptx: str, suffix: str = "f32", threads: int = 0) -> list:
         for shape, c, hw, n in SHAPES:
             for cl in (False, True):
                 rws, cls_ = (max(hw, hw + 1), max(hw, hw + 1)) if bwd else (hw, hw)
-                tc, th, tw = plan_tile(c, rws, cls_, cl)
+                tc, th, tw = plan_tile(c, rws, cls_, cl, ELEM_BYTES[suffix])
                 tiles_c, tiles_h, tiles_w = -(-c // tc), -(-rws // th), -(-cls_ // tw)
                 st = strides(n, c, hw, hw, cl)
                 p = BoxParams(
@@ -220,6 +225,7 @@ def main() -> int:
     ap.add_argument(
         "--threads", type=int, default=0, help="threads per block (default: launch.rs's choice; 256 for the old plan)"
     )
+    ap.add_argument("--dtype", default="f32", choices=sorted(ELEM_BYTES), help="the box kernels' storage type")
     a = ap.parse_args()
     ptx, log = compile_cu(Path(a.source).read_text(), a.arch, a.defines)
     res = resources(log)
@@ -233,7 +239,7 @@ def main() -> int:
     print()
     print("| kernel | shape | layout | tile (TC, TH, TW) | threads | PTX instructions executed per output |")
     print("|---|---|---|---|---|---|")
-    for r in measure(ptx, threads=a.threads):
+    for r in measure(ptx, a.dtype, threads=a.threads):
         print(
             f"| `{r['kernel']}` | {r['shape']} | {r['layout']} | {r['tile']} | {r['threads']} "
             f"| {r['instr_per_output']:.1f} |"

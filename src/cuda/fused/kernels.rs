@@ -22,6 +22,15 @@ fn dtype(k: Kind) -> Option<(&'static str, Kind)> {
     }
 }
 
+/// Bytes per element of a tensor of a kernel dtype.
+fn elem_bytes(k: Kind) -> usize {
+    match k {
+        Kind::Half | Kind::BFloat16 => 2,
+        Kind::Double => 8,
+        _ => 4,
+    }
+}
+
 fn acc_bytes(k: Kind) -> usize {
     if k == Kind::Double {
         8
@@ -140,6 +149,7 @@ pub fn box_forward(
         dilation,
         is_cl(y),
         false,
+        elem_bytes(kind),
         acc_bytes(acc),
     ) else {
         return Ok(None);
@@ -244,9 +254,17 @@ pub fn box_backward(
     }
     let gs = grad.size();
     let (suffix, acc) = dtype(kind).unwrap();
-    let Some((mut p, smem, threads)) =
-        params::plan_box([gs[0], gs[1], gs[2], gs[3]], in_hw, k, padding, dilation, is_cl(grad), true, acc_bytes(acc))
-    else {
+    let Some((mut p, smem, threads)) = params::plan_box(
+        [gs[0], gs[1], gs[2], gs[3]],
+        in_hw,
+        k,
+        padding,
+        dilation,
+        is_cl(grad),
+        true,
+        elem_bytes(kind),
+        acc_bytes(acc),
+    ) else {
         return Ok(None);
     };
     let extra = halo_extra(&p);

@@ -24,16 +24,20 @@ fn pow2ceil(v: i64) -> i64 {
     v.next_power_of_two() as i64
 }
 
-/// Default tile (channels, rows, cols) for `rows x cols` of work: channels_last 8 channels x 8 x 16
-/// (fewer channels when C is small; channel-fastest threads, coalesced on NHWC), NCHW one channel x
-/// up to 512 pixels shaped after the image. Mirrored in tests/cuda_emu/host.py (`plan_tile`).
-pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool) -> (i64, i64, i64) {
+/// Default tile (channels, rows, cols) for `rows x cols` of work on elements of `elem_bytes`:
+/// channels_last 8 x 16 pixels of as many channels as fill a 32-byte sector per pixel, at least 8
+/// (16 for 2-byte types; fewer when C is small; channel-fastest threads, coalesced on NHWC), NCHW
+/// up to 512 pixels shaped after the image, and for images under 16 x 16 as many channels as fill
+/// 256 outputs (4 x 8 x 8 at 7 x 7: about four outputs per thread where one channel would give
+/// one). Mirrored in tests/cuda_emu/host.py and tests/cuda_emu/ptx_stats.py (`plan_tile`).
+pub fn plan_tile(c: i64, rows: i64, cols: i64, cl: bool, elem_bytes: usize) -> (i64, i64, i64) {
     if cl {
-        (pow2ceil(c).min(8), pow2ceil(rows).min(8), pow2ceil(cols).min(16))
+        let tc = (32 / elem_bytes.max(1) as i64).clamp(8, 16);
+        (pow2ceil(c).min(tc), pow2ceil(rows).min(8), pow2ceil(cols).min(16))
     } else {
         let tw = pow2ceil(cols).clamp(8, 32);
         let th = (512 / tw).max(1).min(pow2ceil(rows));
-        (1, th, tw)
+        ((256 / (th * tw)).max(1).min(pow2ceil(c)), th, tw)
     }
 }
 
@@ -54,9 +58,9 @@ pub fn fits_i32(size: &[i64], stride: &[i64], extra: i64) -> bool {
     span < i32::MAX as i128 && (1..4).all(|d| stride[d].unsigned_abs() < i32::MAX as u64)
 }
 
-/// The box kernels' plan: params, shared-memory bytes and threads per block, shrinking the tile
-/// until the halo fits in [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated
-/// boxes: libtorch path).
+/// The box kernels' plan for tensors of `elem_bytes` elements, accumulating in `acc_bytes`:
+/// params, shared-memory bytes and threads per block, shrinking the tile until the halo fits in
+/// [`SMEM_LIMIT`]; `None` if even a 1 x 1 tile does not (huge dilated boxes: libtorch path).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_box(
     size_out: [i64; 4],
@@ -66,17 +70,20 @@ pub fn plan_box(
     dil: [i64; 2],
     cl: bool,
     bwd: bool,
+    elem_bytes: usize,
     acc_bytes: usize,
 ) -> Option<(IcBoxParams, usize, u32)> {
     let [n, c, ho, wo] = size_out;
     let [h, w] = size_in_hw;
     let (rows, cols) = if bwd { (ho.max(h + pad[0]), wo.max(w + pad[1])) } else { (ho, wo) };
-    let (tc, mut th, mut tw) = plan_tile(c, rows, cols, cl);
+    let (mut tc, mut th, mut tw) = plan_tile(c, rows, cols, cl, elem_bytes);
     let (eh, ew) = (dil[0] * (k[0] - 1), dil[1] * (k[1] - 1));
     let red = if bwd { 3 * THREADS as usize } else { 0 }; // the block reduction's warp sums fit in it
-    let bytes = |th: i64, tw: i64| ((tc * (th + eh) * (tw + ew)) as usize + red) * acc_bytes;
-    while bytes(th, tw) > SMEM_LIMIT {
-        if th >= tw && th > 1 {
+    let bytes = |tc: i64, th: i64, tw: i64| ((tc * (th + eh) * (tw + ew)) as usize + red) * acc_bytes;
+    while bytes(tc, th, tw) > SMEM_LIMIT {
+        if !cl && tc > 1 {
+            tc /= 2; // NCHW: the channels of a small image go first
+        } else if th >= tw && th > 1 {
             th /= 2;
         } else if tw > 1 {
             tw /= 2;
@@ -115,7 +122,7 @@ pub fn plan_box(
     if p.tiles_c > 65535 || p.n > 65535 || (p.tiles_h as i64) * (p.tiles_w as i64) > i32::MAX as i64 {
         return None;
     }
-    Some((p, bytes(th, tw), threads_for(tc, th, tw)))
+    Some((p, bytes(tc, th, tw), threads_for(tc, th, tw)))
 }
 
 #[cfg(test)]
@@ -126,9 +133,11 @@ mod tests {
     fn plan_fits_and_covers() {
         for &(k, d) in &[(1, 1), (3, 1), (5, 2), (7, 3)] {
             for &cl in &[false, true] {
-                for &bwd in &[false, true] {
+                for (bwd, elem) in [false, true].into_iter().flat_map(|b| [(b, 2), (b, 4), (b, 8)]) {
+                    let acc = elem.max(4); // half types accumulate in float32
                     let (p, smem, threads) =
-                        plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, 4).unwrap();
+                        plan_box([4, 64, 56, 56], [56, 56], [k, k], [d * (k - 1) / 2; 2], [d, d], cl, bwd, elem, acc)
+                            .unwrap();
                     assert!(smem <= SMEM_LIMIT);
                     // the kernels' thread layout: powers of two, a row of channels x columns per pass
                     assert!(threads.is_power_of_two() && threads % 32 == 0 && threads <= THREADS);
@@ -138,16 +147,22 @@ mod tests {
                             && (p.tw as u32).is_power_of_two()
                     );
                     assert!(p.tiles_h * p.th >= 56 && p.tiles_w * p.tw >= 56 && p.tiles_c * p.tc >= 64);
-                    if cl {
-                        assert_eq!(THREADS as i32 % p.tc, 0);
-                    } else {
-                        assert_eq!(p.tc, 1);
+                    assert_eq!(THREADS as i32 % p.tc, 0);
+                    if !cl {
+                        assert_eq!(p.tc, 1); // 56 x 56: one channel fills the tile
                     }
                 }
             }
         }
+        // NCHW at 7 x 7: four channels, two when a wide dilated halo would not fit four
+        let small = |k: i64, d: i64| {
+            plan_box([1, 512, 7, 7], [7, 7], [k, k], [d * (k - 1) / 2; 2], [d, d], false, false, 8, 8).unwrap()
+        };
+        assert_eq!((small(3, 1).0.tc, small(3, 1).0.th, small(3, 1).0.tw, small(3, 1).2), (4, 8, 8, 64));
+        let (p, smem, _) = small(7, 6);
+        assert!((p.tc, p.th, p.tw) == (2, 8, 8) && smem <= SMEM_LIMIT);
         // a box whose halo cannot fit: no plan (the caller keeps the libtorch path)
-        assert!(plan_box([1, 8, 4, 4], [4000, 4000], [3, 3], [0, 0], [3000, 3000], false, false, 4).is_none());
+        assert!(plan_box([1, 8, 4, 4], [4000, 4000], [3, 3], [0, 0], [3000, 3000], false, false, 4, 4).is_none());
     }
 
     /// `(field, offset)` of a C struct of collision.cu, by C's natural-alignment rules (its fields
@@ -209,7 +224,17 @@ mod tests {
     fn threads_fit_the_tile() {
         assert_eq!(threads_for(1, 16, 32), 128); // 64@56 NCHW: four outputs per thread
         assert_eq!(threads_for(8, 8, 16), 256);
-        assert_eq!(threads_for(1, 8, 8), 64); // 512@7 NCHW: a block as small as the image
+        assert_eq!(plan_tile(512, 7, 7, false, 4), (4, 8, 8)); // 512@7 NCHW: four channels of the small image
+        assert_eq!(threads_for(4, 8, 8), 64); // about four outputs per thread
+        assert_eq!(plan_tile(3, 7, 7, false, 4), (4, 8, 8)); // C = 3: the fourth channel idles
+        assert_eq!(plan_tile(64, 56, 56, false, 2), (1, 16, 32));
+        // channels_last: 32 bytes of channels per pixel, at least 8 channels
+        assert_eq!(plan_tile(64, 56, 56, true, 4), (8, 8, 16));
+        assert_eq!(plan_tile(64, 56, 56, true, 8), (8, 8, 16));
+        assert_eq!(plan_tile(64, 56, 56, true, 2), (16, 8, 16));
+        assert_eq!(plan_tile(12, 56, 56, true, 2), (16, 8, 16));
+        assert_eq!(plan_tile(4, 56, 56, true, 2), (4, 8, 16));
+        assert_eq!(threads_for(16, 8, 16), 256);
         assert_eq!(threads_for(8, 8, 8), 128);
         assert!(fits_i32(&[1, 64, 56, 56], &[200704, 3136, 56, 1], 40));
         assert!(!fits_i32(&[1, 3, 40000, 40000], &[4_800_000_000, 1_600_000_000, 40000, 1], 0));

@@ -189,7 +189,7 @@ struct IcBoxParams {
     int kh, kw, ph, pw, dh, dw;
     int TC, TH, TW;  // tile: channels x rows x cols of the output (fwd) / aligned grid (bwd)
     int tiles_c, tiles_h, tiles_w;
-    int cl;           // 1: channel-fastest thread order (channels_last); needs blockDim.x % TC == 0
+    int cl;           // 1: channels_last (the box kernels run channel-fastest either way); blockDim.x % TC == 0
     IcStrides s_box;  // Q / G
     IcStrides s_a;    // Yb (fwd) / grad (bwd)
     IcStrides s_b;    // out (fwd) / gy (bwd)
@@ -291,21 +291,11 @@ struct IcLanes {
     }
 };
 
-// Shared-memory strides of (c, r, x) in a TC x R x X tile: channel fastest for cl (consecutive
-// threads, consecutive banks), else column fastest.
+// Shared-memory strides of (c, r, x) in a TC x R x X tile: channel fastest, as the threads run
+// (consecutive threads, consecutive banks).
 struct IcSlot {
     int sc, sr, sx;
-    __device__ __forceinline__ IcSlot(int cl, int TC, int R, int X) {
-        if (cl) {
-            sx = TC;
-            sr = X * TC;
-            sc = 1;
-        } else {
-            sx = 1;
-            sr = X;
-            sc = R * X;
-        }
-    }
+    __device__ __forceinline__ IcSlot(int TC, int X) : sc(1), sr(X * TC), sx(TC) {}
     __device__ __forceinline__ int at(int c, int r, int x) const { return c * sc + r * sr + x * sx; }
 };
 // Element offset of (c, h, w) inside one image, 32-bit (launch.rs checks that every image of
@@ -350,7 +340,7 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* __restrict__ q, 
     const int oh0 = th * p.TH, ow0 = tw * p.TW;
     const int HH = p.TH + p.dh * (kh - 1), HW = p.TW + p.dw * (kw - 1);
     const IcLanes L(p.TC, p.TW);
-    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const IcSlot sl(p.TC, HW);
     const int ch = c0 + L.c;
     // 1. Q on the tile and its halo (zero outside the image: the box sum's zero padding).
     {
@@ -360,13 +350,14 @@ __device__ __forceinline__ void ic_fwd_box(const T* y, const T* __restrict__ q, 
         const bool ch_in = ch < p.C;
         const T* qr = q + (ic_i64)n * p.s_box.n + ic_off32(p.s_box, ch, h0, w0);
         A* tr = tile + sl.at(L.c, L.ty, L.tx);
-        for (int h = h0; h < hend; h += L.ny, qr += ystep, tr += trow) {
-            const bool row_in = ch_in && (unsigned)h < (unsigned)H;
+        // columns outer (one or two per thread: TW of the HW), rows inner
+        IC_NO_UNROLL
+        for (int wc = w0; wc < wend; wc += TW, qr += xstep, tr += tstep) {
+            const bool col_in = ch_in && (unsigned)wc < (unsigned)W;
             const T* qp = qr;
             A* tp = tr;
-            IC_NO_UNROLL
-            for (int wc = w0; wc < wend; wc += TW, qp += xstep, tp += tstep)
-                *tp = row_in && (unsigned)wc < (unsigned)W ? IcTraits<T>::load(qp) : A(0);
+            for (int h = h0; h < hend; h += L.ny, qp += ystep, tp += trow)
+                *tp = col_in && (unsigned)h < (unsigned)H ? IcTraits<T>::load(qp) : A(0);
         }
     }
     __syncthreads();
@@ -415,7 +406,7 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
                                            typename IcTraits<T>::acc* __restrict__ partials, const IcBoxParams& p) {
     typedef typename IcTraits<T>::acc A;
     IC_SHARED(A, smem);
-    IC_CHECK(p.TC * p.TW <= (int)blockDim.x && blockDim.x % 32 == 0 && (p.cl || p.TC == 1));
+    IC_CHECK(p.TC * p.TW <= (int)blockDim.x && blockDim.x % 32 == 0);
     const int kh = KH > 0 ? KH : p.kh, kw = KW > 0 ? KW : p.kw;
     const int sp = blockIdx.x, th = sp / p.tiles_w, tw = sp - th * p.tiles_w;
     const int c0 = blockIdx.y * p.TC, n = blockIdx.z;
@@ -425,7 +416,7 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
     A* tile = smem;
     A* red = smem + p.TC * HH * HW;
     const IcLanes L(p.TC, p.TW);
-    const IcSlot sl(p.cl, p.TC, HH, HW);
+    const IcSlot sl(p.TC, HW);
     const int ch = c0 + L.c;  // thread t always sees channel c0 + t % TC
     A acc[3] = {A(0), A(0), A(0)};
     // 1. gz on the halo; gy and the sums on the owned part (halo rows >= eh, cols >= ew).
@@ -437,31 +428,32 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
         const int xa = TW * (int)p.s_a.w, xr = TW * (int)p.s_r.w, xb = TW * (int)p.s_b.w, tstep = TW * sl.sx;
         const int ya = L.ny * (int)p.s_a.h, yr = L.ny * (int)p.s_r.h, yb = L.ny * (int)p.s_b.h, trow = L.ny * sl.sr;
         const bool ch_in = ch < p.C;
-        const T* ga = grad + (ic_i64)n * p.s_a.n + ic_off32(p.s_a, ch, h0, w0);
-        const T* ra = rz + (ic_i64)n * p.s_r.n + ic_off32(p.s_r, ch, h0, w0);
-        int oba = ic_off32(p.s_b, ch, h0, w0);
-        A* ta = tile + sl.at(L.c, L.ty, L.tx);
-        for (int oh = h0; oh < hend; oh += L.ny, ga += ya, ra += yr, oba += yb, ta += trow) {
-            const bool row_in = ch_in && (unsigned)oh < (unsigned)Ho, row_own = oh >= a0;
-            const T* gp = ga;
-            const T* rp = ra;
-            int ob = oba;
-            A* tp = ta;
+        const T* gn = grad + (ic_i64)n * p.s_a.n;
+        const T* rn = rz + (ic_i64)n * p.s_r.n;
+        int oa0 = ic_off32(p.s_a, ch, h0, w0), or0 = ic_off32(p.s_r, ch, h0, w0), ob0 = ic_off32(p.s_b, ch, h0, w0);
+        A* ts0 = tile + sl.at(L.c, L.ty, L.tx);
+        // columns outer (one or two per thread: TW of the HW), rows inner; 32-bit offsets and loops
+        // kept rolled hold the kernel at 48 registers (five 256-thread blocks per SM)
+        IC_NO_UNROLL
+        for (int ow = w0; ow < wend; ow += TW, oa0 += xa, or0 += xr, ob0 += xb, ts0 += tstep) {
+            const bool col_in = ch_in && (unsigned)ow < (unsigned)Wo, col_own = ow >= b0;
+            int oa = oa0, orr = or0, ob = ob0;
+            A* ts = ts0;
             IC_NO_UNROLL
-            for (int ow = w0; ow < wend; ow += TW, gp += xa, rp += xr, ob += xb, tp += tstep) {
+            for (int oh = h0; oh < hend; oh += L.ny, oa += ya, orr += yr, ob += yb, ts += trow) {
                 A z = A(0);
-                if (row_in && (unsigned)ow < (unsigned)Wo) {
-                    const A g = IcTraits<T>::load(gp);
-                    const A rv = IcTraits<T>::load(rp);
+                if (col_in && (unsigned)oh < (unsigned)Ho) {
+                    const A g = IcTraits<T>::load(gn + oa);
+                    const A rv = IcTraits<T>::load(rn + orr);
                     z = ic_mask(g, rv, alpha);
-                    if (row_own && ow >= b0) {
+                    if (col_own && oh >= a0) {
                         if (yn) IcTraits<T>::store(yn + ob, g + z);
                         acc[0] += z;
                         acc[1] += g;
                         acc[2] += g * rv;
                     }
                 }
-                *tp = z;
+                *ts = z;
             }
         }
     }
@@ -472,11 +464,12 @@ __device__ __forceinline__ void ic_bwd_box(const T* __restrict__ grad, const T* 
         if (ch < p.C && (unsigned)wc < (unsigned)p.W) {
             T* Gn = G + (ic_i64)n * p.s_box.n;
             const int di = p.dh * sl.sr, dj = p.dw * sl.sx, dG = L.ny * (int)p.s_box.h, dslot = L.ny * sl.sr;
-            int oG = ic_off32(p.s_box, ch, a0 - p.ph + L.ty, wc), slot = sl.at(L.c, L.ty + eh, L.tx + ew);
+            // G(h, w) sums gz over tile rows r .. r + eh and columns tx .. tx + ew
+            int oG = ic_off32(p.s_box, ch, a0 - p.ph + L.ty, wc), slot = sl.at(L.c, L.ty, L.tx);
             for (int r = L.ty; r < p.TH; r += L.ny, oG += dG, slot += dslot) {
                 const int h = a0 - p.ph + r;
                 if ((unsigned)h < (unsigned)p.H)
-                    IcTraits<T>::store(Gn + oG, ic_taps<KH, KW>(tile, slot, kh, kw, -di, -dj));
+                    IcTraits<T>::store(Gn + oG, ic_taps<KH, KW>(tile, slot, kh, kw, di, dj));
             }
         }
     }
