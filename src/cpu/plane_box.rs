@@ -32,23 +32,27 @@ pub(crate) struct PlaneBox {
     horizontal: Vec<Tap>,
 }
 
-/// The taps of `ax` on a plane of `rows` x `cols` values: vertical taps move by whole rows
-/// (`stride` = cols), horizontal ones by single values. `transpose` negates every offset.
-fn taps(ax: &Axis, vertical: bool, rows: usize, cols: usize, len: usize, transpose: bool) -> Vec<Tap> {
+/// The taps of `ax` on `planes` planes of `rows` x `cols` values: vertical taps move by whole
+/// rows (`stride` = cols), horizontal ones by single values. `transpose` negates every offset.
+/// One plane's masks are built row by row, then repeated.
+fn taps(ax: &Axis, vertical: bool, rows: usize, cols: usize, planes: usize, transpose: bool) -> Vec<Tap> {
     (0..ax.k)
         .map(|j| {
             let mut off = (j * ax.d) as isize - ax.p as isize;
             if transpose {
                 off = -off;
             }
-            let (n, stride) = if vertical { (rows, cols as isize) } else { (cols, 1) };
-            let inside = (0..len)
-                .map(|x| {
-                    let pos = if vertical { (x / cols) % rows } else { x % cols } as isize;
-                    (0..n as isize).contains(&(pos + off))
-                })
-                .collect();
-            Tap { offset: off * stride, inside }
+            let inside_at = |pos: usize, n: usize| (0..n as isize).contains(&(pos as isize + off));
+            let mut plane = Vec::with_capacity(rows * cols);
+            for r in 0..rows {
+                if vertical {
+                    plane.extend(std::iter::repeat_n(inside_at(r, rows), cols));
+                } else {
+                    plane.extend((0..cols).map(|c| inside_at(c, cols)));
+                }
+            }
+            let stride = if vertical { cols as isize } else { 1 };
+            Tap { offset: off * stride, inside: plane.repeat(planes) }
         })
         .collect()
 }
@@ -63,13 +67,13 @@ impl PlaneBox {
         }
         let (rows, cols) = (b.h.n_in, b.w.n_in);
         let plane = rows * cols;
-        let planes = (CHUNK / plane.max(1)).max(1);
-        let len = planes * plane;
+        // no more planes per chunk than the call has: the masks are built per call
+        let planes = (CHUNK / plane.max(1)).clamp(1, b.count.max(1));
         Some(Self {
             plane,
             planes,
-            vertical: taps(&b.h, true, rows, cols, len, transpose),
-            horizontal: taps(&b.w, false, rows, cols, len, transpose),
+            vertical: taps(&b.h, true, rows, cols, planes, transpose),
+            horizontal: taps(&b.w, false, rows, cols, planes, transpose),
         })
     }
 
