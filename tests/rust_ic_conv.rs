@@ -238,7 +238,7 @@ fn cpu_boxsum_matches_libtorch_in_every_geometry() {
                 let shape: [i64; 4] = x.size().try_into().unwrap();
                 // the adjoint comes out in grad's memory order
                 let order = layout_of(&gout).unwrap().order();
-                let gg = cpu::boxsum::backward(&gout, shape, k, k, &g, kind, order).unwrap();
+                let gg = cpu::boxsum::backward(&gout, shape, k, k, &g, (kind, order), cpu::dense::empty).unwrap();
                 assert!(max_diff(&gg, &gw) < 1e-4, "adjoint k{k} s{s} p{p} d{d} nhwc={nhwc}");
                 let gg = _core::libtorch::boxsum::backward(&gout, shape, k, k, &g, is_nhwc(&gout)).unwrap();
                 assert!(max_diff(&gg, &gw) < 1e-4, "libtorch adjoint k{k} s{s} p{p} d{d} nhwc={nhwc}");

@@ -203,17 +203,14 @@ crate::multiversion! {
     /// are summed into the middle of the padded row (one pass, no zero fill), then the horizontal
     /// taps are summed from it into the output row. Both passes stay in L1. `buf`:
     /// [`row_buf_len`] values.
-    fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) -> () = forward_block_impl;
-}
-
-#[inline(always)]
-fn forward_block_impl<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) {
-    let (wi, wo, pad) = (b.w.n_in * b.v, b.w.n_out * b.v, b.w.p * b.v);
-    let (vp, full) = buf.split_at_mut(padded_len(b));
-    for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
-        let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
-        sum_rows(&mut vp[pad..pad + wi], rows);
-        horizontal_row(vp, out_row, &b.w, b.v, full);
+    fn forward_block<T: Elem>(x: &[T], out: &mut [T], b: &Blocks, buf: &mut [T]) {
+        let (wi, wo, pad) = (b.w.n_in * b.v, b.w.n_out * b.v, b.w.p * b.v);
+        let (vp, full) = buf.split_at_mut(padded_len(b));
+        for (o, out_row) in out.chunks_exact_mut(wo).enumerate() {
+            let rows = (0..b.h.k).filter_map(|i| tap_row(&b.h, o, i)).map(|r| &x[r * wi..(r + 1) * wi]);
+            sum_rows(&mut vp[pad..pad + wi], rows);
+            horizontal_row(vp, out_row, &b.w, b.v, full);
+        }
     }
 }
 
@@ -222,27 +219,25 @@ crate::multiversion! {
     /// input row `r` are summed into `acc`, then scattered along the row by the horizontal adjoint.
     /// With `sub = Some(row)` (one input row of scratch) the result is subtracted from `gx` instead
     /// of written to it. `acc`: [`row_t_buf_len`] values.
-    pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], sub: Option<&mut [T]>) -> () = backward_block_impl;
-}
-
-#[inline(always)]
-fn backward_block_impl<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], mut sub: Option<&mut [T]>) {
-    let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
-    let (acc, full) = acc.split_at_mut(wo);
-    for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
-        let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
-        if rows.peek().is_none() {
-            if sub.is_none() {
-                gx_row.fill(T::ZERO);
+    pub(crate) fn backward_block<T: Elem>(g: &[T], gx: &mut [T], b: &Blocks, acc: &mut [T], sub: Option<&mut [T]>) {
+        let mut sub = sub;
+        let (wi, wo) = (b.w.n_in * b.v, b.w.n_out * b.v);
+        let (acc, full) = acc.split_at_mut(wo);
+        for (r, gx_row) in gx.chunks_exact_mut(wi).enumerate() {
+            let mut rows = (0..b.h.k).filter_map(|i| tap_out(&b.h, r, i)).map(|o| &g[o * wo..(o + 1) * wo]).peekable();
+            if rows.peek().is_none() {
+                if sub.is_none() {
+                    gx_row.fill(T::ZERO);
+                }
+                continue;
             }
-            continue;
-        }
-        sum_rows(acc, rows);
-        match sub.as_deref_mut() {
-            None => horizontal_row_t(acc, gx_row, &b.w, b.v, full),
-            Some(row) => {
-                horizontal_row_t(acc, row, &b.w, b.v, full);
-                gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
+            sum_rows(acc, rows);
+            match sub.as_deref_mut() {
+                None => horizontal_row_t(acc, gx_row, &b.w, b.v, full),
+                Some(row) => {
+                    horizontal_row_t(acc, row, &b.w, b.v, full);
+                    gx_row.iter_mut().zip(row.iter()).for_each(|(a, &v)| *a = *a - v);
+                }
             }
         }
     }

@@ -147,47 +147,44 @@ pub(crate) fn mask<T: Elem>(g: T, r: T, alpha: T) -> T {
 crate::multiversion! {
     /// Backward of one NCHW channel plane: writes `gz`, `gy`; returns `[sum gz, sum g, sum g*r]`,
     /// summed in T over LANES x CHUNK blocks and in f64 across them (fixed order: deterministic).
-    pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] = plane_bwd_impl;
-}
-
-#[inline(always)]
-fn plane_bwd_impl<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
-    let mut tot = [0.0f64; 3];
-    for (((gc, rc), gyc), gzc) in
-        g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK))
-    {
-        let mut acc = [[T::ZERO; LANES]; 3];
-        let n = gc.len() / LANES * LANES;
-        for (((gl, rl), gyl), gzl) in gc[..n]
-            .chunks_exact(LANES)
-            .zip(rc[..n].chunks_exact(LANES))
-            .zip(gyc[..n].chunks_exact_mut(LANES))
-            .zip(gzc[..n].chunks_exact_mut(LANES))
+    pub(crate) fn plane_bwd<T: Elem>(g: &[T], r: &[T], gy: &mut [T], gz: &mut [T], alpha: T) -> [f64; 3] {
+        let mut tot = [0.0f64; 3];
+        for (((gc, rc), gyc), gzc) in
+            g.chunks(CHUNK).zip(r.chunks(CHUNK)).zip(gy.chunks_mut(CHUNK)).zip(gz.chunks_mut(CHUNK))
         {
-            for l in 0..LANES {
-                let (gv, rv) = (gl[l], rl[l]);
+            let mut acc = [[T::ZERO; LANES]; 3];
+            let n = gc.len() / LANES * LANES;
+            for (((gl, rl), gyl), gzl) in gc[..n]
+                .chunks_exact(LANES)
+                .zip(rc[..n].chunks_exact(LANES))
+                .zip(gyc[..n].chunks_exact_mut(LANES))
+                .zip(gzc[..n].chunks_exact_mut(LANES))
+            {
+                for l in 0..LANES {
+                    let (gv, rv) = (gl[l], rl[l]);
+                    let z = mask(gv, rv, alpha);
+                    gzl[l] = z;
+                    gyl[l] = gv + z;
+                    acc[0][l] += z;
+                    acc[1][l] += gv;
+                    acc[2][l] += gv * rv;
+                }
+            }
+            for i in n..gc.len() {
+                let (gv, rv) = (gc[i], rc[i]);
                 let z = mask(gv, rv, alpha);
-                gzl[l] = z;
-                gyl[l] = gv + z;
-                acc[0][l] += z;
-                acc[1][l] += gv;
-                acc[2][l] += gv * rv;
+                gzc[i] = z;
+                gyc[i] = gv + z;
+                acc[0][0] += z;
+                acc[1][0] += gv;
+                acc[2][0] += gv * rv;
+            }
+            for (t, a) in tot.iter_mut().zip(&acc) {
+                *t += a.iter().map(|v| v.to_f64()).sum::<f64>();
             }
         }
-        for i in n..gc.len() {
-            let (gv, rv) = (gc[i], rc[i]);
-            let z = mask(gv, rv, alpha);
-            gzc[i] = z;
-            gyc[i] = gv + z;
-            acc[0][0] += z;
-            acc[1][0] += gv;
-            acc[2][0] += gv * rv;
-        }
-        for (t, a) in tot.iter_mut().zip(&acc) {
-            *t += a.iter().map(|v| v.to_f64()).sum::<f64>();
-        }
+        tot
     }
-    tot
 }
 
 pub(crate) struct Sums {
@@ -299,47 +296,34 @@ crate::multiversion! {
         acc: &mut [T],
         b1: &mut [f64],
         b2: &mut [f64],
-    ) -> f64 = pixels_bwd_impl;
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pixels_bwd_impl<T: Elem>(
-    g: &[T],
-    r: &[T],
-    gy: &mut [T],
-    gz: &mut [T],
-    alpha: T,
-    acc: &mut [T],
-    b1: &mut [f64],
-    b2: &mut [f64],
-) -> f64 {
-    let c = b1.len();
-    let mut sa = 0.0;
-    acc.fill(T::ZERO);
-    let px = g.len() / c;
-    for p in 0..px {
-        let sl = p * c..(p + 1) * c;
-        let (gp, rp, gyp, gzp) = (&g[sl.clone()], &r[sl.clone()], &mut gy[sl.clone()], &mut gz[sl]);
-        let (a1, rest) = acc.split_at_mut(c);
-        let (a2, aa) = rest.split_at_mut(c);
-        for i in 0..c {
-            let (gv, rv) = (gp[i], rp[i]);
-            let z = mask(gv, rv, alpha);
-            gzp[i] = z;
-            gyp[i] = gv + z;
-            a1[i] += z;
-            a2[i] += gv;
-            aa[i] += gv * rv;
-        }
-        if (p + 1) % FLUSH == 0 || p + 1 == px {
-            for ch in 0..c {
-                b1[ch] += a1[ch].to_f64();
-                b2[ch] += a2[ch].to_f64();
-                sa += aa[ch].to_f64();
+    ) -> f64 {
+        let c = b1.len();
+        let mut sa = 0.0;
+        acc.fill(T::ZERO);
+        let px = g.len() / c;
+        for p in 0..px {
+            let sl = p * c..(p + 1) * c;
+            let (gp, rp, gyp, gzp) = (&g[sl.clone()], &r[sl.clone()], &mut gy[sl.clone()], &mut gz[sl]);
+            let (a1, rest) = acc.split_at_mut(c);
+            let (a2, aa) = rest.split_at_mut(c);
+            for i in 0..c {
+                let (gv, rv) = (gp[i], rp[i]);
+                let z = mask(gv, rv, alpha);
+                gzp[i] = z;
+                gyp[i] = gv + z;
+                a1[i] += z;
+                a2[i] += gv;
+                aa[i] += gv * rv;
             }
-            acc.fill(T::ZERO);
+            if (p + 1) % FLUSH == 0 || p + 1 == px {
+                for ch in 0..c {
+                    b1[ch] += a1[ch].to_f64();
+                    b2[ch] += a2[ch].to_f64();
+                    sa += aa[ch].to_f64();
+                }
+                acc.fill(T::ZERO);
+            }
         }
+        sa
     }
-    sa
 }

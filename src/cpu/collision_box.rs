@@ -83,13 +83,10 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
                 let nb = pb.planes().min(hi - first);
                 let pc = &mut pc[..nb * hw];
                 pb.sum(&qs[first * hw..(first + nb) * hw], &mut tmp, pc);
-                for (k, p) in pc.chunks_exact(hw).enumerate() {
-                    let blk = first + k;
-                    // SAFETY: block ranges are disjoint.
-                    let yb = unsafe { ys.slice(blk * hw, hw) };
-                    let rb = rs.as_ref().map(|r| unsafe { r.slice(blk * hw, hw) });
-                    collide_plane(yb, p, rb, sh[blk % c], alpha);
-                }
+                // SAFETY: block ranges are disjoint: the chunk's planes of y (and rz) are this task's.
+                let yc = unsafe { ys.slice(first * hw, nb * hw) };
+                let rc = rs.as_ref().map(|r| unsafe { r.slice(first * hw, nb * hw) });
+                collide_planes(yc, pc, rc, sh, first, hw, alpha);
             }
         });
     }
@@ -119,43 +116,60 @@ crate::multiversion! {
         b: &Blocks,
         vp: &mut [T],
         prow: &mut [T],
-    ) -> () = fwd_rows_impl;
+    ) {
+        let mut rz = rz;
+        let wo = prow.len();
+        for_each_output_row(q, b, vp, prow, |o, p| {
+            let yr = &mut y[o * wo..(o + 1) * wo];
+            let rr = rz.as_deref_mut().map(|r| &mut r[o * wo..(o + 1) * wo]);
+            if shift.len() == 1 {
+                collide_plane(yr, p, rr, shift[0], alpha);
+                return;
+            }
+            let v = shift.len();
+            match rr {
+                Some(rr) => {
+                    for ((yp, pp), rp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)).zip(rr.chunks_exact_mut(v)) {
+                        collide_pixel(yp, pp, Some(rp), shift, alpha);
+                    }
+                }
+                None => {
+                    for (yp, pp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)) {
+                        collide_pixel(yp, pp, None, shift, alpha);
+                    }
+                }
+            }
+        });
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn fwd_rows_impl<T: Elem>(
-    q: &[T],
-    y: &mut [T],
-    mut rz: Option<&mut [T]>,
-    shift: &[T],
-    alpha: T,
-    b: &Blocks,
-    vp: &mut [T],
-    prow: &mut [T],
-) {
-    let wo = prow.len();
-    for_each_output_row(q, b, vp, prow, |o, p| {
-        let yr = &mut y[o * wo..(o + 1) * wo];
-        let rr = rz.as_deref_mut().map(|r| &mut r[o * wo..(o + 1) * wo]);
-        if shift.len() == 1 {
-            collide_plane_impl(yr, p, rr, shift[0], alpha);
-            return;
-        }
-        let v = shift.len();
-        match rr {
-            Some(rr) => {
-                for ((yp, pp), rp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)).zip(rr.chunks_exact_mut(v)) {
-                    collide_pixel(yp, pp, Some(rp), shift, alpha);
+crate::multiversion! {
+    /// The collision of consecutive NCHW planes of `hw` values (`y`, `p`, `rz` of equal length),
+    /// the first being block `first`: each plane takes its channel's shift from `shift`.
+    fn collide_planes<T: Elem>(
+        y: &mut [T],
+        p: &[T],
+        rz: Option<&mut [T]>,
+        shift: &[T],
+        first: usize,
+        hw: usize,
+        alpha: T,
+    ) {
+        let c = shift.len();
+        match rz {
+            Some(rz) => {
+                let planes = y.chunks_exact_mut(hw).zip(p.chunks_exact(hw)).zip(rz.chunks_exact_mut(hw));
+                for (k, ((yp, pp), rp)) in planes.enumerate() {
+                    collide_plane(yp, pp, Some(rp), shift[(first + k) % c], alpha);
                 }
             }
             None => {
-                for (yp, pp) in yr.chunks_exact_mut(v).zip(p.chunks_exact(v)) {
-                    collide_pixel(yp, pp, None, shift, alpha);
+                for (k, (yp, pp)) in y.chunks_exact_mut(hw).zip(p.chunks_exact(hw)).enumerate() {
+                    collide_plane(yp, pp, None, shift[(first + k) % c], alpha);
                 }
             }
         }
-    });
+    }
 }
 
 /// One NHWC pixel's collision, a shift per channel.
@@ -180,13 +194,9 @@ fn collide_pixel<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, shift: &[T
     }
 }
 
-crate::multiversion! {
-    /// One plane's collision: `y += alpha * r` with `r = relu(y - p + s)`, `r` kept in `rz` if given.
-    fn collide_plane<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) -> () = collide_plane_impl;
-}
-
+/// One plane's collision: `y += alpha * r` with `r = relu(y - p + s)`, `r` kept in `rz` if given.
 #[inline(always)]
-fn collide_plane_impl<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) {
+fn collide_plane<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) {
     let step = |yv: &mut T, pv: T| {
         let r = relu(*yv - pv + s);
         *yv += alpha * r;

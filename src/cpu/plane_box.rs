@@ -95,25 +95,24 @@ impl PlaneBox {
     /// `out` = the box sum (or adjoint) of the whole planes in `src` (`out.len() == src.len()`, at
     /// most [`Self::planes`] planes), with `tmp` as scratch.
     pub(crate) fn sum<T: Elem>(&self, src: &[T], tmp: &mut [T], out: &mut [T]) {
-        debug_assert!(src.len() == out.len() && src.len() % self.plane == 0 && src.len() <= self.scratch_len());
+        debug_assert!(
+            src.len() == out.len() && src.len().is_multiple_of(self.plane) && src.len() <= self.scratch_len()
+        );
         sum_planes(self, src, tmp, out)
     }
 }
 
 crate::multiversion! {
-    fn sum_planes<T: Elem>(pb: &PlaneBox, src: &[T], tmp: &mut [T], out: &mut [T]) -> () = sum_planes_impl;
-}
-
-#[inline(always)]
-fn sum_planes_impl<T: Elem>(pb: &PlaneBox, src: &[T], tmp: &mut [T], out: &mut [T]) {
-    let tmp = &mut tmp[..src.len()];
-    tmp.fill(T::ZERO);
-    for t in &pb.vertical {
-        add_tap(tmp, src, t);
-    }
-    out.fill(T::ZERO);
-    for t in &pb.horizontal {
-        add_tap(out, tmp, t);
+    fn sum_planes<T: Elem>(pb: &PlaneBox, src: &[T], tmp: &mut [T], out: &mut [T]) {
+        let tmp = &mut tmp[..src.len()];
+        tmp.fill(T::ZERO);
+        for t in &pb.vertical {
+            add_tap(tmp, src, t);
+        }
+        out.fill(T::ZERO);
+        for t in &pb.horizontal {
+            add_tap(out, tmp, t);
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! The CPU kernels' hot loops compiled twice: for the x86-64 baseline that every wheel targets
 //! (SSE2, 4 floats per instruction) and for AVX2 + FMA (8), chosen per call by what the CPU has.
 //!
-//! [`multiversion!`](crate::multiversion) defines a function that calls an `#[inline(always)]`
-//! implementation either directly (baseline code) or through a copy compiled with
-//! `#[target_feature(enable = "avx2,fma")]`, into which the implementation is inlined and so
-//! vectorised 8 wide. Both copies do the same operations in the same order (Rust never fuses a
-//! multiply and an add on its own, and the kernels' reductions have a fixed order), so the results
-//! are the same bits; [`set_enabled`] turns the AVX2 copies off, for the tests that check that.
+//! [`multiversion!`](crate::multiversion) defines a function whose body is an `#[inline(always)]`
+//! inner function, called either directly (baseline code) or through a copy compiled with
+//! `#[target_feature(enable = "avx2,fma")]`, into which it is inlined and so vectorised 8 wide.
+//! Both copies do the same operations in the same order (Rust never fuses a multiply and an add on
+//! its own, and the kernels' reductions have a fixed order), so the results are the same bits;
+//! [`set_enabled`] turns the AVX2 copies off, for the tests that check that.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -39,31 +39,34 @@ pub fn avx2() -> bool {
 }
 
 /// `multiversion! { /// docs
-/// pub(crate) fn name<T: Elem>(args...) -> R = imp; }` defines `name`, which runs
-/// `imp::<T>(args...)` (an `#[inline(always)]` function) compiled for AVX2 + FMA when [`avx2`]
-/// says so, else as compiled for the baseline.
+/// pub(crate) fn name<T: Elem>(args...) -> R { body } }` defines `name` with that body compiled
+/// twice: inlined into a copy built for AVX2 + FMA, which runs when [`avx2`] says so, and into the
+/// baseline code. Parameters are plain names (rebind one with `let mut` in the body to change it).
 #[macro_export]
 macro_rules! multiversion {
     (
         $(#[$meta:meta])*
-        $vis:vis fn $name:ident<$T:ident: Elem>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $imp:ident;
+        $vis:vis fn $name:ident<$T:ident: Elem>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
-        #[allow(clippy::too_many_arguments, clippy::unused_unit)]
-        $vis fn $name<$T: $crate::dtype::Elem>($($arg: $ty),*) -> $ret {
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$T: $crate::dtype::Elem>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp<$T: $crate::dtype::Elem>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments, clippy::unused_unit)]
-                unsafe fn avx2<$T: $crate::dtype::Elem>($($arg: $ty),*) -> $ret {
-                    $imp::<$T>($($arg),*)
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<$T: $crate::dtype::Elem>($($arg: $ty),*) $(-> $ret)? {
+                    imp::<$T>($($arg),*)
                 }
                 if $crate::cpu::simd::avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked by avx2()).
                     return unsafe { avx2::<$T>($($arg),*) };
                 }
             }
-            $imp::<$T>($($arg),*)
+            imp::<$T>($($arg),*)
         }
     };
 }
