@@ -107,6 +107,20 @@ impl Gemm1x1 {
         Ok(())
     }
 
+    /// [`Self::forward`] of NCHW `s` (N, Cin, H, W) with one group, channel-major: `out` is a
+    /// contiguous (Cout, N, H, W), one GEMM `W' (Cout x Cin) @ S^T (Cin x N*H*W)` over all images,
+    /// with `s_t` (Cin, N, H, W) as scratch for S's channel-major copy.
+    pub fn forward_channel_major(&self, s: &Tensor, w: &Tensor, s_t: &mut Tensor, out: &Tensor) -> Result<()> {
+        let (sz, cout) = (s.size(), w.size()[0]);
+        if self.order != Order::Nchw || self.groups != 1 {
+            return Err(Error::Runtime("internal: channel-major 1x1 needs NCHW and one group".into()));
+        }
+        let cols = sz[0] * sz[2] * sz[3];
+        s_t.f_copy_(&s.f_transpose(0, 1)?)?;
+        let _ = w.f_view([cout, sz[1]])?.f_mm_out(&out.f_view([cout, cols])?, &s_t.f_view([sz[1], cols])?)?;
+        Ok(())
+    }
+
     /// Gradients `(dS, dW')` of [`Self::forward`] for the output gradient `gp`; each only when
     /// asked for.
     pub fn backward(

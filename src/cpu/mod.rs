@@ -265,9 +265,24 @@ impl IcBackend for FusedBox {
         g: &ConvGeometry,
         keep_relu_z: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = in_range(stage::CONV1X1, || self.0.pointwise_scratch(a.x, a.adjust_weight, g.groups))?;
+        let (p, k) = (self.0, [d.kh, d.kw]);
+        let x_shape = dense::shape4(a.x)?;
+        if p.gemm && p.order == Order::Nchw && g.groups == 1 && collision_box::channel_major_fits(x_shape, k, g) {
+            // small images: one GEMM over all of them, Q channel-major (C, N, H, W)
+            let [n, cin, h, w] = x_shape;
+            let q = in_range(stage::CONV1X1, || -> Result<Tensor> {
+                let mut x_t = workspace::scratch([cin, n, h, w], p.kind, Order::Nchw)?;
+                let q = workspace::scratch([a.adjust_weight.size()[0], n, h, w], p.kind, Order::Nchw)?;
+                p.gemm(g.groups).forward_channel_major(a.x, a.adjust_weight, &mut x_t, &q)?;
+                Ok(q)
+            })?;
+            let _r = range(stage::BOXSUM_COLLISION);
+            let q = (&q, collision_box::QLayout::ChannelMajor);
+            return collision_box::forward(&y, q, shift, a.alpha, k, g, p.elem(), keep_relu_z);
+        }
+        let q = in_range(stage::CONV1X1, || p.pointwise_scratch(a.x, a.adjust_weight, g.groups))?;
         let _r = range(stage::BOXSUM_COLLISION);
-        collision_box::forward(&y, &q, shift, a.alpha, [d.kh, d.kw], g, self.0.elem(), keep_relu_z)
+        collision_box::forward(&y, (&q, collision_box::QLayout::LikeY), shift, a.alpha, k, g, p.elem(), keep_relu_z)
     }
 
     /// `gy`, `G = boxsum^T(gz)` on x's grid and the reductions.
