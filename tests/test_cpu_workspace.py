@@ -13,8 +13,10 @@ from ic_networks.functional import ic_conv2d
 
 @pytest.fixture
 def pool_limit():
-    """Restores the pool's limit and empties it after the test."""
+    """Starts the test with the default limit and no free buffers; restores the limit and empties
+    the pool after it."""
     old = icm.set_cpu_workspace_limit(512 << 20)
+    icm.release_cpu_workspace()
     yield
     icm.set_cpu_workspace_limit(old)
     icm.release_cpu_workspace()
