@@ -246,8 +246,17 @@ crate::multiversion! {
 /// Length of the `acc` buffer [`backward_block`] needs: one output row, and with a stride on
 /// NCHW the span that the horizontal adjoint spreads it over.
 pub(crate) fn row_t_buf_len(b: &Blocks) -> usize {
-    let strided = if b.w.s > 1 && b.v == 1 { (b.w.n_out.max(1) - 1) * b.w.s + 1 } else { 0 };
-    b.w.n_out * b.v + strided
+    b.w.n_out * b.v + strided_span(b)
+}
+
+/// With a stride on NCHW, the input span of one output row (from its first output's first tap to
+/// its last output's), over which the strided horizontal passes work at stride 1; else 0.
+fn strided_span(b: &Blocks) -> usize {
+    if b.w.s > 1 && b.v == 1 {
+        (b.w.n_out.max(1) - 1) * b.w.s + 1
+    } else {
+        0
+    }
 }
 
 /// Length of the padded row.
@@ -258,8 +267,7 @@ fn padded_len(b: &Blocks) -> usize {
 /// Length of the row buffer [`for_each_output_row`] and [`forward_block`] need: the padded row,
 /// and with a stride on NCHW the stride-1 sums that [`horizontal_row`] picks from.
 pub(crate) fn row_buf_len(b: &Blocks) -> usize {
-    let strided = if b.w.s > 1 && b.v == 1 { (b.w.n_out.max(1) - 1) * b.w.s + 1 } else { 0 };
-    padded_len(b) + strided
+    padded_len(b) + strided_span(b)
 }
 
 /// Box sum of one block, handing each output row (`b.w.n_out * b.v` values, built in `row`) to

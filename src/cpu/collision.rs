@@ -38,6 +38,14 @@ pub(crate) fn relu<T: Elem>(v: T) -> T {
     }
 }
 
+/// The collision of one element: `y += alpha * r` with `r = relu(y - p + s)`; returns `r`.
+#[inline(always)]
+pub(crate) fn collide<T: Elem>(y: &mut T, p: T, s: T, alpha: T) -> T {
+    let r = relu(*y - p + s);
+    *y += alpha * r;
+    r
+}
+
 pub(crate) fn scalar(alpha: &Tensor) -> Result<f64> {
     Ok(alpha.f_reshape([-1])?.f_double_value(&[0])?)
 }
@@ -92,11 +100,7 @@ fn fwd<T: Elem>(y: &Tensor, p: &Tensor, shift: &Tensor, alpha: T, lay: Layout) -
         for u in lo..hi {
             // SAFETY: unit ranges are disjoint.
             let (yu, pu) = unsafe { (ys.slice(u * len, len), ps.slice(u * len, len)) };
-            let step = |yv: &mut T, pv: &mut T, s: T| {
-                let r = relu(*yv - *pv + s);
-                *pv = r;
-                *yv += alpha * r;
-            };
+            let step = |yv: &mut T, pv: &mut T, s: T| *pv = collide(yv, *pv, s, alpha);
             if per == 1 {
                 let s = sh[u % c];
                 yu.iter_mut().zip(pu.iter_mut()).for_each(|(yv, pv)| step(yv, pv, s));

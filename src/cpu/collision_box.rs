@@ -14,7 +14,7 @@
 //!
 //! Same numerics and determinism as `collision.rs` (partial sums per block, added in block order).
 use super::boxsum::{backward_block, for_each_output_row, row_buf_len, Blocks};
-use super::collision::{pixels_bwd, plane_bwd, reduce_sums, relu, scalar, Sums};
+use super::collision::{collide, pixels_bwd, plane_bwd, reduce_sums, scalar, Sums};
 use super::dense::{require, shape4, shared, view, Order};
 use super::plane_box::PlaneBox;
 use super::workspace::scratch;
@@ -57,8 +57,7 @@ pub enum QLayout {
 /// too narrow to run at the conv's rate (512@7, N=8: 86 GMAC/s in one GEMM against 63 per image;
 /// at 14x14 both run at the same rate).
 pub fn channel_major_fits(shape: [i64; 4], k: [i64; 2], g: &ConvGeometry) -> bool {
-    let b = Blocks::new(&shape, Order::Nchw, k[0], k[1], g);
-    shape[2] * shape[3] <= 128 && PlaneBox::new(&b, false).is_some()
+    shape[2] * shape[3] <= 128 && PlaneBox::applies(&Blocks::new(&shape, Order::Nchw, k[0], k[1], g))
 }
 
 /// Forward from `q` = conv1x1(x, W') (N, Cout, H, W, or channel-major: `q_layout`) and `y` =
@@ -95,63 +94,32 @@ pub fn forward(
     let shift = shift.f_to_kind(kind)?.f_contiguous()?;
     // relu_z is saved for the backward: a pooled buffer, reused once autograd has let it go
     let rz = if keep_relu_z { Some(scratch(shape4(y)?, kind, order)?) } else { None };
-    let images = shape4(y)?[0] as usize;
-    dispatch_float!(kind, T => match q_layout {
-        QLayout::LikeY => fwd::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b),
-        QLayout::ChannelMajor => fwd_channel_major::<T>(y, q, rz.as_ref(), &shift, T::from_f64(a), &b, images),
-    })?;
+    // q's plane k is y's block k, or, channel-major, y's block (k % N, k / N)
+    let images = match q_layout {
+        QLayout::LikeY => None,
+        QLayout::ChannelMajor => Some(shape4(y)?[0] as usize),
+    };
+    dispatch_float!(kind, T => fwd::<T>(y, q, images, rz.as_ref(), &shift, T::from_f64(a), &b))?;
     Ok((y.shallow_clone(), rz))
 }
 
-/// [`fwd`]'s plane path for a channel-major `q`: tasks run over `q`'s planes (channel c, image i)
-/// in its order, each written into `y`'s plane (i, c).
-fn fwd_channel_major<T: Elem>(
+/// [`forward`]'s kernel; `images` is N for a channel-major `q` (whose planes then run in its
+/// (C, N) order, each collided into y's plane (n, c)), `None` for a `q` laid out like `y`.
+#[allow(clippy::too_many_arguments)]
+fn fwd<T: Elem>(
     y: &Tensor,
     q: &Tensor,
+    images: Option<usize>,
     rz: Option<&Tensor>,
     shift: &Tensor,
     alpha: T,
     b: &Blocks,
-    images: usize,
 ) -> Result<()> {
-    let pb =
-        PlaneBox::new(b, false).ok_or_else(|| Error::Runtime("internal: channel-major q off the plane path".into()))?;
-    let (hw, c) = (pb.plane(), shift.numel());
-    // SAFETY: as in `fwd`; q's plane (ch, i) is read, y's (and rz's) plane (i, ch) written, once each.
-    let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
-    let ys = unsafe { shared::<T>(y) };
-    let rs = rz.map(|r| unsafe { shared::<T>(r) });
-    parallel_for(b.count, b.grain(), |lo, hi| {
-        let (mut tmp, mut pc) = (vec![T::ZERO; pb.scratch_len()], vec![T::ZERO; pb.scratch_len()]);
-        for first in (lo..hi).step_by(pb.planes()) {
-            let nb = pb.planes().min(hi - first);
-            let pc = &mut pc[..nb * hw];
-            pb.sum(&qs[first * hw..(first + nb) * hw], &mut tmp, pc);
-            for (k, p) in pc.chunks_exact(hw).enumerate() {
-                let (ch, image) = ((first + k) / images, (first + k) % images);
-                let blk = image * c + ch;
-                // SAFETY: each of y's planes is the target of exactly one of q's planes.
-                let yb = unsafe { ys.slice(blk * hw, hw) };
-                let rb = rs.as_ref().map(|r| unsafe { r.slice(blk * hw, hw) });
-                collide_one(yb, p, rb, sh[ch], alpha);
-            }
-        }
-    })
-}
-
-crate::multiversion! {
-    /// [`collide_plane`] in the AVX2 copy when the CPU has it.
-    fn collide_one<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) {
-        collide_plane(y, p, rz, s, alpha)
-    }
-}
-
-fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alpha: T, b: &Blocks) -> Result<()> {
     let (il, ol, wo, v) = (b.in_len(), b.out_len(), b.w.n_out * b.v, b.v);
     let c = shift.numel();
     // SAFETY: q and shift are only read; y and rz are dense with the same strides (y's layout,
-    // checked by `plan`; rz a scratch buffer of y's shape and order) and each block writes only its
-    // own range.
+    // checked by `plan`; rz a scratch buffer of y's shape and order) and each of their blocks is
+    // written for exactly one of q's planes, in one task.
     let (qs, sh) = unsafe { (view::<T>(q), view::<T>(shift)) };
     let ys = unsafe { shared::<T>(y) };
     let rs = rz.map(|r| unsafe { shared::<T>(r) });
@@ -164,12 +132,28 @@ fn fwd<T: Elem>(y: &Tensor, q: &Tensor, rz: Option<&Tensor>, shift: &Tensor, alp
                 let nb = pb.planes().min(hi - first);
                 let pc = &mut pc[..nb * hw];
                 pb.sum(&qs[first * hw..(first + nb) * hw], &mut tmp, pc);
-                // SAFETY: block ranges are disjoint: the chunk's planes of y (and rz) are this task's.
-                let yc = unsafe { ys.slice(first * hw, nb * hw) };
-                let rc = rs.as_ref().map(|r| unsafe { r.slice(first * hw, nb * hw) });
-                collide_planes(yc, pc, rc, sh, first, hw, alpha);
+                // SAFETY: the y (and rz) planes of this chunk's q planes are this task's alone.
+                let planes = |blk: usize, len: usize| unsafe {
+                    (ys.slice(blk * hw, len), rs.as_ref().map(|r| r.slice(blk * hw, len)))
+                };
+                match images {
+                    None => {
+                        let (yc, rc) = planes(first, nb * hw);
+                        collide_planes(yc, pc, rc, sh, first, hw, alpha);
+                    }
+                    Some(n) => {
+                        for (k, p) in pc.chunks_exact(hw).enumerate() {
+                            let ch = (first + k) / n;
+                            let (yp, rp) = planes((first + k) % n * c + ch, hw);
+                            collide_planes(yp, p, rp, &sh[ch..ch + 1], 0, hw, alpha);
+                        }
+                    }
+                }
             }
         });
+    }
+    if images.is_some() {
+        return Err(Error::Runtime("internal: channel-major q off the plane path".into()));
     }
     parallel_for(b.count, b.grain(), |lo, hi| {
         let (mut vp, mut prow) = (vec![T::ZERO; row_buf_len(b)], vec![T::ZERO; wo]);
@@ -256,20 +240,15 @@ crate::multiversion! {
 /// One NHWC pixel's collision, a shift per channel.
 #[inline(always)]
 fn collide_pixel<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, shift: &[T], alpha: T) {
-    let step = |yv: &mut T, pv: T, s: T| {
-        let r = relu(*yv - pv + s);
-        *yv += alpha * r;
-        r
-    };
     match rz {
         Some(rz) => {
             for (((yv, &pv), rv), &s) in y.iter_mut().zip(p).zip(rz.iter_mut()).zip(shift) {
-                *rv = step(yv, pv, s);
+                *rv = collide(yv, pv, s, alpha);
             }
         }
         None => {
             for ((yv, &pv), &s) in y.iter_mut().zip(p).zip(shift) {
-                step(yv, pv, s);
+                collide(yv, pv, s, alpha);
             }
         }
     }
@@ -278,15 +257,10 @@ fn collide_pixel<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, shift: &[T
 /// One plane's collision: `y += alpha * r` with `r = relu(y - p + s)`, `r` kept in `rz` if given.
 #[inline(always)]
 fn collide_plane<T: Elem>(y: &mut [T], p: &[T], rz: Option<&mut [T]>, s: T, alpha: T) {
-    let step = |yv: &mut T, pv: T| {
-        let r = relu(*yv - pv + s);
-        *yv += alpha * r;
-        r
-    };
     match rz {
-        Some(rz) => y.iter_mut().zip(p).zip(rz.iter_mut()).for_each(|((yv, &pv), rv)| *rv = step(yv, pv)),
+        Some(rz) => y.iter_mut().zip(p).zip(rz.iter_mut()).for_each(|((yv, &pv), rv)| *rv = collide(yv, pv, s, alpha)),
         None => y.iter_mut().zip(p).for_each(|(yv, &pv)| {
-            step(yv, pv);
+            collide(yv, pv, s, alpha);
         }),
     }
 }

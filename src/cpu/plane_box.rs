@@ -61,8 +61,7 @@ impl PlaneBox {
     /// The flat form of `b`'s box sum (or its adjoint), or `None` when it does not apply: not
     /// NCHW (`v` > 1), or the output grid is not the input grid.
     pub(crate) fn new(b: &Blocks, transpose: bool) -> Option<Self> {
-        let same = |ax: &Axis| ax.s == 1 && ax.n_out == ax.n_in && 2 * ax.p == ax.d * (ax.k - 1);
-        if b.v != 1 || !same(&b.h) || !same(&b.w) {
+        if !Self::applies(b) {
             return None;
         }
         let (rows, cols) = (b.h.n_in, b.w.n_in);
@@ -75,6 +74,13 @@ impl PlaneBox {
             vertical: taps(&b.h, true, rows, cols, planes, transpose),
             horizontal: taps(&b.w, false, rows, cols, planes, transpose),
         })
+    }
+
+    /// Whether `b`'s box sum has a flat form ([`Self::new`] builds it): NCHW (`v` = 1), stride
+    /// 1 and the output grid the input grid on both axes.
+    pub(crate) fn applies(b: &Blocks) -> bool {
+        let same = |ax: &Axis| ax.s == 1 && ax.n_out == ax.n_in && 2 * ax.p == ax.d * (ax.k - 1);
+        b.v == 1 && same(&b.h) && same(&b.w)
     }
 
     /// Values per plane.
