@@ -115,8 +115,18 @@ fn tap_out(ax: &Axis, r: usize, i: usize) -> Option<usize> {
 fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a [T]>) {
     match rows.next() {
         None => dst.fill(T::ZERO),
-        Some(first) => {
-            dst.copy_from_slice(first);
+        Some(a) => {
+            // the first rows in one pass: the same additions, in the same order, as copy-then-add
+            match (rows.next(), rows.next()) {
+                (Some(b), Some(c)) => {
+                    let (a, b, c) = (&a[..dst.len()], &b[..dst.len()], &c[..dst.len()]);
+                    for (i, t) in dst.iter_mut().enumerate() {
+                        *t = a[i] + b[i] + c[i];
+                    }
+                }
+                (Some(b), None) => dst.iter_mut().zip(a.iter().zip(b)).for_each(|(t, (&a, &b))| *t = a + b),
+                (None, _) => dst.copy_from_slice(a),
+            }
             rows.for_each(|r| add_into(dst, r));
         }
     }
@@ -133,6 +143,13 @@ fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &
         out.copy_from_slice(&vp[..len]);
         for j in 1..ax.k {
             add_into(out, &vp[j * ax.d * v..j * ax.d * v + len]);
+        }
+    } else if v == 1 && ax.s == 2 && ax.k == 3 && ax.d == 1 {
+        // out[o] = vp[2o] + vp[2o + 1] + vp[2o + 2], as pairs (one interleaved load each)
+        let pairs = vp[..2 * len].chunks_exact(2);
+        let next = vp[2..2 * len + 1].iter().step_by(2);
+        for ((t, p), &c) in out.iter_mut().zip(pairs).zip(next) {
+            *t = p[0] + p[1] + c;
         }
     } else if v == 1 {
         // the stride-1 sums over the outputs' span (shifted slices, vectorised), then every s-th
