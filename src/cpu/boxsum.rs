@@ -92,6 +92,16 @@ fn add_into<T: Elem>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// `dst = a + b + c` elementwise, in that order.
+#[inline(always)]
+fn sum_three<T: Elem>(dst: &mut [T], a: &[T], b: &[T], c: &[T]) {
+    let n = dst.len();
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    for (i, t) in dst.iter_mut().enumerate() {
+        *t = a[i] + b[i] + c[i];
+    }
+}
+
 /// Input row read by output row `o` through tap `i`, if inside `[0, n_in)`.
 #[inline]
 fn tap_row(ax: &Axis, o: usize, i: usize) -> Option<usize> {
@@ -118,12 +128,7 @@ fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a 
         Some(a) => {
             // the first rows in one pass: the same additions, in the same order, as copy-then-add
             match (rows.next(), rows.next()) {
-                (Some(b), Some(c)) => {
-                    let (a, b, c) = (&a[..dst.len()], &b[..dst.len()], &c[..dst.len()]);
-                    for (i, t) in dst.iter_mut().enumerate() {
-                        *t = a[i] + b[i] + c[i];
-                    }
-                }
+                (Some(b), Some(c)) => sum_three(dst, a, b, c),
                 (Some(b), None) => dst.iter_mut().zip(a.iter().zip(b)).for_each(|(t, (&a, &b))| *t = a + b),
                 (None, _) => dst.copy_from_slice(a),
             }
@@ -138,7 +143,10 @@ fn sum_rows<'a, T: Elem + 'a>(dst: &mut [T], mut rows: impl Iterator<Item = &'a 
 #[inline(always)]
 fn horizontal_row<T: Elem>(vp: &[T], out: &mut [T], ax: &Axis, v: usize, full: &mut [T]) {
     let len = out.len();
-    if ax.s == 1 {
+    if ax.s == 1 && ax.k == 3 {
+        // the three shifted slices in one pass
+        sum_three(out, vp, &vp[ax.d * v..], &vp[2 * ax.d * v..]);
+    } else if ax.s == 1 {
         // k shifted copies: contiguous slices, vectorised
         out.copy_from_slice(&vp[..len]);
         for j in 1..ax.k {
