@@ -23,8 +23,9 @@
 //! |---------------|---------------------------------------------------------|------------------------------|
 //! | `CpuFusedBox` | CPU f32/f64 dense in one order, stride 1, Cout <= 2 Cin | `cpu/collision_box.rs`, `cpu/gemm.rs` |
 //! | `CpuFused`    | CPU f32/f64 dense in one order, otherwise               | `cpu/boxsum.rs`, `cpu/gemm.rs`, `cpu/collision.rs` |
+//! | `CpuWidened`  | CPU f16/bf16 dense in one order, on a CPU without matrix instructions for that dtype | `cpu/widened.rs`, `cpu/mod.rs` (one of the two above, in f32) |
 //! | `Cuda`        | CUDA tensors                                            | `cuda/`: fused kernels when switched on, else `libtorch/` |
-//! | `Libtorch`    | everything else: half types, odd strides, mixed memory orders, kernels off | `libtorch/` |
+//! | `Libtorch`    | everything else: half types on a CPU with matrix instructions for them, odd strides, mixed memory orders, kernels off | `libtorch/` |
 //!
 //! `relu_z` means the same whichever backend wrote it, so the forward and the backward of one
 //! layer choose independently (the backward may get its gradient in another memory order).
@@ -51,6 +52,8 @@ pub enum Backend {
     CpuFusedBox(cpu::FusedBox),
     /// Rust CPU kernels: box sum, 1x1 as GEMMs, fused collision (`cpu/collision.rs`).
     CpuFused(cpu::Fused),
+    /// Rust CPU kernels in float32 for a float16/bfloat16 call (`cpu/widened.rs`).
+    CpuWidened(cpu::Widened),
     /// CUDA tensors (`cuda/`: the fused kernels when switched on, else the libtorch ops).
     Cuda(cuda::Cuda),
     /// libtorch ops on any device, dtype and layout (`libtorch/`).
@@ -63,6 +66,7 @@ impl Backend {
         match self {
             Backend::CpuFusedBox(b) => b,
             Backend::CpuFused(b) => b,
+            Backend::CpuWidened(b) => b,
             Backend::Cuda(b) => b,
             Backend::Libtorch(b) => b,
         }
@@ -80,6 +84,9 @@ pub struct CallTraits {
     pub layout: Option<Layout>,
     /// Whether the CPU kernels are on (`cpu::set_enabled`).
     pub cpu_kernels: bool,
+    /// Whether this CPU has matrix instructions for `kind` (`cpu::widened::native_matmul`: only
+    /// ever true for float16 and bfloat16).
+    pub native_half: bool,
 }
 
 impl CallTraits {
@@ -88,7 +95,9 @@ impl CallTraits {
         let x = ts[0];
         let layout =
             layout_of(x).filter(|l| ts[1..].iter().all(|t| layout_of(t).map(|m| m.order()) == Some(l.order())));
-        Self { device: cuda::backend_device(x), kind: x.kind(), layout, cpu_kernels: cpu::enabled() }
+        let (device, kind) = (cuda::backend_device(x), x.kind());
+        let native_half = device == Device::Cpu && cpu::widened::native_matmul(kind);
+        Self { device, kind, layout, cpu_kernels: cpu::enabled(), native_half }
     }
 }
 
@@ -136,10 +145,32 @@ fn can_run_cpu_fused(
     Ok(Backend::CpuFused(cpu::Fused(cpu_plan(t, g)?)))
 }
 
+/// `CpuWidened`: a float16/bfloat16 call that the float32 kernels can take once widened, on a CPU
+/// without matrix instructions for that dtype (with them, the libtorch steps keep the 1x1 in half
+/// precision, where it is fast). Runs `CpuFusedBox` or `CpuFused` in float32, as they would choose.
+fn can_run_cpu_widened(
+    t: &CallTraits,
+    d: &IcDims,
+    g: &ConvGeometry,
+    adjust_path: bool,
+) -> std::result::Result<Backend, &'static str> {
+    if !matches!(t.kind, Kind::Half | Kind::BFloat16) {
+        return Err("the dtype is not float16 or bfloat16");
+    }
+    if t.native_half {
+        return Err("this CPU has matrix instructions for the dtype: the libtorch steps keep it");
+    }
+    let wide = CallTraits { kind: Kind::Float, ..*t };
+    let plan = cpu_plan(&wide, g)?;
+    let fused_box = can_run_cpu_fused_box(&wide, d, g, adjust_path).is_ok();
+    Ok(Backend::CpuWidened(cpu::Widened { plan, fused_box }))
+}
+
 type CanRun = fn(&CallTraits, &IcDims, &ConvGeometry, bool) -> std::result::Result<Backend, &'static str>;
 
 /// The CPU backends in order of preference; `Libtorch` takes what they all decline.
-const CPU_BACKENDS: [(&str, CanRun); 2] = [("cpu-fused-box", can_run_cpu_fused_box), ("cpu-fused", can_run_cpu_fused)];
+const CPU_BACKENDS: [(&str, CanRun); 3] =
+    [("cpu-fused-box", can_run_cpu_fused_box), ("cpu-fused", can_run_cpu_fused), ("cpu-widened", can_run_cpu_widened)];
 
 /// The backend of one call, from x's device, dtype and layout (shared with y, or with grad and
 /// relu_z: the CPU kernels run in one memory order, and the outputs then keep the layouts
@@ -318,7 +349,7 @@ mod tests {
     }
 
     fn traits(device: Device, kind: Kind, layout: Option<Layout>, cpu_kernels: bool) -> CallTraits {
-        CallTraits { device, kind, layout, cpu_kernels }
+        CallTraits { device, kind, layout, cpu_kernels, native_half: false }
     }
 
     #[test]
@@ -330,6 +361,8 @@ mod tests {
         let s1g2 = ConvGeometry { groups: 2, ..s1 };
         let plan = |kind, order, gemm| cpu::Plan { kind, order, gemm };
         let (fbox, fused) = (|p| CpuFusedBox(cpu::FusedBox(p)), |p| CpuFused(cpu::Fused(p)));
+        let widened =
+            |order, gemm, fused_box| CpuWidened(cpu::Widened { plan: plan(Kind::Float, order, gemm), fused_box });
         use Backend::*;
         let cases = [
             // (device, dtype, layout, kernels on, cin, cout, geometry, adjust path) -> backend
@@ -344,9 +377,15 @@ mod tests {
             (Device::Cpu, Kind::Float, nhwc, true, 4, 6, s2, true, fused(plan(Kind::Float, Order::Nhwc, true))),
             // backward without dx or dW': no P path to fuse
             (Device::Cpu, Kind::Float, nchw, true, 4, 6, s1, false, fused(plan(Kind::Float, Order::Nchw, true))),
-            // half types, odd strides, kernels off: libtorch ops
-            (Device::Cpu, Kind::Half, nchw, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
-            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s2, true, Libtorch(libtorch::Libtorch)),
+            // half types (on a CPU without matrix instructions for them): float32 kernels, fused
+            // box or not as a float32 call would choose
+            (Device::Cpu, Kind::Half, nchw, true, 4, 6, s1, true, widened(Order::Nchw, true, true)),
+            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s2, true, widened(Order::Nhwc, true, false)),
+            (Device::Cpu, Kind::BFloat16, nhwc, true, 4, 6, s1g2, true, widened(Order::Nhwc, false, true)),
+            (Device::Cpu, Kind::BFloat16, nchw, true, 2, 8, s1, true, widened(Order::Nchw, true, false)),
+            // odd strides, kernels off: libtorch ops
+            (Device::Cpu, Kind::BFloat16, None, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
+            (Device::Cpu, Kind::Half, nchw, false, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
             (Device::Cpu, Kind::Float, None, true, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
             (Device::Cpu, Kind::Double, nchw, false, 4, 6, s1, true, Libtorch(libtorch::Libtorch)),
             // CUDA, any dtype and layout
@@ -357,6 +396,11 @@ mod tests {
         for (dev, kind, lay, on, cin, cout, g, adjust, want) in cases {
             let got = choose(&traits(dev, kind, lay, on), &dims(cin, cout), &g, adjust);
             assert_eq!(got, want, "{dev:?} {kind:?} {lay:?} kernels={on} {cin}->{cout} {g:?} adjust={adjust}");
+        }
+        // a CPU with matrix instructions for the half type: the libtorch steps keep it
+        for kind in [Kind::Half, Kind::BFloat16] {
+            let t = CallTraits { native_half: true, ..traits(Device::Cpu, kind, nchw, true) };
+            assert_eq!(choose(&t, &dims(4, 6), &s1, true), Libtorch(libtorch::Libtorch));
         }
     }
 

@@ -250,6 +250,14 @@ fn cpu_simd_available() -> bool {
     cpu::simd::available()
 }
 
+/// Whether this CPU has matrix instructions for bfloat16 (`bf16 = True`) or float16 that libtorch
+/// uses; without them half-precision calls run on the CPU kernels in float32 (`cpu/widened.rs`).
+#[pyfunction]
+#[pyo3(signature = (bf16 = true))]
+fn cpu_native_half(bf16: bool) -> bool {
+    cpu::widened::native_matmul(if bf16 { tch::Kind::BFloat16 } else { tch::Kind::Half })
+}
+
 /// Bytes the CPU kernels' scratch pool holds between calls (`cpu/workspace.rs`).
 #[pyfunction]
 fn cpu_workspace_bytes() -> usize {
@@ -297,6 +305,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backend_declines, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_simd, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_simd_available, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_native_half, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_workspace_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(release_cpu_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(set_cpu_workspace_limit, m)?)?;

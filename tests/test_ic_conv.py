@@ -359,3 +359,73 @@ def test_fused_cpu_paths_channels_last_match_oracle(k, s, p, d, groups, bias, al
     x, w, wa, b1, a, b2, g = _make(k, groups, bias, alpha)
     x = x.contiguous(memory_format=torch.channels_last)
     _assert_matches_oracle(x, w, wa, b1, a, b2, s, p, d, g)
+
+
+# Half precision on the CPU. Without matrix instructions for the dtype (AVX-512 BF16/FP16, AMX) the
+# Rust kernels run the P path and the collision in float32 ("cpu-widened"); with them, and with the
+# kernels off, the libtorch steps run in the call's dtype. (stride, cin, cout, groups): the box sum
+# fused into the collision, the strided path, Cout > 2 Cin (box sum first), groups.
+HALF_CASES = [(1, 8, 8, 1), (2, 8, 8, 1), (1, 2, 8, 1), (1, 8, 8, 2)]
+#: Relative error in norm against float64 of a half-precision call whose relu flips no mask: on the
+#: widened kernels, whose float32 sums round once, and on the libtorch steps, which round every op.
+HALF_TOL = {
+    "kernels": {torch.bfloat16: 1.5e-2, torch.float16: 2.5e-3},
+    "libtorch": {torch.bfloat16: 3e-2, torch.float16: 4e-3},
+}
+
+
+def _half_margin_case(cin, cout, groups):
+    """float64 op arguments whose relu has a wide margin: b1 = +12 on even channels (always on),
+    -12 on odd ones (always off), and z - b1 within a few units, so no mask flips when the
+    arguments are rounded to half precision and every gradient compares to float64 closely."""
+    x, w, wa, _, a, b2 = make_case(groups=groups, cin=cin, cout=cout, hw=(10, 9))
+    b1 = torch.where(torch.arange(cout) % 2 == 0, 12.0, -12.0).double()
+    return x, w * 0.4, wa, b1, a, b2
+
+
+def _half_run(args, dtype, stride, groups, layout, go):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    leaves = [t.detach().to(dtype) for t in args]
+    leaves[0] = leaves[0].contiguous(memory_format=fmt)
+    leaves = [t.requires_grad_() for t in leaves]
+    out = ic_conv2d(*leaves, stride, 1, 1, groups)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=fmt)
+    grads = torch.autograd.grad(out, leaves, go.to(dtype).contiguous(memory_format=fmt))
+    assert all(g.dtype == dtype for g in grads)
+    with torch.no_grad():  # the inference op (no relu_z): the same bits
+        assert torch.equal(ic_conv2d(*leaves, stride, 1, 1, groups), out)
+    return [out] + list(grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("stride,cin,cout,groups", HALF_CASES)
+def test_cpu_half_precision_matches_float64(dtype, layout, stride, cin, cout, groups):
+    """Output and all six gradients of a float16/bfloat16 CPU call against the float64 oracle, on
+    the backend this CPU picks and on the libtorch steps (kernels off)."""
+    args = _half_margin_case(cin, cout, groups)
+    want_out, _ = oracle(*args, stride, 1, 1, groups)
+    go = torch.randn(want_out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    _, want = oracle(*args, stride, 1, 1, groups, grad=go)
+    want = [want_out] + [want[n] for n in GRAD_NAMES]
+    native = icn._core.cpu_native_half(dtype == torch.bfloat16)
+    widened_declined = set()
+    for path in ("kernels", "libtorch"):
+        old = icn._core.set_cpu_kernels(path == "kernels")
+        before = icn._core.backend_declines()
+        try:
+            got = _half_run(args, dtype, stride, groups, layout, go)
+        finally:
+            icn._core.set_cpu_kernels(old)
+        if path == "kernels":
+            after = icn._core.backend_declines()
+            widened_declined = {k for k, v in after.items() if k.startswith("cpu-widened") and v > before.get(k, 0)}
+        for name, g, w in zip(("out",) + GRAD_NAMES, got, want):
+            e = rel_err(g, w, "l2")
+            assert e <= HALF_TOL["libtorch" if native else path][dtype], (path, name, e)
+    if native:
+        assert widened_declined == {
+            "cpu-widened: this CPU has matrix instructions for the dtype: the libtorch steps keep it"
+        }
+    else:
+        assert not widened_declined, widened_declined

@@ -10,6 +10,7 @@
 #include "ops.h"
 
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstddef>
 #include <string>
@@ -42,12 +43,20 @@ IcnIntList list(IntArrayRef a) { return {a.data(), a.size()}; }
 
 const Tensor* opt(const OptTensor& t) { return t.has_value() && t->defined() ? &*t : nullptr; }
 
+// The libtorch ops that Rust calls run in the dtypes it chose: autocast (which a backward under
+// `torch.autocast` still has on) would turn the float32 GEMMs of a widened half-precision call
+// into bfloat16 ones.
+struct NoAutocast {
+    c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> ic_conv2d_forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                                     const Tensor& adjust_bias, const Tensor& alpha,
                                                     const OptTensor& bias, IntArrayRef stride, IntArrayRef padding,
                                                     IntArrayRef dilation, int64_t groups) {
+    NoAutocast no_autocast;
     at::Tensor *out = nullptr, *relu_z = nullptr;
     std::string err;
     check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
@@ -59,6 +68,7 @@ std::tuple<Tensor, Tensor> ic_conv2d_forward_kernel(const Tensor& x, const Tenso
 Tensor ic_conv2d_inference_kernel(const Tensor& x, const Tensor& weight, const Tensor& adjust_weight,
                                   const Tensor& adjust_bias, const Tensor& alpha, const OptTensor& bias,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+    NoAutocast no_autocast;
     at::Tensor *out = nullptr, *relu_z = nullptr;
     std::string err;
     check(icn_rs_ic_conv2d_forward(&x, &weight, &adjust_weight, &adjust_bias, &alpha, opt(bias), list(stride),
@@ -72,6 +82,7 @@ Tensor6 ic_conv2d_backward_kernel(const Tensor& grad, const Tensor& x, const Ten
                                   const Tensor& adjust_weight, const Tensor& adjust_bias, const Tensor& alpha,
                                   const Tensor& relu_z, bool has_bias, IntArrayRef stride, IntArrayRef padding,
                                   IntArrayRef dilation, int64_t groups, std::array<bool, 6> needs) {
+    NoAutocast no_autocast;
     std::array<uint8_t, 6> flags{};
     for (size_t i = 0; i < 6; ++i) flags[i] = needs[i] ? 1 : 0;
     std::array<at::Tensor*, 6> g{};

@@ -3,7 +3,7 @@
 //! ```text
 //! cpu/
 //!   mod.rs            this file: the on/off switch, Plan (dtype, memory order, GEMM or not) and the
-//!                     two CPU backends, Fused and FusedBox, forward and backward
+//!                     CPU backends: Fused and FusedBox, and Widened (half types in f32)
 //!   dense.rs          which tensors the kernels read (dense f32/f64, NCHW or NHWC), raw views
 //!   boxsum.rs         the box sum S = boxsum(x) and its adjoint, separable row kernels
 //!   collision.rs      the CPU forward and backward of the collision: fused single-pass kernels
@@ -11,6 +11,7 @@
 //!   plane_box.rs      the stride-1 box sum of whole small NCHW planes as flat passes
 //!   simd.rs           the hot loops compiled for the x86-64 baseline and for AVX2, chosen at run time
 //!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
+//!   widened.rs        which CPUs multiply half types natively; the widening copy of Widened
 //!   workspace.rs      scratch tensors that never leave an op call, kept between calls
 //! ```
 //!
@@ -29,6 +30,7 @@ pub mod dense;
 pub mod gemm;
 pub mod plane_box;
 pub mod simd;
+pub mod widened;
 pub mod workspace;
 
 pub use crate::layout::{layout_of, Layout, Order};
@@ -308,5 +310,96 @@ impl IcBackend for FusedBox {
         needs: &NeedsGrad,
     ) -> Result<AdjustGrads> {
         Ok(self.0.adjust_parts(adjust, dx, a, d, g, needs)?.finish(None)?)
+    }
+}
+
+/// The float32 CPU pipeline that runs a half-precision call: `plan` is float32 in the call's
+/// memory order, `fused_box` picks [`FusedBox`] (stride 1) or [`Fused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Widened {
+    pub plan: Plan,
+    pub fused_box: bool,
+}
+
+impl Widened {
+    /// Runs `f` on the float32 pipeline.
+    fn inner<R>(&self, f: impl FnOnce(&dyn IcBackend) -> R) -> R {
+        if self.fused_box {
+            f(&FusedBox(self.plan))
+        } else {
+            f(&Fused(self.plan))
+        }
+    }
+}
+
+impl IcBackend for Widened {
+    fn name(&self) -> &'static str {
+        "cpu-widened"
+    }
+
+    /// `y` (the call's dtype) and x widened, the float32 forward, then `out` rounded into y's
+    /// buffer and `relu_z` into a tensor of the call's dtype.
+    fn forward(
+        &self,
+        y: Tensor,
+        a: &IcArgs,
+        shift: &Tensor,
+        d: &IcDims,
+        g: &ConvGeometry,
+        keep_relu_z: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let order = self.plan.order;
+        let (x, w) = (widened::widen(a.x, order)?, a.adjust_weight.f_to_kind(Kind::Float)?);
+        let wide = IcArgs { x: &x, adjust_weight: &w, ..*a };
+        let (out, relu_z) = self.inner(|b| {
+            b.forward(widened::widen(&y, order)?, &wide, &shift.f_to_kind(Kind::Float)?, d, g, keep_relu_z)
+        })?;
+        let mut y = y;
+        y.f_copy_(&out)?;
+        let relu_z = if keep_relu_z { relu_z.map(|r| r.f_to_kind(y.kind())).transpose()? } else { None };
+        Ok((y, relu_z))
+    }
+
+    /// `grad` and `relu_z` widened; `gy`, d alpha, db1 and db2 come back in the call's dtype,
+    /// the P path's gradient stays float32 for [`Self::adjust_backward`].
+    fn collision_backward(
+        &self,
+        grad: &Tensor,
+        relu_z: &Tensor,
+        alpha: &Tensor,
+        needs: &NeedsGrad,
+        d: &IcDims,
+        g: &ConvGeometry,
+    ) -> Result<CollisionGrads> {
+        let order = self.plan.order;
+        let kind = grad.kind();
+        let (gw, rw) = (widened::widen(grad, order)?, widened::widen(relu_z, order)?);
+        let cg = self.inner(|b| b.collision_backward(&gw, &rw, alpha, needs, d, g))?;
+        let narrow = |t: Option<Tensor>| t.map(|t| t.f_to_kind(kind)).transpose();
+        Ok(CollisionGrads {
+            gy: narrow(cg.gy)?,
+            adjust: cg.adjust,
+            dalpha: cg.dalpha,
+            db1: narrow(cg.db1)?,
+            db2: narrow(cg.db2)?,
+        })
+    }
+
+    /// The float32 P-path gradients from widened x and W', then `dx -= dxb` into the main path's
+    /// dx (the call's dtype) and dW' rounded to W''s dtype.
+    fn adjust_backward(
+        &self,
+        adjust: AdjustGrad,
+        dx: Option<Tensor>,
+        a: &IcArgs,
+        d: &IcDims,
+        g: &ConvGeometry,
+        needs: &NeedsGrad,
+    ) -> Result<AdjustGrads> {
+        let (x, w) = (widened::widen(a.x, self.plan.order)?, a.adjust_weight.f_to_kind(Kind::Float)?);
+        let wide = IcArgs { x: &x, adjust_weight: &w, ..*a };
+        let parts = self.plan.adjust_parts(adjust, None, &wide, d, g, needs)?;
+        let dwa = parts.dwa.map(|t| t.f_to_kind(a.adjust_weight.kind())).transpose()?;
+        Ok(AdjustParts { dx, dxb: parts.dxb, dwa }.finish(None)?)
     }
 }
