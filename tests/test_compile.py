@@ -173,6 +173,30 @@ def test_autocast_follows_conv2d_and_grads_keep_param_dtype(device, dtype):
         assert (got[name] - want).abs().max() <= 4 * TOL[dtype] * want.abs().max() + 1e-3, name
 
 
+@pytest.mark.parametrize("device,dtype", AUTOCAST)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backward_inside_autocast_matches_backward_outside(device, dtype, stride):
+    """A backward run inside the autocast context (as a training loop that wraps the whole step
+    does) gives the gradients of one run outside it: the op's kernels keep their own dtypes
+    (autocast would turn the float32 GEMMs of a widened half-precision call into half ones)."""
+    torch.manual_seed(0)
+    m = icn.IcConv2d(8, 8, 3, stride, 1, alpha=0.5, alpha_mode="learnable").to(device)
+    x = torch.randn(2, 8, 10, 10, device=device, requires_grad=True)
+    grads = []
+    for inside in (True, False):
+        m.zero_grad()
+        x.grad = None
+        with torch.autocast(device, dtype=dtype):
+            out = m(x)
+            if inside:
+                out.float().square().sum().backward()
+        if not inside:
+            out.float().square().sum().backward()
+        grads.append({"x": x.grad.clone(), **_grads(m)})
+    for name, want in grads[1].items():
+        torch.testing.assert_close(grads[0][name], want, rtol=0, atol=0, msg=name)
+
+
 def test_autocast_under_compile():
     torch._dynamo.reset()
     m = icn.IcConv2d(4, 8, 3, padding=1, alpha=0.5)
