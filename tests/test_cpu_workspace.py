@@ -93,3 +93,19 @@ def test_release_frees_and_the_limit_holds(pool_limit):
 def test_limit_argument_errors_name_it(bad, err):
     with pytest.raises(err, match="nbytes"):
         icm.set_cpu_workspace_limit(bad)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_widened_half_precision_calls_keep_nothing_in_the_pool(pool_limit, stride):
+    """A float16/bfloat16 call that the kernels run in float32 (a CPU without half-precision matrix
+    instructions) takes fresh temporaries: the pool would otherwise hold float32 copies of every
+    layer's between steps. A float32 call of the same shape does pool its own."""
+    import ic_networks as icn
+
+    if icn._core.cpu_native_half(True):
+        pytest.skip("this CPU multiplies bfloat16 natively: the libtorch steps take bf16 calls")
+    case = make_case(dtype=torch.float32, n=2, cin=8, cout=8, hw=(9, 9))
+    _fwd_bwd([t.bfloat16() for t in case], stride, seed=0)
+    assert icm.cpu_workspace_bytes() == 0
+    _fwd_bwd(case, stride, seed=0)
+    assert icm.cpu_workspace_bytes() > 0

@@ -322,13 +322,9 @@ pub struct Widened {
 }
 
 impl Widened {
-    /// Runs `f` on the float32 pipeline.
+    /// Runs `f` on the float32 pipeline, its temporaries unpooled ([`workspace::unpooled`]).
     fn inner<R>(&self, f: impl FnOnce(&dyn IcBackend) -> R) -> R {
-        if self.fused_box {
-            f(&FusedBox(self.plan))
-        } else {
-            f(&Fused(self.plan))
-        }
+        workspace::unpooled(|| if self.fused_box { f(&FusedBox(self.plan)) } else { f(&Fused(self.plan)) })
     }
 }
 
@@ -398,7 +394,7 @@ impl IcBackend for Widened {
     ) -> Result<AdjustGrads> {
         let (x, w) = (widened::widen(a.x, self.plan.order)?, a.adjust_weight.f_to_kind(Kind::Float)?);
         let wide = IcArgs { x: &x, adjust_weight: &w, ..*a };
-        let parts = self.plan.adjust_parts(adjust, None, &wide, d, g, needs)?;
+        let parts = workspace::unpooled(|| self.plan.adjust_parts(adjust, None, &wide, d, g, needs))?;
         let dwa = parts.dwa.map(|t| t.f_to_kind(a.adjust_weight.kind())).transpose()?;
         Ok(AdjustParts { dx, dxb: parts.dxb, dwa }.finish(None)?)
     }

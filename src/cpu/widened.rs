@@ -18,8 +18,7 @@
 //!
 //! Here: which CPUs have those instructions, and the widening copy. The backend is
 //! [`Widened`](super::Widened) in `cpu/mod.rs`, beside the two float32 pipelines it runs.
-use super::dense::{shape4, Order};
-use super::workspace::scratch;
+use super::dense::Order;
 use crate::error::Result;
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
@@ -74,11 +73,12 @@ fn detect(_kind: Kind) -> bool {
     false
 }
 
-/// A float32 copy of the activation-sized `t` in `order`, in a pooled buffer.
+/// A float32 copy of the activation-sized `t` in `order`: a fresh tensor, like every temporary of
+/// a widened call (`workspace::unpooled`). Pooled, the float32 copies of every layer's x, y,
+/// gradient and relu_z stay held between steps: an IC-ResNet-50 train step under bf16 autocast
+/// then peaked at 1.20x ResNet-50's memory, against 1.08x with them fresh.
 pub(crate) fn widen(t: &Tensor, order: Order) -> Result<Tensor> {
-    let mut w = scratch(shape4(t)?, Kind::Float, order)?;
-    w.f_copy_(t)?;
-    Ok(w)
+    crate::layout::conform(&t.f_to_kind(Kind::Float)?, order)
 }
 
 #[cfg(test)]

@@ -80,10 +80,35 @@ fn shrink(p: &mut Pool, target: usize) {
     }
 }
 
+thread_local! {
+    /// Set while [`unpooled`] runs on this thread.
+    static UNPOOLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`scratch`] handing out fresh tensors on this thread, none kept: for the
+/// float32 pipeline of a widened half-precision call (`cpu::Widened`), whose temporaries are twice
+/// the call's activation size and whose step is dominated by the half-precision convolution (so
+/// the page faults of fresh buffers cost little there, and the pool would hold float32 copies of
+/// every layer's temporaries between steps).
+pub fn unpooled<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            UNPOOLED.with(|u| u.set(self.0));
+        }
+    }
+    let _reset = Reset(UNPOOLED.with(|u| u.replace(true)));
+    f()
+}
+
 /// An uninitialised CPU tensor of `shape`, `kind`, dense in `order`, for a temporary that does
 /// not outlive the op call: a free pooled buffer of exactly that shape, kind and order when there
-/// is one, else a new one (kept in the pool when it fits under [`limit`]).
+/// is one, else a new one (kept in the pool when it fits under [`limit`]; never inside
+/// [`unpooled`]).
 pub fn scratch(shape: [i64; 4], kind: Kind, order: Order) -> Result<Tensor> {
+    if UNPOOLED.with(|u| u.get()) {
+        return empty(shape, kind, order);
+    }
     let cap = limit();
     let mut p = pool();
     let hit = p.buffers.iter().position(|(t, o)| *o == order && t.kind() == kind && t.size() == shape && sole_owner(t));
