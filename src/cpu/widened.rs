@@ -25,19 +25,25 @@ use tch::{Kind, Tensor};
 
 /// Whether this CPU has matrix instructions for `kind` (float16 or bfloat16) that oneDNN uses:
 /// AVX-512 BF16 / AMX-BF16 (bfloat16) and AVX-512 FP16 / AMX-FP16 (float16) on x86-64, the BF16
-/// and FP16 extensions on AArch64. Read once per dtype.
+/// and FP16 extensions on AArch64. Read once.
 pub fn native_matmul(kind: Kind) -> bool {
-    static BF16: OnceLock<bool> = OnceLock::new();
-    static F16: OnceLock<bool> = OnceLock::new();
+    static NATIVE: OnceLock<Native> = OnceLock::new();
+    let n = NATIVE.get_or_init(detect);
     match kind {
-        Kind::BFloat16 => *BF16.get_or_init(|| detect(Kind::BFloat16)),
-        Kind::Half => *F16.get_or_init(|| detect(Kind::Half)),
+        Kind::BFloat16 => n.bf16,
+        Kind::Half => n.f16,
         _ => false,
     }
 }
 
+/// What [`detect`] found.
+struct Native {
+    bf16: bool,
+    f16: bool,
+}
+
 #[cfg(target_arch = "x86_64")]
-fn detect(kind: Kind) -> bool {
+fn detect() -> Native {
     use std::arch::x86_64::__cpuid_count;
     // AMX bits (not in `is_x86_feature_detected!` on stable): leaf 7.0 EDX bit 22 AMX-BF16,
     // leaf 7.1 EAX bit 21 AMX-FP16
@@ -52,25 +58,23 @@ fn detect(kind: Kind) -> bool {
             (l70.edx & (1 << 22) != 0, l71 & (1 << 21) != 0)
         }
     };
-    match kind {
-        Kind::BFloat16 => amx_bf16 || std::is_x86_feature_detected!("avx512bf16"),
-        Kind::Half => amx_fp16 || std::is_x86_feature_detected!("avx512fp16"),
-        _ => false,
+    Native {
+        bf16: amx_bf16 || std::is_x86_feature_detected!("avx512bf16"),
+        f16: amx_fp16 || std::is_x86_feature_detected!("avx512fp16"),
     }
 }
 
 #[cfg(target_arch = "aarch64")]
-fn detect(kind: Kind) -> bool {
-    match kind {
-        Kind::BFloat16 => std::arch::is_aarch64_feature_detected!("bf16"),
-        Kind::Half => std::arch::is_aarch64_feature_detected!("fp16"),
-        _ => false,
+fn detect() -> Native {
+    Native {
+        bf16: std::arch::is_aarch64_feature_detected!("bf16"),
+        f16: std::arch::is_aarch64_feature_detected!("fp16"),
     }
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn detect(_kind: Kind) -> bool {
-    false
+fn detect() -> Native {
+    Native { bf16: false, f16: false }
 }
 
 /// A float32 copy of the activation-sized `t` in `order`: a fresh tensor, like every temporary of
