@@ -41,7 +41,9 @@ fn main() {
 
     // Our own C++ builds with -Wall -Wextra at zero warnings; torch's headers are system headers
     // (-isystem), so that their warnings are not ours.
-    cc::Build::new()
+    let mut cpp = cc::Build::new();
+    openmp(&mut cpp, &torch_root, &lib_dir);
+    cpp
         .cpp(true)
         .pic(true)
         .warnings(true)
@@ -91,6 +93,28 @@ fn main() {
         println!("cargo:rustc-link-arg-tests=-L{dir}");
         println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{dir}");
         println!("cargo:rustc-link-arg-tests=-l{name}");
+    }
+}
+
+/// With torch's OpenMP backend (`AT_PARALLEL_OPENMP` in `ATen/Config.h`, every pip wheel for
+/// Linux), `at::parallel_for` is an inline template whose threads come from `#pragma omp parallel`
+/// in the code that calls it: our C++ must be compiled with `-fopenmp`, or every kernel run through
+/// `aten.rs`'s `parallel_for` is silently one task on the calling thread. It links the libgomp
+/// that torch ships (`torch/lib/libgomp.so.1`, the runtime torch's own threads use; the system's
+/// if torch has none there), never a second OpenMP runtime.
+fn openmp(cpp: &mut cc::Build, torch_root: &Path, lib_dir: &Path) {
+    let config = torch_root.join("include/ATen/Config.h");
+    println!("cargo:rerun-if-changed={}", config.display());
+    let text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("cannot read {}: {e}", config.display()));
+    if !text.lines().any(|l| l.split_whitespace().eq(["#define", "AT_PARALLEL_OPENMP", "1"])) {
+        return; // the native backend: at::parallel_for calls into libtorch
+    }
+    cpp.flag("-fopenmp");
+    if lib_dir.join("libgomp.so.1").exists() {
+        println!("cargo:rustc-link-search=native={}", lib_dir.display());
+        println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+    } else {
+        println!("cargo:rustc-link-lib=dylib=gomp");
     }
 }
 

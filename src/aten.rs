@@ -202,3 +202,25 @@ pub fn convolution_backward(
     let wrap = |p: *mut C_tensor| if p.is_null() { None } else { Some(unsafe { Tensor::from_ptr(p) }) };
     Ok((wrap(gi), wrap(gw)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_for;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// With two intra-op threads, two tasks run on two threads: `at::parallel_for` is compiled
+    /// with OpenMP (build.rs), not as its one-task fallback.
+    #[test]
+    fn parallel_for_runs_on_the_intra_op_threads() {
+        let old = tch::get_num_threads();
+        tch::set_num_threads(2);
+        let threads = Mutex::new(HashSet::new());
+        let ran = parallel_for(2, 1, |_, _| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        tch::set_num_threads(old);
+        ran.unwrap();
+        assert_eq!(threads.lock().unwrap().len(), 2);
+    }
+}
