@@ -17,6 +17,11 @@ pub trait Elem:
     const ZERO: Self;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `s` as f32 values when `Self` is f32, else `None`: how a kernel reaches a hand-vectorised
+    /// f32 loop from generic code.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// [`Self::as_f32`] for a mutable slice.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Elem for f32 {
@@ -27,6 +32,12 @@ impl Elem for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Elem for f64 {
@@ -36,6 +47,12 @@ impl Elem for f64 {
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 

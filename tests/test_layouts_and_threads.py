@@ -175,7 +175,7 @@ def test_rust_op_releases_the_gil():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not icn._core.cpu_simd_available(), reason="this CPU has no AVX2 + FMA")
 @pytest.mark.parametrize("fmt", ["nchw", "nhwc"])
-@pytest.mark.parametrize("stride,hw", [(1, (7, 7)), (1, (30, 20)), (2, (13, 12))])
+@pytest.mark.parametrize("stride,hw", [(1, (7, 7)), (1, (30, 20)), (2, (13, 12)), (2, (9, 40))])
 def test_avx2_kernels_give_the_baseline_bits(fmt, stride, hw):
     torch.manual_seed(0)
     m = icn.IcConv2d(16, 16, 3, padding=1, stride=stride, alpha=0.7, alpha_mode="learnable")
