@@ -104,6 +104,43 @@ def test_bench_models_report_the_train_step_peak():
         assert cells[6] == f"{r['peak_over_plain']:.2f}x"
 
 
+def test_bench_model_eval_floor_by_hand():
+    """The model floor is the plain time plus, per IC layer, its forward MACs at the rate of the conv
+    it replaces (that conv's share of the plain time) and its infer passes at the bandwidth."""
+    a = bench_floor.stage_shape(("64@56", 64, 56, 1), 2)
+    b = bench_floor.stage_shape(("512@7", 512, 7, 1), 2)
+    f = bench_floor.model_eval_floor(100.0, [(a, 0.2), (b, 0.1)], 1e9, 4)
+    macs = 20.0 * bench_floor.extra_macs(a)["fwd"] / bench_floor.conv_macs(a) + 10.0 * bench_floor.extra_macs(b)[
+        "fwd"
+    ] / bench_floor.conv_macs(b)
+    nbytes = 3 * 4 * (a.out_elems + b.out_elems)  # x, y and u of each, x the size of y here
+    assert f["macs_ms"] == pytest.approx(macs) and f["memory_ms"] == pytest.approx(nbytes / 1e6)
+    assert f["floor_ms"] == pytest.approx(100.0 + macs + nbytes / 1e6) and f["floor_over_plain"] > 1.0
+    assert bench_floor.model_eval_floor(50.0, [], 1e9, 4)["floor_ms"] == 50.0
+
+
+def test_bench_models_report_the_eval_floor():
+    """A real tiny run with a bandwidth: the IC row's eval floor lies above the plain model's time;
+    the shares of its convs are one per IC layer, with the shapes the IC layers see."""
+    import torchvision
+
+    plain, ic = torchvision.models.resnet18().eval(), icn.models.ic_resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    shares = bench.conv_shares(plain, ic, lambda: plain(x), torch.device("cpu"), 2)
+    ic_layers = [m for m in ic.modules() if isinstance(m, icn.IcConv2d)]
+    assert len(shares) == len(ic_layers) == 16  # every 3x3 conv of the basic blocks
+    assert 0 < sum(share for _, share in shares) < 1
+    assert [(s.c_in, s.c_out, s.stride, s.h) for s, _ in shares][:2] == [(64, 64, 1, 16), (64, 64, 1, 16)]
+    rows = bench.bench_models(torch.device("cpu"), 1, 64, 1, names=("resnet18",), bandwidth=1e10)
+    by = {r["model"]: r for r in rows}
+    assert "infer_floor_ms" not in by["resnet18"] and by["ic_resnet18"]["infer_floor_ms"] > by["resnet18"]["infer_ms"]
+    text = bench.format_tables([], rows, torch.device("cpu"), 1)
+    assert text.count("| eval floor / plain | eval ic / floor |") == 1
+    cells = next(ln for ln in text.splitlines() if ln.startswith("| ic_resnet18 |")).strip("| ").split(" | ")
+    floor = by["ic_resnet18"]["infer_floor_ms"]
+    assert cells[7:] == [f"{floor / by['resnet18']['infer_ms']:.2f}x", f"{by['ic_resnet18']['infer_ms'] / floor:.2f}x"]
+
+
 def test_bench_model_table_shows_n_a_without_a_peak():
     rows = [
         {"model": m, "step_ms": t, "batch": 2, "image_size": 64} for m, t in (("resnet50", 10.0), ("ic_resnet50", 12.0))

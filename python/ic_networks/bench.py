@@ -28,7 +28,10 @@ forward under ``no_grad`` of ResNet-18/50 against IC-ResNet-18/50 (alpha = 1), a
 fused kernels also ``ic_*-fused``: their times, and ``peak`` = the most memory one train step holds
 above what is resident before it (parameters, momentum and the batch left out; gradients,
 activations and temporaries in) in MB, measured in one more step after the timed ones
-(:mod:`ic_networks.bench_memory`), with ``ic / plain peak``.
+(:mod:`ic_networks.bench_memory`), with ``ic / plain peak``. With a copy bandwidth, the IC rows also
+get the eval forward's floor (:func:`ic_networks.bench_floor.model_eval_floor`: the plain model's
+time plus each IC layer's branch at the rate of the plain conv it replaces, whose share of the
+plain forward is timed in extra, hooked runs) as ``eval floor / plain`` and ``eval ic / floor``.
 
 Targets: fwd+bwd <= 1.20x conv and >= 1.5x faster than the reference; saved <= conv's plus one
 output-sized tensor; inference <= 1.10x conv; IC-ResNet-50 train step <= 1.10x ResNet-50 in time
@@ -272,6 +275,51 @@ def floor_model(
     return bench_floor.floor_rows(layer_rows, stages, batch, bandwidth, act, state)
 
 
+def conv_shares(plain: nn.Module, ic: nn.Module, infer: Callable[[], object], device: torch.device, repeats: int = 3):
+    """``[(LayerShape, share)]`` for the IC layers of ``ic``: the shape of the conv of ``plain``
+    that each replaces (same module name) and that conv's share of ``infer()``, the plain model's
+    eval forward, timed with forward hooks on those convs over ``repeats`` runs after one warm-up
+    (the hooks slow only these runs, not the timed ones)."""
+    from .nn import IcConv2d
+
+    convs = {k: plain.get_submodule(k) for k, m in ic.named_modules() if isinstance(m, IcConv2d)}
+    spent = dict.fromkeys(convs, 0.0)
+    shapes: dict[str, bench_floor.LayerShape] = {}
+    started: dict[str, float] = {}
+
+    def pre(name):
+        def hook(m, args):
+            _sync(device)
+            started[name] = time.perf_counter()
+
+        return hook
+
+    def post(name):
+        def hook(m, args, out):
+            _sync(device)
+            spent[name] += time.perf_counter() - started[name]
+            n, c, h, w = args[0].shape
+            if m.kernel_size[0] != m.kernel_size[1] or m.dilation != (1, 1) or m.stride[0] != m.stride[1]:
+                raise ValueError(f"{name}: the floor model takes square kernels and strides, no dilation")
+            shapes[name] = bench_floor.LayerShape(
+                n, c, m.out_channels, h, w, m.kernel_size[0], m.stride[0], m.padding[0], m.groups
+            )
+
+        return hook
+
+    handles = [
+        h for k, m in convs.items() for h in (m.register_forward_pre_hook(pre(k)), m.register_forward_hook(post(k)))
+    ]
+    try:
+        infer()
+        spent = dict.fromkeys(convs, 0.0)
+        total = sum(_time(infer, device) for _ in range(repeats))
+    finally:
+        for h in handles:
+            h.remove()
+    return [(shapes[k], spent[k] / total) for k in convs]
+
+
 def bench_models(
     device: torch.device,
     batch: int,
@@ -280,10 +328,13 @@ def bench_models(
     names=("resnet18", "resnet50"),
     autocast: torch.dtype | None = None,
     channels_last: bool = False,
+    bandwidth: float | None = None,
 ):
     """Per model of ``names`` and its IC version: one SGD train step and one eval-mode forward under
     ``no_grad`` (each timed interleaved, median of ``repeats``), and the train step's peak memory;
-    models and batch in channels_last with ``channels_last``."""
+    models and batch in channels_last with ``channels_last``. With ``bandwidth`` (bytes per second,
+    :func:`copy_bandwidth`), the IC rows carry the eval forward's floor (``infer_floor_ms``,
+    :func:`conv_shares`)."""
     import torchvision
 
     from . import models as icm
@@ -324,6 +375,11 @@ def bench_models(
             for p in m.parameters():  # the last step's gradients are not resident: the measured step makes its own
                 p.grad = None
             peak[k] = bench_memory.step_peak_bytes(steps[k], device)
+        floor = None
+        if bandwidth:
+            shares = conv_shares(pair[name], pair[f"ic_{name}"], infers[name], device, repeats)
+            act = (autocast or torch.float32).itemsize
+            floor = bench_floor.model_eval_floor(t_infer[name] * 1e3, shares, bandwidth, act)
         for k in pair:
             plain = peak[k.removeprefix("ic_").removesuffix("-fused")]
             rows.append(
@@ -336,6 +392,7 @@ def bench_models(
                     "batch": batch,
                     "image_size": size,
                     "channels_last": channels_last,
+                    **({"infer_floor_ms": floor["floor_ms"]} if floor and k != name else {}),
                 }
             )
         print(f"  measured {name}", file=sys.stderr, flush=True)
@@ -394,9 +451,11 @@ def format_tables(
         out.append("")
     out += bench_floor.format_floor_lines(list(floor_rows), layer_rows)
     if model_rows:
+        floors = any("infer_floor_ms" in r for r in model_rows)
         out += [
-            "| model | train step ms | / plain | eval forward ms | / plain | peak MB | ic / plain peak |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| model | train step ms | / plain | eval forward ms | / plain | peak MB | ic / plain peak |"
+            + (" eval floor / plain | eval ic / floor |" if floors else ""),
+            "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if floors else ""),
         ]
         by = {r["model"]: r for r in model_rows}
         for r in model_rows:
@@ -405,9 +464,13 @@ def format_tables(
             ratio = "n/a" if peak is None or not plain_peak else f"{peak / plain_peak:.2f}x"
             inf, plain_inf = r.get("infer_ms"), plain.get("infer_ms")
             inf_ratio = "n/a" if inf is None or not plain_inf else f"{inf / plain_inf:.2f}x"
+            floor = r.get("infer_floor_ms")
+            floor_cells = (
+                "" if not floors else "  |  |" if floor is None else f" {floor / plain_inf:.2f}x | {inf / floor:.2f}x |"
+            )
             out.append(
                 f"| {r['model']} | {r['step_ms']:.1f} | {r['step_ms'] / plain['step_ms']:.2f}x "
-                f"| {_mb(inf, '.1f')} | {inf_ratio} | {_mb(peak, '.1f')} | {ratio} |"
+                f"| {_mb(inf, '.1f')} | {inf_ratio} | {_mb(peak, '.1f')} | {ratio} |" + floor_cells
             )
         out.append("")
     return "\n".join(out)

@@ -17,6 +17,11 @@ counted as half a multiply-add (one flop against two), the elementwise arithmeti
 left out (it hides under the memory passes), and every tensor the branch touches moves once, at copy
 bandwidth. Compute and memory time are added, as for a branch that runs after the conv.
 
+For a whole model's eval forward (:func:`model_eval_floor`) the same bound is summed over its IC
+layers: the plain model's measured time plus, per layer, the branch's extra MACs at the rate of the
+plain conv it replaces (that conv's share of the plain forward, timed in the same run) and the
+``infer`` memory passes at copy bandwidth.
+
 Everything here is arithmetic on given numbers (no timing): :func:`floor_rows` turns the measured
 layer rows of :func:`ic_networks.bench.bench_layers` and a bandwidth into floor rows, and
 :func:`format_floor_lines` prints them.
@@ -35,6 +40,7 @@ __all__ = [
     "floor_rows",
     "format_floor_lines",
     "memory_passes",
+    "model_eval_floor",
     "stage_shape",
 ]
 
@@ -180,6 +186,19 @@ def floor_time(conv_ms: float, conv_macs: float, extra_macs: float, extra_bytes:
     macs_ms = extra_macs * conv_ms / conv_macs
     memory_ms = extra_bytes / bandwidth * 1e3
     return conv_ms + macs_ms + memory_ms, macs_ms, memory_ms
+
+
+def model_eval_floor(plain_ms: float, layers, bandwidth: float, act_bytes: float) -> dict[str, float]:
+    """The floor of an IC model's eval forward (``no_grad``) from its plain model's measured time
+    ``plain_ms`` and ``layers``, one ``(LayerShape, share)`` per IC layer: ``share`` is the
+    fraction of the plain forward spent in the conv that the IC layer replaces. Each layer adds its
+    branch's forward MACs at that conv's rate (``share * plain_ms`` for :func:`conv_macs`) and its
+    ``infer`` memory passes (:func:`memory_passes`, activations of ``act_bytes``) at ``bandwidth``
+    bytes per second. Returns ``floor_ms``, ``macs_ms``, ``memory_ms`` and ``floor_over_plain``."""
+    macs_ms = sum(share * plain_ms * extra_macs(s)["fwd"] / conv_macs(s) for s, share in layers)
+    memory_ms = sum(extra_bytes(s, act_bytes, act_bytes)["infer"] for s, _ in layers) / bandwidth * 1e3
+    floor = plain_ms + macs_ms + memory_ms
+    return {"floor_ms": floor, "macs_ms": macs_ms, "memory_ms": memory_ms, "floor_over_plain": floor / plain_ms}
 
 
 def floor_rows(layer_rows, stages, batch: int, bandwidth: float, act_bytes: float, state_bytes: float):

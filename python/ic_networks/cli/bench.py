@@ -35,18 +35,19 @@ def run(args) -> int:
         )
         bandwidth = max(bandwidth, bench.copy_bandwidth(device))
         floor_rows = bench.floor_model(layer_rows, stages, args.batch, bandwidth, autocast=amp)
-    model_rows = (
-        []
-        if args.skip_models
-        else bench.bench_models(
+    model_rows = []
+    if not args.skip_models:
+        if bandwidth is None:  # the models' eval floor prices their memory passes at it too
+            bandwidth = bench.copy_bandwidth(device)
+        model_rows = bench.bench_models(
             device,
             args.model_batch,
             args.image_size,
             args.model_repeats,
             autocast=amp,
             channels_last=args.channels_last,
+            bandwidth=bandwidth,
         )
-    )
     text = bench.format_tables(layer_rows, model_rows, device, args.batch, args.autocast, floor_rows=floor_rows)
     print(text)
     if args.json:
