@@ -43,8 +43,7 @@ fn main() {
     // (-isystem), so that their warnings are not ours.
     let mut cpp = cc::Build::new();
     openmp(&mut cpp, &torch_root, &lib_dir);
-    cpp
-        .cpp(true)
+    cpp.cpp(true)
         .pic(true)
         .warnings(true)
         .extra_warnings(true)
