@@ -18,6 +18,7 @@
 //! channels_last with groups has no GEMM form here ([`supports`] says so to the backend choice),
 //! and takes oneDNN's convolution (`libtorch/pointwise.rs`).
 use super::dense::{empty, require, Layout, Order};
+use super::sgemm;
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -93,7 +94,11 @@ impl Gemm1x1 {
     /// [`Self::forward`] written into `out` (N, Cout, H, W), dense in the planned order.
     pub fn forward_into(&self, s: &Tensor, w: &Tensor, out: &Tensor) -> Result<()> {
         let (cout, sz) = (w.size()[0], s.size());
-        match self.shape(&[s, out])? {
+        let shape = self.shape(&[s, out])?;
+        if self.kind == Kind::Float && sgemm::suits(w.size()[1] as usize) {
+            return forward_fma(shape, s, w, out);
+        }
+        match shape {
             Shape::Batched { n, groups, hw } => {
                 let sm = s.f_view([n * groups, sz[1] / groups, hw])?;
                 let om = out.f_view([n * groups, cout / groups, hw])?;
@@ -117,6 +122,14 @@ impl Gemm1x1 {
         }
         let cols = sz[0] * sz[2] * sz[3];
         s_t.f_copy_(&s.f_transpose(0, 1)?)?;
+        if self.kind == Kind::Float && sgemm::suits(sz[1] as usize) {
+            require(&[s_t, out], self.kind, Order::Nchw)?;
+            let w = w.f_contiguous()?;
+            let (m, k, n) = (cout as usize, sz[1] as usize, cols as usize);
+            // SAFETY: w (m x k), s_t (k x n) and out (m x n) are dense float32 of these sizes (checked)
+            let p = unsafe { product(m, n, k, &w, &*s_t, out, 0, 0, 0) };
+            return unsafe { sgemm::run(&[p]) };
+        }
         let _ = w.f_view([cout, sz[1]])?.f_mm_out(&out.f_view([cout, cols])?, &s_t.f_view([sz[1], cols])?)?;
         Ok(())
     }
@@ -175,6 +188,59 @@ impl Gemm1x1 {
         }
         Ok(())
     }
+}
+
+/// The product `C (m x n) = A (m x k) @ B (k x n)` over the float32 memory of `a`, `b` and `c`,
+/// starting `offsets` (A, B, C) elements in, each row-major without gaps.
+///
+/// # Safety
+/// The three tensors must be dense float32 CPU tensors holding those matrices at those offsets.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    oa: usize,
+    ob: usize,
+    oc: usize,
+) -> sgemm::Product {
+    let ptr = |t: &Tensor| t.data_ptr() as *mut f32;
+    sgemm::Product { m, n, k, a: ptr(a).add(oa), lda: k, b: ptr(b).add(ob), ldb: n, c: ptr(c).add(oc), ldc: n }
+}
+
+/// [`Gemm1x1::forward_into`] on the FMA tiles of `sgemm.rs` (float32, where [`sgemm::suits`]):
+/// NCHW as one product per
+/// sample and group, `W'[g] (Cout/g x Cin/g) @ S[n,g] (Cin/g x HW)`; channels_last as one,
+/// `S2 (NHW x Cin) @ W'^T (Cin x Cout)`, with W'^T copied once.
+fn forward_fma(shape: Shape, s: &Tensor, w: &Tensor, out: &Tensor) -> Result<()> {
+    let (cout, cig) = (w.size()[0] as usize, w.size()[1] as usize);
+    let products = match shape {
+        Shape::Batched { n, groups, hw } => {
+            let w = w.f_contiguous()?;
+            let (g, hw) = (groups as usize, hw as usize);
+            let cog = cout / g;
+            let mut ps = Vec::with_capacity(n as usize * g);
+            for i in 0..n as usize * g {
+                // SAFETY: s (N*g blocks of cig x hw), out (N*g blocks of cog x hw) and w (g blocks of
+                // cog x cig) are dense float32 (checked by shape() and contiguous())
+                ps.push(unsafe { product(cog, hw, cig, &w, s, out, (i % g) * cog * cig, i * cig * hw, i * cog * hw) });
+            }
+            (ps, w)
+        }
+        Shape::Flat { rows } => {
+            let wt = w.f_view([cout as i64, cig as i64])?.f_tr()?.f_contiguous()?;
+            // SAFETY: s and out are dense channels_last float32, i.e. (rows x cig) and (rows x cout)
+            // row-major; wt is (cig x cout)
+            (vec![unsafe { product(rows as usize, cout, cig, s, &wt, out, 0, 0, 0) }], wt)
+        }
+    };
+    // SAFETY: the CPU has AVX2 and FMA (the caller checked); the products' C blocks are disjoint
+    // parts of out; the weights (the second field) live until the products have run
+    let (ps, _weights) = products;
+    unsafe { sgemm::run(&ps) }
 }
 
 /// `sum_n gm[n,g] @ sm[n,g]^T` -> (g, Cout/g, Cin/g). One batched product and a sum when its

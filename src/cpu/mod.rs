@@ -10,7 +10,8 @@
 //!   collision_box.rs  the same with the box sum folded in (stride 1)
 //!   plane_box.rs      the stride-1 box sum of whole small NCHW planes as flat passes
 //!   simd.rs           the hot loops compiled for the x86-64 baseline and for AVX2, chosen at run time
-//!   gemm.rs           the 1x1 adjust convolution as BLAS GEMMs
+//!   gemm.rs           the 1x1 adjust convolution as GEMMs (BLAS, or sgemm.rs in float32)
+//!   sgemm.rs          a float32 GEMM in FMA register tiles, for the 1x1's small K
 //!   widened.rs        which CPUs multiply half types natively; the widening copy of Widened
 //!   workspace.rs      scratch tensors that never leave an op call, kept between calls
 //! ```
@@ -29,6 +30,7 @@ pub mod collision_box;
 pub mod dense;
 pub mod gemm;
 pub mod plane_box;
+pub mod sgemm;
 pub mod simd;
 pub mod widened;
 pub mod workspace;
