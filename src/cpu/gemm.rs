@@ -217,30 +217,31 @@ unsafe fn product(
 /// `S2 (NHW x Cin) @ W'^T (Cin x Cout)`, with W'^T copied once.
 fn forward_fma(shape: Shape, s: &Tensor, w: &Tensor, out: &Tensor) -> Result<()> {
     let (cout, cig) = (w.size()[0] as usize, w.size()[1] as usize);
-    let products = match shape {
+    // W' as the products read it (kept alive until they have run): its g blocks (cog x cig) for
+    // NCHW, its transpose (cig x cout) for channels_last
+    let weights = match shape {
+        Shape::Batched { .. } => w.f_contiguous()?,
+        Shape::Flat { .. } => w.f_view([cout as i64, cig as i64])?.f_tr()?.f_contiguous()?,
+    };
+    let products: Vec<sgemm::Product> = match shape {
         Shape::Batched { n, groups, hw } => {
-            let w = w.f_contiguous()?;
             let (g, hw) = (groups as usize, hw as usize);
             let cog = cout / g;
-            let mut ps = Vec::with_capacity(n as usize * g);
-            for i in 0..n as usize * g {
-                // SAFETY: s (N*g blocks of cig x hw), out (N*g blocks of cog x hw) and w (g blocks of
-                // cog x cig) are dense float32 (checked by shape() and contiguous())
-                ps.push(unsafe { product(cog, hw, cig, &w, s, out, (i % g) * cog * cig, i * cig * hw, i * cog * hw) });
-            }
-            (ps, w)
+            (0..n as usize * g)
+                // SAFETY: s (N*g blocks of cig x hw), out (N*g blocks of cog x hw) and the weights
+                // (g blocks of cog x cig) are dense float32 (checked by shape() and contiguous())
+                .map(|i| unsafe {
+                    product(cog, hw, cig, &weights, s, out, (i % g) * cog * cig, i * cig * hw, i * cog * hw)
+                })
+                .collect()
         }
-        Shape::Flat { rows } => {
-            let wt = w.f_view([cout as i64, cig as i64])?.f_tr()?.f_contiguous()?;
-            // SAFETY: s and out are dense channels_last float32, i.e. (rows x cig) and (rows x cout)
-            // row-major; wt is (cig x cout)
-            (vec![unsafe { product(rows as usize, cout, cig, s, &wt, out, 0, 0, 0) }], wt)
-        }
+        // SAFETY: s and out are dense channels_last float32, i.e. (rows x cig) and (rows x cout)
+        // row-major; the weights are (cig x cout)
+        Shape::Flat { rows } => vec![unsafe { product(rows as usize, cout, cig, s, &weights, out, 0, 0, 0) }],
     };
     // SAFETY: the CPU has AVX2 and FMA (the caller checked); the products' C blocks are disjoint
-    // parts of out; the weights (the second field) live until the products have run
-    let (ps, _weights) = products;
-    unsafe { sgemm::run(&ps) }
+    // parts of out; the weights live until the products have run
+    unsafe { sgemm::run(&products) }
 }
 
 /// `sum_n gm[n,g] @ sm[n,g]^T` -> (g, Cout/g, Cin/g). One batched product and a sum when its

@@ -15,28 +15,13 @@
 use super::simd;
 use crate::aten::parallel_for;
 
-/// Whether [`run`] can be used: the CPU has AVX2 and FMA.
-pub fn available() -> bool {
-    simd::available()
-}
-
 /// Whether a 1x1 with K = `k` (its input channels per group) takes these tiles rather than BLAS:
-/// [`available`], no AVX-512 (where BLAS has twice the vector width), and K at most 64. At larger
-/// K, BLAS's packed, cache-blocked GEMM was the faster one here (1x1 stage, N=8, 2 threads: 128@28
-/// 1.19 ms against 1.34, 512@7 1.21 against 1.48; at 64@56 channels_last 1.35-1.57 against 1.29).
+/// AVX2 and FMA ([`simd::available`]), no AVX-512 (where BLAS has twice the vector width), and K at
+/// most 64. At larger K, BLAS's packed, cache-blocked GEMM was the faster one here (1x1 stage, N=8,
+/// 2 threads: 128@28 1.19 ms against 1.34, 512@7 1.21 against 1.48; at 64@56 channels_last
+/// 1.35-1.57 against 1.29).
 pub fn suits(k: usize) -> bool {
-    static NO_AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let no_avx512 = *NO_AVX512.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            !std::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            true
-        }
-    });
-    available() && no_avx512 && k <= 64
+    simd::available() && !simd::avx512() && k <= 64
 }
 
 /// One product `C (m x n) = A (m x k) @ B (k x n)`, each matrix row-major with its own row
@@ -67,7 +52,7 @@ const TASK_COLS: usize = 1024;
 /// ([`TASK_ROWS`] x [`TASK_COLS`]) that run as separate tasks.
 ///
 /// # Safety
-/// [`available`] must be true. For each product, `a`, `b` and `c` must point to matrices of the
+/// [`simd::available`] must be true. For each product, `a`, `b` and `c` must point to matrices of the
 /// given sizes and strides, A and B readable and not written meanwhile, C writable, and no two
 /// products' C may overlap.
 pub unsafe fn run(products: &[Product]) -> crate::error::Result<()> {
@@ -96,7 +81,7 @@ pub unsafe fn run(products: &[Product]) -> crate::error::Result<()> {
                 c: p.c.add(r0 * p.ldc + c0),
                 ..*p
             };
-            // SAFETY: the caller checked the CPU (available) and the matrices; this task's C block
+            // SAFETY: the caller checked the CPU (simd::available) and the matrices; this task's C block
             // is its own.
             gemm_fma(&block);
         }
@@ -171,7 +156,7 @@ mod tests {
     /// one product is run as two halves of its rows.
     #[test]
     fn matches_a_float64_product_and_does_not_depend_on_the_split() {
-        if !available() {
+        if !simd::available() {
             return;
         }
         for (m, n, k) in [(64, 784, 64), (1, 1, 1), (7, 23, 5), (13, 300, 33), (97, 257, 3), (6, 16, 128)] {

@@ -37,6 +37,19 @@ pub fn available() -> bool {
     })
 }
 
+/// Whether this CPU has AVX-512F, where BLAS works twice as wide as the AVX2 loops here
+/// (`is_x86_feature_detected!` reads cpuid once and caches it).
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 copies run: the CPU has the features and [`set_enabled`] did not turn them off.
 #[inline]
 pub fn avx2() -> bool {
